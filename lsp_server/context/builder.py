@@ -1,0 +1,173 @@
+"""Turn a document, a cursor and candidate snippets into the prefix and suffix sent to the engine.
+
+Pure: no I/O, no engine; tokens are counted with the function it is given.
+
+Layout of the prefix (SPM sends `<PRE><SUF>{suffix}<MID>{prefix}`, so everything here comes after the
+suffix and the text right before the cursor comes last):
+
+    {comment} Path: other/module.py      <- snippets, each a commented block under its path,
+    {comment} def helper(x): ...            in a fixed order (by path, then line)
+    {comment} Path: this/file.py         <- the current file's path
+    <file text from the cut point up to the cursor>
+
+Stable from one keystroke to the next, so the engine reuses its KV cache: the prefix's cut point and
+the snippet selection are kept (`Layout`) while they still fit and the cursor stays in the same region;
+when the prefix outgrows its share, it is re-cut with room to grow again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .budget import take_backward, take_forward
+from .languages import comment_block, path_header
+from .snippets import Snippet, dedupe, rank, words
+
+SUFFIX_SHARE = 0.2  # most of the budget the suffix may take
+PREFIX_SHARE = 0.6  # most the file prefix may take while snippets compete for the rest
+REGROW_SHARE = 0.75  # a re-cut prefix fills this much of its share, leaving room to type
+STICKY_LINES = 12  # the snippet selection is kept while the cursor stays this close
+
+
+@dataclass
+class Layout:
+    """What one prompt chose, kept per document to keep the next prompt the same."""
+
+    prefix_start: int = 0
+    prefix_anchor: str = ""  # text at prefix_start, to notice edits above the cut
+    snippet_keys: list[tuple[str, int, int]] = field(default_factory=list)
+    anchor_line: int = -1
+    budget: int = 0
+
+
+@dataclass
+class BuiltContext:
+    prefix: str  # snippets + path header + file text before the cursor
+    suffix: str
+    snippets: list[Snippet]
+    prefix_tokens: int
+    suffix_tokens: int
+    snippet_tokens: int
+    budget: int
+    layout: Layout
+
+    @property
+    def tokens(self) -> int:
+        return self.prefix_tokens + self.suffix_tokens + self.snippet_tokens
+
+
+def render_snippet(snip: Snippet, language: str) -> str:
+    return path_header(snip.path, language) + comment_block(snip.text, language)
+
+
+def query_words(text: str, cursor: int, lines_before: int = 30, lines_after: int = 5) -> set[str]:
+    """Identifiers around the cursor (30 lines before, 5 after): what snippets are ranked against."""
+    lo, hi = max(0, cursor - 8000), min(len(text), cursor + 2000)
+    start = cursor
+    for _ in range(lines_before):
+        start = text.rfind("\n", lo, max(start - 1, lo))
+        if start < 0:
+            start = lo
+            break
+    end = cursor
+    for _ in range(lines_after):
+        end = text.find("\n", end + 1, hi)
+        if end < 0:
+            end = hi
+            break
+    return set(words(text[start:end]))
+
+
+def build_context(
+    *,
+    text: str,
+    cursor: int,
+    path: str,
+    language: str,
+    budget: int,
+    count: Callable[[str], int],
+    candidates: list[Snippet] | None = None,
+    previous: Layout | None = None,
+) -> BuiltContext:
+    """Prefix, suffix and packed snippets for a cursor at code-point offset `cursor` of `text`, in at
+    most `budget` tokens (as counted by `count`)."""
+    cursor = max(0, min(cursor, len(text)))
+    candidates = candidates or []
+    header = path_header(path, language)
+    header_tokens = count(header)
+    budget_left = max(budget - header_tokens, 1)
+
+    suffix_end, suffix_tokens = take_forward(text, cursor, int(budget_left * SUFFIX_SHARE), count)
+    room = budget_left - suffix_tokens
+    prefix_cap = int(room * PREFIX_SHARE / (1 - SUFFIX_SHARE)) if candidates else room
+    prefix_start, prefix_tokens = _cut_prefix(text, cursor, prefix_cap, count, previous, budget)
+
+    cursor_line = text.count("\n", 0, cursor) if len(text) < 1_000_000 else -1
+    snippet_room = room - prefix_tokens
+    if candidates and prefix_start > 0:
+        # The prefix is cut: leave it room to grow so the snippets need not be re-packed soon.
+        snippet_room = room - min(prefix_cap, prefix_tokens + int(budget * 0.1))
+    chosen, snippet_tokens = _pick_snippets(
+        candidates, text, cursor, prefix_start, suffix_end, path, language, snippet_room, count,
+        previous, cursor_line, budget)
+
+    layout = Layout(prefix_start, text[prefix_start : prefix_start + 64],
+                    [s.key for s in chosen], cursor_line, budget)
+    prefix = "".join(render_snippet(s, language) for s in chosen) + header + text[prefix_start:cursor]
+    return BuiltContext(prefix, text[cursor:suffix_end], chosen, prefix_tokens + header_tokens,
+                        suffix_tokens, snippet_tokens, budget, layout)
+
+
+def _cut_prefix(text: str, cursor: int, cap: int, count: Callable[[str], int],
+                previous: Layout | None, budget: int) -> tuple[int, int]:
+    """Where the file prefix starts. Keeps the previous cut while it still fits (and the text there
+    is unchanged); otherwise cuts so the prefix fills REGROW_SHARE of its cap."""
+    start, tokens = take_backward(text, cursor, cap, count)
+    if start == 0:
+        return 0, tokens
+    if (previous is not None and previous.budget == budget and 0 < previous.prefix_start <= cursor
+            and text.startswith(previous.prefix_anchor, previous.prefix_start)
+            and previous.prefix_start >= start):
+        kept = _tokens_between(text, previous.prefix_start, cursor, count)
+        if kept <= cap and kept >= int(cap * REGROW_SHARE * 0.66):
+            return previous.prefix_start, kept
+    return take_backward(text, cursor, int(cap * REGROW_SHARE), count)
+
+
+def _tokens_between(text: str, start: int, end: int, count: Callable[[str], int]) -> int:
+    _, n = take_backward(text, end, 1 << 40, count, floor=start)
+    return n
+
+
+def _pick_snippets(candidates: list[Snippet], text: str, cursor: int, prefix_start: int,
+                   suffix_end: int, path: str, language: str, room: int,
+                   count: Callable[[str], int], previous: Layout | None, cursor_line: int,
+                   budget: int) -> tuple[list[Snippet], int]:
+    if room <= 0 or not candidates:
+        return [], 0
+    # Parts of this file already in the prompt are no snippets.
+    first_line = text.count("\n", 0, prefix_start) if prefix_start else 0
+    last_line = text.count("\n", 0, suffix_end) + 1 if suffix_end < len(text) else 1 << 30
+    usable = [s for s in candidates
+              if not (s.path == path and s.start_line < last_line and s.end_line > first_line)]
+    ranked = dedupe(rank(usable, query_words(text, cursor)))
+    by_key = {s.key: s for s in ranked}
+
+    # Keep the previous selection while the cursor stays near and it all still fits.
+    if (previous is not None and previous.snippet_keys and previous.budget == budget
+            and abs(previous.anchor_line - cursor_line) <= STICKY_LINES
+            and all(k in by_key for k in previous.snippet_keys)):
+        kept = [by_key[k] for k in previous.snippet_keys]
+        used = sum(count(render_snippet(s, language)) for s in kept)
+        if used <= room:
+            return kept, used
+
+    chosen, used = [], 0
+    for snip in ranked:
+        n = count(render_snippet(snip, language))
+        if used + n <= room:
+            chosen.append(snip)
+            used += n
+    chosen.sort(key=lambda s: s.key)  # a fixed order, not the score order: stable across keystrokes
+    return chosen, used

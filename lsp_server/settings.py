@@ -1,0 +1,188 @@
+"""Server settings: one dataclass filled from the client's camelCase `codellama` section.
+
+Invalid values never stop the server: each one becomes a user-facing problem string and the key keeps
+its default. The keys are a contract with the editor clients (see lsp_server/README.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPE_ALIASES = {
+    "auto": "auto",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+}
+MIN_CONTEXT_TOKENS = 256
+MAX_CONTEXT_TOKENS = 100_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str | None = None
+    adapter: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    fim_format: str = "spm"
+    max_context_tokens: int | None = None  # None: automatic
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    backend: str = "local"
+    enable: bool = True
+    repository_context: bool = True
+    multiline: str = "auto"
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    def engine_key(self) -> tuple[Any, ...]:
+        """The settings that need a model (re)load when they change."""
+        return (self.model, self.adapter, self.device, self.dtype, self.backend)
+
+    def context_budget(self, context_length: int, on_gpu: bool) -> int:
+        """Prompt budget in tokens: the setting (or the automatic default) capped by what the model
+        can take with room for the generated tokens."""
+        wanted = self.max_context_tokens or (16384 if on_gpu else 2048)
+        room = max(context_length - self.max_new_tokens - 8, 64)
+        return max(min(wanted, room), 64)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+CAMEL_KEYS = {_camel(f.name): f.name for f in fields(Settings)}
+
+
+def _optional_path(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a path string or null")
+    return os.path.expanduser(value)
+
+
+def _device(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be one of {', '.join(DEVICES)} or cuda:N")
+    value = value.strip().lower()
+    if value in DEVICES or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError(f"must be one of {', '.join(DEVICES)} or cuda:N")
+
+
+def _dtype(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in DTYPE_ALIASES:
+        return DTYPE_ALIASES[value.strip().lower()]
+    raise ValueError("must be auto, bfloat16, float16 or float32")
+
+
+def _choice(*choices: str):
+    def parse(value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ValueError(f"must be one of {', '.join(choices)}")
+
+    return parse
+
+
+def _int_range(lo: int, hi: int, allow_none: bool = False):
+    def parse(value: Any) -> int | None:
+        if value is None and allow_none:
+            return None
+        # JSON has no integers of its own: accept 64.0 but not 64.5, true or "64".
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise ValueError(f"must be an integer from {lo} to {hi}")
+        if not lo <= int(value) <= hi:
+            raise ValueError(f"must be from {lo} to {hi}")
+        return int(value)
+
+    return parse
+
+
+def _temperature(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("must be a number from 0 to 2")
+    if not 0.0 <= value <= 2.0:
+        raise ValueError("must be from 0 to 2")
+    return float(value)
+
+
+def _backend(value: Any) -> str:
+    if isinstance(value, str):
+        value = value.strip()
+        if value.lower() == "local" or value == "":
+            return "local"
+        if value.startswith(("http://", "https://")):
+            return value
+    raise ValueError('must be "local" or an http(s):// URL of an OpenAI-compatible server')
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError("must be true or false")
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list) and all(isinstance(p, str) for p in value):
+        return tuple(value)
+    raise ValueError("must be a list of glob patterns")
+
+
+PARSERS = {
+    "model": _optional_path,
+    "adapter": _optional_path,
+    "device": _device,
+    "dtype": _dtype,
+    "fim_format": _choice("spm", "psm"),
+    "max_context_tokens": _int_range(MIN_CONTEXT_TOKENS, MAX_CONTEXT_TOKENS, allow_none=True),
+    "max_new_tokens": _int_range(1, 2048),
+    "temperature": _temperature,
+    "backend": _backend,
+    "enable": _bool,
+    "repository_context": _bool,
+    "multiline": _choice("auto", "always", "never"),
+    "exclude": _patterns,
+}
+
+
+def unwrap_section(raw: Any) -> Any:
+    """Accept both `{"codellama": {...}}` and the bare section."""
+    if isinstance(raw, dict) and isinstance(raw.get("codellama"), dict):
+        return raw["codellama"]
+    return raw
+
+
+def parse_settings(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
+    """Settings from a client's `codellama` object, and the problems to show the user.
+
+    Keys absent from `raw` keep their value from `base` (defaults when None); invalid keys fall back
+    to the default. Unknown keys are ignored (clients may send their own UI settings)."""
+    base = base or Settings()
+    raw = unwrap_section(raw)
+    if raw is None:
+        return base, []
+    if not isinstance(raw, dict):
+        return base, ["codellama settings must be an object; using the previous settings"]
+    changes: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, value in raw.items():
+        name = CAMEL_KEYS.get(key)
+        if name is None:
+            continue
+        try:
+            changes[name] = PARSERS[name](value)
+        except ValueError as exc:
+            changes[name] = getattr(Settings(), name)
+            problems.append(f"Setting codellama.{key} = {value!r} {exc}; using the default.")
+    return replace(base, **changes), problems
