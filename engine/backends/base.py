@@ -1,0 +1,123 @@
+"""The one interface between the language server and whatever produces completions.
+
+The in-process local engine (`engine.backends.local.LocalBackend`) and the remote OpenAI-compatible
+client both implement `Backend`; the language server only ever sees this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Protocol, runtime_checkable
+
+FimFormat = Literal["psm", "spm"]
+StopReason = Literal["eot", "eos", "max_tokens", "stop_string", "cancelled", "context_full"]
+
+
+@dataclass
+class CompletionRequest:
+    """A fill-in-the-middle request. `prefix` already holds any repository context the caller packed
+    in front of the text before the cursor (as path-headed comments); `suffix` is the text after it."""
+
+    prefix: str
+    suffix: str = ""
+    fim_format: FimFormat = "spm"
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    # Number of prefix tokens to hold back and re-generate under a constraint (token healing).
+    token_healing: bool = True
+
+
+@dataclass
+class InstructRequest:
+    """A Code Llama – Instruct query: one user turn with an optional system prompt."""
+
+    user: str
+    system: str | None = None
+    max_new_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Timings:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    prefill_ms: float = 0.0
+    first_token_ms: float = 0.0
+    decode_ms: float = 0.0
+    generated_tokens: int = 0
+    total_ms: float = 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = max(self.generated_tokens - 1, 0)  # the first token comes out of prefill
+        return 0.0 if self.decode_ms <= 0 else 1000.0 * steps / self.decode_ms
+
+
+@dataclass
+class Completion:
+    text: str
+    stop_reason: StopReason
+    prompt_tokens: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # generated ids, stop token excluded
+    timings: Timings = field(default_factory=Timings)
+
+
+# Called between decode steps; returning True stops generation with stop_reason "cancelled".
+ShouldStop = Callable[[], bool]
+# Receives the text generated so far (the whole of it, not a delta) after each decode step.
+OnText = Callable[[str], None]
+
+
+class BackendError(RuntimeError):
+    """A problem the user must act on (model missing, server unreachable); message is user-facing."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    @property
+    def description(self) -> str:
+        """Short human-readable name, e.g. 'local: default-model (cpu, bfloat16)'."""
+        ...
+
+    @property
+    def context_length(self) -> int:
+        """Most prompt + generated tokens the backend can take."""
+        ...
+
+    @property
+    def can_infill(self) -> bool:
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens `text` takes in the middle of a prompt (no BOS, no implicit leading space)."""
+        ...
+
+    def complete(
+        self,
+        request: CompletionRequest,
+        should_stop: ShouldStop | None = None,
+        on_text: OnText | None = None,
+    ) -> Completion:
+        ...
+
+    def instruct(
+        self,
+        request: InstructRequest,
+        should_stop: ShouldStop | None = None,
+        on_text: OnText | None = None,
+    ) -> Completion:
+        ...
+
+    def warm(self, request: CompletionRequest, should_stop: ShouldStop | None = None) -> None:
+        """Prefill the prompt of `request` so a later `complete` with a longer prompt reuses its KV.
+        May do nothing (remote backends). Must return promptly once `should_stop()` is True."""
+        ...
+
+    def close(self) -> None:
+        ...

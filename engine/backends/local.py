@@ -1,0 +1,269 @@
+"""The in-process backend: a loaded model, its tokenizer, and a pool of KV caches reused across requests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from engine.backends.base import (
+    BackendError,
+    Completion,
+    CompletionRequest,
+    InstructRequest,
+    OnText,
+    ShouldStop,
+    StopReason,
+    Timings,
+)
+from engine.cache import KVCache
+from engine.checkpoints import CheckpointError, LoadedModel, load_model
+from engine.generate import Sampling, common_prefix_length, generate, prefill
+from engine.healing import TokenHealer
+from engine.prompts import infill_prompt, instruct_prompt, left_to_right_prompt
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BackendError("device 'cuda' was requested but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def cpu_has_fast_bf16() -> bool:
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text() or "amx_bf16" in Path(
+            "/proc/cpuinfo"
+        ).read_text()
+    except OSError:
+        return False
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA and on CPUs with native bf16; float32 otherwise. Never fp16 on CPU by default."""
+    if dtype in (None, "", "auto"):
+        if device.type == "cuda" or cpu_has_fast_bf16():
+            return torch.bfloat16
+        return torch.float32
+    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
+             "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise BackendError(f"unknown dtype {dtype!r} (use auto, bfloat16, float32 or float16)")
+    return table[dtype]
+
+
+class CachePool:
+    """A few KV caches, each holding the tokens of a recent prompt; picks the one sharing the longest
+    prefix with a new prompt and evicts the least recently used when over the memory budget."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, budget_bytes: int) -> None:
+        self.loaded, self.device, self.dtype, self.budget = loaded, device, dtype, budget_bytes
+        self.caches: list[KVCache] = []  # most recently used last
+
+    def acquire(self, prompt: list[int], capacity: int) -> KVCache:
+        best, best_len = None, 0
+        for cache in self.caches:
+            n = common_prefix_length(cache.tokens, prompt)
+            if n > best_len:
+                best, best_len = cache, n
+        if best is None:
+            best = KVCache(self.loaded.args, capacity, self.device, self.dtype)
+            self.caches.append(best)
+        else:
+            self.caches.remove(best)
+            self.caches.append(best)
+        best.ensure_capacity(capacity)
+        self._evict(keep=best)
+        return best
+
+    def _evict(self, keep: KVCache) -> None:
+        while len(self.caches) > 1 and sum(c.nbytes() for c in self.caches) > self.budget:
+            victim = next(c for c in self.caches if c is not keep)
+            self.caches.remove(victim)
+
+    def clear(self) -> None:
+        self.caches.clear()
+
+
+class LocalBackend:
+    """Implements engine.backends.base.Backend with the model in this process.
+
+    Requests are served one at a time (a lock); the language server cancels stale ones through
+    `should_stop`, which is checked between prefill chunks and decode steps.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: torch.device,
+        dtype: torch.dtype,
+        cache_budget_mb: int = 1024,
+        adapter: str | Path | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tok = loaded.tokenizer
+        self.device, self.dtype = device, dtype
+        self.adapter = Path(adapter) if adapter else None
+        self.pool = CachePool(loaded, device, dtype, cache_budget_mb * 2**20)
+        self.healer = TokenHealer(self.tok.piece_texts())
+        self.lock = threading.Lock()
+
+    # ---- Backend properties -------------------------------------------------------------------
+
+    @property
+    def description(self) -> str:
+        name = self.loaded.path.name
+        extra = f" + adapter {self.adapter.name}" if self.adapter else ""
+        return f"local: {name}{extra} ({self.device.type}, {str(self.dtype).removeprefix('torch.')})"
+
+    @property
+    def context_length(self) -> int:
+        # Rotary has no hard limit; memory does. Report the trained length scaled as Code Llama
+        # extrapolates (trained at 16K, usable to ~100K with base 1e6).
+        trained = self.loaded.args.max_seq_len
+        return trained * 6 if self.loaded.args.rope_theta >= 1e6 else trained
+
+    @property
+    def can_infill(self) -> bool:
+        return self.tok.can_infill
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tok.encode_infill(text))
+
+    # ---- requests -----------------------------------------------------------------------------
+
+    def build_prompt(self, request: CompletionRequest) -> tuple[list[int], str]:
+        """The prompt ids and the text held back for token healing ('' when none)."""
+        if not self.tok.can_infill:
+            prompt = left_to_right_prompt(self.tok, request.prefix)
+        else:
+            prompt = infill_prompt(self.tok, request.prefix, request.suffix, request.fim_format)
+        healed = ""
+        if request.token_healing and request.prefix:
+            # The prefix's tokens are the prompt's tail in SPM and end before <SUF> in PSM.
+            at = len(prompt) - 1 if request.fim_format == "spm" or not self.tok.can_infill else prompt.index(
+                self.tok.suffix_id  # type: ignore[arg-type]
+            ) - 1
+            text = self.healer.heal_text(prompt[at])
+            if text and len(self.healer.allowed(text)) > 0 and at > 2:
+                healed = text
+                prompt = prompt[:at] + prompt[at + 1 :]
+        return prompt, healed
+
+    def complete(
+        self, request: CompletionRequest, should_stop: ShouldStop | None = None, on_text: OnText | None = None
+    ) -> Completion:
+        prompt, healed = self.build_prompt(request)
+        stop_ids = self.tok.stop_ids()
+        constrain = self.healer.constraint(healed) if healed else None
+
+        def text_of(ids: list[int]) -> str:
+            text = self.tok.decode_infill(ids)
+            return text[len(healed) :] if text.startswith(healed) else text
+
+        return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain)
+
+    def instruct(
+        self, request: InstructRequest, should_stop: ShouldStop | None = None, on_text: OnText | None = None
+    ) -> Completion:
+        prompt = instruct_prompt(self.tok, request.user, request.system)
+        return self._run(prompt, request, {self.tok.eos_id}, self.tok.decode, should_stop, on_text, None)
+
+    def warm(self, request: CompletionRequest, should_stop: ShouldStop | None = None) -> None:
+        prompt, _ = self.build_prompt(request)
+        if not self.lock.acquire(blocking=False):
+            return  # a real request is running; warming is only ever opportunistic
+        try:
+            cache = self.pool.acquire(prompt, len(prompt) + 1)
+            reuse = common_prefix_length(cache.tokens, prompt)
+            cache.truncate(reuse)
+            if reuse < len(prompt):
+                prefill(self.model, cache, prompt[reuse:], should_stop=should_stop)
+        finally:
+            self.lock.release()
+
+    def _run(self, prompt, request, stop_ids, text_of, should_stop, on_text, constrain) -> Completion:
+        limit = self.context_length
+        max_new = max(0, min(request.max_new_tokens, limit - len(prompt)))
+        if max_new == 0:
+            return Completion("", "context_full", prompt_tokens=prompt)
+        start = time.perf_counter()
+        stop_strings = [s for s in request.stop if s]
+        state: dict[str, str] = {"text": ""}
+
+        def stop_hook(generated: list[int]) -> bool:
+            if should_stop is not None and should_stop():
+                state["why"] = "cancelled"
+                return True
+            if not generated:
+                return False
+            text = text_of(generated)
+            for s in stop_strings:
+                if s in text:
+                    state["text"], state["why"] = text[: text.index(s)], "stop_string"
+                    return True
+            state["text"] = text
+            if on_text is not None:
+                on_text(text)
+            return False
+
+        sampling = Sampling(request.temperature, request.top_p, request.seed)
+        with self.lock:
+            cache = self.pool.acquire(prompt, len(prompt) + max_new)
+            result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, stop_hook, constrain)
+        reason: StopReason
+        if result.stop_reason == "stopped":
+            reason = state.get("why", "cancelled")  # type: ignore[assignment]
+            text = state["text"]
+        else:
+            text = text_of(result.tokens)
+            if result.stop_reason == "max_tokens":
+                reason = "max_tokens"
+            else:
+                reason = "eot" if result.stop_token == self.tok.eot_id else "eos"
+        timings = Timings(
+            prompt_tokens=len(prompt),
+            cached_tokens=result.cached_tokens,
+            prefill_ms=result.prefill_ms,
+            first_token_ms=result.first_token_ms,
+            decode_ms=result.decode_ms,
+            generated_tokens=len(result.tokens),
+            total_ms=1000 * (time.perf_counter() - start),
+        )
+        return Completion(text, reason, prompt_tokens=prompt, tokens=result.tokens, timings=timings)
+
+    def close(self) -> None:
+        self.pool.clear()
+
+
+def load_local_backend(
+    model_dir: str | Path | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+    adapter: str | Path | None = None,
+    cache_budget_mb: int = 1024,
+) -> LocalBackend:
+    """Load a model directory (default: the embedded model) into a ready backend.
+
+    Raises BackendError with a user-facing message for anything the user must fix.
+    """
+    from engine import default_model_dir
+
+    path = Path(model_dir) if model_dir else default_model_dir()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    try:
+        loaded = load_model(path, device=dev, dtype=dt)
+    except CheckpointError as exc:
+        raise BackendError(str(exc)) from exc
+    except torch.cuda.OutOfMemoryError as exc:
+        raise BackendError(f"{path}: out of GPU memory while loading the model") from exc
+    if adapter:
+        from engine.adapters import apply_adapter
+
+        apply_adapter(loaded.model, Path(adapter))
+    return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter)

@@ -1,0 +1,316 @@
+"""Load and save the two checkpoint layouts users download: Meta's and Hugging Face's.
+
+Both are loaded tensor by tensor from memory-mapped files straight into a model built on the `meta`
+device, converted to the target dtype and device on the way, so no second full copy of the weights
+is ever held in host memory. Renames and the q/k row permutation between layouts live here only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from engine.config import ModelArgs
+from engine.model import Transformer
+from engine.tokenizer import Tokenizer, TokenizerError
+
+
+class CheckpointError(ValueError):
+    """A model directory that cannot be loaded; the message names the file and the problem."""
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: Tokenizer
+    args: ModelArgs
+    path: Path
+    layout: str  # "meta" or "hf"
+
+
+def detect_layout(model_dir: Path) -> str:
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: model directory not found")
+    if (model_dir / "params.json").is_file() and list(model_dir.glob("consolidated.*.pth")):
+        return "meta"
+    if (model_dir / "config.json").is_file() and list(model_dir.glob("*.safetensors")):
+        return "hf"
+    raise CheckpointError(
+        f"{model_dir}: not a model directory (expected params.json + consolidated.*.pth, "
+        "or config.json + *.safetensors, each with tokenizer.model)"
+    )
+
+
+def read_args(model_dir: str | Path) -> tuple[ModelArgs, str]:
+    """The model's shape and layout, without touching the weights."""
+    model_dir = Path(model_dir)
+    layout = detect_layout(model_dir)
+    name = "params.json" if layout == "meta" else "config.json"
+    try:
+        raw = json.loads((model_dir / name).read_text())
+        args = ModelArgs.from_meta_params(raw) if layout == "meta" else ModelArgs.from_hf_config(raw)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{model_dir / name}: cannot read the model configuration ({exc})") from exc
+    return args, layout
+
+
+def load_model(
+    model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16
+) -> LoadedModel:
+    model_dir = Path(model_dir)
+    args, layout = read_args(model_dir)
+    tok_path = model_dir / "tokenizer.model"
+    if not tok_path.is_file():
+        raise CheckpointError(f"{tok_path}: tokenizer.model is missing")
+    try:
+        tokenizer = Tokenizer(tok_path)
+    except TokenizerError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+    tensors = _meta_tensors(model_dir, args) if layout == "meta" else _hf_tensors(model_dir)
+    if args.vocab_size <= 0:  # Meta params.json may say -1: the embedding decides
+        args.vocab_size = _peek_vocab(model_dir, layout)
+    _check_tokenizer(tokenizer, args, tok_path)
+
+    with torch.device("meta"):
+        model = Transformer(args)
+    expected = {name: p.shape for name, p in model.state_dict().items()}
+    state: dict[str, torch.Tensor] = {}
+    for name, source, tensor in tensors:
+        if name not in expected:
+            raise CheckpointError(f"{source}: unexpected tensor {name!r}")
+        if tuple(tensor.shape) != tuple(expected[name]):
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                f"the configuration needs {tuple(expected[name])}"
+            )
+        state[name] = tensor.to(device=device, dtype=dtype)
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise CheckpointError(f"{model_dir}: missing tensors: {shown}")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, args=args, path=model_dir, layout=layout)
+
+
+def _check_tokenizer(tok: Tokenizer, args: ModelArgs, path: Path) -> None:
+    # Checkpoints may pad the embedding to a round size; they never have fewer rows than pieces.
+    padded_ok = tok.vocab_size <= args.vocab_size < tok.vocab_size + 128
+    if not padded_ok:
+        raise CheckpointError(
+            f"{path}: tokenizer has {tok.vocab_size} pieces but the model's embedding has "
+            f"{args.vocab_size} rows; this tokenizer does not belong to this model"
+        )
+
+
+# ---- Hugging Face layout ----------------------------------------------------------------------
+
+# Whole-model tensors, then per-layer module names: (Hugging Face name, our name).
+_HF_GLOBAL = {
+    "model.embed_tokens.weight": "tok_embeddings.weight",
+    "model.norm.weight": "norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_HF_LAYER = {
+    "self_attn.q_proj": "attention.wq",
+    "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1",
+    "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3",
+    "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+_OURS_GLOBAL = {v: k for k, v in _HF_GLOBAL.items()}
+_OURS_LAYER = {v: k for k, v in _HF_LAYER.items()}
+_HF_IGNORED = re.compile(r"rotary_emb\.inv_freq$")
+
+
+def hf_to_ours(name: str) -> str | None:
+    if name in _HF_GLOBAL:
+        return _HF_GLOBAL[name]
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name)
+    if m and m.group(2) in _HF_LAYER:
+        return f"layers.{m.group(1)}.{_HF_LAYER[m.group(2)]}.weight"
+    return None
+
+
+def ours_to_hf(name: str) -> str:
+    if name in _OURS_GLOBAL:
+        return _OURS_GLOBAL[name]
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", name)
+    if m and m.group(2) in _OURS_LAYER:
+        return f"model.layers.{m.group(1)}.{_OURS_LAYER[m.group(2)]}.weight"
+    raise KeyError(f"no Hugging Face name for {name!r}")
+
+
+def _hf_shard_files(model_dir: Path) -> list[Path]:
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise CheckpointError(f"{index}: unreadable safetensors index ({exc})") from exc
+        files = sorted({model_dir / f for f in weight_map.values()})
+        for f in files:
+            if not f.is_file():
+                raise CheckpointError(f"{f}: shard listed in {index.name} is missing")
+        return files
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+def _hf_tensors(model_dir: Path) -> Iterator[tuple[str, Path, torch.Tensor]]:
+    for path in _hf_shard_files(model_dir):
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for key in f.keys():
+                    if _HF_IGNORED.search(key):
+                        continue
+                    name = hf_to_ours(key)
+                    if name is None:
+                        raise CheckpointError(f"{path}: unexpected tensor {key!r}")
+                    yield name, path, f.get_tensor(key)
+        except SafetensorError as exc:
+            raise CheckpointError(f"{path}: corrupt safetensors file ({exc})") from exc
+
+
+# ---- Meta layout ------------------------------------------------------------------------------
+
+# Model-parallel shards split these weights along dim 0 (column-parallel) ...
+_META_CAT_DIM0 = ("wq", "wk", "wv", "w1", "w3", "output")
+# ... and these along dim 1 (row-parallel); everything else (norms) is replicated.
+_META_CAT_DIM1 = ("wo", "w2", "tok_embeddings")
+_META_IGNORED = ("rope.freqs",)
+
+
+def meta_concat_dim(name: str) -> int | None:
+    parts = name.split(".")
+    if any(p in _META_CAT_DIM0 for p in parts):
+        return 0
+    if any(p in _META_CAT_DIM1 for p in parts):
+        return 1
+    return None
+
+
+def _meta_shard_files(model_dir: Path) -> list[Path]:
+    files = sorted(model_dir.glob("consolidated.*.pth"))
+    numbers = []
+    for f in files:
+        m = re.fullmatch(r"consolidated\.(\d+)\.pth", f.name)
+        if not m:
+            raise CheckpointError(f"{f}: unexpected shard name")
+        numbers.append(int(m.group(1)))
+    for expected_n in range(max(numbers) + 1):
+        if expected_n not in numbers:
+            raise CheckpointError(f"{model_dir / f'consolidated.{expected_n:02d}.pth'}: shard is missing")
+    return files
+
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged zip/pickle
+        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({exc})") from exc
+
+
+def _meta_tensors(model_dir: Path, args: ModelArgs) -> Iterator[tuple[str, Path, torch.Tensor]]:
+    files = _meta_shard_files(model_dir)
+    shards = [_torch_load(f) for f in files]  # memory-mapped: nothing is read yet
+    names = list(shards[0].keys())
+    for f, shard in zip(files[1:], shards[1:]):
+        if list(shard.keys()) != names:
+            raise CheckpointError(f"{f}: holds different tensors than {files[0].name}")
+    source = files[0] if len(files) == 1 else model_dir
+    for name in names:
+        if name in _META_IGNORED:
+            continue
+        dim = meta_concat_dim(name)
+        pieces = [s[name] for s in shards]
+        tensor = pieces[0] if dim is None or len(pieces) == 1 else torch.cat(pieces, dim=dim)
+        if name.endswith("attention.wq.weight"):
+            tensor = interleaved_to_half(tensor, args.n_heads)
+        elif name.endswith("attention.wk.weight"):
+            assert args.n_kv_heads is not None
+            tensor = interleaved_to_half(tensor, args.n_kv_heads)
+        yield name, source, tensor
+
+
+def _peek_vocab(model_dir: Path, layout: str) -> int:
+    if layout == "meta":
+        shards = [_torch_load(f) for f in _meta_shard_files(model_dir)]
+        return int(shards[0]["output.weight"].shape[0]) * len(shards)
+    for name, _, tensor in _hf_tensors(model_dir):
+        if name == "output.weight":
+            return int(tensor.shape[0])
+    raise CheckpointError(f"{model_dir}: no output weight found")
+
+
+def interleaved_to_half(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder the rows of a Meta wq/wk so that rotary pair (2i, 2i+1) becomes (i, i + d_head/2)."""
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def half_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Inverse of `interleaved_to_half`: back to Meta's interleaved rotary row order."""
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+# ---- saving -----------------------------------------------------------------------------------
+
+
+def _copy_tokenizer(tokenizer_model: Path, out_dir: Path) -> None:
+    (out_dir / "tokenizer.model").write_bytes(Path(tokenizer_model).read_bytes())
+
+
+def save_hf_checkpoint(
+    model: Transformer, tokenizer_model: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16
+) -> Path:
+    """config.json + model.safetensors + tokenizer.model, loadable by us and by transformers."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {ours_to_hf(k): v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    dtype_name = str(dtype).removeprefix("torch.")
+    (out / "config.json").write_text(json.dumps(model.args.to_hf_config(dtype_name), indent=2) + "\n")
+    _copy_tokenizer(Path(tokenizer_model), out)
+    return out
+
+
+def save_meta_checkpoint(
+    model: Transformer,
+    tokenizer_model: str | Path,
+    out_dir: str | Path,
+    n_shards: int = 1,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Path:
+    """params.json + consolidated.NN.pth (model-parallel shards) + tokenizer.model, as Meta ships them."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    args = model.args
+    assert args.n_kv_heads is not None
+    shards: list[dict[str, torch.Tensor]] = [{} for _ in range(n_shards)]
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu", dtype)
+        if name.endswith("attention.wq.weight"):
+            t = half_to_interleaved(t, args.n_heads)
+        elif name.endswith("attention.wk.weight"):
+            t = half_to_interleaved(t, args.n_kv_heads)
+        dim = meta_concat_dim(name)
+        for i in range(n_shards):
+            shards[i][name] = (t if dim is None else t.chunk(n_shards, dim=dim)[i]).clone()
+    for i, shard in enumerate(shards):
+        torch.save(shard, out / f"consolidated.{i:02d}.pth")
+    (out / "params.json").write_text(json.dumps(args.to_meta_params(), indent=2) + "\n")
+    _copy_tokenizer(Path(tokenizer_model), out)
+    return out

@@ -1,0 +1,166 @@
+"""Prefill, decode and sampling as free functions over token ids.
+
+`generate` is token-level: the caller passes the prompt ids, a KV cache (possibly already holding a
+prefix of the prompt), and a `should_stop(generated)` hook that covers cancellation and stop strings.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from engine.cache import KVCache
+from engine.model import Transformer
+
+PREFILL_CHUNK = 1024  # tokens per prefill step: bounds the activation and attention-mask memory
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int]  # generated ids, stop token excluded
+    stop_reason: str  # "eos" (a stop id), "max_tokens", "stopped" (should_stop said so)
+    stop_token: int | None = None
+    cached_tokens: int = 0
+    prefill_ms: float = 0.0
+    first_token_ms: float = 0.0
+    decode_ms: float = 0.0  # after the first token
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@torch.inference_mode()
+def prefill(
+    model: Transformer,
+    cache: KVCache,
+    tokens: Sequence[int],
+    chunk_size: int = PREFILL_CHUNK,
+    should_stop: Callable[[], bool] | None = None,
+) -> torch.Tensor | None:
+    """Append `tokens` to the cache; return float32 logits (vocab,) of the last one.
+
+    Returns None if `should_stop` fired between chunks (the cache then holds what was done so far,
+    which stays valid for reuse).
+    """
+    assert tokens, "prefill needs at least one token"
+    device = cache.device
+    cache.ensure_capacity(cache.length + len(tokens))
+    logits = None
+    for i in range(0, len(tokens), chunk_size):
+        if should_stop is not None and i > 0 and should_stop():
+            return None
+        chunk = list(tokens[i : i + chunk_size])
+        x = torch.tensor([chunk], dtype=torch.long, device=device)
+        hidden = model(x, start_pos=cache.length, cache=cache, return_hidden=True)
+        cache.tokens.extend(chunk)
+        logits = hidden[0, -1]
+    assert logits is not None
+    return model.output(logits).float()
+
+
+@torch.inference_mode()
+def decode_step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
+    """Feed one token at the next position; return float32 logits (vocab,) for the position after."""
+    cache.ensure_capacity(cache.length + 1)
+    x = torch.tensor([[token]], dtype=torch.long, device=cache.device)
+    logits = model(x, start_pos=cache.length, cache=cache)
+    cache.tokens.append(token)
+    return logits[0, -1].float()
+
+
+def sample(
+    logits: torch.Tensor,
+    sampling: Sampling,
+    generator: torch.Generator | None,
+    allowed: torch.Tensor | None = None,
+) -> int:
+    """Pick the next id from float32 logits (vocab,); `allowed` (ids) restricts the choice."""
+    if allowed is not None:
+        masked = torch.full_like(logits, float("-inf"))
+        masked[allowed] = logits[allowed]
+        logits = masked
+    if sampling.temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # Keep the smallest set whose mass reaches top_p (always at least the top id).
+        outside = torch.cumsum(sorted_probs, dim=-1) - sorted_probs > sampling.top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def generate(
+    model: Transformer,
+    cache: KVCache,
+    prompt: Sequence[int],
+    max_new_tokens: int,
+    stop_ids: set[int],
+    sampling: Sampling | None = None,
+    should_stop: Callable[[list[int]], bool] | None = None,
+    constrain: Callable[[list[int]], torch.Tensor | None] | None = None,
+) -> GenerationResult:
+    """Generate after `prompt`, reusing whatever prefix of it `cache` already holds.
+
+    `should_stop(generated)` runs after each new token (and between prefill chunks with the empty
+    list): True ends generation with reason "stopped". `constrain(generated)` may return the ids
+    allowed for the next token (token healing), or None for no constraint.
+    """
+    sampling = sampling or Sampling()
+    generator = None
+    if sampling.temperature > 0:
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns()))
+
+    # Reuse the cached prefix, but always recompute at least the last prompt token for its logits.
+    reuse = min(common_prefix_length(cache.tokens, prompt), len(prompt) - 1)
+    cache.truncate(reuse)
+    # Room for the whole answer now, so decode steps never reallocate.
+    cache.ensure_capacity(len(prompt) + max_new_tokens)
+    t0 = time.perf_counter()
+    logits = prefill(
+        model, cache, prompt[reuse:], should_stop=(lambda: should_stop([])) if should_stop else None
+    )
+    t_prefill = time.perf_counter()
+    result = GenerationResult(tokens=[], stop_reason="max_tokens", cached_tokens=reuse)
+    result.prefill_ms = 1000 * (t_prefill - t0)
+    if logits is None:
+        result.stop_reason = "stopped"
+        return result
+
+    generated: list[int] = []
+    while len(generated) < max_new_tokens:
+        allowed = constrain(generated) if constrain else None
+        token = sample(logits, sampling, generator, allowed)
+        if not generated:
+            result.first_token_ms = 1000 * (time.perf_counter() - t0)
+        if token in stop_ids:
+            result.stop_reason, result.stop_token = "eos", token
+            break
+        generated.append(token)
+        if should_stop is not None and should_stop(generated):
+            result.stop_reason = "stopped"
+            break
+        if len(generated) == max_new_tokens:
+            break
+        logits = decode_step(model, cache, token)
+    result.tokens = generated
+    total_ms = 1000 * (time.perf_counter() - t0)
+    result.decode_ms = max(total_ms - result.first_token_ms, 0.0)
+    return result

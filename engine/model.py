@@ -1,0 +1,186 @@
+"""Llama 2 / Code Llama in PyTorch: modules only. One definition serves inference and training.
+
+Parameter names follow Meta's release (tok_embeddings, layers.N.attention.wq, feed_forward.w1, ...).
+The rows of wq and wk are kept in the "rotate half" order Hugging Face checkpoints use; the loader
+permutes Meta checkpoints into it (see checkpoints.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from engine import kernels
+from engine.cache import KVCache
+from engine.config import ModelArgs
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.rms_norm(x, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, layer_id: int) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.n_heads = args.n_heads
+        self.n_kv_heads = args.n_kv_heads
+        self.head_dim = args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.kv_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.kv_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start_pos: int,
+        cache: KVCache | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        bsz, seqlen, _ = x.shape
+        q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
+        k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        q, k = kernels.apply_rotary(q, k, cos, sin)
+        # (B, H, T, D) for attention
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if cache is not None:
+            k, v = cache.write(self.layer_id, start_pos, k, v)
+        # Causal over the whole sequence only when queries and keys are the same positions.
+        is_causal = mask is None and seqlen > 1 and k.shape[2] == seqlen
+        out = kernels.attention(q, k, v, mask, is_causal)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)  # gate
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(kernels.silu_mul(self.w1(x), self.w3(x)))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, layer_id: int) -> None:
+        super().__init__()
+        self.attention = Attention(args, layer_id)
+        assert args.hidden_dim is not None
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        start_pos: int,
+        cache: KVCache | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache, mask)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+        self._rope_cos: torch.Tensor | None = None  # (L, D/2) float32, grown on demand
+        self._rope_sin: torch.Tensor | None = None
+        self._rope_theta: float | None = None
+
+    # ---- rotary table -------------------------------------------------------------------------
+
+    def rope(self, start: int, end: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for positions [start, end), always float32 (base 1e6 needs the precision)."""
+        cached = self._rope_cos
+        if (
+            cached is None
+            or cached.shape[0] < end
+            or cached.device != device
+            or self._rope_theta != self.args.rope_theta
+        ):
+            length = max(end, 4096, 0 if cached is None else cached.shape[0])
+            d = self.args.head_dim
+            inv_freq = 1.0 / (
+                self.args.rope_theta ** (torch.arange(0, d, 2, device=device, dtype=torch.float64) / d)
+            )
+            angles = torch.outer(torch.arange(length, device=device, dtype=torch.float64), inv_freq)
+            self._rope_cos, self._rope_sin = angles.cos().float(), angles.sin().float()
+            self._rope_theta = self.args.rope_theta
+        assert self._rope_cos is not None and self._rope_sin is not None
+        return self._rope_cos[start:end], self._rope_sin[start:end]
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        start_pos: int = 0,
+        cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """tokens (B, T) at positions [start_pos, start_pos+T) -> logits (B, T, vocab).
+
+        With a cache, keys/values for these positions are written into it and attention covers
+        [0, start_pos+T). With `return_hidden`, the final normalised hidden states (B, T, dim) are
+        returned instead of logits (training computes its loss in chunks from them).
+        """
+        _, seqlen = tokens.shape
+        h = self.tok_embeddings(tokens)
+        cos, sin = self.rope(start_pos, start_pos + seqlen, tokens.device)
+        mask = None
+        if cache is not None and start_pos > 0 and seqlen > 1:
+            # Queries at start_pos+i see keys at positions <= start_pos+i.
+            q_pos = torch.arange(start_pos, start_pos + seqlen, device=tokens.device)
+            k_pos = torch.arange(start_pos + seqlen, device=tokens.device)
+            mask = k_pos[None, :] <= q_pos[:, None]
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and cache is None:
+                h = checkpoint(layer, h, cos, sin, start_pos, None, None, use_reentrant=False)
+            else:
+                h = layer(h, cos, sin, start_pos, cache, mask)
+        h = self.norm(h)
+        return h if return_hidden else self.output(h)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def init_weights(model: Transformer, std: float = 0.02, seed: int | None = None) -> None:
+    """Random initialisation for pretraining from scratch (GPT-2 style: scaled residual projections)."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    residual_std = std / (2 * model.args.n_layers) ** 0.5
+    for name, p in model.named_parameters():
+        if p.dim() == 1:
+            nn.init.ones_(p)
+        elif name.endswith(("wo.weight", "w2.weight")):
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=gen) * residual_std)
+        else:
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def logits_from_hidden(model: Transformer, hidden: torch.Tensor) -> torch.Tensor:
+    return F.linear(hidden, model.output.weight)

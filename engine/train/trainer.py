@@ -1,0 +1,282 @@
+"""The training loop: full training or LoRA, bf16 autocast, chunked cross-entropy, AdamW with warm-up
+and cosine decay, atomic checkpoints and exact resume.
+
+Exact resume: the batch of a step depends only on (seed, step) (see data.WindowSampler), and a
+checkpoint holds the trainable weights, the optimiser state, the step and the RNG states, so a run
+stopped and resumed ends with the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from engine.model import Transformer
+from engine.train.data import WindowSampler
+
+
+@dataclass
+class TrainConfig:
+    steps: int
+    seq_len: int
+    micro_batch: int = 1  # sequences per forward pass
+    grad_accum: int = 1  # forward passes per optimiser step
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    seed: int = 0
+    dtype: str = "bf16"  # autocast dtype: "bf16" or "fp32"
+    device: str = "cpu"
+    gradient_checkpointing: bool = False
+    loss_chunk: int = 4096  # tokens per chunk of the cross-entropy
+    checkpoint_every_s: float = 600.0
+    checkpoint_every_steps: int = 0  # 0: by time only
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    threads: int = 0  # torch threads; 0 leaves the default
+    extra: dict = field(default_factory=dict)  # recorded in checkpoints (data hash, stage, ...)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.micro_batch * self.grad_accum * self.seq_len
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---- loss -------------------------------------------------------------------------------------------
+
+
+def _ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = F.linear(hidden, weight.to(hidden.dtype) if hidden.dtype != weight.dtype else weight)
+    return F.cross_entropy(logits.float(), targets, reduction="sum", ignore_index=-100)
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 4096
+) -> torch.Tensor:
+    """Mean cross-entropy of `hidden @ weight.T` against targets, `chunk` tokens at a time.
+
+    Each chunk's logits are recomputed in the backward pass (activation checkpointing), so at most
+    one chunk of [tokens x vocab] logits exists at any moment, forward or backward.
+    """
+    h = hidden.reshape(-1, hidden.shape[-1])
+    t = targets.reshape(-1)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, h.shape[0], chunk):
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_ce_sum, h[i : i + chunk], weight, t[i : i + chunk], use_reentrant=False)
+        else:
+            total = total + _ce_sum(h[i : i + chunk], weight, t[i : i + chunk])
+    return total / max(1, int((t != -100).sum()))
+
+
+def batch_loss(model: Transformer, batch: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    x, y = batch[:, :-1], batch[:, 1:]
+    autocast = cfg.dtype == "bf16"
+    with torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=autocast):
+        hidden = model(x, return_hidden=True)
+        return chunked_cross_entropy(hidden, model.output.weight, y, cfg.loss_chunk)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of a run (a directory with its `COMPLETE` marker), or None."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / "latest"
+    candidates = []
+    if pointer.is_file():
+        candidates.append(run_dir / pointer.read_text().strip())
+    candidates += sorted(run_dir.glob("step-*[0-9]"), reverse=True)
+    for c in candidates:
+        if (c / "COMPLETE").is_file() and (c / "state.pt").is_file():
+            return c
+    return None
+
+
+def save_checkpoint(run_dir: Path, step: int, model: Transformer, opt: torch.optim.Optimizer,
+                    trainable: dict[str, torch.nn.Parameter], cfg: TrainConfig, keep: int) -> Path:
+    """Write step-NNNNNNN/ atomically: into a temporary directory, fsync, rename, then point `latest`."""
+    final = run_dir / f"step-{step:07d}"
+    tmp = run_dir / f".tmp-step-{step:07d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {
+        "step": step,
+        "params": {n: p.detach().clone() for n, p in trainable.items()},
+        "optimizer": opt.state_dict(),
+        "rng": _rng_state(),
+        "config": asdict(cfg),
+        "model_args": model.args.to_dict(),
+    }
+    torch.save(state, tmp / "state.pt")
+    with open(tmp / "state.pt", "rb") as fh:
+        os.fsync(fh.fileno())
+    (tmp / "COMPLETE").write_text(f"{step}\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    ptr_tmp = run_dir / f".latest.tmp{os.getpid()}"
+    ptr_tmp.write_text(final.name + "\n")
+    os.replace(ptr_tmp, run_dir / "latest")
+    for old in sorted(run_dir.glob("step-*[0-9]"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, opt: torch.optim.Optimizer, trainable: dict[str, torch.nn.Parameter]) -> int:
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    with torch.no_grad():
+        for n, p in trainable.items():
+            p.copy_(state["params"][n])
+    opt.load_state_dict(state["optimizer"])
+    _set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+# ---- the loop ---------------------------------------------------------------------------------------
+
+
+def make_optimizer(trainable: dict[str, torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for n, p in trainable.items() if p.dim() >= 2 and "tok_embeddings" not in n]
+    no_decay = [p for n, p in trainable.items() if not (p.dim() >= 2 and "tok_embeddings" not in n)]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+
+
+def _rss_gb() -> float:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def train(
+    model: Transformer,
+    sampler: WindowSampler,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    trainable: dict[str, torch.nn.Parameter] | None = None,
+    on_log: Callable[[dict], None] | None = None,
+    stop_after: int | None = None,
+) -> dict:
+    """Train `model` for cfg.steps optimiser steps (or until `stop_after` steps, to simulate an
+    interruption). Returns the last metrics record."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    if trainable is None:
+        trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    model.gradient_checkpointing = cfg.gradient_checkpointing
+    model.train()
+    opt = make_optimizer(trainable, cfg)
+    step = 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is not None:
+            step = load_checkpoint(ckpt, opt, trainable)
+            print(f"resumed from {ckpt} at step {step}", flush=True)
+        else:
+            print(f"no checkpoint in {run_dir}: starting at step 0", flush=True)
+    metrics_path = run_dir / "metrics.jsonl"
+    if step == 0 and metrics_path.exists() and not resume:
+        metrics_path.unlink()
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+
+    last_ckpt = time.monotonic()
+    t0, tokens_done, window_loss, window_n = time.monotonic(), 0, 0.0, 0
+    record: dict = {}
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    while step < end:
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = sampler.batch(step * cfg.grad_accum + micro).to(cfg.device)
+            loss = batch_loss(model, batch, cfg) / cfg.grad_accum
+            loss.backward()
+            step_loss += float(loss)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(list(trainable.values()), cfg.grad_clip))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        tokens_done += cfg.tokens_per_step
+        window_loss += step_loss
+        window_n += 1
+        if step % cfg.log_every == 0 or step == end:
+            elapsed = time.monotonic() - t0
+            tps = tokens_done / elapsed
+            record = {
+                "step": step, "loss": window_loss / window_n, "lr": lr, "grad_norm": grad_norm,
+                "tokens": step * cfg.tokens_per_step, "tok_per_s": tps, "rss_gb": _rss_gb(),
+                "epoch": sampler.epochs(step * cfg.grad_accum), "time": time.time(),
+            }
+            eta = (cfg.steps - step) * cfg.tokens_per_step / max(tps, 1e-9)
+            print(
+                f"step {step}/{cfg.steps} | loss {record['loss']:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s"
+                f" | ETA {_fmt_time(eta)} | mem {record['rss_gb']:.2f} GB | epoch {record['epoch']:.3f}",
+                flush=True,
+            )
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if on_log:
+                on_log(record)
+            window_loss, window_n = 0.0, 0
+        due_time = time.monotonic() - last_ckpt >= cfg.checkpoint_every_s
+        due_step = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
+        if due_time or due_step or step == end:
+            path = save_checkpoint(run_dir, step, model, opt, trainable, cfg, cfg.keep_checkpoints)
+            last_ckpt = time.monotonic()
+            print(f"checkpoint {path}", flush=True)
+            try:
+                from engine.train.plot import save_loss_curve
+
+                save_loss_curve(metrics_path, run_dir / "loss.png")
+            except Exception as exc:  # a plot must never stop a training run
+                print(f"(loss curve not written: {exc})", flush=True)
+    return record
