@@ -1,17 +1,16 @@
 """Which source files to train on: collect, filter (ignored, binary, generated, vendored, huge,
-secret) and split into train / held-out by whole file.
+secret), deduplicate and split into train / held-out by whole file.
 
-A repository that is a git work tree is listed with `git ls-files` (so .gitignore is respected
-exactly as git does); otherwise the tree is walked with a small .gitignore reader.
+A user's repository is read with engine.sourcefiles (shared with the language server). `reject_reason`
+is the filter the default model's corpus (recipes/default_model/build_corpus.py) was built with, over
+installed packages that are not repositories.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import re
-import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,106 +92,22 @@ def reject_reason(rel_path: str, data: bytes) -> str | None:
     return None
 
 
-# ---- listing a repository -----------------------------------------------------------------------
+# ---- a user's repository --------------------------------------------------------------------------
 
 
-def _git_files(root: Path) -> list[str] | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            capture_output=True,
-            check=True,
-            timeout=60,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    files = [f for f in out.decode("utf-8", "replace").split("\0") if f]
-    return [f for f in files if (root / f).is_file()]
+def collect_repo(root: str | Path, name: str | None = None) -> list[SourceFile]:
+    """Every trainable source file of a repository, in path order. Listing and filtering are the
+    language server's (engine.sourcefiles: .gitignore respected, vendored/generated/binary/huge/secret
+    files skipped), so the model is trained on exactly what completion prompts may show it."""
+    from engine.sourcefiles import iter_source_files, read_source_text
 
-
-class _IgnoreRules:
-    """A small .gitignore reader for trees that are not git work trees (patterns, dirs/, !negation)."""
-
-    def __init__(self) -> None:
-        self.rules: list[tuple[str, str, bool, bool]] = []  # (base, pattern, negate, dir_only)
-
-    def add_file(self, base: str, path: Path) -> None:
-        try:
-            lines = path.read_text(errors="replace").splitlines()
-        except OSError:
-            return
-        for line in lines:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            negate = line.startswith("!")
-            line = line[1:] if negate else line
-            dir_only = line.endswith("/")
-            self.rules.append((base, line.rstrip("/"), negate, dir_only))
-
-    def ignored(self, rel: str, is_dir: bool) -> bool:
-        result = False
-        for base, pat, negate, dir_only in self.rules:
-            if dir_only and not is_dir:
-                continue
-            if base and not rel.startswith(base + "/"):
-                continue
-            sub = rel[len(base) + 1 :] if base else rel
-            if "/" in pat.strip("/"):
-                hit = fnmatch.fnmatch(sub, pat.lstrip("/"))
-            else:
-                hit = fnmatch.fnmatch(sub.rsplit("/", 1)[-1], pat.lstrip("/"))
-            if hit:
-                result = not negate
-        return result
-
-
-def _walk_files(root: Path) -> list[str]:
-    rules = _IgnoreRules()
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root).replace(os.sep, "/")
-        rel_dir = "" if rel_dir == "." else rel_dir
-        if ".gitignore" in filenames:
-            rules.add_file(rel_dir, Path(dirpath) / ".gitignore")
-        keep = []
-        for d in sorted(dirnames):
-            rel = f"{rel_dir}/{d}" if rel_dir else d
-            if d not in SKIP_DIRS and not rules.ignored(rel, True):
-                keep.append(d)
-        dirnames[:] = keep
-        for f in sorted(filenames):
-            rel = f"{rel_dir}/{f}" if rel_dir else f
-            if not rules.ignored(rel, False):
-                out.append(rel)
-    return out
-
-
-def list_repo_files(root: str | Path) -> list[str]:
-    """Relative paths of the files in a repository that git would track (ignored ones left out)."""
-    root = Path(root)
-    files = _git_files(root) if (root / ".git").exists() else None
-    return sorted(files if files is not None else _walk_files(root))
-
-
-def collect_repo(root: str | Path, name: str | None = None, skipped: dict[str, int] | None = None) -> list[SourceFile]:
-    """Every trainable source file of a repository, in path order."""
     root = Path(root)
     name = name or root.resolve().name
     files: list[SourceFile] = []
-    for rel in list_repo_files(root):
-        if not is_source_name(rel.rsplit("/", 1)[-1]):
-            continue
-        try:
-            data = (root / rel).read_bytes()
-        except OSError:
-            continue
-        reason = reject_reason(rel, data)
-        if reason is not None:
-            if skipped is not None:
-                skipped[reason] = skipped.get(reason, 0) + 1
-            continue
-        files.append(SourceFile(name, rel, data.decode("utf-8")))
+    for rel in iter_source_files(root):
+        text = read_source_text(root / rel)
+        if text is not None and text.strip():
+            files.append(SourceFile(name, rel, text))
     return files
 
 
