@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# Test models are tiny: one thread is as fast as two, and idle OpenMP threads must not spin while
+# other processes (servers under test, a training run) need the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# Two cores here; several test processes at once must not oversubscribe them.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
