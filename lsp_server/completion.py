@@ -1,0 +1,337 @@
+"""The completion service: from a cursor to a post-processed suggestion.
+
+Runs the engine on one worker thread so the event loop never blocks and the engine never runs two
+requests at once. A newer request for a document supersedes the older one (which stops within one
+decode step, or never starts); `$/cancelRequest` does the same. Recent suggestions are cached, and
+typing the characters a suggestion predicted returns the rest of it without calling the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import re
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.backends.base import Backend, BackendError, CompletionRequest
+
+from .context.budget import TokenCounter
+from .context.builder import Layout, build_context, query_words
+from .context.gather import Gatherer, OpenDoc, Request
+from .context.index import WorkspaceIndex
+from .context.languages import language_of
+from .documents import Document, DocumentStore, PositionError
+from .engine_manager import EngineManager, backend_device
+from .postprocess import Cursor, Suggestion, is_finished, pointless, postprocess, wants_multiline
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+_WORD_TAIL = re.compile(r"[A-Za-z0-9_$]+$")
+
+
+class Worker:
+    """One daemon thread running submitted calls in order (a daemon, so a hung model call can
+    never keep the process alive after the client has gone)."""
+
+    def __init__(self, name: str = "engine") -> None:
+        self._queue: queue.SimpleQueue[tuple[concurrent.futures.Future[Any] | None, Callable[[], Any]]] = (
+            queue.SimpleQueue())
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._queue.put((fut, fn))
+        return fut
+
+    def stop(self) -> None:
+        self._queue.put((None, lambda: None))
+
+    def _run(self) -> None:
+        while True:
+            fut, fn = self._queue.get()
+            if fut is None:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue  # cancelled while queued: never reaches the engine
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the awaiting request
+                fut.set_exception(exc)
+
+
+@dataclass
+class Job:
+    uri: str
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False  # post-processing will cut the output here anyway: stop decoding
+
+    def should_stop(self) -> bool:
+        return self.finished or self.cancelled.is_set()
+
+
+@dataclass
+class CacheEntry:
+    prefix_tail: str
+    suffix_head: str
+    suggestion: Suggestion
+    when: float
+
+
+class SuggestionCache:
+    """Recent suggestions per document. A lookup hits when the text after the cursor is unchanged
+    and the text before it is the cached prefix followed by the start of the suggestion (the user
+    typed through it): the rest of the suggestion is the answer."""
+
+    TAIL = 256
+
+    def __init__(self, max_entries: int = 100, ttl_s: float = 300.0) -> None:
+        self._entries: OrderedDict[tuple[str, str, str], tuple[str, CacheEntry]] = OrderedDict()
+        self._max, self._ttl = max_entries, ttl_s
+        self._lock = threading.Lock()
+
+    def put(self, uri: str, text: str, cursor: int, suggestion: Suggestion) -> None:
+        if not suggestion:
+            return
+        entry = CacheEntry(text[max(0, cursor - self.TAIL) : cursor], text[cursor : cursor + self.TAIL],
+                           suggestion, time.monotonic())
+        key = (uri, entry.prefix_tail, entry.suffix_head)
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = (uri, entry)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def get(self, uri: str, text: str, cursor: int) -> Suggestion | None:
+        now = time.monotonic()
+        suffix_head = text[cursor : cursor + self.TAIL]
+        with self._lock:
+            for key in reversed(list(self._entries)):
+                owner, entry = self._entries[key]
+                if owner != uri or entry.suffix_head != suffix_head or now - entry.when > self._ttl:
+                    continue
+                full = entry.suggestion.text
+                for k in range(len(full), -1, -1):
+                    typed = entry.prefix_tail + full[:k]
+                    start = cursor - len(typed)
+                    if start >= 0 and text.startswith(typed, start) and full[k:].strip():
+                        self._entries.move_to_end(key)
+                        return Suggestion(full[k:], entry.suggestion.replaces_line_suffix)
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+@dataclass
+class CompletionResult:
+    """A suggestion and where it goes, in LSP positions of the document."""
+
+    text: str
+    start: tuple[int, int]  # the cursor
+    end: tuple[int, int]  # end of the replaced range (== start for a pure insertion)
+    word_start: tuple[int, int]  # start of the identifier before the cursor (completion fallback)
+    word: str
+    from_cache: bool
+
+
+def cursor_info(doc: Document, cursor: int, line: int, multiline_mode: str) -> Cursor:
+    text = doc.text
+    line_start = doc.line_starts[line]
+    line_end = doc.line_starts[line + 1] if line + 1 < doc.line_count else len(text)
+    line_prefix = text[line_start:cursor]
+    line_suffix = text[cursor:line_end].rstrip("\r\n")
+    next_lines = text[line_end : line_end + 2000]
+    prev_line = ""
+    for i in range(line - 1, max(line - 50, -1), -1):
+        candidate = doc.line_text(i)
+        if candidate.strip():
+            prev_line = candidate
+            break
+    return Cursor(line_prefix, line_suffix, next_lines, prev_line,
+                  wants_multiline(line_prefix, line_suffix, multiline_mode))
+
+
+class CompletionService:
+    def __init__(self, docs: DocumentStore, engine: EngineManager, get_settings: Callable[[], Settings],
+                 get_index: Callable[[], WorkspaceIndex | None], path_of: Callable[[str], str],
+                 on_done: Callable[[dict[str, Any]], None], on_problem: Callable[[str], None]) -> None:
+        self.docs = docs
+        self.engine = engine
+        self.get_settings = get_settings
+        self.get_index = get_index
+        self.path_of = path_of
+        self.on_done = on_done
+        self.on_problem = on_problem
+        self.worker = Worker()
+        self.cache = SuggestionCache()
+        self.jobs: dict[str, Job] = {}
+        self.last_prompt: dict[str, dict[str, Any]] = {}
+        self.last_uri: str | None = None
+        # Worker-thread state: per-document layouts, gathered windows, token counts per backend.
+        self._layouts: dict[str, Layout] = {}
+        self._gatherer = Gatherer()
+        self._counter: tuple[Backend, TokenCounter] | None = None
+
+    # ---- event-loop side ----------------------------------------------------------------------
+
+    async def complete(self, uri: str, line: int, character: int, invoked: bool) -> CompletionResult | None:
+        started = time.perf_counter()
+        settings = self.get_settings()
+        doc = self.docs.get(uri)
+        if not settings.enable or doc is None:
+            return None
+        try:
+            cursor = doc.offset_at(line, character)
+        except PositionError:
+            return None
+        cur = cursor_info(doc, cursor, line, settings.multiline)
+        if not invoked and pointless(cur.line_suffix):
+            return None
+        self._supersede(uri)
+
+        hit = self.cache.get(uri, doc.text, cursor)
+        if hit is not None:
+            self._record_cache_hit(uri, doc, cursor, hit, started)
+            return self._result(doc, cursor, cur, hit, from_cache=True)
+
+        backend = self.engine.backend
+        if backend is None:
+            return None
+        job = Job(uri)
+        self.jobs[uri] = job
+        snapshot = self._snapshot(doc, cursor)
+        position = doc.position_at(cursor)
+        future = self.worker.submit(lambda: self._run(job, backend, settings, snapshot, cur, started, position))
+        try:
+            suggestion = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            job.cancelled.set()  # $/cancelRequest: free the engine within a decode step
+            raise
+        finally:
+            if self.jobs.get(uri) is job:
+                del self.jobs[uri]
+        if suggestion is None or job.cancelled.is_set():
+            return None
+        return self._result(doc, cursor, cur, suggestion, from_cache=False, text=snapshot.text)
+
+    def cancel_all(self) -> None:
+        for job in list(self.jobs.values()):
+            job.cancelled.set()
+
+    def forget(self, uri: str) -> None:
+        """A document was closed."""
+        self._supersede(uri)
+        self.last_prompt.pop(uri, None)
+
+    def _supersede(self, uri: str) -> None:
+        old = self.jobs.pop(uri, None)
+        if old is not None:
+            old.cancelled.set()
+
+    def _snapshot(self, doc: Document, cursor: int) -> Request:
+        """Everything the worker needs, as immutable strings taken now (the document keeps
+        changing on the event loop while the worker runs)."""
+        path = self.path_of(doc.uri)
+        others = [OpenDoc(self.path_of(d.uri), d.text, language_of(self.path_of(d.uri), d.language_id), d.version)
+                  for d in list(self.docs.docs.values()) if d.uri != doc.uri]
+        edits = [(self.path_of(e.uri), e.line) for e in self.docs.recent_edits(exclude_uri=doc.uri)]
+        return Request(path, doc.text, language_of(path, doc.language_id), cursor, doc.version, others, edits)
+
+    def _result(self, doc: Document, cursor: int, cur: Cursor, sugg: Suggestion, from_cache: bool,
+                text: str | None = None) -> CompletionResult:
+        text = doc.text if text is None else text
+        if text is not doc.text:
+            # The document changed while the model ran; positions refer to the version asked about.
+            doc = Document(doc.uri, text, doc.version, doc.language_id, doc.encoding)
+        start = doc.position_at(cursor)
+        end = doc.position_at(cursor + len(cur.line_suffix.rstrip())) if sugg.replaces_line_suffix else start
+        word = _WORD_TAIL.search(cur.line_prefix)
+        word_text = word.group(0) if word else ""
+        return CompletionResult(sugg.text, start, end, doc.position_at(cursor - len(word_text)), word_text,
+                                from_cache)
+
+    def _record_cache_hit(self, uri: str, doc: Document, cursor: int, sugg: Suggestion, started: float) -> None:
+        latency = 1000 * (time.perf_counter() - started)
+        record = dict(self.last_prompt.get(uri) or {"uri": uri, "prefix": None, "suffix": None, "snippets": []})
+        line, character = doc.position_at(cursor)
+        record.update(version=doc.version, position={"line": line, "character": character},
+                      completion=sugg.text, fromCache=True, latencyMs=round(latency, 2))
+        self.last_prompt[uri] = record
+        self.last_uri = uri
+        self.on_done({"lastLatencyMs": round(latency, 2), "lastFromCache": True,
+                      "lastPromptTokens": None, "lastCachedTokens": None})
+
+    # ---- worker side --------------------------------------------------------------------------
+
+    def _count(self, backend: Backend) -> TokenCounter:
+        if self._counter is None or self._counter[0] is not backend:
+            self._counter = (backend, TokenCounter(backend.count_tokens))
+        return self._counter[1]
+
+    def _run(self, job: Job, backend: Backend, settings: Settings, snap: Request, cur: Cursor,
+             started: float, position: tuple[int, int]) -> Suggestion | None:
+        if job.cancelled.is_set():
+            return None  # superseded while queued
+        count = self._count(backend)
+        on_gpu = backend_device(backend)[0] == "cuda"
+        budget = settings.context_budget(backend.context_length, on_gpu)
+        candidates = []
+        if settings.repository_context:
+            query = query_words(snap.text, snap.cursor)
+            candidates = self._gatherer.gather(snap, self.get_index(), query,
+                                               similar_limit=max(8, min(400, budget // 150)))
+        built = build_context(text=snap.text, cursor=snap.cursor, path=snap.path, language=snap.language,
+                              budget=budget, count=count, candidates=candidates,
+                              previous=self._layouts.get(job.uri))
+        self._layouts[job.uri] = built.layout
+        if job.cancelled.is_set():
+            return None
+        request = CompletionRequest(
+            prefix=built.prefix, suffix=built.suffix, fim_format=settings.fim_format,  # type: ignore[arg-type]
+            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+            stop=[] if cur.multiline else ["\n"])
+
+        def on_text(partial: str) -> None:
+            if is_finished(partial, cur):
+                job.finished = True
+
+        try:
+            completion = backend.complete(request, should_stop=job.should_stop, on_text=on_text)
+        except BackendError as exc:
+            self.on_problem(str(exc))
+            return None
+        except Exception as exc:
+            if "out of memory" in str(exc).lower():
+                self.on_problem(f"Out of GPU memory during a completion: {exc}. Lower "
+                                "codellama.maxContextTokens.")
+                return None
+            raise
+        if job.cancelled.is_set():
+            return None
+        suggestion = postprocess(completion.text, cur)
+        latency = 1000 * (time.perf_counter() - started)
+        timings = completion.timings
+        self.last_prompt[job.uri] = {
+            "uri": job.uri, "version": snap.version,
+            "position": {"line": position[0], "character": position[1]},
+            "fimFormat": settings.fim_format, "prefix": built.prefix, "suffix": built.suffix,
+            "snippets": [{"path": s.path, "source": s.source, "startLine": s.start_line,
+                          "endLine": s.end_line, "score": round(s.score, 4)} for s in built.snippets],
+            "budgetTokens": budget, "promptTokens": timings.prompt_tokens or built.tokens,
+            "completion": suggestion.text, "rawCompletion": completion.text,
+            "stopReason": completion.stop_reason, "fromCache": False, "latencyMs": round(latency, 2),
+        }
+        self.last_uri = job.uri
+        self.cache.put(job.uri, snap.text, snap.cursor, suggestion)
+        self.on_done({"lastLatencyMs": round(latency, 2), "lastFromCache": False,
+                      "lastPromptTokens": timings.prompt_tokens, "lastCachedTokens": timings.cached_tokens})
+        return suggestion

@@ -1,0 +1,115 @@
+"""Collect candidate snippets from every source for one completion request.
+
+Sources: other open documents (`open`), regions recently edited in them (`edit`), files the current
+file imports (`import`), BM25-similar windows of the repository (`similar`), and far-away parts of
+the current file itself (`local`). The builder ranks, deduplicates and packs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from .imports import outline, resolve_imports
+from .index import WorkspaceIndex
+from .snippets import WINDOW_STRIDE, Snippet, windows
+
+EDIT_WINDOW = 30
+MAX_LOCAL_CHARS = 500_000  # bigger current files get no `local` windows (too costly per keystroke)
+MAX_OPEN_CHARS = 1_000_000
+_IMPORT_LINE = re.compile(r"^.*\b(?:import|require|from)\b.*$", re.M)
+
+
+@dataclass
+class OpenDoc:
+    path: str  # workspace-relative when inside the workspace, else the URI's path
+    text: str
+    language: str
+    version: int
+
+
+@dataclass
+class Request:
+    path: str
+    text: str
+    language: str
+    cursor: int
+    version: int
+    others: list[OpenDoc] = field(default_factory=list)
+    edits: list[tuple[str, int]] = field(default_factory=list)  # (path, line), most recent first
+
+
+class Gatherer:
+    """Gathers candidates, caching per-document windows by version (the same windows, with their
+    word sets, serve every keystroke until that document changes)."""
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[str, str], tuple[int, list[Snippet]]] = {}
+        self._imports: dict[tuple[str, str, int], list[str]] = {}
+
+    def gather(self, req: Request, index: WorkspaceIndex | None, query: set[str],
+               similar_limit: int = 32) -> list[Snippet]:
+        out: list[Snippet] = []
+        open_paths = {d.path for d in req.others} | {req.path}
+        texts = {d.path: d for d in req.others}
+
+        for doc in req.others:
+            if len(doc.text) <= MAX_OPEN_CHARS:
+                out += self._cached_windows(doc.path, doc.text, doc.version, "open")
+        for path, line in req.edits[:8]:
+            doc = texts.get(path)
+            if doc is None:
+                continue
+            start = max(0, (line // 10) * 10 - 10)  # aligned so the key stays put while typing
+            lines = doc.text.split("\n")[start : start + EDIT_WINDOW]
+            body = "\n".join(lines)
+            if body.strip():
+                out.append(Snippet(path, body.rstrip("\n") + "\n", start, start + len(lines), "edit"))
+        if index is not None or req.others:
+            out += self._import_snippets(req, index, texts)
+        if len(req.text) <= MAX_LOCAL_CHARS:
+            out += self._cached_windows(req.path, req.text, req.version, "local")
+        if index is not None and similar_limit > 0:
+            out += index.search(query, similar_limit, exclude=open_paths)
+        return out
+
+    def forget(self, path: str) -> None:
+        for key in [k for k in self._windows if k[0] == path]:
+            del self._windows[key]
+
+    def _cached_windows(self, path: str, text: str, version: int, source: str) -> list[Snippet]:
+        key = (path, source)
+        hit = self._windows.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        wins = windows(path, text, source, stride=WINDOW_STRIDE)
+        self._windows[key] = (version, wins)
+        if len(self._windows) > 256:
+            self._windows.pop(next(iter(self._windows)))
+        return wins
+
+    def _import_snippets(self, req: Request, index: WorkspaceIndex | None,
+                         open_docs: dict[str, OpenDoc]) -> list[Snippet]:
+        # Resolving imports scans the file list: do it again only when the import lines or the
+        # set of files change.
+        import_lines = "\n".join(_IMPORT_LINE.findall(req.text[:200_000]))
+        digest = hashlib.blake2b(import_lines.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+        key = (req.path, digest, index.generation if index is not None else 0)
+        targets = self._imports.get(key)
+        if targets is None:
+            files = (index.paths() if index is not None else set()) | set(open_docs)
+            targets = resolve_imports(req.path, import_lines, req.language, files)
+            self._imports = {k: v for k, v in self._imports.items() if k[0] != req.path}
+            self._imports[key] = targets
+        out = []
+        for path in targets[:10]:
+            doc = open_docs.get(path)
+            text = doc.text if doc is not None else index.text(path) if index is not None else None
+            if not text:
+                continue
+            n_lines = text.count("\n") + 1
+            body = text if n_lines <= 60 else outline(text, req.language)
+            if body.strip():
+                out.append(Snippet(path, body.rstrip("\n") + "\n", 0, n_lines, "import"))
+        return out

@@ -1,0 +1,149 @@
+"""Owns the backend: loads it on a background thread, swaps it in when ready, reports its state.
+
+While a new model loads, the old one keeps serving. A failed load leaves the previous backend (if
+any) in place and reports a message the user can act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.backends.base import Backend, BackendError
+
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# (settings) -> backend. Replaceable in tests of the LSP layer.
+Loader = Callable[[Settings], Backend]
+
+
+def load_backend(settings: Settings) -> Backend:
+    """The backend the settings ask for. Raises BackendError with a user-facing message."""
+    if settings.backend != "local":
+        try:
+            from engine.backends.remote import RemoteBackend  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise BackendError(
+                f"codellama.backend = {settings.backend!r}: remote backends are not available in this "
+                "build; use \"local\"") from exc
+        return RemoteBackend(settings.backend)  # type: ignore[no-any-return]
+    from engine import load_local_backend
+
+    if settings.model and not Path(settings.model).is_dir():
+        raise BackendError(f"Model directory not found: {settings.model} (setting codellama.model)")
+    if settings.adapter and not Path(settings.adapter).is_dir():
+        raise BackendError(f"Adapter directory not found: {settings.adapter} (setting codellama.adapter)")
+    dtype = None if settings.dtype == "auto" else settings.dtype
+    try:
+        return load_local_backend(settings.model, device=settings.device, dtype=dtype,
+                                  adapter=settings.adapter)
+    except BackendError:
+        raise
+    except FileNotFoundError as exc:
+        raise BackendError(f"Model not found: {exc}") from exc
+    except Exception as exc:
+        if "out of memory" in str(exc).lower():
+            raise BackendError(f"Out of GPU memory while loading the model: {exc}") from exc
+        raise BackendError(f"Could not load the model: {type(exc).__name__}: {exc}") from exc
+
+
+def backend_device(backend: Backend) -> tuple[str | None, str | None]:
+    """(device, dtype) of a backend when it says; parsed from its description otherwise."""
+    device = getattr(backend, "device", None)
+    dtype = getattr(backend, "dtype", None)
+    dev = getattr(device, "type", None) or (str(device) if device is not None else None)
+    dt = str(dtype).removeprefix("torch.") if dtype is not None else None
+    return dev, dt
+
+
+class EngineManager:
+    def __init__(self, on_change: Callable[[], None], on_problem: Callable[[str], None],
+                 loader: Loader = load_backend,
+                 progress: Callable[[str, str | None], Any] | None = None) -> None:
+        self.backend: Backend | None = None
+        self.key: tuple[Any, ...] | None = None  # engine_key() of the loaded backend
+        self.loading_key: tuple[Any, ...] | None = None
+        self.error: str | None = None
+        self.model_name: str | None = None
+        self._loader = loader
+        self._on_change = on_change
+        self._on_problem = on_problem
+        self._progress = progress  # (phase "begin"/"end", title) -> None
+        self._lock = threading.Lock()
+        self._generation = 0
+        self.retire: Callable[[Backend], None] = lambda b: b.close()
+
+    @property
+    def loading(self) -> bool:
+        return self.loading_key is not None
+
+    def ensure(self, settings: Settings, force: bool = False) -> bool:
+        """Start loading when the settings need another backend; True when a load started."""
+        key = settings.engine_key()
+        with self._lock:
+            if not force and (key == self.loading_key or (key == self.key and self.loading_key is None)):
+                return False
+            self._generation += 1
+            generation = self._generation
+            self.loading_key = key
+            self.error = None
+        self.model_name = Path(settings.model).name if settings.model else "default"
+        thread = threading.Thread(target=self._load, args=(settings, key, generation),
+                                  name="model-loader", daemon=True)
+        thread.start()
+        self._on_change()
+        return True
+
+    def _load(self, settings: Settings, key: tuple[Any, ...], generation: int) -> None:
+        if self._progress is not None:
+            self._progress("begin", f"Loading model {self.model_name}")
+        backend: Backend | None = None
+        error: str | None = None
+        try:
+            backend = self._loader(settings)
+        except BackendError as exc:
+            error = str(exc)
+        except Exception as exc:  # never let a load kill the server
+            log.exception("model load failed")
+            error = f"Could not load the model: {type(exc).__name__}: {exc}"
+        finally:
+            if self._progress is not None:
+                self._progress("end", None)
+        with self._lock:
+            superseded = generation != self._generation
+            if not superseded:
+                self.loading_key = None
+                if backend is not None:
+                    old, self.backend, self.key = self.backend, backend, key
+                else:
+                    old = None
+                    self.error = error
+        if superseded:
+            # A newer load started meanwhile; this result is stale.
+            if backend is not None:
+                backend.close()
+            return
+        if old is not None:
+            self.retire(old)
+        if error is not None:
+            log.warning("model load failed: %s", error)
+            self._on_problem(error)
+        else:
+            log.info("model ready: %s", backend.description if backend else None)
+        self._on_change()
+
+    def close(self) -> None:
+        with self._lock:
+            backend, self.backend = self.backend, None
+            self._generation += 1
+            self.loading_key = None
+        if backend is not None:
+            try:
+                backend.close()
+            except Exception:
+                log.exception("closing the backend failed")

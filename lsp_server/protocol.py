@@ -1,0 +1,134 @@
+"""pygls' LSP protocol, hardened so that every request gets a response.
+
+Plain pygls 2.1 leaves some requests unanswered, and an editor then waits forever:
+- params that do not match the method's type (the message fails to deserialize before any handler
+  runs): answered here with -32602 InvalidParams;
+- messages that are no JSON-RPC 2.0 request (a missing or wrong "jsonrpc", an array, a number):
+  answered with -32600 InvalidRequest when they carry an id;
+- requests after `shutdown`: answered with -32600;
+- unparseable JSON: answered with -32700 ParseError and id null (see `report_parse_error`).
+Params of custom methods are kept as plain dicts (`robust_converter`).
+
+The open-document handlers are also replaced: the server keeps its own document store
+(lsp_server/documents.py), so pygls' copy of every buffer is not kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import attrs
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pygls.protocol import (
+    JsonRPCNotification,
+    JsonRPCRequestMessage,
+    JsonRPCResponseMessage,
+    LanguageServerProtocol,
+    default_converter,
+)
+from pygls.protocol.language_server import lsp_method
+
+log = logging.getLogger(__name__)
+
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+PARSE_ERROR = -32700
+
+
+@attrs.define
+class BadRequest:
+    """A request whose envelope was readable but which cannot be handled: answer it with `code`."""
+
+    id: Any
+    method: Any
+    code: int
+    message: str
+    jsonrpc: str = "2.0"
+
+
+def valid_id(msg_id: Any) -> int | str | None:
+    """The id to answer with: ids that are no string or integer become null."""
+    if isinstance(msg_id, str) or (isinstance(msg_id, int) and not isinstance(msg_id, bool)):
+        return msg_id
+    return None
+
+
+def _keep_raw(obj: dict[str, Any], cls: type) -> Any:
+    return cls(**obj)
+
+
+def robust_converter():  # type: ignore[no-untyped-def]
+    """pygls' converter, except that the params of custom and unknown methods stay plain dicts.
+    (pygls turns them into namedtuples, building a class per object: a hostile message with 100K
+    keys would take minutes to parse.)"""
+    converter = default_converter()
+    for cls in (JsonRPCRequestMessage, JsonRPCNotification, JsonRPCResponseMessage):
+        converter.register_structure_hook(cls, _keep_raw)
+    return converter
+
+
+class RobustProtocol(LanguageServerProtocol):
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            if isinstance(data, dict) and "id" in data and "method" in data:
+                log.warning("invalid params for %r (id %r): %s", data.get("method"), data.get("id"),
+                            exc.__cause__ or exc)
+                detail = str(exc.__cause__ or exc)[:500]
+                return BadRequest(data.get("id"), data.get("method"), INVALID_PARAMS,
+                                  f"Invalid params for {data.get('method')!r}: {detail}")
+            raise  # a notification or a response: nothing to answer
+
+    def handle_message(self, message: Any) -> None:
+        if isinstance(message, BadRequest):
+            self._reply_error(message.id, message.code, message.message)
+            return
+        if not hasattr(message, "jsonrpc") or message.jsonrpc != self.VERSION:
+            # Not a JSON-RPC 2.0 message: answer it if it looks like a request.
+            msg_id = message.get("id") if isinstance(message, dict) else getattr(message, "id", None)
+            is_request = isinstance(message, dict) and "method" in message and "id" in message
+            if is_request or not isinstance(message, dict) and not hasattr(message, "method"):
+                self._reply_error(msg_id, INVALID_REQUEST, "Not a JSON-RPC 2.0 request")
+            else:
+                log.warning("ignoring a message that is not JSON-RPC 2.0: %.200r", message)
+            return
+        if self._shutdown and hasattr(message, "method") and hasattr(message, "id") \
+                and message.method != types.EXIT:
+            self._reply_error(message.id, INVALID_REQUEST, "The server is shutting down")
+            return
+        super().handle_message(message)
+
+    def report_parse_error(self, error: Exception) -> None:
+        self._reply_error(None, PARSE_ERROR, f"Parse error: {str(error)[:200]}")
+
+    def _reply_error(self, msg_id: Any, code: int, message: str) -> None:
+        response = types.ResponseErrorMessage(
+            id=valid_id(msg_id), error=types.ResponseError(code=code, message=message))
+        self._send_data(response)
+
+    @lsp_method(types.INITIALIZE)
+    def lsp_initialize(self, params: types.InitializeParams):  # type: ignore[no-untyped-def]
+        result = yield from super().lsp_initialize(params)
+        # A client with inline completion would otherwise ask twice per keystroke (and run the model
+        # twice): advertise the `textDocument/completion` fallback only to clients without it. The
+        # method is still answered when a client sends it anyway.
+        text_caps = getattr(params.capabilities, "text_document", None)
+        if getattr(text_caps, "inline_completion", None) is not None:
+            result.capabilities.completion_provider = None
+        return result
+
+    # The server keeps its own documents: skip pygls' workspace copies, call the handlers directly.
+    # (Plain methods without `lsp_method` are not registered as built-in features, so the user
+    # features registered for these methods run instead.)
+    lsp_text_document__did_open = None  # type: ignore[assignment]
+    lsp_text_document__did_change = None  # type: ignore[assignment]
+    lsp_text_document__did_close = None  # type: ignore[assignment]
+
+
+def is_parse_error(error: Exception) -> bool:
+    """Errors pygls' reader loop gets from `json.loads` on a message body."""
+    return isinstance(error, (json.JSONDecodeError, UnicodeDecodeError, RecursionError))

@@ -1,0 +1,418 @@
+"""The pygls server: thin handlers over the document store, the completion service, the engine
+manager and the workspace index. The protocol contract is in lsp_server/README.md.
+
+Threads: the event loop runs the handlers; the engine runs on the completion service's worker;
+model loading and indexing run on their own daemon threads; watchdog has its own. Anything a
+background thread sends to the client goes through `call_soon_threadsafe`, so messages are only
+ever written from the loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from . import __version__
+from .completion import CompletionResult, CompletionService
+from .context.index import WorkspaceIndex
+from .documents import UTF8, UTF16, UTF32, DocumentStore
+from .engine_manager import EngineManager, Loader, backend_device, load_backend
+from .protocol import RobustProtocol, is_parse_error, robust_converter
+from .settings import Settings, parse_settings
+
+log = logging.getLogger(__name__)
+
+STATUS = "codellama/status"
+GET_STATUS = "codellama/getStatus"
+LAST_PROMPT = "codellama/lastPrompt"
+CMD_RELOAD = "codellama.reloadModel"
+CMD_REINDEX = "codellama.reindexWorkspace"
+SECTION = "codellama"
+
+
+def uri_to_path(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return None
+    path = unquote(parsed.path)
+    if os.name == "nt" and path.startswith("/") and len(path) > 2 and path[2] == ":":
+        path = path[1:]
+    return Path(path)
+
+
+def lsp_range(start: tuple[int, int], end: tuple[int, int]) -> types.Range:
+    return types.Range(types.Position(*start), types.Position(*end))
+
+
+class CodeLlamaServer(LanguageServer):
+    def __init__(self, loader: Loader = load_backend) -> None:
+        super().__init__("codellama-lsp", __version__, protocol_cls=RobustProtocol,
+                         converter_factory=robust_converter,
+                         text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.docs = DocumentStore()
+        self.init_settings = Settings()
+        self.settings = Settings()
+        self.root: Path | None = None
+        self.index: WorkspaceIndex | None = None
+        self.indexing = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.can_pull_config = False
+        self.can_progress = False
+        self.pending_problems: list[str] = []
+        self._last_problem: tuple[str, float] = ("", 0.0)
+        self.status: dict[str, Any] = {
+            "state": "starting", "model": None, "backend": "local", "description": None, "device": None,
+            "dtype": None, "message": None, "indexing": False, "indexedFiles": 0, "lastLatencyMs": None,
+            "lastPromptTokens": None, "lastCachedTokens": None, "lastFromCache": False,
+        }
+        self.engine = EngineManager(on_change=lambda: self.threadsafe(self.send_status),
+                                    on_problem=lambda m: self.threadsafe(self.show_problem, m),
+                                    loader=loader, progress=self._engine_progress)
+        self.engine.retire = lambda old: self.service.worker.submit(old.close)
+        self.service = CompletionService(
+            self.docs, self.engine, lambda: self.settings, lambda: self.index, self.path_of,
+            on_done=lambda update: self.threadsafe(self.send_status, update),
+            on_problem=lambda m: self.threadsafe(self.show_problem, m))
+
+    # ---- plumbing -----------------------------------------------------------------------------
+
+    def threadsafe(self, fn: Any, *args: Any) -> None:
+        """Run `fn(*args)` on the event loop (from any thread)."""
+        if self.loop is None or self.loop.is_closed():
+            return
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass  # the loop is shutting down
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        # Log, never pop up: the user cannot act on a malformed message. Unparseable JSON still gets
+        # its JSON-RPC answer (-32700, id null).
+        log.warning("server error (%s): %s", getattr(source, "__name__", source), error)
+        if is_parse_error(error):
+            self.protocol.report_parse_error(error)  # type: ignore[attr-defined]
+
+    def path_of(self, uri: str) -> str:
+        """Workspace-relative path of a document (for headers and the index), else its file name."""
+        path = uri_to_path(uri)
+        if path is None:
+            return urlparse(uri).path.rsplit("/", 1)[-1] or uri
+        if self.root is not None:
+            try:
+                return path.resolve().relative_to(self.root).as_posix()
+            except (ValueError, OSError):
+                pass
+        return path.name
+
+    def show_problem(self, message: str, level: types.MessageType = types.MessageType.Error) -> None:
+        """window/showMessage for something the user must act on; identical messages at most every
+        30 s (a broken GPU must not pop up a dialog per keystroke)."""
+        now = time.monotonic()
+        if self._last_problem[0] == message and now - self._last_problem[1] < 30:
+            return
+        self._last_problem = (message, now)
+        log.warning("problem: %s", message)
+        self.window_show_message(types.ShowMessageParams(type=level, message=f"Code Llama: {message}"))
+
+    def status_payload(self) -> dict[str, Any]:
+        engine = self.engine
+        backend = engine.backend
+        if not self.settings.enable:
+            state = "disabled"
+        elif engine.loading:
+            state = "loading"
+        elif backend is not None:
+            state = "ready"
+        elif engine.error:
+            state = "error"
+        else:
+            state = "starting"
+        device, dtype = backend_device(backend) if backend is not None else (None, None)
+        self.status.update(
+            state=state, model=engine.model_name, backend=self.settings.backend,
+            description=backend.description if backend is not None else None, device=device, dtype=dtype,
+            message=engine.error, indexing=self.indexing,
+            indexedFiles=len(self.index) if self.index is not None else 0)
+        return dict(self.status)
+
+    def send_status(self, update: dict[str, Any] | None = None) -> None:
+        if update:
+            self.status.update(update)
+        try:
+            self.protocol.notify(STATUS, self.status_payload())
+        except Exception:  # the client may be gone
+            log.debug("could not send status", exc_info=True)
+
+    # ---- progress -----------------------------------------------------------------------------
+
+    def begin_progress(self, title: str) -> str | None:
+        """Start a work-done progress (from any thread); returns its token."""
+        if not self.can_progress or self.loop is None:
+            return None
+        token = f"codellama-{uuid.uuid4().hex[:8]}"
+
+        async def begin() -> None:
+            try:
+                await asyncio.wait_for(self.work_done_progress.create_async(token), 10)
+                self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=False))
+            except Exception:
+                log.debug("progress not accepted", exc_info=True)
+
+        asyncio.run_coroutine_threadsafe(begin(), self.loop)
+        return token
+
+    def report_progress(self, token: str | None, message: str, percentage: int | None = None) -> None:
+        if token is None:
+            return
+
+        def send() -> None:
+            if token in self.work_done_progress.tokens:
+                self.work_done_progress.report(
+                    token, types.WorkDoneProgressReport(message=message, percentage=percentage))
+
+        self.threadsafe(send)
+
+    def end_progress(self, token: str | None, message: str | None = None) -> None:
+        if token is None:
+            return
+
+        def send() -> None:
+            if token in self.work_done_progress.tokens:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+
+        self.threadsafe(send)
+
+    def _engine_progress(self, phase: str, title: str | None) -> None:
+        if phase == "begin":
+            self._load_token = self.begin_progress(title or "Loading model")
+        else:
+            self.end_progress(getattr(self, "_load_token", None))
+
+    # ---- settings, model, index ---------------------------------------------------------------
+
+    def apply_settings(self, raw: Any) -> None:
+        settings, problems = parse_settings(raw, base=self.init_settings)
+        for problem in problems:
+            self.show_problem(problem, types.MessageType.Warning)
+        old, self.settings = self.settings, settings
+        if (settings.fim_format, settings.max_new_tokens, settings.temperature, settings.max_context_tokens,
+                settings.repository_context, settings.multiline) != (
+                old.fim_format, old.max_new_tokens, old.temperature, old.max_context_tokens,
+                old.repository_context, old.multiline):
+            self.service.cache.clear()  # cached suggestions were made under other settings
+        if self.loop is not None and settings.enable:
+            self.engine.ensure(settings)
+        if settings.exclude != old.exclude and self.index is not None:
+            self.start_indexing()
+        self.send_status()
+
+    async def pull_configuration(self) -> None:
+        if not self.can_pull_config:
+            return
+        try:
+            result = await asyncio.wait_for(self.workspace_configuration_async(
+                types.ConfigurationParams(items=[types.ConfigurationItem(section=SECTION)])), 10)
+        except Exception as exc:
+            log.warning("workspace/configuration failed: %s", exc)
+            return
+        if isinstance(result, list) and result and isinstance(result[0], dict):
+            self.apply_settings(result[0])
+
+    def start_indexing(self) -> None:
+        if self.root is None:
+            return
+        if self.index is not None:
+            self.index.stop_watching()
+        index = WorkspaceIndex(self.root, self.settings.exclude)
+        self.index = index
+        self.indexing = True
+        threading.Thread(target=self._build_index, args=(index,), name="indexer", daemon=True).start()
+
+    def _build_index(self, index: WorkspaceIndex) -> None:
+        token = self.begin_progress("Indexing workspace")
+        try:
+            index.build(progress=lambda done, total: self.report_progress(
+                token, f"{done}/{total} files", int(100 * done / max(total, 1))),
+                should_stop=lambda: self.index is not index)
+            if self.index is index:
+                index.on_change = lambda what, rel: log.info("index: %s %s", what, rel)
+                index.start_watching()
+        except Exception:
+            log.exception("indexing failed")
+        finally:
+            self.end_progress(token, f"{len(index)} files")
+            if self.index is index:
+                self.indexing = False
+            self.threadsafe(self.send_status)
+
+    def watch_parent(self, pid: int) -> None:
+        """Exit when the editor that started us is gone (LSP: processId)."""
+        def loop() -> None:
+            while True:
+                time.sleep(5)
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    log.warning("parent process %s is gone; exiting", pid)
+                    os._exit(0)
+                except OSError:
+                    return  # not ours to watch (permissions): stop checking
+
+        threading.Thread(target=loop, name="parent-watch", daemon=True).start()
+
+
+def _client_has(caps: types.ClientCapabilities, path: str) -> bool:
+    obj: Any = caps
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return False
+    return bool(obj)
+
+
+def _inline_items(result: CompletionResult | None) -> types.InlineCompletionList:
+    if result is None:
+        return types.InlineCompletionList(items=[])
+    return types.InlineCompletionList(items=[
+        types.InlineCompletionItem(insert_text=result.text, range=lsp_range(result.start, result.end))])
+
+
+def _completion_items(result: CompletionResult | None, language: str) -> types.CompletionList:
+    if result is None:
+        return types.CompletionList(is_incomplete=True, items=[])
+    new_text = result.word + result.text
+    first = new_text.lstrip("\n").split("\n", 1)[0]
+    label = first.strip()[:80] or new_text.strip()[:80]
+    return types.CompletionList(is_incomplete=True, items=[types.CompletionItem(
+        label=label,
+        kind=types.CompletionItemKind.Text,
+        detail="Code Llama",
+        documentation=types.MarkupContent(types.MarkupKind.Markdown, f"```{language}\n{new_text}\n```"),
+        sort_text="0",
+        filter_text=new_text,
+        preselect=True,
+        insert_text_format=types.InsertTextFormat.PlainText,
+        text_edit=types.TextEdit(lsp_range(result.word_start, result.end), new_text),
+    )])
+
+
+def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
+    server = CodeLlamaServer(loader)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
+        ls.loop = asyncio.get_running_loop()
+        encoding = str(getattr(ls.protocol.workspace, "position_encoding", UTF16) or UTF16)
+        ls.docs.encoding = encoding if encoding in (UTF8, UTF16, UTF32) else UTF16
+        ls.init_settings, problems = parse_settings(params.initialization_options)
+        ls.settings = ls.init_settings
+        ls.pending_problems = problems
+        caps = params.capabilities
+        ls.can_pull_config = _client_has(caps, "workspace.configuration")
+        ls.can_progress = _client_has(caps, "window.work_done_progress")
+        folders = params.workspace_folders or []
+        root_uri = folders[0].uri if folders else params.root_uri
+        root = uri_to_path(root_uri) if root_uri else (Path(params.root_path) if params.root_path else None)
+        ls.root = root.resolve() if root is not None and root.is_dir() else None
+        if params.process_id:
+            ls.watch_parent(params.process_id)
+
+    @server.feature(types.INITIALIZED)
+    async def initialized(ls: CodeLlamaServer, params: types.InitializedParams) -> None:
+        for problem in ls.pending_problems:
+            ls.show_problem(problem, types.MessageType.Warning)
+        await ls.pull_configuration()
+        if ls.settings.enable:
+            ls.engine.ensure(ls.settings)
+        ls.start_indexing()
+        ls.send_status()
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
+        doc = params.text_document
+        ls.docs.open(doc.uri, doc.text, doc.version, doc.language_id)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:
+        changes = []
+        for change in params.content_changes:
+            if isinstance(change, types.TextDocumentContentChangePartial):
+                r = change.range
+                changes.append((change.text, (r.start.line, r.start.character), (r.end.line, r.end.character)))
+            else:
+                changes.append((change.text, None, None))
+        if not ls.docs.change(params.text_document.uri, params.text_document.version, changes):
+            log.debug("didChange for a document that is not open: %s", params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.docs.close(params.text_document.uri)
+        ls.service.forget(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls: CodeLlamaServer, params: types.DidSaveTextDocumentParams) -> None:
+        pass  # the watcher sees the file on disk; the open buffer already holds the text
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        result = await ls.service.complete(params.text_document.uri, params.position.line,
+                                           params.position.character, invoked)
+        return _inline_items(result)
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
+    async def completion(ls: CodeLlamaServer, params: types.CompletionParams) -> types.CompletionList:
+        invoked = params.context is not None and params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+        result = await ls.service.complete(params.text_document.uri, params.position.line,
+                                           params.position.character, invoked)
+        doc = ls.docs.get(params.text_document.uri)
+        return _completion_items(result, doc.language_id if doc else "")
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def did_change_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
+        settings = params.settings
+        if isinstance(settings, dict) and isinstance(settings.get(SECTION), dict):
+            ls.apply_settings(settings[SECTION])
+        else:
+            await ls.pull_configuration()
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: CodeLlamaServer, params: Any) -> None:
+        ls.service.cancel_all()
+        if ls.index is not None:
+            ls.index.stop_watching()
+
+    @server.feature(types.EXIT)
+    def exit_(ls: CodeLlamaServer, params: Any) -> None:
+        ls.service.cancel_all()
+        ls.service.worker.stop()
+
+    @server.feature(GET_STATUS)
+    def get_status(ls: CodeLlamaServer, params: Any) -> dict[str, Any]:
+        return ls.status_payload()
+
+    @server.feature(LAST_PROMPT)
+    def last_prompt(ls: CodeLlamaServer, params: Any) -> dict[str, Any] | None:
+        uri = params.get("uri") if isinstance(params, dict) else None
+        uri = uri if isinstance(uri, str) else ls.service.last_uri
+        return ls.service.last_prompt.get(uri) if uri else None
+
+    @server.command(CMD_RELOAD)
+    def reload_model(ls: CodeLlamaServer, *args: Any) -> None:
+        ls.engine.ensure(ls.settings, force=True)
+
+    @server.command(CMD_REINDEX)
+    def reindex(ls: CodeLlamaServer, *args: Any) -> None:
+        ls.start_indexing()
+
+    return server

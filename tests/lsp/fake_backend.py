@@ -1,0 +1,68 @@
+"""A scripted stand-in for the engine, for unit tests of the LSP layer only (fast, no model).
+
+Every behaviour tested with it is also tested end to end with the real engine (test_e2e_*.py).
+It follows the Backend protocol: streams its text through `on_text`, checks `should_stop` between
+"decode steps" (one character each), and honours `request.stop`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+
+from engine.backends.base import Completion, CompletionRequest, Timings
+
+_TOKEN = re.compile(r"\w+|\s|[^\w\s]")
+
+
+class FakeBackend:
+    description = "fake: scripted (cpu, float32)"
+    context_length = 16384
+    can_infill = True
+
+    def __init__(self, script: str | Callable[[CompletionRequest], str] = "", step_s: float = 0.0) -> None:
+        self.script = script
+        self.step_s = step_s
+        self.requests: list[CompletionRequest] = []
+        self.results: list[Completion] = []
+        self.started = threading.Event()
+        self.closed = False
+
+    def count_tokens(self, text: str) -> int:
+        return len(_TOKEN.findall(text))
+
+    def complete(self, request, should_stop=None, on_text=None) -> Completion:  # type: ignore[no-untyped-def]
+        self.requests.append(request)
+        self.started.set()
+        text = self.script(request) if callable(self.script) else self.script
+        out = ""
+        reason = "eot"
+        for ch in text:
+            if should_stop is not None and should_stop():
+                reason = "cancelled"
+                break
+            out += ch
+            hit = next((s for s in request.stop if s and s in out), None)
+            if hit:
+                out = out[: out.index(hit)]
+                reason = "stop_string"
+                break
+            if on_text is not None:
+                on_text(out)
+            if self.step_s:
+                time.sleep(self.step_s)
+        prompt = self.count_tokens(request.prefix + request.suffix)
+        result = Completion(out, reason, timings=Timings(prompt_tokens=prompt, generated_tokens=len(out)))  # type: ignore[arg-type]
+        self.results.append(result)
+        return result
+
+    def instruct(self, request, should_stop=None, on_text=None) -> Completion:  # type: ignore[no-untyped-def]
+        return Completion("", "eot")
+
+    def warm(self, request, should_stop=None) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+    def close(self) -> None:
+        self.closed = True

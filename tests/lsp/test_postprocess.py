@@ -1,0 +1,85 @@
+from lsp_server.postprocess import Cursor, is_finished, pointless, postprocess, wants_multiline
+
+
+def cur(line_prefix, line_suffix="", next_lines="", prev_line="", multiline=None):
+    if multiline is None:
+        multiline = wants_multiline(line_prefix, line_suffix)
+    return Cursor(line_prefix, line_suffix, next_lines, prev_line, multiline)
+
+
+def test_pointless_when_code_follows_the_cursor():
+    assert not pointless("")
+    assert not pointless(")")
+    assert not pointless("\");  ")
+    assert pointless(" + y)")
+    assert pointless("foo")
+
+
+def test_single_vs_multi_line_decision():
+    assert wants_multiline("def f(x):", "")
+    assert wants_multiline("    ", "")
+    assert wants_multiline("function f() {", "}")
+    assert not wants_multiline("    x = compute(", "a)")
+    assert not wants_multiline("    total = ", "")
+    assert wants_multiline("x = ", "", mode="always") and not wants_multiline("", "", mode="never")
+
+
+def test_single_line_stops_at_the_newline_and_trims():
+    s = postprocess("compute(a, b)   \nprint(x)", cur("    total = "))
+    assert s.text == "compute(a, b)" and not s.replaces_line_suffix
+
+
+def test_closing_bracket_already_in_the_suffix_is_not_repeated():
+    s = postprocess("a, b)", cur("foo(", ")"))
+    assert s.text == "a, b" and not s.replaces_line_suffix
+
+
+def test_output_that_rewrites_the_suffix_closer_replaces_the_rest_of_line():
+    s = postprocess("a, b) + 1", cur("x = foo(", ")"))
+    assert s.text == "a, b) + 1" and s.replaces_line_suffix
+
+
+def test_closing_a_bracket_from_the_prefix_is_fine_when_the_suffix_does_not_close_it():
+    s = postprocess("b)", cur("x = foo(a, ", ""))
+    assert s.text == "b)"
+
+
+def test_block_ends_by_indentation():
+    raw = "\n    y = x * 2\n    return y\n\ndef other():\n    pass"
+    s = postprocess(raw, cur("def double(x):"))
+    assert s.text == "\n    y = x * 2\n    return y"
+
+
+def test_braced_block_keeps_its_closing_brace_replacing_the_auto_closed_one():
+    raw = "\n  return a + b;\n}\n\nfunction g() {\n}"
+    s = postprocess(raw, cur("function add(a, b) {", "}"))
+    assert s.text == "\n  return a + b;\n}" and s.replaces_line_suffix
+
+
+def test_stops_where_the_output_repeats_the_suffix():
+    raw = "x = load()\n    y = transform(x)\n    return y"
+    s = postprocess(raw, cur("    ", "", "\n    y = transform(x)\n    return y\n", prev_line="def f():"))
+    assert s.text == "x = load()"
+
+
+def test_repeated_lines_are_dropped():
+    raw = "log('a')\nlog('a')\nlog('a')"
+    s = postprocess(raw, cur("    ", prev_line="def f():"))
+    assert s.text == "log('a')"
+
+
+def test_whitespace_only_output_is_no_suggestion():
+    assert not postprocess("   \n  ", cur("x = "))
+    assert postprocess("   \n  ", cur("x = ")).text == ""
+
+
+def test_quote_already_present_is_dropped_from_the_end():
+    assert postprocess('world"', cur('s = "hello ', '"')).text == "world"
+
+
+def test_streaming_stops_once_the_block_is_over():
+    c = cur("def f(x):")
+    assert not is_finished("\n    return x", c)
+    assert not is_finished("\n    return x\n", c)
+    assert is_finished("\n    return x\n\ndef g():\n", c)
+    assert is_finished("abc\n", cur("x = "))

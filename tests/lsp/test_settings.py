@@ -1,0 +1,53 @@
+from lsp_server.settings import Settings, parse_settings
+
+
+def test_camel_case_keys_fill_the_dataclass():
+    s, problems = parse_settings({"model": "~/m", "fimFormat": "psm", "maxContextTokens": 8192,
+                                  "maxNewTokens": 32, "temperature": 0.2, "device": "cuda:1",
+                                  "dtype": "bf16", "backend": "http://localhost:8080/v1"})
+    assert problems == []
+    assert s.model.endswith("/m") and not s.model.startswith("~")
+    assert (s.fim_format, s.max_context_tokens, s.max_new_tokens) == ("psm", 8192, 32)
+    assert (s.device, s.dtype, s.backend, s.temperature) == ("cuda:1", "bfloat16", "http://localhost:8080/v1", 0.2)
+
+
+def test_section_wrapper_and_unknown_keys_are_accepted():
+    s, problems = parse_settings({"codellama": {"maxNewTokens": 5, "someEditorUiKey": True}})
+    assert s.max_new_tokens == 5 and problems == []
+
+
+def test_invalid_values_fall_back_to_defaults_with_a_message_each():
+    base = Settings()
+    s, problems = parse_settings({"fimFormat": "xyz", "maxNewTokens": -3, "temperature": "hot",
+                                  "device": "tpu", "maxContextTokens": 10**9, "dtype": 3, "enable": "yes",
+                                  "exclude": "*.log", "backend": "ftp://x"})
+    assert len(problems) == 9
+    assert all("codellama." in p and "default" in p for p in problems)
+    assert (s.fim_format, s.max_new_tokens, s.temperature, s.device) == (
+        base.fim_format, base.max_new_tokens, base.temperature, base.device)
+    assert s.max_context_tokens is None and s.backend == "local"
+
+
+def test_default_fim_format_is_spm_and_nulls_mean_default_model():
+    s, problems = parse_settings({"model": None, "adapter": ""})
+    assert s.fim_format == "spm" and s.model is None and s.adapter is None and not problems
+
+
+def test_not_an_object_keeps_previous_settings():
+    base = Settings(max_new_tokens=7)
+    s, problems = parse_settings(["nope"], base)
+    assert s.max_new_tokens == 7 and len(problems) == 1
+
+
+def test_budget_respects_model_context_and_room_for_generation():
+    s = Settings(max_context_tokens=100_000, max_new_tokens=128)
+    assert s.context_budget(4096, on_gpu=True) == 4096 - 128 - 8
+    assert Settings().context_budget(100_000, on_gpu=False) == 2048
+    assert Settings().context_budget(100_000, on_gpu=True) == 16384
+
+
+def test_engine_key_changes_only_with_model_settings():
+    a = Settings()
+    assert a.engine_key() == Settings(max_new_tokens=3, fim_format="psm").engine_key()
+    assert a.engine_key() != Settings(model="/x").engine_key()
+    assert a.engine_key() != Settings(device="cpu").engine_key()
