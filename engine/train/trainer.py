@@ -13,6 +13,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -201,9 +202,11 @@ def train(
     trainable: dict[str, torch.nn.Parameter] | None = None,
     on_log: Callable[[dict], None] | None = None,
     stop_after: int | None = None,
+    time_limit_s: float | None = None,
 ) -> dict:
-    """Train `model` for cfg.steps optimiser steps (or until `stop_after` steps, to simulate an
-    interruption). Returns the last metrics record."""
+    """Train `model` for cfg.steps optimiser steps, or until `stop_after` steps (to simulate an
+    interruption), `time_limit_s` seconds, or SIGINT/SIGTERM; each of these ends with a checkpoint.
+    Returns the last metrics record."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -226,11 +229,36 @@ def train(
     if step == 0 and metrics_path.exists() and not resume:
         metrics_path.unlink()
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    stop = {"signal": None}
 
+    def _on_signal(signum, frame) -> None:  # finish the step in flight, checkpoint, return
+        stop["signal"] = signum
+        print(f"signal {signum}: stopping after this step", flush=True)
+
+    previous = {}
+    if threading_main():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _on_signal)
+    try:
+        record = _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_limit_s,
+                       metrics_path, on_log)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return record
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_limit_s, metrics_path, on_log):
     last_ckpt = time.monotonic()
     t0, tokens_done, window_loss, window_n = time.monotonic(), 0, 0.0, 0
     record: dict = {}
-    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     while step < end:
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
@@ -240,7 +268,7 @@ def train(
             batch = sampler.batch(step * cfg.grad_accum + micro).to(cfg.device)
             loss = batch_loss(model, batch, cfg) / cfg.grad_accum
             loss.backward()
-            step_loss += float(loss)
+            step_loss += float(loss.detach())
         grad_norm = float(torch.nn.utils.clip_grad_norm_(list(trainable.values()), cfg.grad_clip))
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -269,6 +297,9 @@ def train(
             window_loss, window_n = 0.0, 0
         due_time = time.monotonic() - last_ckpt >= cfg.checkpoint_every_s
         due_step = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
+        out_of_time = time_limit_s is not None and time.monotonic() - t0 >= time_limit_s
+        if stop["signal"] is not None or out_of_time:
+            end = step  # checkpoint below, then leave the loop
         if due_time or due_step or step == end:
             path = save_checkpoint(run_dir, step, model, opt, trainable, cfg, cfg.keep_checkpoints)
             last_ckpt = time.monotonic()

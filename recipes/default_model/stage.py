@@ -33,8 +33,10 @@ from engine.train.trainer import TrainConfig, latest_checkpoint, train  # noqa: 
 SHAPE = dict(dim=256, n_layers=6, n_heads=4, n_kv_heads=4, vocab_size=8192, multiple_of=16,
              norm_eps=1e-5)
 STAGES = {
-    "pretrain": dict(seq_len=1024, rope_theta=1e4, micro_batch=4, grad_accum=1, lr=2e-3, warmup=60),
-    "lcft": dict(seq_len=4096, rope_theta=1e6, micro_batch=2, grad_accum=1, lr=5e-4, warmup=10),
+    "pretrain": dict(seq_len=1024, rope_theta=1e4, micro_batch=4, grad_accum=1, lr=2e-3, warmup=60,
+                     max_chars=8_000_000),
+    "lcft": dict(seq_len=4096, rope_theta=1e6, micro_batch=1, grad_accum=1, lr=5e-4, warmup=2,
+                 max_chars=1_500_000),
 }
 
 
@@ -57,15 +59,19 @@ def sample_files(files: list, max_chars: int, seed: int) -> list:
     return [f for i, f in enumerate(files) if i in keep]
 
 
-def run_stage(stage: str, run: Path, steps: int, resume: bool, threads: int, max_chars: int) -> None:
+def stage_data(stage: str, run: Path, max_chars: int = 0):
     st = STAGES[stage]
-    tok_path = run / "tokenizer.model"
     files = read_jsonl_files(run / "corpus" / "train.jsonl")
-    if max_chars:
-        files = sample_files(files, max_chars, seed=0)
+    files = sample_files(files, max_chars or st["max_chars"], seed=0)
     dcfg = DataConfig(seq_len=st["seq_len"], fim_rate=0.9, spm_rate=0.5, seed=0)
+    return cached_stream(files, run / "tokenizer.model", dcfg, run / "cache")
+
+
+def run_stage(stage: str, run: Path, steps: int, resume: bool, threads: int, max_chars: int,
+              max_minutes: float | None) -> None:
+    st = STAGES[stage]
     t = time.time()
-    stream, meta = cached_stream(files, tok_path, dcfg, run / "cache")
+    stream, meta = stage_data(stage, run, max_chars)
     print(f"data {meta['data_hash']}: {meta['n_tokens']:,} tokens, docs {meta['docs']} ({time.time() - t:.0f}s)",
           flush=True)
     args = ModelArgs(**SHAPE, rope_theta=st["rope_theta"], max_seq_len=st["seq_len"])
@@ -85,7 +91,8 @@ def run_stage(stage: str, run: Path, steps: int, resume: bool, threads: int, max
         extra={"stage": stage, "data_hash": meta["data_hash"], "model_args": args.to_dict()},
     )
     sampler = WindowSampler(stream, cfg.seq_len, cfg.micro_batch, cfg.seed)
-    train(model, sampler, cfg, run / stage, resume=resume)
+    train(model, sampler, cfg, run / stage, resume=resume,
+          time_limit_s=max_minutes * 60 if max_minutes else None)
 
 
 def export(run: Path, out: Path) -> None:
@@ -115,13 +122,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-chars", type=int, default=8_000_000, help="train on a random subset of files")
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    ap.add_argument("--max-chars", type=int, default=0, help="train on a random subset of files (default per stage)")
     ap.add_argument("--out", type=Path, default=Path("models/default"))
     a = ap.parse_args()
     if a.stage == "export":
         export(a.run, a.out)
     else:
-        run_stage(a.stage, a.run, a.steps, a.resume, a.threads, a.max_chars)
+        run_stage(a.stage, a.run, a.steps, a.resume, a.threads, a.max_chars, a.max_minutes)
 
 
 if __name__ == "__main__":
