@@ -111,14 +111,23 @@ def _rotary_kernel(
 
 
 def _rotary_into(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, q_out: torch.Tensor, k_out: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q_out: torch.Tensor,
+    k_out: torch.Tensor,
 ) -> None:
     bsz, seqlen, n_q, d = q.shape
     n_k = k.shape[2]
-    assert k.shape[:2] == (bsz, seqlen) and k.shape[3] == d, f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree"
+    assert k.shape[:2] == (bsz, seqlen) and k.shape[3] == d, (
+        f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree"
+    )
     assert d % 2 == 0, f"head_dim {d} must be even"
     half = d // 2
-    assert cos.shape == (seqlen, half) == sin.shape, f"cos/sin {tuple(cos.shape)} should be ({seqlen}, {half})"
+    assert cos.shape == (seqlen, half) == sin.shape, (
+        f"cos/sin {tuple(cos.shape)} should be ({seqlen}, {half})"
+    )
     assert cos.dtype == torch.float32 and sin.dtype == torch.float32, "rotary tables must be float32"
     assert q.stride(-1) == k.stride(-1) == q_out.stride(-1) == k_out.stride(-1) == 1
     cos, sin = cos.contiguous(), sin.contiguous()
@@ -146,8 +155,9 @@ def apply_rotary(
     if _needs_autograd(q, k):
         return reference.apply_rotary(q, k, cos, sin)
     q, k = _last_dim_contiguous(q), _last_dim_contiguous(k)
-    q_out, k_out = torch.empty_like(q, memory_format=torch.contiguous_format), torch.empty_like(
-        k, memory_format=torch.contiguous_format
+    q_out, k_out = (
+        torch.empty_like(q, memory_format=torch.contiguous_format),
+        torch.empty_like(k, memory_format=torch.contiguous_format),
     )
     _rotary_into(q, k, cos, sin, q_out, k_out)
     return q_out, k_out
@@ -192,7 +202,7 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 # ---- decode attention (split-K flash decoding) --------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["len_arg"])  # one compiled kernel for every cache length
 def _decode_partial_kernel(
     q_ptr, k_ptr, v_ptr, len_arg, o_part_ptr, lse_part_ptr,
     sqb, sqh, skb, skh, sks, svb, svh, svs,
@@ -221,7 +231,9 @@ def _decode_partial_kernel(
     d_mask = d < head_dim
     q_heads = kvh * group + g  # (BLOCK_G,)
     q = tl.load(
-        q_ptr + b * sqb + q_heads[:, None] * sqh + d[None, :], mask=g_mask[:, None] & d_mask[None, :], other=0.0
+        q_ptr + b * sqb + q_heads[:, None] * sqh + d[None, :],
+        mask=g_mask[:, None] & d_mask[None, :],
+        other=0.0,
     )  # (BLOCK_G, BLOCK_D)
 
     m_i = tl.full((BLOCK_G,), float("-inf"), tl.float32)

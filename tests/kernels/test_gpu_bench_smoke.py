@@ -1,0 +1,34 @@
+"""benchmarks/gpu_bench.py in --smoke mode (tiny model on CPU), so the GPU script is known to run.
+
+It checks the static decode step against the eager forward and transformers against our model on the
+same weights, and writes the markdown table a GPU session would commit.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers", reason="the benchmark compares against transformers")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_bench.py"
+
+
+def test_gpu_bench_smoke_writes_the_table(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "gpu.md"
+    text = bench.main(["--smoke", "--out", str(out)])
+    assert out.read_text() == text
+    for row in (
+        "| prefill 70 tokens |",  # three chunks of 32: the masked chunked-prefill path too
+        "| decode tok/s @ 70 ctx, eager |",
+        "| static decode step @ 70 ctx vs eager |",
+        "| keystroke @ 60 ctx (+4 tokens), warm |",
+        "| transformers decode tok/s @ 24 ctx |",
+    ):
+        assert row in text, f"missing row {row!r} in:\n{text}"
