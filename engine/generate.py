@@ -128,6 +128,8 @@ def generate(
         generator = torch.Generator(device="cpu")
         generator.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns()))
 
+    if should_stop is not None and should_stop([]):  # cancelled before it started: touch nothing
+        return GenerationResult(tokens=[], stop_reason="stopped")
     # Reuse the cached prefix, but always recompute at least the last prompt token for its logits.
     reuse = min(common_prefix_length(cache.tokens, prompt), len(prompt) - 1)
     cache.truncate(reuse)
