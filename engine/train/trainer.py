@@ -307,7 +307,8 @@ def _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_li
             try:
                 from engine.train.plot import save_loss_curve
 
-                save_loss_curve(metrics_path, run_dir / "loss.png")
+                if metrics_path.is_file():
+                    save_loss_curve(metrics_path, run_dir / "loss.png")
             except Exception as exc:  # a plot must never stop a training run
                 print(f"(loss curve not written: {exc})", flush=True)
     return record
