@@ -106,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from engine import default_model_dir
 
     model = args.model
-    if model is None and not default_model_dir().is_dir():
+    if model is None and not (default_model_dir() / "tokenizer.model").is_file():
         # No default model in this checkout yet: a small random-weight model still shows the whole
         # path (checkpoint loading, tokenizer, FIM prompts, generation), with junk text.
         from engine.testing import build_tiny_model

@@ -263,7 +263,7 @@ def load_local_backend(
     except torch.cuda.OutOfMemoryError as exc:
         raise BackendError(f"{path}: out of GPU memory while loading the model") from exc
     if adapter:
-        from engine.adapters import apply_adapter
+        from engine.train.lora import apply_adapter
 
         apply_adapter(loaded.model, Path(adapter))
     return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter)
