@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine import kernels  # noqa: E402
 from engine.cache import KVCache  # noqa: E402
 from engine.config import ModelArgs  # noqa: E402
 from engine.generate import PREFILL_CHUNK, decode_step, prefill  # noqa: E402
@@ -146,15 +147,22 @@ def bench_decode(
     def eager(token: int) -> torch.Tensor:
         return decode_step(model, cache, token)
 
-    greedy_decode(eager, first_logits, 2)  # warm-up
-    cache.truncate(context)
-    t = clock.time(lambda: greedy_decode(eager, first_logits, steps))
-    tps = steps / t
-    report.add(
-        f"decode tok/s @ {context} ctx, eager",
-        f"{tps:.1f}",
-        f"{100 * tps / limit:.0f}% of the bandwidth limit {limit:.0f} tok/s",
-    )
+    # Eager with the kernels the dispatch picks (Triton on CUDA), then with the PyTorch references.
+    for backend in ("auto", "reference") if context == opts.decode_contexts[0] else ("auto",):
+        kernels.use_backend(backend)
+        try:
+            cache.truncate(context)
+            greedy_decode(eager, first_logits, 2)  # warm-up
+            cache.truncate(context)
+            t = clock.time(lambda: greedy_decode(eager, first_logits, steps))
+        finally:
+            kernels.use_backend("auto")
+        tps = steps / t
+        report.add(
+            f"decode tok/s @ {context} ctx, eager{'' if backend == 'auto' else ', reference kernels'}",
+            f"{tps:.1f}",
+            f"{100 * tps / limit:.0f}% of the bandwidth limit {limit:.0f} tok/s",
+        )
     cache.truncate(context)
     eager_logits = greedy_decode(eager, first_logits, 1)
     cache.truncate(context)

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                                 else logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":
+        # pygls logs every message body at INFO: only useful when debugging the protocol itself.
+        logging.getLogger("pygls").setLevel(logging.WARNING)
     if args.tcp:
         host, sep, port = args.tcp.rpartition(":")
         host = host.strip("[]")

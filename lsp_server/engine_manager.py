@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,7 @@ class EngineManager:
             self._progress("begin", f"Loading model {self.model_name}")
         backend: Backend | None = None
         error: str | None = None
+        started = time.perf_counter()
         try:
             backend = self._loader(settings)
         except BackendError as exc:
@@ -134,7 +136,8 @@ class EngineManager:
             log.warning("model load failed: %s", error)
             self._on_problem(error)
         else:
-            log.info("model ready: %s", backend.description if backend else None)
+            log.info("model ready in %.1f s: %s", time.perf_counter() - started,
+                     backend.description if backend else None)
         self._on_change()
 
     def close(self) -> None:

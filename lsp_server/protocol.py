@@ -72,6 +72,12 @@ def robust_converter():  # type: ignore[no-untyped-def]
 
 class RobustProtocol(LanguageServerProtocol):
     def structure_message(self, data: dict[str, Any]) -> Any:
+        if isinstance(data, dict) and "method" in data and "id" in data and "jsonrpc" in data:
+            # A request whose id or method could not be used as such (pygls would fail on an
+            # unhashable id, or a method that is no string).
+            if valid_id(data["id"]) is None or not isinstance(data["method"], str):
+                return BadRequest(data["id"], data["method"], INVALID_REQUEST,
+                                  "A request needs a string or integer id and a string method")
         try:
             return super().structure_message(data)
         except JsonRpcException as exc:
@@ -88,10 +94,15 @@ class RobustProtocol(LanguageServerProtocol):
             self._reply_error(message.id, message.code, message.message)
             return
         if not hasattr(message, "jsonrpc") or message.jsonrpc != self.VERSION:
-            # Not a JSON-RPC 2.0 message: answer it if it looks like a request.
-            msg_id = message.get("id") if isinstance(message, dict) else getattr(message, "id", None)
-            is_request = isinstance(message, dict) and "method" in message and "id" in message
-            if is_request or not isinstance(message, dict) and not hasattr(message, "method"):
+            # Not a JSON-RPC 2.0 message: answer it when it looks like a request (or is no object
+            # at all, e.g. a batch array, which LSP does not allow).
+            if isinstance(message, dict):
+                is_request, msg_id = "method" in message and "id" in message, message.get("id")
+            else:
+                is_request = hasattr(message, "id") and hasattr(message, "method")
+                is_request = is_request or not hasattr(message, "jsonrpc")
+                msg_id = getattr(message, "id", None)
+            if is_request:
                 self._reply_error(msg_id, INVALID_REQUEST, "Not a JSON-RPC 2.0 request")
             else:
                 log.warning("ignoring a message that is not JSON-RPC 2.0: %.200r", message)

@@ -1,0 +1,99 @@
+// `Code Llama: Ask Code Llama about the selection…`: lists the server's code actions (its instruct
+// queries) for the selection in a quick pick and applies the chosen one. The same actions also appear
+// in VS Code's light bulb, through the language client.
+import * as vscode from "vscode";
+import { ServerController } from "./controller";
+
+interface LspPosition {
+  line: number;
+  character: number;
+}
+interface LspRange {
+  start: LspPosition;
+  end: LspPosition;
+}
+interface LspTextEdit {
+  range: LspRange;
+  newText: string;
+}
+interface LspWorkspaceEdit {
+  changes?: Record<string, LspTextEdit[]>;
+  documentChanges?: Array<{ textDocument?: { uri: string }; edits?: LspTextEdit[] }>;
+}
+interface LspCommand {
+  title: string;
+  command: string;
+  arguments?: unknown[];
+}
+interface LspCodeAction {
+  title: string;
+  kind?: string;
+  edit?: LspWorkspaceEdit;
+  command?: LspCommand | string;
+  data?: unknown;
+  disabled?: { reason: string };
+}
+
+const toRange = (r: LspRange) => new vscode.Range(r.start.line, r.start.character, r.end.line, r.end.character);
+
+/** LSP workspace edit (JSON) to a vscode.WorkspaceEdit: text edits only, which is what the server sends. */
+export function toWorkspaceEdit(edit: LspWorkspaceEdit): vscode.WorkspaceEdit {
+  const out = new vscode.WorkspaceEdit();
+  for (const [uri, edits] of Object.entries(edit.changes ?? {})) {
+    for (const e of edits) out.replace(vscode.Uri.parse(uri), toRange(e.range), e.newText);
+  }
+  for (const change of edit.documentChanges ?? []) {
+    if (!change.textDocument || !change.edits) continue;
+    for (const e of change.edits) out.replace(vscode.Uri.parse(change.textDocument.uri), toRange(e.range), e.newText);
+  }
+  return out;
+}
+
+function isCommand(item: LspCodeAction | LspCommand): item is LspCommand {
+  return typeof (item as LspCommand).command === "string" && (item as LspCodeAction).edit === undefined && !("kind" in item);
+}
+
+export async function runCodeActionCommand(controller: ServerController): Promise<void> {
+  const editor = vscode.window.activeTextEditor;
+  const client = controller.languageClient;
+  if (!editor) return;
+  if (!client) {
+    void vscode.window.showWarningMessage("Code Llama: the language server is not running.");
+    return;
+  }
+  const sel = editor.selection;
+  const params = {
+    textDocument: { uri: editor.document.uri.toString() },
+    range: { start: { line: sel.start.line, character: sel.start.character }, end: { line: sel.end.line, character: sel.end.character } },
+    context: { diagnostics: [], triggerKind: 1 },
+  };
+  const result = (await client.sendRequest<Array<LspCodeAction | LspCommand> | null>("textDocument/codeAction", params)) ?? [];
+  const usable = result.filter((a) => !(a as LspCodeAction).disabled);
+  if (usable.length === 0) {
+    void vscode.window.showInformationMessage("Code Llama has no actions for this selection.");
+    return;
+  }
+  const picked = await vscode.window.showQuickPick(
+    usable.map((action) => ({ label: action.title, action })),
+    { placeHolder: "Ask Code Llama…" },
+  );
+  if (!picked) return;
+  await vscode.window.withProgress(
+    { location: vscode.ProgressLocation.Notification, title: `Code Llama: ${picked.label}` },
+    async () => {
+      let action = picked.action;
+      if (isCommand(action)) {
+        await client.sendRequest("workspace/executeCommand", { command: action.command, arguments: action.arguments });
+        return;
+      }
+      if (!action.edit && !action.command && action.data !== undefined) {
+        action = await client.sendRequest<LspCodeAction>("codeAction/resolve", action);
+      }
+      if (action.edit) await vscode.workspace.applyEdit(toWorkspaceEdit(action.edit));
+      const command = action.command;
+      if (command && typeof command !== "string") {
+        await client.sendRequest("workspace/executeCommand", { command: command.command, arguments: command.arguments });
+      }
+    },
+  );
+}

@@ -1,0 +1,67 @@
+// Entry point: builds the LanguageClient (vscode-languageclient over stdio) and registers commands.
+//
+// Inline suggestions come from the client's built-in LSP 3.18 inline completion feature, so VS Code's
+// own commands work on them: Tab accepts, Ctrl+Right accepts a word, Alt+] / Alt+[ switch suggestions,
+// Esc dismisses; this extension adds a key for "accept line".
+import * as vscode from "vscode";
+import {
+  CloseAction,
+  ErrorAction,
+  LanguageClient,
+  LanguageClientOptions,
+  ServerOptions,
+} from "vscode-languageclient/node";
+import { runCodeActionCommand } from "./codeActions";
+import { ClientHooks, ClientLike, ServerController } from "./controller";
+import { runTrainCommand } from "./trainCommand";
+
+let controller: ServerController | undefined;
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  const output = vscode.window.createOutputChannel("Code Llama");
+  controller = new ServerController(context.extensionPath, createLanguageClient, output);
+  const ctl = controller;
+  context.subscriptions.push(
+    output,
+    ctl,
+    vscode.commands.registerCommand("codellama.toggle", () => ctl.toggle()),
+    vscode.commands.registerCommand("codellama.restartServer", () => ctl.restart()),
+    vscode.commands.registerCommand("codellama.showOutput", () => output.show(true)),
+    vscode.commands.registerCommand("codellama.codeAction", () => runCodeActionCommand(ctl)),
+    vscode.commands.registerCommand("codellama.trainAdapter", () => runTrainCommand(ctl)),
+  );
+  await ctl.start();
+}
+
+export async function deactivate(): Promise<void> {
+  await controller?.stop();
+  controller = undefined;
+}
+
+/** The real client: stdio transport through our own spawn, crash handling and settings middleware. */
+export function createLanguageClient(hooks: ClientHooks): ClientLike {
+  const serverOptions: ServerOptions = () => hooks.spawn();
+  const clientOptions: LanguageClientOptions = {
+    documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
+    outputChannel: hooks.outputChannel,
+    initializationOptions: () => hooks.initializationOptions(),
+    errorHandler: {
+      error: (_error, _message, count) => ({ action: (count ?? 0) <= 3 ? ErrorAction.Continue : ErrorAction.Shutdown }),
+      closed: async () => ({
+        action: (await hooks.onClosed()) ? CloseAction.Restart : CloseAction.DoNotRestart,
+        handled: true, // the controller has shown its own message
+      }),
+    },
+    middleware: {
+      provideInlineCompletionItems: (document, position, context, token, next) =>
+        hooks.isEnabled() ? next(document, position, context, token) : null,
+      workspace: {
+        configuration: (params, token, next) => {
+          if (!params.items.some((item) => item.section === "codellama")) return next(params, token);
+          return params.items.map((item) => (item.section === "codellama" ? hooks.serverSection() : null));
+        },
+      },
+    },
+  };
+  return new LanguageClient("codellama", "Code Llama", serverOptions, clientOptions);
+}

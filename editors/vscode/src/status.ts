@@ -1,0 +1,106 @@
+// The status-bar item's content, computed from the server's `codellama/status` notifications and the
+// client's own view of the process. Pure functions: the vscode wiring lives in extension.ts.
+
+/** `codellama/status` params (lsp_server/README.md). Every field may be missing or null. */
+export interface ServerStatus {
+  state?: "starting" | "loading" | "ready" | "error" | "disabled" | string;
+  model?: string | null;
+  backend?: string | null;
+  description?: string | null;
+  device?: string | null;
+  dtype?: string | null;
+  message?: string | null;
+  indexing?: boolean;
+  indexedFiles?: number | null;
+  lastLatencyMs?: number | null;
+  lastPromptTokens?: number | null;
+  lastCachedTokens?: number | null;
+  lastFromCache?: boolean | null;
+}
+
+/** What the client knows on its own: is the process up, and are suggestions switched on. */
+export type ProcessState = "starting" | "running" | "stopped" | "failed";
+
+export interface StatusView {
+  text: string;
+  tooltip: string;
+  /** "error" and "warning" map to the status bar's error/warning colours. */
+  severity: "normal" | "warning" | "error";
+}
+
+export interface StatusInput {
+  process: ProcessState;
+  enabled: boolean;
+  server?: ServerStatus;
+  /** Set when the process stopped; one readable sentence. */
+  failure?: string;
+}
+
+export function formatLatency(ms: number | null | undefined): string | undefined {
+  if (ms === null || ms === undefined || !Number.isFinite(ms)) return undefined;
+  return ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`;
+}
+
+/** Merges a notification into the last known status (absent keys keep their previous values). */
+export function mergeStatus(previous: ServerStatus | undefined, update: ServerStatus): ServerStatus {
+  const merged: ServerStatus = { ...(previous ?? {}) };
+  for (const [key, value] of Object.entries(update)) {
+    if (value !== undefined) (merged as Record<string, unknown>)[key] = value;
+  }
+  return merged;
+}
+
+export function renderStatus(input: StatusInput): StatusView {
+  const s = input.server ?? {};
+  const model = s.model ?? (s.backend && s.backend !== "local" ? s.backend : undefined);
+  const toggleHint = input.enabled ? "Click to turn inline suggestions off." : "Click to turn inline suggestions on.";
+  const details: string[] = [];
+  if (s.description) details.push(s.description);
+  else if (model) details.push(`Model: ${model}`);
+  if (s.device) details.push(`Device: ${s.device}${s.dtype ? ` (${s.dtype})` : ""}`);
+  if (s.indexing) details.push("Indexing the workspace…");
+  else if (typeof s.indexedFiles === "number") details.push(`Workspace index: ${s.indexedFiles} files`);
+  const latency = formatLatency(s.lastLatencyMs);
+  if (latency) {
+    let line = `Last suggestion: ${latency}`;
+    if (s.lastFromCache) line += " (from cache)";
+    else if (typeof s.lastPromptTokens === "number") {
+      line += `, ${s.lastPromptTokens} prompt tokens`;
+      if (typeof s.lastCachedTokens === "number") line += ` (${s.lastCachedTokens} reused)`;
+    }
+    details.push(line);
+  }
+
+  if (input.process === "failed" || input.process === "stopped") {
+    return {
+      text: "$(debug-disconnect) Code Llama: stopped",
+      tooltip: [input.failure ?? "The language server is not running.", "Run 'Code Llama: Restart language server'."].join("\n"),
+      severity: input.process === "failed" ? "error" : "warning",
+    };
+  }
+  if (input.process === "starting" && !input.server) {
+    return { text: "$(loading~spin) Code Llama", tooltip: "Starting the language server…", severity: "normal" };
+  }
+  if (s.state === "error") {
+    return {
+      text: `$(error) Code Llama${model ? `: ${model}` : ""}`,
+      tooltip: [s.message ?? "The model could not be loaded.", ...details, toggleHint].join("\n"),
+      severity: "error",
+    };
+  }
+  if (!input.enabled || s.state === "disabled") {
+    return { text: "$(circle-slash) Code Llama: off", tooltip: [...details, toggleHint].join("\n"), severity: "normal" };
+  }
+  if (s.state === "loading" || s.state === "starting") {
+    return {
+      text: `$(loading~spin) Code Llama: loading${model ? ` ${model}` : ""}`,
+      tooltip: ["Loading the model…", ...details, toggleHint].join("\n"),
+      severity: "normal",
+    };
+  }
+  const parts = [model ?? "Code Llama"];
+  if (s.device) parts.push(s.device);
+  if (latency) parts.push(latency);
+  const icon = s.indexing ? "$(sync~spin)" : "$(sparkle)";
+  return { text: `${icon} ${parts.join(" · ")}`, tooltip: [...details, toggleHint].join("\n"), severity: "normal" };
+}

@@ -1,0 +1,81 @@
+import { test } from "node:test";
+import * as assert from "node:assert/strict";
+import * as fs from "fs";
+import * as path from "path";
+import { CLIENT_ONLY_KEYS, SERVER_KEYS, affectsServer, contributedKeys, initializationOptions, serverSettings } from "../src/settings";
+
+const manifest = JSON.parse(fs.readFileSync(path.join(__dirname, "..", "..", "package.json"), "utf8"));
+const properties = manifest.contributes.configuration.properties as Record<string, { default?: unknown }>;
+
+/** A config reader over the package.json defaults plus the given user values, like VS Code's. */
+function config(user: Record<string, unknown> = {}) {
+  return {
+    get<T>(key: string): T | undefined {
+      if (key in user) return user[key] as T;
+      return properties[`codellama.${key}`]?.default as T | undefined;
+    },
+  };
+}
+
+test("every server setting from DESIGN.md and the server README is contributed, and nothing else", () => {
+  const contributed = contributedKeys(manifest).sort();
+  for (const key of ["model", "adapter", "device", "dtype", "fimFormat", "maxContextTokens", "maxNewTokens", "temperature", "backend"]) {
+    assert.ok(SERVER_KEYS.includes(key), `${key} is a server key`);
+  }
+  assert.deepEqual(contributed, [...SERVER_KEYS, ...CLIENT_ONLY_KEYS].sort());
+  for (const key of contributed) {
+    assert.ok("description" in properties[`codellama.${key}`], `codellama.${key} has a description`);
+  }
+});
+
+test("with nothing set, the server gets its own defaults for every key", () => {
+  assert.deepEqual(serverSettings(config()), {
+    model: null,
+    adapter: null,
+    device: "auto",
+    dtype: "auto",
+    fimFormat: "spm",
+    maxContextTokens: null,
+    maxNewTokens: 128,
+    temperature: 0,
+    backend: "local",
+    enable: true,
+    repositoryContext: true,
+    multiline: "auto",
+    exclude: [],
+  });
+});
+
+test("user values are sent under their server names; client-only keys are not sent", () => {
+  const settings = serverSettings(
+    config({ model: "~/models/CodeLlama-7b-hf", device: "cuda", maxContextTokens: 16384, pythonPath: "/usr/bin/python3", "train.extraArgs": ["--steps", "5"] }),
+  );
+  assert.equal(settings.model, "~/models/CodeLlama-7b-hf");
+  assert.equal(settings.device, "cuda");
+  assert.equal(settings.maxContextTokens, 16384);
+  assert.ok(!("pythonPath" in settings));
+  assert.ok(!("train" in settings));
+  assert.ok(!("trace" in settings));
+});
+
+test("an empty model or adapter path means the default (null)", () => {
+  const settings = serverSettings(config({ model: "", adapter: "  " }));
+  assert.equal(settings.model, null);
+  assert.equal(settings.adapter, null);
+});
+
+test("initializationOptions put the section under a codellama key", () => {
+  const options = initializationOptions(config({ temperature: 0.2 }));
+  assert.deepEqual(Object.keys(options), ["codellama"]);
+  assert.equal(options.codellama.temperature, 0.2);
+});
+
+test("dotted keys become nested objects", () => {
+  assert.deepEqual(serverSettings(config({ "context.maxSnippets": 3 }), ["context.maxSnippets"]), { context: { maxSnippets: 3 } });
+});
+
+test("only server keys count as a server settings change", () => {
+  assert.equal(affectsServer((s) => s === "codellama.maxNewTokens"), true);
+  assert.equal(affectsServer((s) => s === "codellama.pythonPath"), false);
+  assert.equal(affectsServer((s) => s === "editor.fontSize"), false);
+});
