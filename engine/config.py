@@ -61,6 +61,8 @@ class ModelArgs:
             vocab_size=params.get("vocab_size", -1),
             multiple_of=params.get("multiple_of", 256),
             ffn_dim_multiplier=params.get("ffn_dim_multiplier"),
+            # Not in Meta's releases; our own exports write it when the width is not Llama's formula.
+            hidden_dim=params.get("hidden_dim"),
             norm_eps=params.get("norm_eps", 1e-5),
             rope_theta=float(params.get("rope_theta", 10_000.0)),
             max_seq_len=params.get("max_seq_len", 16_384),

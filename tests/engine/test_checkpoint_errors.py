@@ -76,7 +76,7 @@ def test_shape_mismatch(tiny_model_dir, tmp_path):
     config = json.loads((d / "config.json").read_text())
     config["intermediate_size"] += 32
     (d / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'layers\.0\.feed_forward\.w1\.weight' has shape"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor 'layers\.0\.feed_forward\.w[123]\.weight' has shape \("):
         load_model(d)
 
 

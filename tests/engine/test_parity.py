@@ -131,7 +131,9 @@ def test_kv_cache_generation_equals_full_recomputation(tiny_model_dir):
     # A second request sharing a prefix reuses the cache and still gives the cold answer.
     longer = prompt + cached[:5]
     warm = generate(model, cache, longer, 10, stop_ids=set())
-    assert warm.cached_tokens == len(prompt)  # the first request's prompt KV was kept
+    # The first request's prompt and generated tokens stay cached; the last one is run again to
+    # get the next token's logits.
+    assert warm.cached_tokens == len(longer) - 1
     cold = generate(model, KVCache(loaded.args, 8, "cpu", torch.float32), longer, 10, stop_ids=set())
     assert warm.tokens == cold.tokens and cold.cached_tokens == 0
 
