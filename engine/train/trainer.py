@@ -257,6 +257,7 @@ def threading_main() -> bool:
 
 def _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_limit_s, metrics_path, on_log):
     last_ckpt = time.monotonic()
+    first = step + 1  # logged too, so a curve starts where the run starts and a short run has two points
     t0, tokens_done, window_loss, window_n = time.monotonic(), 0, 0.0, 0
     record: dict = {}
     while step < end:
@@ -276,7 +277,7 @@ def _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_li
         tokens_done += cfg.tokens_per_step
         window_loss += step_loss
         window_n += 1
-        if step % cfg.log_every == 0 or step == end:
+        if step % cfg.log_every == 0 or step in (first, end):
             elapsed = time.monotonic() - t0
             tps = tokens_done / elapsed
             record = {
