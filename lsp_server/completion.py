@@ -83,12 +83,14 @@ class CacheEntry:
     suffix_head: str
     suggestion: Suggestion
     when: float
+    context_version: int  # the workspace index's generation when the prompt was built
 
 
 class SuggestionCache:
     """Recent suggestions per document. A lookup hits when the text after the cursor is unchanged
     and the text before it is the cached prefix followed by the start of the suggestion (the user
-    typed through it): the rest of the suggestion is the answer."""
+    typed through it): the rest of the suggestion is the answer. A file changed in the workspace
+    (a new index generation) makes the older entries miss: their prompts missed that change."""
 
     TAIL = 256
 
@@ -97,11 +99,11 @@ class SuggestionCache:
         self._max, self._ttl = max_entries, ttl_s
         self._lock = threading.Lock()
 
-    def put(self, uri: str, text: str, cursor: int, suggestion: Suggestion) -> None:
+    def put(self, uri: str, text: str, cursor: int, suggestion: Suggestion, context_version: int = 0) -> None:
         if not suggestion:
             return
         entry = CacheEntry(text[max(0, cursor - self.TAIL) : cursor], text[cursor : cursor + self.TAIL],
-                           suggestion, time.monotonic())
+                           suggestion, time.monotonic(), context_version)
         key = (uri, entry.prefix_tail, entry.suffix_head)
         with self._lock:
             self._entries.pop(key, None)
@@ -109,13 +111,14 @@ class SuggestionCache:
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
 
-    def get(self, uri: str, text: str, cursor: int) -> Suggestion | None:
+    def get(self, uri: str, text: str, cursor: int, context_version: int = 0) -> Suggestion | None:
         now = time.monotonic()
         suffix_head = text[cursor : cursor + self.TAIL]
         with self._lock:
             for key in reversed(list(self._entries)):
                 owner, entry = self._entries[key]
-                if owner != uri or entry.suffix_head != suffix_head or now - entry.when > self._ttl:
+                if owner != uri or entry.suffix_head != suffix_head or now - entry.when > self._ttl \
+                        or entry.context_version != context_version:
                     continue
                 full = entry.suggestion.text
                 for k in range(len(full), -1, -1):
@@ -198,7 +201,7 @@ class CompletionService:
             return None
         self._supersede(uri)
 
-        hit = self.cache.get(uri, doc.text, cursor)
+        hit = self.cache.get(uri, doc.text, cursor, self._context_version())
         if hit is not None:
             self._record_cache_hit(uri, doc, cursor, hit, started)
             return self._result(doc, cursor, cur, hit, from_cache=True)
@@ -236,6 +239,10 @@ class CompletionService:
         old = self.jobs.pop(uri, None)
         if old is not None:
             old.cancelled.set()
+
+    def _context_version(self) -> int:
+        index = self.get_index()
+        return index.generation if index is not None else 0
 
     def _snapshot(self, doc: Document, cursor: int) -> Request:
         """Everything the worker needs, as immutable strings taken now (the document keeps
@@ -282,6 +289,7 @@ class CompletionService:
         if job.cancelled.is_set():
             return None  # superseded while queued
         count = self._count(backend)
+        context_version = self._context_version()
         on_gpu = backend_device(backend)[0] == "cuda"
         budget = settings.context_budget(backend.context_length, on_gpu)
         candidates = []
@@ -331,7 +339,7 @@ class CompletionService:
             "stopReason": completion.stop_reason, "fromCache": False, "latencyMs": round(latency, 2),
         }
         self.last_uri = job.uri
-        self.cache.put(job.uri, snap.text, snap.cursor, suggestion)
+        self.cache.put(job.uri, snap.text, snap.cursor, suggestion, context_version)
         self.on_done({"lastLatencyMs": round(latency, 2), "lastFromCache": False,
                       "lastPromptTokens": timings.prompt_tokens, "lastCachedTokens": timings.cached_tokens})
         return suggestion

@@ -126,6 +126,7 @@ def test_cache_lru_and_suffix_check():
     assert cache.get("u", "x = fo\ny", 6).text == "o()"
     assert cache.get("u", "x = fo\nz", 6) is None  # text after the cursor changed
     assert cache.get("other", "x = fo\ny", 6) is None
+    assert cache.get("u", "x = fo\ny", 6, context_version=1) is None  # a workspace file changed since
     cache.put("u", "a\n", 1, Suggestion("1"))
     cache.put("u", "b\n", 1, Suggestion("2"))
     assert cache.get("u", text, 4) is None  # evicted

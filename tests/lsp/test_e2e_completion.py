@@ -201,6 +201,6 @@ async def test_a_newer_request_supersedes_an_older_one(client, repo):
     first = asyncio.ensure_future(lc.inline(client, uri, 1, 4))
     second = asyncio.ensure_future(lc.inline(client, uri, 1, 4))
     a, b = await asyncio.gather(first, second)
-    assert a.items == []  # superseded: answered, empty
+    assert list(a.items) == []  # superseded: answered, empty
     prompt = await lc.last_prompt(client, uri)
     assert [i.insert_text for i in b.items] == ([prompt["completion"]] if prompt["completion"] else [])
