@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -218,7 +219,7 @@ def _finish(args: argparse.Namespace, title: str, tables: str, runs: list[tuple[
     if args.json_out:
         doc = {
             "task": args.eval_task,
-            "command": "python -m engine " + " ".join(sys.argv[1:]),
+            "command": _command_line(),
             "settings": settings,
             "systems": [{"name": s.name, "model": s.model, "adapter": s.adapter, **r} for s, r in runs],
         }
@@ -226,6 +227,13 @@ def _finish(args: argparse.Namespace, title: str, tables: str, runs: list[tuple[
         Path(args.json_out).write_text(json.dumps(doc, indent=1, default=str) + "\n")
         print(f"\nresults written to {args.json_out}")
     return 0
+
+
+def _command_line() -> str | None:
+    """The command as typed, when this process is `python -m engine` (not a test calling main())."""
+    if sys.argv and sys.argv[0].endswith(("engine/__main__.py", "engine\\__main__.py")):
+        return "python -m engine " + shlex.join(sys.argv[1:])
+    return None
 
 
 def _first_max_seq_len(args: argparse.Namespace) -> int:
