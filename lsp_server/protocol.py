@@ -72,6 +72,8 @@ def robust_converter():  # type: ignore[no-untyped-def]
 
 class RobustProtocol(LanguageServerProtocol):
     def structure_message(self, data: dict[str, Any]) -> Any:
+        if isinstance(data, dict) and "method" in data and "id" in data and data.get("jsonrpc") != self.VERSION:
+            return BadRequest(data["id"], data["method"], INVALID_REQUEST, "Not a JSON-RPC 2.0 request")
         if isinstance(data, dict) and "method" in data and "id" in data and "jsonrpc" in data:
             # A request whose id or method could not be used as such (pygls would fail on an
             # unhashable id, or a method that is no string).

@@ -182,7 +182,7 @@ def test_binary_non_utf8_and_huge_files_in_the_workspace(server: RawServer, work
 
 
 def test_ten_megabyte_line_closed_documents_and_positions_out_of_range(server: RawServer):
-    big = "data = [" + "1234567, " * 1_100_000 + "]"
+    big = "data = [" + "1234567, " * 1_200_000 + "]"
     assert len(big) > 10_000_000
     uri = "file:///fuzz/big.py"
     server.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
