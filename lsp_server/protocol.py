@@ -3,8 +3,8 @@
 Plain pygls 2.1 leaves some requests unanswered, and an editor then waits forever:
 - params that do not match the method's type (the message fails to deserialize before any handler
   runs): answered here with -32602 InvalidParams;
-- messages that are no JSON-RPC 2.0 request (a missing or wrong "jsonrpc", an array, a number):
-  answered with -32600 InvalidRequest when they carry an id;
+- messages that are no JSON-RPC 2.0 request (a missing or wrong "jsonrpc", an array, a number, an
+  id with neither method nor result): answered with -32600 InvalidRequest when they carry an id;
 - requests after `shutdown`: answered with -32600;
 - unparseable JSON: answered with -32700 ParseError and id null (see `report_parse_error`).
 Params of custom methods are kept as plain dicts (`robust_converter`).
@@ -74,6 +74,10 @@ class RobustProtocol(LanguageServerProtocol):
     def structure_message(self, data: dict[str, Any]) -> Any:
         if isinstance(data, dict) and "method" in data and "id" in data and data.get("jsonrpc") != self.VERSION:
             return BadRequest(data["id"], data["method"], INVALID_REQUEST, "Not a JSON-RPC 2.0 request")
+        if isinstance(data, dict) and "id" in data and not {"method", "result", "error"} & data.keys():
+            # Neither a request nor a response (say, a request that lost its method): the sender
+            # is waiting for an answer to this id.
+            return BadRequest(data["id"], None, INVALID_REQUEST, "A request needs a method")
         if isinstance(data, dict) and "method" in data and "id" in data and "jsonrpc" in data:
             # A request whose id or method could not be used as such (pygls would fail on an
             # unhashable id, or a method that is no string).
