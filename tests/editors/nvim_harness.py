@@ -48,6 +48,11 @@ def nvim_version(path: str) -> tuple[int, int]:
         return (0, 0)
 
 
+# The Python ftplugin asks `has('python3')`, which makes Neovim probe every python3 on PATH (seconds
+# each on a busy machine); no test needs remote-plugin providers.
+NO_PROVIDERS = "let g:loaded_python3_provider = 0 | let g:loaded_node_provider = 0 | let g:loaded_ruby_provider = 0 | let g:loaded_perl_provider = 0"
+
+
 class Editor:
     """One embedded Neovim with the plugin on its runtimepath."""
 
@@ -57,7 +62,7 @@ class Editor:
         # Neovim's own state/log files go to a throwaway place; pynvim passes no environment, so
         # `env` sets it on the command line.
         settings = {"XDG_STATE_HOME": str(cwd / ".nvim-state"), **(env or {})}
-        argv = ["env", *(f"{k}={v}" for k, v in settings.items()), nvim_bin, "--embed", "--headless", "--clean", "-n", "-i", "NONE"]
+        argv = ["env", *(f"{k}={v}" for k, v in settings.items()), nvim_bin, "--embed", "--headless", "--clean", "-n", "-i", "NONE", "--cmd", NO_PROVIDERS]
         self.nvim = pynvim.attach("child", argv=argv)
         self.nvim.command(f"cd {cwd}")
         self.nvim.exec_lua(

@@ -36,7 +36,7 @@ export interface ClientHooks {
   isEnabled(): boolean;
   /** Called when the connection closes; resolves to true when the client should restart the server. */
   onClosed(): Promise<boolean>;
-  outputChannel: vscode.OutputChannel;
+  outputChannel: vscode.LogOutputChannel;
 }
 
 export type ClientFactory = (hooks: ClientHooks) => ClientLike;
@@ -58,7 +58,7 @@ export class ServerController implements vscode.Disposable {
   constructor(
     private readonly extensionPath: string,
     private readonly createClient: ClientFactory,
-    readonly output: vscode.OutputChannel,
+    readonly output: vscode.LogOutputChannel,
   ) {
     this.statusItem = vscode.window.createStatusBarItem("codellama.status", vscode.StatusBarAlignment.Right, 100);
     this.statusItem.name = "Code Llama";

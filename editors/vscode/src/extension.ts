@@ -18,7 +18,8 @@ import { runTrainCommand } from "./trainCommand";
 let controller: ServerController | undefined;
 
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
-  const output = vscode.window.createOutputChannel("Code Llama");
+  // A log channel: vscode-languageclient writes its own log and the LSP trace (codellama.trace.server) here.
+  const output = vscode.window.createOutputChannel("Code Llama", { log: true });
   controller = new ServerController(context.extensionPath, createLanguageClient, output);
   const ctl = controller;
   context.subscriptions.push(
@@ -56,9 +57,15 @@ export function createLanguageClient(hooks: ClientHooks): ClientLike {
       provideInlineCompletionItems: (document, position, context, token, next) =>
         hooks.isEnabled() ? next(document, position, context, token) : null,
       workspace: {
-        configuration: (params, token, next) => {
+        // The server pulls section `codellama`: answer it with the server keys only (pythonPath and
+        // the other client-side settings stay here), other sections as VS Code would.
+        configuration: async (params, token, next) => {
           if (!params.items.some((item) => item.section === "codellama")) return next(params, token);
-          return params.items.map((item) => (item.section === "codellama" ? hooks.serverSection() : null));
+          const others = params.items.filter((item) => item.section !== "codellama");
+          const answered = others.length ? await next({ items: others }, token) : [];
+          if (answered instanceof Error) return answered;
+          let k = 0;
+          return params.items.map((item) => (item.section === "codellama" ? hooks.serverSection() : answered[k++]));
         },
       },
     },

@@ -24,7 +24,8 @@ test("every server setting from DESIGN.md and the server README is contributed, 
   }
   assert.deepEqual(contributed, [...SERVER_KEYS, ...CLIENT_ONLY_KEYS].sort());
   for (const key of contributed) {
-    assert.ok("description" in properties[`codellama.${key}`], `codellama.${key} has a description`);
+    const spec = properties[`codellama.${key}`];
+    assert.ok("description" in spec || "markdownDescription" in spec, `codellama.${key} has a description`);
   }
 });
 
