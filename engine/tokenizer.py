@@ -9,6 +9,16 @@ from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2
 INFILL_PIECES = ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>")
 
 
+def encodable(text: str) -> str:
+    """`text` with lone UTF-16 surrogates (JSON may carry "\\ud800"; sentencepiece refuses them) as
+    U+FFFD, which has the same length in UTF-8, UTF-16 and code points."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
 class TokenizerError(ValueError):
     pass
 
@@ -55,12 +65,12 @@ class Tokenizer:
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Plain SentencePiece encoding: adds the implicit leading space, like the start of a document."""
-        ids: list[int] = self.sp.encode(text)
+        ids: list[int] = self.sp.encode(encodable(text))
         return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
     def encode_infill(self, text: str) -> list[int]:
         """Encode text that continues mid-stream: no implicit leading space is added."""
-        return list(self._sp_mid.encode(text))
+        return list(self._sp_mid.encode(encodable(text)))
 
     def decode(self, ids: list[int]) -> str:
         return self.sp.decode(ids)

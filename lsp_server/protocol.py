@@ -74,9 +74,11 @@ class RobustProtocol(LanguageServerProtocol):
     def structure_message(self, data: dict[str, Any]) -> Any:
         if isinstance(data, dict) and "method" in data and "id" in data and data.get("jsonrpc") != self.VERSION:
             return BadRequest(data["id"], data["method"], INVALID_REQUEST, "Not a JSON-RPC 2.0 request")
-        if isinstance(data, dict) and "id" in data and not {"method", "result", "error"} & data.keys():
+        if isinstance(data, dict) and {"jsonrpc", "id"} <= data.keys() \
+                and not {"method", "result", "error"} & data.keys():
             # Neither a request nor a response (say, a request that lost its method): the sender
-            # is waiting for an answer to this id.
+            # is waiting for an answer to this id. (This hook sees nested objects too, such as
+            # $/cancelRequest's {"id": 5}: only a message carries "jsonrpc".)
             return BadRequest(data["id"], None, INVALID_REQUEST, "A request needs a method")
         if isinstance(data, dict) and "method" in data and "id" in data and "jsonrpc" in data:
             # A request whose id or method could not be used as such (pygls would fail on an

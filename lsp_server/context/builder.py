@@ -154,10 +154,14 @@ def _pick_snippets(candidates: list[Snippet], text: str, cursor: int, prefix_sta
     ranked = dedupe(rank(usable, query_words(text, cursor)))
     by_key = {s.key: s for s in ranked}
 
-    # Keep the previous selection while the cursor stays near and it all still fits.
+    # Keep the previous selection (and so the cached prompt) while the cursor stays near, it all
+    # still fits and it holds the best snippet that fits: a better match that appeared since (a file
+    # just written, say) gets in at once.
+    best = next((s for s in ranked if count(render_snippet(s, language)) <= room), None)
     if (previous is not None and previous.snippet_keys and previous.budget == budget
             and abs(previous.anchor_line - cursor_line) <= STICKY_LINES
-            and all(k in by_key for k in previous.snippet_keys)):
+            and all(k in by_key for k in previous.snippet_keys)
+            and (best is None or best.key in previous.snippet_keys)):
         kept = [by_key[k] for k in previous.snippet_keys]
         used = sum(count(render_snippet(s, language)) for s in kept)
         if used <= room:

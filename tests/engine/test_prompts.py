@@ -81,6 +81,12 @@ def test_mid_stream_encoding_round_trips_leading_space(char_tok):
     assert char_tok.encode("c") == ids(char_tok, "▁", "c")  # the implicit space
 
 
+def test_text_with_a_lone_surrogate_still_encodes(char_tok):
+    # JSON lets an editor (or a fuzzer) send "\ud800"; sentencepiece alone raises on it.
+    assert char_tok.encode("a\ud800b") == char_tok.encode("a\ufffdb")
+    assert char_tok.encode_infill("\udfff c") == char_tok.encode_infill("\ufffd c")
+
+
 def test_instruct_prompt(char_tok, tiny_model_dir):
     tok = Tokenizer(tiny_model_dir / "tokenizer.model")
     with_sys = instruct_prompt(tok, "  Explain this.  ", system=" Be brief. ")

@@ -81,6 +81,25 @@ def test_layout_stays_the_same_while_typing():
     assert stable >= len(typed) - 3  # each prompt extends the previous one, nearly always
 
 
+def test_a_better_snippet_that_appears_replaces_the_kept_selection():
+    """The kept selection (for the KV cache) gives way when a new, best match shows up: a file the
+    user just wrote must reach the prompt."""
+    text = "speed = compute_walrus_velocity(fish_count)\nx = "
+    weak = Snippet("physics.py", "def momentum(mass, speed):\n    return mass * speed\n", 0, 2, "similar")
+    walrus = Snippet("walrus.py", "def compute_walrus_velocity(fish_count):\n    return fish_count * 3\n", 0, 2,
+                     "similar")
+    first = build_context(text=text, cursor=len(text), path="user.py", language="python", budget=400,
+                          count=count, candidates=[weak])
+    assert [s.path for s in first.snippets] == ["physics.py"]
+    again = build_context(text=text, cursor=len(text), path="user.py", language="python", budget=400,
+                          count=count, candidates=[weak], previous=first.layout)
+    assert again.prefix == first.prefix
+    later = build_context(text=text, cursor=len(text), path="user.py", language="python", budget=400,
+                          count=count, candidates=[weak, walrus], previous=again.layout)
+    assert "walrus.py" in [s.path for s in later.snippets]
+    assert "return fish_count * 3" in later.prefix
+
+
 def test_a_ten_megabyte_single_line_costs_only_the_budget():
     calls = []
 

@@ -171,6 +171,7 @@ def test_hostile_traffic_gets_answers_and_the_server_keeps_serving(server: RawSe
     answer = server.request("valid", "textDocument/inlineCompletion", {
         "context": {"triggerKind": 1}, "textDocument": {"uri": "file:///fuzz/ok.py"},
         "position": {"line": 1, "character": 11}})
+    assert "result" in answer, answer
     assert isinstance(answer["result"]["items"], list)
     prompt = server.request("valid-prompt", "codellama/lastPrompt", {"uri": "file:///fuzz/ok.py"})["result"]
     assert prompt["prefix"].endswith("def mul(a, b):\n    return ")
@@ -189,6 +190,7 @@ def test_ten_megabyte_line_closed_documents_and_positions_out_of_range(server: R
                                                             "text": big}})
     answer = server.request("big", "textDocument/inlineCompletion", {
         "context": {"triggerKind": 1}, "textDocument": {"uri": uri}, "position": {"line": 0, "character": 5_000_000}})
+    assert "result" in answer, answer
     assert isinstance(answer["result"]["items"], list)
     prompt = server.request("big-prompt", "codellama/lastPrompt", {"uri": uri})["result"]
     assert 0 < len(prompt["prefix"]) + len(prompt["suffix"]) < 200_000  # budgeted, not the whole line
