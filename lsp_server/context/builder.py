@@ -157,11 +157,10 @@ def _pick_snippets(candidates: list[Snippet], text: str, cursor: int, prefix_sta
     # Keep the previous selection (and so the cached prompt) while the cursor stays near, it all
     # still fits and it holds the best snippet that fits: a better match that appeared since (a file
     # just written, say) gets in at once.
-    best = next((s for s in ranked if count(render_snippet(s, language)) <= room), None)
     if (previous is not None and previous.snippet_keys and previous.budget == budget
             and abs(previous.anchor_line - cursor_line) <= STICKY_LINES
             and all(k in by_key for k in previous.snippet_keys)
-            and (best is None or best.key in previous.snippet_keys)):
+            and _best_fitting_key(ranked, room, count, language) in (None, *previous.snippet_keys)):
         kept = [by_key[k] for k in previous.snippet_keys]
         used = sum(count(render_snippet(s, language)) for s in kept)
         if used <= room:
@@ -175,3 +174,8 @@ def _pick_snippets(candidates: list[Snippet], text: str, cursor: int, prefix_sta
             used += n
     chosen.sort(key=lambda s: s.key)  # a fixed order, not the score order: stable across keystrokes
     return chosen, used
+
+
+def _best_fitting_key(ranked: list[Snippet], room: int, count: Callable[[str], int], language: str) -> tuple[str, int, int] | None:
+    """Key of the highest-ranked snippet that fits in `room` on its own, or None."""
+    return next((s.key for s in ranked if count(render_snippet(s, language)) <= room), None)
