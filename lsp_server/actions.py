@@ -208,10 +208,19 @@ _LANGUAGE_TAGS = {"python": ("py", "python", "python3"), "javascript": ("js", "j
                   "cpp": ("cpp", "c++", "cc"), "csharp": ("cs", "csharp", "c#"), "rust": ("rs", "rust")}
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def clean_answer(answer: str) -> str:
+    """The model's text with one kind of line ending and without control characters (a weak model
+    writes some; no editor wants them in code)."""
+    return _CONTROL.sub("", answer.replace("\r\n", "\n").replace("\r", "\n"))
+
+
 def code_blocks(answer: str) -> list[tuple[str, str]]:
     """(info string, code) of each fenced block (``` or ~~~, closed or cut off at the end) and of
     each [LANG]...[/LANG] block, in order."""
-    answer = answer.replace("\r\n", "\n").replace("\r", "\n")
+    answer = clean_answer(answer)
     blocks = [(m.start(), m.group(2).strip().lower(), textwrap.dedent(m.group(3))) for m in _FENCE.finditer(answer)]
     blocks += [(m.start(), m.group(1).lower(), m.group(2)) for m in _TAGGED.finditer(answer)]
     return [(info, code) for _, info, code in sorted(blocks)]
@@ -227,7 +236,7 @@ def extract_code(answer: str, language: str = "") -> str:
             return _trim_blank_lines(code)
     if blocks:
         return _trim_blank_lines(blocks[0][1])
-    return _trim_blank_lines(textwrap.dedent(answer.replace("\r\n", "\n").replace("\r", "\n")))
+    return _trim_blank_lines(textwrap.dedent(clean_answer(answer)))
 
 
 def _trim_blank_lines(code: str) -> str:
@@ -305,7 +314,7 @@ def docstring_text(answer: str, language: str, max_lines: int = 30) -> str:
     """The text of the docstring a model wrote, without quotes or comment markers: a triple-quoted
     string, else a /** */ comment, else comment lines, else the prose outside code blocks, else the
     first code block."""
-    answer = answer.replace("\r\n", "\n").replace("\r", "\n")
+    answer = clean_answer(answer)
     found = _TRIPLE.search(answer)
     if found is None:
         found = _BLOCK_DOC.search(answer)
@@ -377,13 +386,18 @@ def _python_docstring(text: str, lines: list[tuple[int, str]], header: int, doc:
     else:
         body = None
         indent = header_indent + ("\t" if "\t" in header_indent or uses_tabs(text, lines[header][0]) else "    ")
+    # Never let the text close the string early: escape its triple quotes, keep its backslashes (a
+    # raw docstring, as PEP 257 says) and keep a final backslash or quote off the closing quotes.
     doc = doc.replace('"""', '\\"\\"\\"')
+    quote = 'r"""' if "\\" in doc.replace('\\"', "") else '"""'
     doc_lines = doc.split("\n")
+    if doc_lines[-1].endswith(("\\", '"')):
+        doc_lines[-1] += " "
     if len(doc_lines) == 1:
-        new = f'{indent}"""{doc_lines[0]}"""'
+        new = f'{indent}{quote}{doc_lines[0]}"""'
     else:
-        new = eol.join([f'{indent}"""{doc_lines[0]}'] + [indent + line if line.strip() else "" for line in doc_lines[1:]]
-                       + [f'{indent}"""'])
+        new = eol.join([f'{indent}{quote}{doc_lines[0]}'] + [indent + line if line.strip() else ""
+                                                             for line in doc_lines[1:]] + [f'{indent}"""'])
     if body is not None and re.match(r"^[ \t]*[rRuU]?(\"\"\"|''')", lines[body][1]):
         quote = re.match(r"^[ \t]*[rRuU]?(\"\"\"|''')", lines[body][1]).group(1)  # type: ignore[union-attr]
         start = lines[body][0]

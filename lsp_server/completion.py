@@ -27,6 +27,7 @@ from .context.builder import Layout, build_context, query_words
 from .context.gather import Gatherer, OpenDoc, Request
 from .context.index import WorkspaceIndex
 from .context.languages import language_of
+from .context.snippets import Snippet
 from .documents import Document, DocumentStore, PositionError
 from .engine_manager import EngineManager, backend_device
 from .postprocess import Cursor, Suggestion, is_finished, pointless, postprocess, wants_multiline
@@ -211,7 +212,7 @@ class CompletionService:
             return None
         job = Job(uri)
         self.jobs[uri] = job
-        snapshot = self._snapshot(doc, cursor)
+        snapshot = self.snapshot(doc, cursor)
         position = doc.position_at(cursor)
         future = self.worker.submit(lambda: self._run(job, backend, settings, snapshot, cur, started, position))
         try:
@@ -244,7 +245,7 @@ class CompletionService:
         index = self.get_index()
         return index.generation if index is not None else 0
 
-    def _snapshot(self, doc: Document, cursor: int) -> Request:
+    def snapshot(self, doc: Document, cursor: int) -> Request:
         """Everything the worker needs, as immutable strings taken now (the document keeps
         changing on the event loop while the worker runs)."""
         path = self.path_of(doc.uri)
@@ -279,24 +280,25 @@ class CompletionService:
 
     # ---- worker side --------------------------------------------------------------------------
 
-    def _count(self, backend: Backend) -> TokenCounter:
+    def counter(self, backend: Backend) -> TokenCounter:
         if self._counter is None or self._counter[0] is not backend:
             self._counter = (backend, TokenCounter(backend.count_tokens))
         return self._counter[1]
+
+    def gather_candidates(self, snap: Request, budget: int) -> list[Snippet]:
+        """Snippets from open documents, recent edits, imports and the index (worker thread)."""
+        query = query_words(snap.text, snap.cursor)
+        return self._gatherer.gather(snap, self.get_index(), query, similar_limit=max(8, min(400, budget // 150)))
 
     def _run(self, job: Job, backend: Backend, settings: Settings, snap: Request, cur: Cursor,
              started: float, position: tuple[int, int]) -> Suggestion | None:
         if job.cancelled.is_set():
             return None  # superseded while queued
-        count = self._count(backend)
+        count = self.counter(backend)
         context_version = self._context_version()
         on_gpu = backend_device(backend)[0] == "cuda"
         budget = settings.context_budget(backend.context_length, on_gpu)
-        candidates = []
-        if settings.repository_context:
-            query = query_words(snap.text, snap.cursor)
-            candidates = self._gatherer.gather(snap, self.get_index(), query,
-                                               similar_limit=max(8, min(400, budget // 150)))
+        candidates = self.gather_candidates(snap, budget) if settings.repository_context else []
         built = build_context(text=snap.text, cursor=snap.cursor, path=snap.path, language=snap.language,
                               budget=budget, count=count, candidates=candidates,
                               previous=self._layouts.get(job.uri))

@@ -12,17 +12,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import tempfile
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 
+from engine.backends.base import Backend
+
 from . import __version__
+from .action_service import RUN_ACTION, ActionArgs, ActionError, ActionOutcome, ActionService
+from .actions import ACTIONS
 from .completion import CompletionResult, CompletionService
 from .context.index import WorkspaceIndex
 from .documents import UTF8, UTF16, UTF32, DocumentStore
@@ -38,6 +45,13 @@ LAST_PROMPT = "codellama/lastPrompt"
 CMD_RELOAD = "codellama.reloadModel"
 CMD_REINDEX = "codellama.reindexWorkspace"
 SECTION = "codellama"
+
+
+class RequestFailed(JsonRpcException):
+    """LSP's RequestFailed: a valid request the server could not carry out (message says why)."""
+
+    CODE = -32803
+    MESSAGE = "Request failed"
 
 
 def uri_to_path(uri: str) -> Path | None:
@@ -68,6 +82,9 @@ class CodeLlamaServer(LanguageServer):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.can_pull_config = False
         self.can_progress = False
+        self.can_apply_edit = False
+        self.can_show_document = False
+        self.can_create_files = False
         self.pending_problems: list[str] = []
         self._last_problem: tuple[str, float] = ("", 0.0)
         self.status: dict[str, Any] = {
@@ -83,6 +100,14 @@ class CodeLlamaServer(LanguageServer):
             self.docs, self.engine, lambda: self.settings, lambda: self.index, self.path_of,
             on_done=lambda update: self.threadsafe(self.send_status, update),
             on_problem=lambda m: self.threadsafe(self.show_problem, m))
+        # Code actions use the completion model unless `instructModel` names another one.
+        self.instruct_engine = EngineManager(on_change=lambda: self.threadsafe(self.send_status),
+                                             on_problem=lambda m: self.threadsafe(self.show_problem, m),
+                                             loader=loader, progress=self._instruct_progress)
+        self.instruct_engine.retire = lambda old: self.service.worker.submit(old.close)
+        self.actions = ActionService(self.service, lambda: self.settings, lambda: self.root,
+                                     lambda: self.can_create_files)
+        self.action_runs: dict[str, threading.Event] = {}  # progress token -> cancel flag
 
     # ---- plumbing -----------------------------------------------------------------------------
 
@@ -155,7 +180,7 @@ class CodeLlamaServer(LanguageServer):
 
     # ---- progress -----------------------------------------------------------------------------
 
-    def begin_progress(self, title: str) -> str | None:
+    def begin_progress(self, title: str, cancellable: bool = False) -> str | None:
         """Start a work-done progress (from any thread); returns its token."""
         if not self.can_progress or self.loop is None:
             return None
@@ -164,7 +189,7 @@ class CodeLlamaServer(LanguageServer):
         async def begin() -> None:
             try:
                 await asyncio.wait_for(self.work_done_progress.create_async(token), 10)
-                self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=False))
+                self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=cancellable))
             except Exception:
                 log.debug("progress not accepted", exc_info=True)
 
@@ -198,6 +223,96 @@ class CodeLlamaServer(LanguageServer):
         else:
             self.end_progress(getattr(self, "_load_token", None))
 
+    def _instruct_progress(self, phase: str, title: str | None) -> None:
+        if phase == "begin":
+            self._instruct_load_token = self.begin_progress(f"{title or 'Loading model'} (code actions)")
+        else:
+            self.end_progress(getattr(self, "_instruct_load_token", None))
+
+    # ---- code actions -------------------------------------------------------------------------
+
+    async def instruct_backend(self) -> Backend:
+        """The model code actions run on: `instructModel` when set and loadable, else the completion
+        model. Raises ActionError when there is none."""
+        settings = self.settings
+        if settings.instruct_model:
+            self.instruct_engine.ensure(replace(settings, model=settings.instruct_model, adapter=None))
+            while self.instruct_engine.loading:
+                await asyncio.sleep(0.2)
+            if self.instruct_engine.backend is not None:
+                return self.instruct_engine.backend
+            self.show_problem(f"the instruct model could not be loaded ({self.instruct_engine.error}); code "
+                              "actions use the completion model", types.MessageType.Warning)
+        if self.engine.backend is None:
+            reason = f": {self.engine.error}" if self.engine.error else " (still loading)"
+            raise ActionError(f"no model is loaded{reason}")
+        return self.engine.backend
+
+    async def run_action(self, args: ActionArgs) -> dict[str, Any]:
+        backend = await self.instruct_backend()
+        title = ACTIONS[args.action].title
+        cancelled = threading.Event()
+        token = self.begin_progress(title, cancellable=True)
+        if token is not None:
+            self.action_runs[token] = cancelled
+        last_report = [0.0]
+
+        def on_text(text: str) -> None:  # engine thread, after each decode step
+            now = time.monotonic()
+            if now - last_report[0] >= 0.5:
+                last_report[0] = now
+                self.report_progress(token, f"{len(text)} characters written")
+
+        try:
+            outcome = await self.actions.run(args, backend, cancelled, on_text)
+        finally:
+            if token is not None:
+                self.action_runs.pop(token, None)
+            self.end_progress(token)
+        return await self.deliver(outcome, title)
+
+    async def deliver(self, outcome: ActionOutcome, title: str) -> dict[str, Any]:
+        """Apply the edit (workspace/applyEdit) or show the answer; what happened, for the caller."""
+        result = outcome.summary()
+        result.update(applied=False, shownIn=None)
+        if outcome.stop_reason == "cancelled":
+            return result
+        if outcome.edit is not None and self.can_apply_edit:
+            try:
+                applied = await asyncio.wait_for(self.workspace_apply_edit_async(
+                    types.ApplyWorkspaceEditParams(edit=outcome.edit, label=title)), 60)
+                result["applied"] = bool(applied.applied)
+                if not applied.applied:
+                    result["message"] = applied.failure_reason or "the editor did not apply the edit"
+            except Exception as exc:
+                result["message"] = f"applying the edit failed: {exc}"
+            if result["applied"]:
+                return result
+        if ACTIONS[outcome.action].result == "answer" or outcome.answer.strip():
+            note = f"_{result['message']}_\n\n" if result.get("message") else ""
+            result["shownIn"] = await self.show_answer(title, note + outcome.answer)
+        elif result.get("message"):
+            self.show_problem(str(result["message"]), types.MessageType.Warning)
+        return result
+
+    async def show_answer(self, title: str, text: str) -> str | None:
+        """A markdown document with the answer (window/showDocument) when the client can show one,
+        else a window/showMessage. Returns the document's URI, if any."""
+        if self.can_show_document:
+            folder = Path(tempfile.gettempdir()) / f"codellama-answers-{os.getuid() if hasattr(os, 'getuid') else 0}"
+            folder.mkdir(mode=0o700, exist_ok=True)
+            path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.md"
+            path.write_text(f"# {title}\n\n{text.strip()}\n", encoding="utf-8")
+            try:
+                shown = await asyncio.wait_for(self.window_show_document_async(
+                    types.ShowDocumentParams(uri=path.as_uri(), take_focus=True)), 30)
+                if shown.success:
+                    return path.as_uri()
+            except Exception:
+                log.debug("showDocument failed", exc_info=True)
+        self.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"{title}\n\n{text}"))
+        return None
+
     # ---- settings, model, index ---------------------------------------------------------------
 
     def apply_settings(self, raw: Any) -> None:
@@ -212,6 +327,8 @@ class CodeLlamaServer(LanguageServer):
             self.service.cache.clear()  # cached suggestions were made under other settings
         if self.loop is not None and settings.enable:
             self.engine.ensure(settings)
+        if old.instruct_model and settings.instruct_model != old.instruct_model:
+            self.instruct_engine.close()  # loaded again, the new one, when an action needs it
         if settings.exclude != old.exclude and self.index is not None:
             self.start_indexing()
         self.send_status()
@@ -320,6 +437,11 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         caps = params.capabilities
         ls.can_pull_config = _client_has(caps, "workspace.configuration")
         ls.can_progress = _client_has(caps, "window.work_done_progress")
+        ls.can_apply_edit = _client_has(caps, "workspace.apply_edit")
+        ls.can_show_document = _client_has(caps, "window.show_document.support")
+        edits = caps.workspace.workspace_edit if caps.workspace is not None else None
+        ls.can_create_files = bool(edits is not None and edits.document_changes and
+                                   types.ResourceOperationKind.Create in (edits.resource_operations or []))
         folders = params.workspace_folders or []
         root_uri = folders[0].uri if folders else params.root_uri
         root = uri_to_path(root_uri) if root_uri else (Path(params.root_path) if params.root_path else None)
@@ -378,6 +500,24 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         doc = ls.docs.get(params.text_document.uri)
         return _completion_items(result, doc.language_id if doc else "")
 
+    @server.feature(types.TEXT_DOCUMENT_CODE_ACTION, types.CodeActionOptions(
+        code_action_kinds=sorted({a.kind for a in ACTIONS.values()}), resolve_provider=False))
+    def code_action(ls: CodeLlamaServer, params: types.CodeActionParams) -> list[types.CodeAction] | None:
+        return ls.actions.offered(params) or None
+
+    @server.command(RUN_ACTION)
+    async def run_action(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
+        try:
+            return await ls.run_action(ActionArgs.parse(args[0] if args else None))
+        except ActionError as exc:
+            raise RequestFailed(str(exc)) from None
+
+    @server.feature(types.WINDOW_WORK_DONE_PROGRESS_CANCEL)
+    def progress_cancel(ls: CodeLlamaServer, params: types.WorkDoneProgressCancelParams) -> None:
+        cancelled = ls.action_runs.get(str(params.token))
+        if cancelled is not None:
+            cancelled.set()
+
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
         settings = params.settings
@@ -389,6 +529,8 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: CodeLlamaServer, params: Any) -> None:
         ls.service.cancel_all()
+        for cancelled in ls.action_runs.values():
+            cancelled.set()
         if ls.index is not None:
             ls.index.stop_watching()
 

@@ -42,6 +42,8 @@ class Settings:
     repository_context: bool = True
     multiline: str = "auto"
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    instruct_model: str | None = None  # None: code actions use the completion model
+    instruct_max_new_tokens: int = 512
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
@@ -153,6 +155,8 @@ PARSERS = {
     "repository_context": _bool,
     "multiline": _choice("auto", "always", "never"),
     "exclude": _patterns,
+    "instruct_model": _optional_path,
+    "instruct_max_new_tokens": _int_range(16, 4096),
 }
 
 

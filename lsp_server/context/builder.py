@@ -135,6 +135,14 @@ def _cut_prefix(text: str, cursor: int, cap: int, count: Callable[[str], int],
     return take_backward(text, cursor, int(cap * REGROW_SHARE), count)
 
 
+def snippets_for_span(candidates: list[Snippet], text: str, start: int, end: int, path: str, language: str,
+                      room: int, count: Callable[[str], int]) -> tuple[list[Snippet], int]:
+    """The best snippets that fit in `room` tokens for code at [start, end) of `text` (code actions):
+    ranked against the words around it, none overlapping it."""
+    line = text.count("\n", 0, start)
+    return _pick_snippets(candidates, text, start, start, end, path, language, room, count, None, line, room)
+
+
 def _tokens_between(text: str, start: int, end: int, count: Callable[[str], int]) -> int:
     _, n = take_backward(text, end, 1 << 40, count, floor=start)
     return n

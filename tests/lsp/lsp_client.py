@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from lsprotocol import types as T
 from pytest_lsp import LanguageClient, client_capabilities
@@ -20,6 +20,12 @@ REPO = Path(__file__).resolve().parents[2]
 def make_client() -> LanguageClient:
     # The robust converter keeps the results of custom requests (codellama/*) as plain dicts.
     client = LanguageClient(converter_factory=robust_converter)
+    # lsprotocol structures a code action whose `command` is an object as a Command with that object
+    # stringified; tell the two apart by whether `command` is the command's name.
+    client.protocol._converter.register_structure_hook(
+        Union[T.Command, T.CodeAction],  # noqa: UP007 (the exact type lsprotocol looks up)
+        lambda obj, _: client.protocol._converter.structure(
+            obj, T.Command if isinstance(obj.get("command"), str) else T.CodeAction))
     register_lsp_features(client)
     client.statuses = []  # type: ignore[attr-defined]
 
@@ -43,8 +49,8 @@ def server_env() -> dict[str, str]:
 
 
 async def start(root: Path, init_options: dict[str, Any], inline: bool = True,
-                configuration: dict[str, Any] | None = None) -> LanguageClient:
-    client = make_client()
+                configuration: dict[str, Any] | None = None, client: LanguageClient | None = None) -> LanguageClient:
+    client = client or make_client()
     if configuration is not None:
         client.set_configuration(configuration, section="codellama")
     await client.start_io(sys.executable, "-m", "lsp_server", "--log-level", "info", env=server_env(),

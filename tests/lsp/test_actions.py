@@ -156,6 +156,16 @@ def test_python_docstring_replaces_an_existing_one_with_tabs_and_crlf():
     compile(out.replace("\r\n", "\n"), "k.py", "exec")
 
 
+def test_any_model_text_makes_a_docstring_that_compiles():
+    text = "def f(x):\n    return x\n"
+    junk = ['Returns "x"', "ends with \\", 'a\\"""b', "\\n and \\t", "'''", '"""', "x\n\ny\\", '"', "\\"]
+    for doc in junk:
+        ins = A.docstring_edit(text, (0, len(text) - 1), "python", doc)
+        out = apply(text, ins.start, ins.end, ins.text)
+        compile(out, "f.py", "exec")
+        assert out.endswith("    return x\n")
+
+
 def test_python_docstring_for_a_function_at_the_end_of_a_file_without_newline():
     text = "def f():\n    pass"
     ins = A.docstring_edit(text, (0, len(text)), "python", "Nothing.")
@@ -192,3 +202,10 @@ def test_tests_go_where_the_language_expects_them():
     assert A.tests_path_for("pkg/mod.py", "python", has_tests_dir=False) == "pkg/test_mod.py"
     assert A.tests_path_for("src/a.ts", "typescript", False) == "src/a.test.ts"
     assert A.tests_path_for("cmd/main.go", "go", False) == "cmd/main_test.go"
+
+
+def test_control_characters_from_a_weak_model_never_reach_the_code():
+    assert A.extract_code("x\x00 = \x1c1\x0c\n\x7f") == "x = 1"
+    text = "def f():\n    pass\n"
+    ins = A.docstring_edit(text, (0, len(text) - 1), "python", A.docstring_text("Do\x1cne\x00.", "python"))
+    assert ins.text == '    """Done."""\n'

@@ -53,6 +53,21 @@ function isCommand(item: LspCodeAction | LspCommand): item is LspCommand {
   return typeof (item as LspCommand).command === "string" && (item as LspCodeAction).edit === undefined && !("kind" in item);
 }
 
+/** Arguments for `workspace/executeCommand`: the server's "Ask" action needs the user's question, which
+ * only the editor can ask for; everything else passes unchanged. Undefined when the user gave none. */
+export async function withQuestion(
+  command: string,
+  args: unknown[] | undefined,
+  askUser: () => Thenable<string | undefined>,
+): Promise<unknown[] | undefined> {
+  const first = (args ?? [])[0] as { action?: string; question?: string } | undefined;
+  if (command !== "codellama.runAction" || first?.action !== "ask" || first.question) return args;
+  const question = (await askUser())?.trim();
+  return question ? [{ ...first, question }, ...(args ?? []).slice(1)] : undefined;
+}
+
+export const askQuestion = () => vscode.window.showInputBox({ prompt: "Ask Code Llama about this code", ignoreFocusOut: true });
+
 export async function runCodeActionCommand(controller: ServerController): Promise<void> {
   const editor = vscode.window.activeTextEditor;
   const client = controller.languageClient;
@@ -92,7 +107,8 @@ export async function runCodeActionCommand(controller: ServerController): Promis
       if (action.edit) await vscode.workspace.applyEdit(toWorkspaceEdit(action.edit));
       const command = action.command;
       if (command && typeof command !== "string") {
-        await client.sendRequest("workspace/executeCommand", { command: command.command, arguments: command.arguments });
+        const args = await withQuestion(command.command, command.arguments, askQuestion);
+        if (args) await client.sendRequest("workspace/executeCommand", { command: command.command, arguments: args });
       }
     },
   );

@@ -11,7 +11,7 @@ import {
   LanguageClientOptions,
   ServerOptions,
 } from "vscode-languageclient/node";
-import { runCodeActionCommand } from "./codeActions";
+import { askQuestion, runCodeActionCommand, withQuestion } from "./codeActions";
 import { ClientHooks, ClientLike, ServerController } from "./controller";
 import { runTrainCommand } from "./trainCommand";
 
@@ -54,6 +54,11 @@ export function createLanguageClient(hooks: ClientHooks): ClientLike {
       }),
     },
     middleware: {
+      // Code actions chosen from the light bulb run through here: "Ask" gets its question first.
+      executeCommand: async (command, args, next) => {
+        const withArgs = await withQuestion(command, args, askQuestion);
+        return withArgs ? next(command, withArgs) : undefined;
+      },
       provideInlineCompletionItems: (document, position, context, token, next) =>
         hooks.isEnabled() ? next(document, position, context, token) : null,
       workspace: {

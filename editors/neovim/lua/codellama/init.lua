@@ -273,6 +273,36 @@ end
 
 -- Setup -----------------------------------------------------------------------------------------------
 
+--- The server's code actions all run `codellama.runAction`; "Ask" needs the user's question first, which
+--- only the editor can ask for. Everything else goes to the server unchanged.
+local function register_action_command()
+  vim.lsp.commands['codellama.runAction'] = function(command, ctx)
+    local client = vim.lsp.get_client_by_id(ctx.client_id)
+    if not client then
+      return
+    end
+    local arg = vim.deepcopy((command.arguments or {})[1] or {})
+    local function run()
+      server.request(client, 'workspace/executeCommand', { command = command.command, arguments = { arg } },
+        function(err)
+          if err then
+            vim.notify('Code Llama: ' .. tostring(err.message), vim.log.levels.WARN)
+          end
+        end, ctx.bufnr)
+    end
+    if arg.action == 'ask' and not arg.question then
+      vim.ui.input({ prompt = 'Ask Code Llama: ' }, function(question)
+        if question and question ~= '' then
+          arg.question = question
+          run()
+        end
+      end)
+    else
+      run()
+    end
+  end
+end
+
 --- Configures the plugin and starts the server for matching buffers (already open ones included).
 ---@param opts? codellama.Options
 function M.setup(opts)
@@ -291,6 +321,7 @@ function M.setup(opts)
   end
   did_setup = true
   set_keymaps(options.keymaps)
+  register_action_command()
   local group = api.nvim_create_augroup('codellama', { clear = true })
   api.nvim_create_autocmd('FileType', {
     group = group,

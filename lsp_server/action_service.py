@@ -1,0 +1,286 @@
+"""Instruct code actions, the running side: which actions a range gets, and running one on the engine
+(on the completion service's worker, so the engine never runs two requests at once) with the
+repository context, cancellation and streamed progress, into an edit or an answer.
+
+The editor sees plain LSP: `textDocument/codeAction` returns actions whose command is
+`codellama.runAction`; running it returns an `ActionOutcome` and the server applies the edit with
+`workspace/applyEdit` or shows the answer (server.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+
+from engine.backends.base import Backend, InstructRequest
+
+from . import actions as A
+from .completion import CompletionService
+from .context.builder import render_snippet, snippets_for_span
+from .context.languages import language_of
+from .documents import Document, PositionError
+from .engine_manager import backend_device
+from .settings import Settings
+
+RUN_ACTION = "codellama.runAction"
+PROMPT_OVERHEAD_TOKENS = 200  # system prompt, instruction and fences around the code
+
+
+class ActionError(ValueError):
+    """A user-facing reason an action cannot run (sent back as the command's error)."""
+
+
+@dataclass
+class ActionArgs:
+    """The argument of `codellama.runAction`, as sent back by the client."""
+
+    action: str
+    uri: str
+    start: tuple[int, int]
+    end: tuple[int, int]
+    question: str = ""
+    diagnostics: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, raw: Any) -> ActionArgs:
+        if not isinstance(raw, dict):
+            raise ActionError(f"{RUN_ACTION} takes one object argument {{action, uri, range}}")
+        action, uri, rng = raw.get("action"), raw.get("uri"), raw.get("range")
+        if action not in A.ACTIONS:
+            raise ActionError(f"unknown action {action!r}; one of {', '.join(A.ACTIONS)}")
+        if not isinstance(uri, str):
+            raise ActionError("the argument needs the document's `uri`")
+        try:
+            start = (int(rng["start"]["line"]), int(rng["start"]["character"]))
+            end = (int(rng["end"]["line"]), int(rng["end"]["character"]))
+        except (TypeError, KeyError, ValueError):
+            raise ActionError("the argument needs a `range` {start: {line, character}, end: {...}}") from None
+        question = raw.get("question") or ""
+        if action == "ask" and not (isinstance(question, str) and question.strip()):
+            raise ActionError("Ask needs a question: pass it as the argument's `question`")
+        diagnostics = [str(d) for d in raw.get("diagnostics") or [] if isinstance(d, str)]
+        return cls(action, uri, start, end, str(question), diagnostics)
+
+
+@dataclass
+class ActionOutcome:
+    action: str
+    answer: str  # the model's text, whole
+    stop_reason: str
+    generated_tokens: int
+    edit: types.WorkspaceEdit | None = None
+    edit_range: tuple[tuple[int, int], tuple[int, int]] | None = None
+    new_text: str | None = None
+    target_uri: str | None = None  # where the edit goes (the document, or a test file)
+    message: str | None = None  # why there is no edit (for the user)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action, "answer": self.answer, "stopReason": self.stop_reason,
+                               "generatedTokens": self.generated_tokens, "message": self.message}
+        if self.edit_range is not None:
+            (sl, sc), (el, ec) = self.edit_range
+            out["edit"] = {"uri": self.target_uri, "newText": self.new_text,
+                           "range": {"start": {"line": sl, "character": sc}, "end": {"line": el, "character": ec}}}
+        return out
+
+
+def _diagnostic_text(d: types.Diagnostic) -> str:
+    where = f"line {d.range.start.line + 1}"
+    source = f"{d.source}: " if d.source else ""
+    return f"{where}: {source}{d.message}"
+
+
+class ActionService:
+    def __init__(self, completion: CompletionService, get_settings: Callable[[], Settings],
+                 root: Callable[[], Path | None], can_create_files: Callable[[], bool]) -> None:
+        self.completion = completion
+        self.docs = completion.docs
+        self.get_settings = get_settings
+        self.root = root
+        self.can_create_files = can_create_files
+
+    # ---- offering -----------------------------------------------------------------------------
+
+    def offered(self, params: types.CodeActionParams) -> list[types.CodeAction]:
+        doc = self.docs.get(params.text_document.uri)
+        if doc is None or not self.get_settings().enable:
+            return []
+        try:
+            start = doc.offset_at(params.range.start.line, params.range.start.character)
+            end = doc.offset_at(params.range.end.line, params.range.end.character)
+        except PositionError:
+            return []
+        span = A.target_span(doc.text, start, end)
+        only = params.context.only or []
+        diagnostics = [_diagnostic_text(d) for d in params.context.diagnostics or []]
+        rng = {"start": {"line": params.range.start.line, "character": params.range.start.character},
+               "end": {"line": params.range.end.line, "character": params.range.end.character}}
+        out = []
+        for action in A.ACTIONS.values():
+            if span is None and action.id != "ask":
+                continue  # nothing to work on but a question
+            if only and not any(action.kind == k or action.kind.startswith(f"{k}.") for k in only):
+                continue
+            arg: dict[str, Any] = {"action": action.id, "uri": doc.uri, "range": rng}
+            if action.id == "fix" and diagnostics:
+                arg["diagnostics"] = diagnostics
+            title = action.title
+            if action.id == "docstring" and A.doc_word(language_of(self.completion.path_of(doc.uri),
+                                                                   doc.language_id)) != "docstring":
+                title = "Code Llama: Add doc comment"
+            out.append(types.CodeAction(
+                title=title, kind=action.kind,
+                diagnostics=list(params.context.diagnostics or []) if action.id == "fix" else None,
+                command=types.Command(title=title, command=RUN_ACTION, arguments=[arg])))
+        return out
+
+    # ---- running ------------------------------------------------------------------------------
+
+    async def run(self, args: ActionArgs, backend: Backend, cancelled: threading.Event,
+                  on_text: Callable[[str], None] | None = None) -> ActionOutcome:
+        doc = self.docs.get(args.uri)
+        if doc is None:
+            raise ActionError(f"{args.uri} is not open")
+        try:
+            start = doc.offset_at(*args.start)
+            end = doc.offset_at(*args.end)
+        except PositionError as exc:
+            raise ActionError(f"the range is outside the document: {exc}") from None
+        span = A.target_span(doc.text, start, end)
+        if span is None and args.action != "ask":
+            raise ActionError("no code here: select some, or put the cursor inside a function")
+        span = span or (start, start)
+        settings = self.get_settings()
+        snapshot = self.completion.snapshot(doc, span[0])
+        future = self.completion.worker.submit(
+            lambda: self._generate(args, backend, settings, snapshot, span, cancelled, on_text))
+        try:
+            answer, stop_reason, n_tokens = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            cancelled.set()  # $/cancelRequest: the worker stops within one decode step
+            raise
+        outcome = ActionOutcome(args.action, answer, stop_reason, n_tokens)
+        if stop_reason == "cancelled":
+            outcome.message = "cancelled"
+            return outcome
+        current = self.docs.get(args.uri)
+        if current is None or current.text != snapshot.text:
+            if A.ACTIONS[args.action].result in ("replace", "docstring"):
+                outcome.message = "the document changed while Code Llama was working; run the action again"
+                return outcome
+        self._make_edit(outcome, doc.uri, Document(doc.uri, snapshot.text, doc.version, doc.language_id,
+                                                    doc.encoding), snapshot.path, snapshot.language, span)
+        return outcome
+
+    def _generate(self, args: ActionArgs, backend: Backend, settings: Settings, snap: Any,
+                  span: tuple[int, int], cancelled: threading.Event,
+                  on_text: Callable[[str], None] | None) -> tuple[str, str, int]:
+        if cancelled.is_set():
+            return "", "cancelled", 0
+        count = self.completion.counter(backend)
+        code = snap.text[span[0] : span[1]]
+        max_new = min(settings.instruct_max_new_tokens, max(backend.context_length // 2, 16))
+        room = backend.context_length - max_new - PROMPT_OVERHEAD_TOKENS - count(args.question)
+        code_tokens = count(code)
+        if code_tokens > room:
+            raise ActionError(f"the selection is {code_tokens} tokens; the model takes about {max(room, 0)} "
+                              "here: select less")
+        context = ""
+        on_gpu = backend_device(backend)[0] == "cuda"
+        context_room = min(settings.context_budget(backend.context_length, on_gpu) // 2, room - code_tokens)
+        if settings.repository_context and context_room >= 64:
+            candidates = self.completion.gather_candidates(snap, context_room)
+            chosen, _ = snippets_for_span(candidates, snap.text, span[0], span[1], snap.path, snap.language,
+                                          context_room, count)
+            context = "".join(render_snippet(s, snap.language) for s in chosen)
+        user = A.user_message(args.action, code or lines_around(snap.text, span[0]), snap.language,
+                              snap.path, context, args.question, args.diagnostics)
+        request = InstructRequest(user=user, system=A.SYSTEM_PROMPT, max_new_tokens=max_new,
+                                  temperature=settings.temperature)
+        completion = backend.instruct(request, should_stop=cancelled.is_set, on_text=on_text)
+        reason = "cancelled" if cancelled.is_set() else completion.stop_reason
+        return completion.text, reason, len(completion.tokens)
+
+    def _make_edit(self, outcome: ActionOutcome, uri: str, doc: Document, path: str, language: str,
+                   span: tuple[int, int]) -> None:
+        kind = A.ACTIONS[outcome.action].result
+        text = doc.text
+        if kind == "replace":
+            code = A.extract_code(outcome.answer, language)
+            new = A.fit_code(code, text, span[0], ends_with_newline=text[span[0]:span[1]].endswith("\n"))
+            if not new.strip():
+                outcome.message = "the model returned no code"
+                return
+            self._set_edit(outcome, uri, doc, span[0], span[1], new)
+        elif kind == "docstring":
+            found = A.docstring_edit(text, span, language, A.docstring_text(outcome.answer, language))
+            if found is None:
+                outcome.message = f"the model returned no {A.doc_word(language)}"
+                return
+            self._set_edit(outcome, uri, doc, found.start, found.end, found.text)
+        elif kind == "tests":
+            self._tests_edit(outcome, path, language)
+
+    def _set_edit(self, outcome: ActionOutcome, uri: str, doc: Document, start: int, end: int, new: str) -> None:
+        rng = (doc.position_at(start), doc.position_at(end))
+        outcome.edit_range, outcome.new_text, outcome.target_uri = rng, new, uri
+        outcome.edit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
+            text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=doc.version),
+            edits=[types.TextEdit(range=types.Range(types.Position(*rng[0]), types.Position(*rng[1])),
+                                  new_text=new)])])
+
+    def _tests_edit(self, outcome: ActionOutcome, path: str, language: str) -> None:
+        """Test code into the test file the language expects: appended when it exists, created when
+        the client can create files, else only shown as an answer."""
+        code = A.extract_code(outcome.answer, language)
+        root = self.root()
+        if not code.strip():
+            outcome.message = "the model returned no test code"
+            return
+        if root is None:
+            outcome.message = "no workspace folder to put a test file in; the tests are in the answer"
+            return
+        rel = A.tests_path_for(path, language, has_tests_dir=(root / "tests").is_dir())
+        target = root / rel
+        uri = target.as_uri()
+        open_doc = self.docs.get(uri)
+        existing = open_doc.text if open_doc is not None else (
+            target.read_text(encoding="utf-8", errors="replace") if target.is_file() else None)
+        if existing is not None:
+            doc = open_doc or Document(uri, existing, 0, language, self.docs.encoding)
+            sep = "" if not existing or existing.endswith("\n\n") else ("\n" if existing.endswith("\n") else "\n\n")
+            self._set_edit(outcome, uri, doc, len(existing), len(existing), sep + code + "\n")
+            if open_doc is None:  # not open: no version to check
+                outcome.edit.document_changes[0].text_document.version = None  # type: ignore[union-attr]
+            return
+        if not self.can_create_files():
+            outcome.message = f"the client cannot create {rel}; the tests are in the answer"
+            return
+        new = code + "\n"
+        outcome.edit_range, outcome.new_text, outcome.target_uri = ((0, 0), (0, 0)), new, uri
+        outcome.edit = types.WorkspaceEdit(document_changes=[
+            types.CreateFile(uri=uri, options=types.CreateFileOptions(ignore_if_exists=True)),
+            types.TextDocumentEdit(
+                text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=None),
+                edits=[types.TextEdit(range=types.Range(types.Position(0, 0), types.Position(0, 0)), new_text=new)])])
+
+
+def lines_around(text: str, offset: int, n: int = 20) -> str:
+    """`n` lines either side of `offset`: what a question asked on a blank line is about."""
+    lo = offset
+    for _ in range(n):
+        lo = text.rfind("\n", 0, max(lo - 1, 0)) if lo > 0 else -1
+        if lo < 0:
+            break
+    hi = offset
+    for _ in range(n):
+        hi = text.find("\n", hi + 1)
+        if hi < 0:
+            break
+    return text[lo + 1 : len(text) if hi < 0 else hi]

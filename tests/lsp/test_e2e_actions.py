@@ -1,0 +1,230 @@
+"""End to end: the instruct code actions through `python -m lsp_server` over stdio, with the real
+engine and a real (tiny, random-weight) model. The model's text is junk; what is checked is everything
+around it: the actions offered, the edit's range and structure once the client applies it, the answer
+shown, cancellation."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types as T
+
+from . import lsp_client as lc
+
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+
+MODULE = (
+    "import math\n"
+    "\n"
+    "\n"
+    "def circle_area(radius: float) -> float:\n"
+    "    scaled = radius * radius\n"
+    "    return math.pi * scaled\n"
+    "\n"
+    "\n"
+    "def half(x):\n"
+    "    return x / 0\n"
+)
+
+
+class Editor:
+    """The client's copy of its documents: applies the server's workspace edits like an editor does
+    (and tells the server with didChange), remembering what it was sent."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.texts: dict[str, str] = {}
+        self.versions: dict[str, int] = {}
+        self.edits: list[T.ApplyWorkspaceEditParams] = []
+        self.created: list[str] = []
+
+    def open(self, path: Path, text: str) -> str:
+        uri = lc.open_doc(self.client, path, text)
+        self.texts[uri], self.versions[uri] = text, 1
+        return uri
+
+    def apply(self, params: T.ApplyWorkspaceEditParams) -> T.ApplyWorkspaceEditResult:
+        self.edits.append(params)
+        for change in params.edit.document_changes or []:
+            if isinstance(change, T.CreateFile):
+                self.created.append(change.uri)
+                self.texts.setdefault(change.uri, "")
+                continue
+            uri = change.text_document.uri
+            if change.text_document.version is not None and change.text_document.version != self.versions.get(uri):
+                return T.ApplyWorkspaceEditResult(applied=False, failure_reason="version mismatch")
+            text = self.texts[uri]
+            for edit in sorted(change.edits, key=lambda e: (e.range.start.line, e.range.start.character), reverse=True):
+                start, end = offset(text, edit.range.start), offset(text, edit.range.end)
+                text = text[:start] + edit.new_text + text[end:]
+            self.texts[uri] = text
+            if uri in self.versions:
+                self.versions[uri] += 1
+                self.client.text_document_did_change(T.DidChangeTextDocumentParams(
+                    T.VersionedTextDocumentIdentifier(uri=uri, version=self.versions[uri]),
+                    [T.TextDocumentContentChangeWholeDocument(text=text)]))
+        return T.ApplyWorkspaceEditResult(applied=True)
+
+
+def offset(text: str, pos: T.Position) -> int:  # ASCII documents: characters are UTF-16 units
+    lines = text.split("\n")
+    return sum(len(line) + 1 for line in lines[: pos.line]) + pos.character
+
+
+def rng(start: tuple[int, int], end: tuple[int, int]) -> T.Range:
+    return T.Range(T.Position(*start), T.Position(*end))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("actions-repo")
+    (root / "geometry.py").write_text(MODULE)
+    (root / "tests").mkdir()
+    (root / "tests" / "__init__.py").write_text("")
+    return root
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def session(repo: Path, tiny_model_dir: Path):
+    client = lc.make_client()
+    editor = Editor(client)
+    client.feature(T.WORKSPACE_APPLY_EDIT)(lambda params: editor.apply(params))
+    client = await lc.start(repo, {"model": str(tiny_model_dir), "instructMaxNewTokens": 24}, client=client)
+    await lc.wait_ready(client)
+    yield client, editor
+    await client.shutdown_session()
+    await client.stop()
+
+
+async def code_actions(client, uri: str, r: T.Range, diagnostics=(), only=None) -> list[T.CodeAction]:
+    result = await asyncio.wait_for(client.text_document_code_action_async(T.CodeActionParams(
+        text_document=T.TextDocumentIdentifier(uri), range=r,
+        context=T.CodeActionContext(diagnostics=list(diagnostics), only=only))), 120)
+    return list(result or [])
+
+
+async def run(client, action: T.CodeAction, **extra: Any) -> dict[str, Any]:
+    arg = dict(action.command.arguments[0], **extra)
+    return await lc.request(client, T.WORKSPACE_EXECUTE_COMMAND,
+                            T.ExecuteCommandParams(command=action.command.command, arguments=[arg]), timeout=600)
+
+
+def by_title(actions: list[T.CodeAction], word: str) -> T.CodeAction:
+    return next(a for a in actions if word in a.title)
+
+
+async def test_every_action_is_offered_for_a_selection_and_only_ask_on_a_blank_line(session, repo):
+    client, editor = session
+    uri = editor.open(repo / "geometry.py", MODULE)
+    titles = [a.title for a in await code_actions(client, uri, rng((4, 4), (5, 30)))]
+    assert titles == ["Code Llama: Explain this code", "Code Llama: Add docstring", "Code Llama: Fix this code",
+                      "Code Llama: Write tests", "Code Llama: Simplify this code", "Code Llama: Ask a question…"]
+    quick = await code_actions(client, uri, rng((9, 4), (9, 4)), only=[T.CodeActionKind.QuickFix])
+    assert [a.title for a in quick] == ["Code Llama: Fix this code"]
+    blank = await code_actions(client, uri, rng((7, 0), (7, 0)))
+    assert [a.title for a in blank] == ["Code Llama: Ask a question…"]
+
+
+async def test_add_docstring_applies_a_well_formed_edit_right_under_the_signature(session, repo):
+    client, editor = session
+    uri = editor.open(repo / "geometry.py", MODULE)
+    action = by_title(await code_actions(client, uri, rng((5, 8), (5, 8))), "docstring")  # cursor in the body
+    result = await run(client, action)
+    assert result["applied"] is True, result
+    assert result["edit"]["range"] == {"start": {"line": 4, "character": 0}, "end": {"line": 4, "character": 0}}
+    text = editor.texts[uri]
+    tree = ast.parse(text)  # the edited file still parses
+    func = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "circle_area")
+    assert ast.get_docstring(func) is not None
+    assert [ast.dump(s) for s in func.body[1:]] == [ast.dump(s) for s in ast.parse(MODULE).body[1].body]
+    head = MODULE.split("    scaled")[0]  # up to the signature
+    assert text.startswith(head) and text[len(head):].startswith(('    """', '    r"""'))
+    assert text.endswith("    scaled = radius * radius\n    return math.pi * scaled\n\n\ndef half(x):\n"
+                         "    return x / 0\n")
+
+
+async def test_fix_replaces_exactly_the_selection_and_carries_the_diagnostics(session, repo):
+    client, editor = session
+    uri = editor.open(repo / "geometry.py", MODULE)
+    problem = T.Diagnostic(range=rng((9, 11), (9, 16)), message="division by zero", source="pyright")
+    actions = await code_actions(client, uri, rng((9, 11), (9, 16)), diagnostics=[problem])
+    fix = by_title(actions, "Fix")
+    assert fix.command.arguments[0]["diagnostics"] == ["line 10: pyright: division by zero"]
+    result = await run(client, fix)
+    if result["message"] == "the model returned no code":
+        pytest.skip("the tiny model wrote only whitespace")
+    assert result["applied"] is True, result
+    assert result["edit"]["range"] == {"start": {"line": 9, "character": 11}, "end": {"line": 9, "character": 16}}
+    text = editor.texts[uri]
+    assert text.startswith(MODULE.split("x / 0")[0]) and text.endswith("\n")
+    assert text[len(MODULE.split("x / 0")[0]):].startswith(result["edit"]["newText"])
+
+
+async def test_write_tests_creates_the_test_file_where_python_expects_it(session, repo):
+    client, editor = session
+    uri = editor.open(repo / "geometry.py", MODULE)
+    result = await run(client, by_title(await code_actions(client, uri, rng((3, 0), (6, 0))), "tests"))
+    if result["message"] == "the model returned no test code":
+        pytest.skip("the tiny model wrote only whitespace")
+    assert result["applied"] is True, result
+    target = (repo / "tests" / "test_geometry.py").as_uri()
+    assert editor.created == [target]
+    assert editor.texts[target] == result["edit"]["newText"] and editor.texts[target].endswith("\n")
+
+
+async def test_ask_returns_the_models_answer_and_shows_it_as_a_document(session, repo):
+    client, editor = session
+    uri = editor.open(repo / "geometry.py", MODULE)
+    ask = by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Ask")
+    with pytest.raises(Exception, match="question"):
+        await run(client, ask)  # clients must prompt for the question
+    result = await run(client, ask, question="Why is math.pi used here?")
+    assert result["stopReason"] in ("eos", "eot", "max_tokens") and result["generatedTokens"] > 0
+    assert result["shownIn"] == client.shown_documents[-1].uri
+    shown = Path(unquote(urlparse(result["shownIn"]).path)).read_text(encoding="utf-8")
+    assert shown.startswith("# Code Llama: Ask a question") and result["answer"].strip() in shown
+
+
+async def test_cancelling_the_progress_stops_generation(session, repo):
+    client, editor = session
+    uri = editor.open(repo / "geometry.py", MODULE)
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+        settings={"codellama": {"instructMaxNewTokens": 4000}}))
+    explain = by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Explain")
+    known = set(client.progress_reports)
+    pending = asyncio.ensure_future(run(client, explain))
+    token = None
+    for _ in range(1200):  # the action's progress begins, then reports as text arrives
+        token = next((t for t in client.progress_reports if t not in known and len(client.progress_reports[t]) > 1),
+                     None)
+        if token is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert token is not None, "no progress was reported"
+    begin = client.progress_reports[token][0]
+    assert begin.cancellable is True and "Explain" in begin.title
+    client.protocol.notify(T.WINDOW_WORK_DONE_PROGRESS_CANCEL, T.WorkDoneProgressCancelParams(token=token))
+    result = await asyncio.wait_for(pending, 300)
+    assert result["stopReason"] == "cancelled" and result["generatedTokens"] < 1000
+    assert result["applied"] is False and result["shownIn"] is None
+
+
+async def test_cancel_request_frees_the_engine_for_completions(session, repo):
+    client, editor = session
+    uri = editor.open(repo / "geometry.py", MODULE)
+    explain = by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Explain")
+    future = client.protocol.send_request(T.WORKSPACE_EXECUTE_COMMAND, T.ExecuteCommandParams(
+        command=explain.command.command, arguments=explain.command.arguments))
+    msg_id = next(k for k, v in client.protocol._request_futures.items() if v is future)
+    await asyncio.sleep(2)
+    client.protocol.notify(T.CANCEL_REQUEST, T.CancelParams(id=msg_id))
+    with pytest.raises(Exception, match="(?i)cancel"):
+        await asyncio.wait_for(asyncio.wrap_future(future), 300)
+    result = await lc.inline(client, uri, 6, 0, timeout=120)  # answered: the engine is free again
+    assert isinstance(result, T.InlineCompletionList)
