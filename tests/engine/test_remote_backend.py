@@ -388,6 +388,20 @@ def test_bad_urls_are_rejected_with_the_setting_name():
     assert parse_server_url("https://h.example/serve/v1/").path("/v1/completions") == "/serve/v1/completions"
 
 
+def test_language_server_settings_reach_the_backend(make_server):
+    from lsp_server.engine_manager import load_backend
+    from lsp_server.settings import parse_settings
+
+    server = make_server(routes={COMPLETIONS: stream([chunk("y", "length")])})
+    settings, problems = parse_settings({"backend": server.url + "/v1", "apiKey": "sk-team", "remoteModel": "cl-13b"})
+    assert problems == [] and "sk-team" not in repr(settings)
+    backend = load_backend(settings)
+    assert isinstance(backend, RemoteBackend)
+    backend.complete(CompletionRequest(prefix="x"))
+    request = server.posts("/v1/completions")[0]
+    assert request["headers"]["Authorization"] == "Bearer sk-team" and request["body"]["model"] == "cl-13b"
+
+
 # ---- llama.cpp's server ---------------------------------------------------------------------------
 
 
