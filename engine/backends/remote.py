@@ -347,6 +347,7 @@ class RemoteBackend:
         use_infill: bool | None = None,
         markers: str | None = None,
         probe: bool = True,
+        count_rtt_limit: float = 0.02,
     ) -> None:
         self.url = url
         self.server = parse_server_url(url)
@@ -365,6 +366,10 @@ class RemoteBackend:
         self._tokenize_conn: http.client.HTTPConnection | None = None
         self._tokenize_lock = threading.Lock()
         self._tokenize_retry_at = 0.0
+        # count_tokens is called once per new line of context: through the server only when a round
+        # trip is cheap (a LAN), else 1000 lines at 50 ms would hold the first completion for a minute.
+        self.count_rtt_limit = count_rtt_limit
+        self.counts_on_server = False
         self._probed = False
         self._probe_lock = threading.Lock()
         self._active: set[_Exchange] = set()
@@ -402,7 +407,7 @@ class RemoteBackend:
         the context builder calls it for every line."""
         if not text:
             return 0
-        if self._tokenize is not None and time.monotonic() >= self._tokenize_retry_at:
+        if self.counts_on_server and self._tokenize is not None and time.monotonic() >= self._tokenize_retry_at:
             try:
                 result = self._tokenize(text)
                 return result if isinstance(result, int) else len(result)
@@ -779,8 +784,10 @@ class RemoteBackend:
         if self._use_infill is None:
             self._use_infill = self.server_kind == "llama.cpp"
         self._tokenize = self._find_tokenizer()
-        if self._markers is None and self._tokenize is not None:
-            self._markers = self._pick_markers()
+        if self._tokenize is not None:
+            if self._markers is None:
+                self._markers = self._pick_markers()
+            self.counts_on_server = self._round_trip() <= self.count_rtt_limit
         self._set_state("ready")
 
     def _try_get(self, endpoint: str) -> Any:
@@ -857,6 +864,18 @@ class RemoteBackend:
         except (OSError, http.client.HTTPException, ValueError, BackendError):
             return PLAIN_MARKERS
         return PIECE_MARKERS if piece < plain else PLAIN_MARKERS
+
+    def _round_trip(self) -> float:
+        """Seconds a tokenize call takes on the kept-alive connection (best of three)."""
+        best = math.inf
+        for _ in range(3):
+            started = time.perf_counter()
+            try:
+                self._count_raw("def f(x):\n    return x\n")
+            except Exception:
+                return math.inf
+            best = min(best, time.perf_counter() - started)
+        return best
 
     def _count_raw(self, text: str) -> int:
         assert self._tokenize is not None

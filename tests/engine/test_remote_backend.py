@@ -212,8 +212,10 @@ def make_server(shared_server: FakeServer):
 
 
 def fast(url: str, **kwargs: Any) -> RemoteBackend:
-    """A backend with short timeouts and backoff, so failures show quickly."""
-    options: dict[str, Any] = dict(connect_timeout=2.0, read_timeout=5.0, retries=2, backoff=0.01)
+    """A backend with short timeouts and backoff, so failures show quickly (and server token counts
+    however slow this loaded test machine answers)."""
+    options: dict[str, Any] = dict(connect_timeout=2.0, read_timeout=5.0, retries=2, backoff=0.01,
+                                   count_rtt_limit=60.0)
     options.update(kwargs)
     return RemoteBackend(url, **options)
 
@@ -427,6 +429,19 @@ def test_llamacpp_server_gets_native_infill_and_tokenizes(make_server):
     body = server.posts("/infill")[0]["body"]
     assert (body["input_prefix"], body["input_suffix"], body["n_predict"]) == ("def show(x):\n    ", "\n", 16)
     assert "llama.cpp" in backend.description
+
+
+def test_token_counts_fall_back_to_an_estimate_when_the_server_is_far(make_server):
+    def slow_tokenize(h: Handler, body: Any) -> None:
+        time.sleep(0.05)
+        h.reply_json(200, {"tokens": [7] * 100})
+
+    server = make_server(routes={("POST", "/tokenize"): slow_tokenize})
+    backend = fast(server.url, count_rtt_limit=0.01)
+    assert not backend.counts_on_server
+    asked = len(server.requests)
+    assert backend.count_tokens("x" * 35) == 10  # 3.5 characters a token, no request
+    assert len(server.requests) == asked
 
 
 def test_server_whose_tokenizer_matches_piece_text_gets_piece_markers(make_server):
