@@ -326,7 +326,7 @@ class RemoteBackend:
     """Implements engine.backends.base.Backend against an OpenAI-compatible server.
 
     `warnings` holds messages the language server should show once (plain HTTP to another machine).
-    `state` says how the last request went ("ready", "retrying: ...", "unreachable: ..."); `on_state`,
+    `state` says how the last request went ("ready", "retrying: ...", "error: ..."); `on_state`,
     when set, is called with it whenever it changes.
     """
 
@@ -511,7 +511,7 @@ class RemoteBackend:
             except _Transient as exc:
                 if attempt == attempts:
                     message = self._unreachable_message(exc, attempts)
-                    self._set_state(f"unreachable: {message}")
+                    self._set_state(f"error: {message}")
                     raise BackendError(message) from None
                 delay = self.backoff * 2 ** (attempt - 1)
                 self._set_state(f"retrying: {self.server.origin} {exc}; attempt {attempt + 1} of {attempts} "
@@ -525,6 +525,8 @@ class RemoteBackend:
 
     def _unreachable_message(self, exc: _Transient, attempts: int) -> str:
         tries = f" (tried {attempts} times)" if attempts > 1 else ""
+        if exc.status is not None:  # it answered, with an error
+            return f"remote server {self.server.origin} failed: {exc}{tries}"
         return f"remote server {self.server.origin} unreachable: {exc}{tries}"
 
     def _stream_once(
@@ -755,7 +757,7 @@ class RemoteBackend:
                 self._probe()
                 self._probed = True
             except _Transient as exc:
-                self._set_state(f"unreachable: {self._unreachable_message(exc, 1)}")
+                self._set_state(f"error: {self._unreachable_message(exc, 1)}")
             except (BackendError, OSError, http.client.HTTPException, ValueError) as exc:
                 self._probed = True  # it answered, only not as we hoped: go on with the defaults
                 self._set_state(f"ready (probe: {exc})")
