@@ -6,7 +6,8 @@ request, json.
 
 What goes over the wire:
 - llama.cpp's server (recognised by its `/props`): `POST /infill` with `input_prefix`/`input_suffix`;
-  the server tokenizes both and puts its own FIM token ids around them.
+  the server tokenizes both and puts its own FIM token ids around them, in PSM order unless it was
+  started with `--spm-infill` (the request's fim_format cannot choose there).
 - anything else OpenAI-compatible: `POST /v1/completions` with the prompt as TEXT in Code Llama's
   layout (PSM `<PRE> {prefix} <SUF>{suffix} <MID>`, SPM `<PRE> <SUF>{suffix} <MID> {prefix}`); the
   server adds BOS. Tokenizers disagree on how the infilling pieces are spelt in text: a Hugging Face
