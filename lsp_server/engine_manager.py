@@ -7,6 +7,7 @@ any) in place and reports a message the user can act on.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,9 @@ def load_backend(settings: Settings) -> Backend:
             raise BackendError(
                 f"codellama.backend = {settings.backend!r}: remote backends are not available in this "
                 "build; use \"local\"") from exc
-        return RemoteBackend(settings.backend)  # type: ignore[no-any-return]
+        return RemoteBackend(  # type: ignore[no-any-return]
+            settings.backend, api_key=settings.api_key or os.environ.get("CODELLAMA_API_KEY"),
+            model=settings.remote_model)
     from engine import load_local_backend
 
     if settings.model and not Path(settings.model).is_dir():
@@ -138,6 +141,8 @@ class EngineManager:
         else:
             log.info("model ready in %.1f s: %s", time.perf_counter() - started,
                      backend.description if backend else None)
+            for warning in getattr(backend, "warnings", ()):  # e.g. a remote backend over plain http
+                self._on_problem(warning)
         self._on_change()
 
     def close(self) -> None:

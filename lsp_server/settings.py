@@ -44,10 +44,14 @@ class Settings:
     exclude: tuple[str, ...] = field(default_factory=tuple)
     instruct_model: str | None = None  # None: code actions use the completion model
     instruct_max_new_tokens: int = 512
+    # Remote backends only: sent as "Authorization: Bearer" to the `backend` host (never logged), and the
+    # served model's name (default: the first one the server lists).
+    api_key: str | None = field(default=None, repr=False)
+    remote_model: str | None = None
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
-        return (self.model, self.adapter, self.device, self.dtype, self.backend)
+        return (self.model, self.adapter, self.device, self.dtype, self.backend, self.api_key, self.remote_model)
 
     def context_budget(self, context_length: int, on_gpu: bool) -> int:
         """Prompt budget in tokens: the setting (or the automatic default) capped by what the model
@@ -129,6 +133,14 @@ def _backend(value: Any) -> str:
     raise ValueError('must be "local" or an http(s):// URL of an OpenAI-compatible server')
 
 
+def _optional_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be a string or null")
+    return value.strip()
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -157,6 +169,8 @@ PARSERS = {
     "exclude": _patterns,
     "instruct_model": _optional_path,
     "instruct_max_new_tokens": _int_range(16, 4096),
+    "api_key": _optional_text,
+    "remote_model": _optional_text,
 }
 
 
