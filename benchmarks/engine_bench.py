@@ -1,14 +1,17 @@
-"""CPU engine benchmark: our engine beside Hugging Face transformers on the same weights, one run.
+"""CPU engine benchmark: our engine beside Hugging Face transformers and llama.cpp on the same weights,
+in one run.
 
 For each model and context length it measures a 32-token greedy completion:
   cold   - nothing cached: prefill the whole prompt, then decode
   warm   - a keystroke: the previous prompt's KV is cached and the new prompt differs only at the
            cursor. In SPM order the cursor is at the prompt's end (a few new tokens); in PSM order the
            suffix comes after the cursor, so it is recomputed too.
-and prints a table of times with ratios (transformers / ours, cold / warm). No assertions: numbers.
+and prints a table of times with ratios (transformers / ours, llama.cpp / ours, cold / warm). llama.cpp
+(llama-cpp-python, when installed) runs the same weights exported to GGUF by `engine.export` in the same
+dtype, and gets the same keystroke (its own prefix reuse). No assertions: numbers.
 
     .venv/bin/python benchmarks/engine_bench.py                 # default model + a larger random model
-    .venv/bin/python benchmarks/engine_bench.py --contexts 1024 4096 16384 --threads 2
+    .venv/bin/python benchmarks/engine_bench.py --contexts 1024 4096 16384 --large-contexts 1024 4096
 """
 
 from __future__ import annotations
@@ -49,14 +52,15 @@ def code_tokens(loaded: LoadedModel, n: int) -> list[int]:
     return [loaded.tokenizer.bos_id] + ids[: n - 1]
 
 
+def elapsed_ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return 1000 * (time.perf_counter() - t0)
+
+
 def timed(fn, repeats: int) -> float:
     """Median wall time in ms."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(1000 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    return statistics.median(elapsed_ms(fn) for _ in range(repeats))
 
 
 def bench_ours(loaded: LoadedModel, prompt: list[int], repeats: int) -> dict[str, float]:
@@ -91,16 +95,40 @@ def bench_ours(loaded: LoadedModel, prompt: list[int], repeats: int) -> dict[str
     prev_psm = before[:-KEYSTROKE_TOKENS] + suffix
     psm_cache = KVCache(args, len(prompt) + NEW_TOKENS, "cpu", dtype)
 
-    def warm_psm() -> None:
+    def warm_psm() -> float:
         generate(model, psm_cache, prev_psm, 1, stop_ids=set())  # the previous keystroke's prompt
-        t0 = time.perf_counter()
-        generate(model, psm_cache, before + suffix, NEW_TOKENS, stop_ids=set())
-        warm_psm.ms.append(1000 * (time.perf_counter() - t0))  # type: ignore[attr-defined]
+        return elapsed_ms(lambda: generate(model, psm_cache, before + suffix, NEW_TOKENS, stop_ids=set()))
 
-    warm_psm.ms = []  # type: ignore[attr-defined]
-    for _ in range(repeats):
-        warm_psm()
-    out["warm_psm_ms"] = statistics.median(warm_psm.ms)  # type: ignore[attr-defined]
+    out["warm_psm_ms"] = statistics.median(warm_psm() for _ in range(repeats))
+    return out
+
+
+def bench_llama_cpp(gguf: Path, prompt: list[int], threads: int, repeats: int) -> dict[str, float]:
+    """The same measurements on llama.cpp: greedy decoding of exactly NEW_TOKENS tokens (EOS ignored),
+    cold after `reset()`, warm with llama-cpp-python's own longest-prefix reuse."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf), n_ctx=len(prompt) + NEW_TOKENS + 8, n_threads=threads,
+                          n_threads_batch=threads, n_batch=512, verbose=False)
+
+    def run(tokens: list[int], n: int) -> None:
+        for i, _ in enumerate(llm.generate(tokens, temp=0.0, reset=True)):
+            if i + 1 >= n:
+                break
+
+    def cold(n: int) -> None:
+        llm.reset()
+        run(prompt, n)
+
+    out = {"cold_ms": timed(lambda: cold(NEW_TOKENS), repeats), "ttft_cold_ms": timed(lambda: cold(1), repeats)}
+    prev = prompt[:-KEYSTROKE_TOKENS]
+
+    def warm() -> float:
+        llm.reset()
+        run(prev, 1)  # the previous keystroke's prompt, cached (not timed)
+        return elapsed_ms(lambda: run(prompt, NEW_TOKENS))
+
+    out["warm_spm_ms"] = statistics.median(warm() for _ in range(repeats))
     return out
 
 
@@ -126,11 +154,16 @@ def random_model_dir(args: ModelArgs, tokenizer_model: Path, out: Path) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--large-contexts", type=int, nargs="+", default=None,
+                    help="contexts for the larger model (default: --contexts)")
+    ap.add_argument("--tokenizer", type=Path, default=None,
+                    help="tokenizer.model for the random default-shaped model when the default model is missing")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--no-large", action="store_true", help="skip the larger random-weight model")
     ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--no-llama-cpp", action="store_true")
     opts = ap.parse_args()
     torch.set_num_threads(opts.threads)
     dtype = getattr(torch, opts.dtype)
@@ -138,45 +171,71 @@ def main() -> int:
     models: list[tuple[str, Path]] = []
     tmp = Path(tempfile.mkdtemp(prefix="engine-bench-"))
     default_dir = default_model_dir()
-    if default_dir.is_dir():
+    if (default_dir / "tokenizer.model").is_file():
         models.append(("default", default_dir))
     else:
         from engine.testing import build_tokenizer
+        from engine.tokenizer import Tokenizer
 
-        tok = build_tokenizer(tmp / "tokenizer.model", vocab_size=2048)
-        shape = ModelArgs(dim=256, n_layers=6, n_heads=4, vocab_size=2048, multiple_of=16, hidden_dim=688)
+        tok = opts.tokenizer or build_tokenizer(tmp / "tokenizer.model", vocab_size=2048)
+        # The default model's shape (recipes/default_model/stage.py), random weights.
+        shape = ModelArgs(dim=256, n_layers=6, n_heads=4, n_kv_heads=4, vocab_size=Tokenizer(tok).vocab_size,
+                          multiple_of=16, max_seq_len=32768)
         models.append(("default-shaped (random)", random_model_dir(shape, tok, tmp / "small")))
     if not opts.no_large:
         tok_path = models[0][1] / "tokenizer.model"
         vocab = load_model(models[0][1], dtype=dtype).tokenizer.vocab_size
-        big = ModelArgs(dim=1024, n_layers=12, n_heads=16, n_kv_heads=4, vocab_size=vocab, multiple_of=256)
+        big = ModelArgs(dim=1024, n_layers=12, n_heads=16, n_kv_heads=4, vocab_size=vocab, multiple_of=256,
+                        max_seq_len=32768)
         models.append(("large random (~170M)", random_model_dir(big, tok_path, tmp / "large")))
 
+    use_llama_cpp = not opts.no_llama_cpp and _has_llama_cpp()
     rows = []
-    for name, path in models:
+    for i, (name, path) in enumerate(models):
         loaded = load_model(path, dtype=dtype)
         params = loaded.model.num_parameters() / 1e6
-        for ctx in opts.contexts:
+        gguf = None
+        if use_llama_cpp:
+            from engine.export import export_gguf
+
+            gguf = export_gguf(path, tmp / f"model-{i}.gguf", dtype=opts.dtype)
+        contexts = opts.large_contexts if i > 0 and opts.large_contexts else opts.contexts
+        for ctx in contexts:
             prompt = code_tokens(loaded, ctx)
             ours = bench_ours(loaded, prompt, opts.repeats)
             hf = {} if opts.no_transformers else bench_transformers(path, prompt, dtype, opts.repeats)
-            rows.append((f"{name} {params:.0f}M", ctx, ours, hf))
+            lc = bench_llama_cpp(gguf, prompt, opts.threads, opts.repeats) if gguf else {}
+            rows.append((f"{name} {params:.0f}M", ctx, ours, hf, lc))
             print(f"done: {name} ctx={ctx}", file=sys.stderr, flush=True)
 
-    print(f"\nCPU, {opts.threads} threads, {opts.dtype}, {NEW_TOKENS} new tokens, median of {opts.repeats}\n")
-    print("| model | context | ours cold ms | HF cold ms | HF/ours | ours TTFT cold | HF TTFT | "
-          "warm SPM ms (TTFT) | cold/warm SPM | warm PSM ms | cold/warm PSM | decode tok/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, ctx, o, h in rows:
-        hf_cold = h.get("cold_ms")
+    nan = float("nan")
+    print(f"\nCPU, {opts.threads} threads, {opts.dtype}, {NEW_TOKENS} new tokens, median of {opts.repeats}; "
+          "times in ms; a ratio > 1 means ours is faster\n")
+    print("| model | context | ours cold | HF cold | HF/ours | llama.cpp cold | llama.cpp/ours | ours TTFT | "
+          "HF TTFT | llama.cpp TTFT | ours warm SPM (TTFT) | llama.cpp warm SPM | cold/warm SPM | cold/warm TTFT SPM | "
+          "ours warm PSM | cold/warm PSM | decode tok/s |")
+    print("|" + "---|" * 17)
+    for name, ctx, o, h, lc in rows:
         print(
-            f"| {name} | {ctx} | {o['cold_ms']:.0f} | {hf_cold or float('nan'):.0f} | "
-            f"{(hf_cold / o['cold_ms']) if hf_cold else float('nan'):.2f}x | {o['ttft_cold_ms']:.0f} | "
-            f"{h.get('ttft_cold_ms', float('nan')):.0f} | {o['warm_spm_ms']:.0f} ({o['ttft_warm_spm_ms']:.0f}) | "
-            f"{o['cold_ms'] / o['warm_spm_ms']:.1f}x | {o['warm_psm_ms']:.0f} | "
+            f"| {name} | {ctx} | {o['cold_ms']:.0f} | {h.get('cold_ms', nan):.0f} | "
+            f"{h.get('cold_ms', nan) / o['cold_ms']:.2f}x | {lc.get('cold_ms', nan):.0f} | "
+            f"{lc.get('cold_ms', nan) / o['cold_ms']:.2f}x | {o['ttft_cold_ms']:.0f} | "
+            f"{h.get('ttft_cold_ms', nan):.0f} | {lc.get('ttft_cold_ms', nan):.0f} | "
+            f"{o['warm_spm_ms']:.0f} ({o['ttft_warm_spm_ms']:.0f}) | {lc.get('warm_spm_ms', nan):.0f} | "
+            f"{o['cold_ms'] / o['warm_spm_ms']:.1f}x | {o['ttft_cold_ms'] / o['ttft_warm_spm_ms']:.1f}x | "
+            f"{o['warm_psm_ms']:.0f} | "
             f"{o['cold_ms'] / o['warm_psm_ms']:.1f}x | {o['decode_tok_s']:.0f} |"
         )
     return 0
+
+
+def _has_llama_cpp() -> bool:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama-cpp-python is not installed: no llama.cpp columns", file=sys.stderr)
+        return False
+    return True
 
 
 if __name__ == "__main__":

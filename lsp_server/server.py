@@ -162,11 +162,18 @@ class CodeLlamaServer(LanguageServer):
             state = "error"
         else:
             state = "starting"
+        message = engine.error
+        remote_state = getattr(backend, "state", None)  # a remote backend: how its last request went
+        if isinstance(remote_state, str) and state == "ready":
+            if getattr(backend, "on_state", False) is None:
+                backend.on_state = lambda _: self.threadsafe(self.send_status)  # type: ignore[union-attr]
+            if remote_state.startswith(("error", "retrying")):
+                state, message = "error", f"remote server: {remote_state}"
         device, dtype = backend_device(backend) if backend is not None else (None, None)
         self.status.update(
             state=state, model=engine.model_name, backend=self.settings.backend,
             description=backend.description if backend is not None else None, device=device, dtype=dtype,
-            message=engine.error, indexing=self.indexing,
+            message=message, indexing=self.indexing,
             indexedFiles=len(self.index) if self.index is not None else 0)
         return dict(self.status)
 
