@@ -228,3 +228,17 @@ async def test_cancel_request_frees_the_engine_for_completions(session, repo):
         await asyncio.wait_for(asyncio.wrap_future(future), 300)
     result = await lc.inline(client, uri, 6, 0, timeout=120)  # answered: the engine is free again
     assert isinstance(result, T.InlineCompletionList)
+
+
+async def test_a_missing_instruct_model_falls_back_to_the_completion_model_with_a_warning(session, repo):
+    client, editor = session
+    uri = editor.open(repo / "geometry.py", MODULE)
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+        settings={"codellama": {"instructModel": str(repo / "no-such-model"), "instructMaxNewTokens": 8}}))
+    try:
+        result = await run(client, by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Explain"))
+        assert result["generatedTokens"] > 0 and result["shownIn"] is not None
+        assert any("instruct model could not be loaded" in m.message for m in client.messages)
+    finally:
+        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+            settings={"codellama": {"instructModel": None}}))
