@@ -90,7 +90,10 @@ class EngineManager:
         """Start loading when the settings need another backend; True when a load started."""
         key = settings.engine_key()
         with self._lock:
-            if not force and (key == self.loading_key or (key == self.key and self.loading_key is None)):
+            if not force and key == self.key and self.loading_key is None:
+                self.error = None  # back to the loaded model: an earlier failed load no longer matters
+                return False
+            if not force and key == self.loading_key:
                 return False
             self._generation += 1
             generation = self._generation

@@ -349,7 +349,8 @@ class CodeLlamaServer(LanguageServer):
         except Exception as exc:
             log.warning("workspace/configuration failed: %s", exc)
             return
-        if isinstance(result, list) and result and isinstance(result[0], dict):
+        # pygls hands the answer over as a tuple (lsprotocol's Sequence), a client's JSON as a list.
+        if isinstance(result, (list, tuple)) and result and isinstance(result[0], dict):
             self.apply_settings(result[0])
 
     def start_indexing(self) -> None:
