@@ -1,0 +1,211 @@
+"""End-to-end completion latency through the language server, measured like an editor feels it.
+
+Starts `python -m lsp_server` on stdio, opens a real repository, deletes one line of a real file
+and types it back character by character, asking for an inline completion at each pause (after
+each word). Client-side wall time from request to answer is what the user waits for.
+
+For each context budget (default 1K, 8K, 32K, 100K tokens) and with repository context on and off:
+the first request (cold: nothing of this prompt in the engine's KV cache) and the rest (warm), p50 and
+p95, the prompt size in tokens, how much of it the engine reused from its cache, and how many answers
+came from the server's suggestion cache (typing through a suggestion, no model call).
+
+    python benchmarks/lsp_latency.py                          # embedded default model, this repository
+    python benchmarks/lsp_latency.py --model ~/models/CodeLlama-7b-hf --device cuda --budgets 1024,16384
+    python benchmarks/lsp_latency.py --model /tmp/tiny --budgets 1024,8192 --line-count 1
+
+Prints a markdown table. No thresholds: this script reports, it does not judge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types as T
+from pygls.lsp.client import LanguageClient
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lsp_server.protocol import robust_converter  # noqa: E402
+
+PAUSE_AFTER = set(" .(,:=[{")
+
+
+def make_client() -> LanguageClient:
+    client = LanguageClient("lsp-latency-bench", "1", converter_factory=robust_converter)
+    client.config: dict[str, Any] = {}  # type: ignore[misc]
+
+    @client.feature(T.WORKSPACE_CONFIGURATION)
+    def configuration(ls: LanguageClient, params: T.ConfigurationParams) -> list[Any]:
+        return [ls.config for _ in params.items]  # type: ignore[attr-defined]
+
+    @client.feature(T.WINDOW_WORK_DONE_PROGRESS_CREATE)
+    def progress_create(ls: LanguageClient, params: Any) -> None:
+        return None
+
+    for method in (T.PROGRESS, T.WINDOW_SHOW_MESSAGE, T.WINDOW_LOG_MESSAGE, "codellama/status"):
+        client.feature(method)(lambda ls, params: None)
+    return client
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+class Editor:
+    """One open document, edited and queried like an editor would."""
+
+    def __init__(self, client: LanguageClient, uri: str) -> None:
+        self.client, self.uri, self.version = client, uri, 1
+
+    def open(self, text: str) -> None:
+        self.client.text_document_did_open(T.DidOpenTextDocumentParams(T.TextDocumentItem(self.uri, "python", 1, text)))
+
+    def close(self) -> None:
+        self.client.text_document_did_close(T.DidCloseTextDocumentParams(T.TextDocumentIdentifier(self.uri)))
+
+    def type_char(self, line: int, character: int, ch: str) -> None:
+        self.version += 1
+        pos = T.Position(line, character)
+        self.client.text_document_did_change(T.DidChangeTextDocumentParams(
+            T.VersionedTextDocumentIdentifier(uri=self.uri, version=self.version),
+            [T.TextDocumentContentChangePartial(range=T.Range(pos, pos), text=ch)]))
+
+    async def complete(self, line: int, character: int) -> tuple[float, dict[str, Any]]:
+        started = time.perf_counter()
+        await self.client.text_document_inline_completion_async(T.InlineCompletionParams(
+            context=T.InlineCompletionContext(T.InlineCompletionTriggerKind.Automatic),
+            text_document=T.TextDocumentIdentifier(self.uri), position=T.Position(line, character)))
+        elapsed = 1000 * (time.perf_counter() - started)
+        prompt = await self.client.protocol.send_request_async("codellama/lastPrompt", {"uri": self.uri})
+        status = await self.client.protocol.send_request_async("codellama/getStatus", {})
+        return elapsed, {"prompt": prompt or {}, "status": status}
+
+
+async def wait_ready(client: LanguageClient, timeout: float = 3600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await client.protocol.send_request_async("codellama/getStatus", {})
+        if status["state"] == "error":
+            raise SystemExit(f"model failed to load: {status['message']}")
+        if status["state"] == "ready" and not status["indexing"] and not status.get("loading"):
+            return status
+        if time.monotonic() > deadline:
+            raise SystemExit("server not ready in time")
+        await asyncio.sleep(0.2)
+
+
+def pick_lines(text: str, count: int) -> list[int]:
+    """Lines worth typing: real code of medium length, spread through the file."""
+    lines = text.split("\n")
+    good = [i for i, line in enumerate(lines) if 30 <= len(line.strip()) <= 90 and not line.strip().startswith("#")]
+    if not good:
+        raise SystemExit("no suitable line to type in that file")
+    step = max(len(good) // (count + 1), 1)
+    return [good[min(len(good) - 1, step * (k + 1))] for k in range(count)]
+
+
+async def run_config(client: LanguageClient, editor: Editor, text: str, lines: list[int], budget: int,
+                     repo_context: bool, max_new: int) -> dict[str, Any]:
+    client.config = {"maxContextTokens": budget, "repositoryContext": repo_context,  # type: ignore[attr-defined]
+                     "maxNewTokens": max_new}
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings={"codellama": client.config}))  # type: ignore[attr-defined]
+    cold: list[float] = []
+    warm: list[float] = []
+    prompt_tokens: list[int] = []
+    cached: list[float] = []
+    cache_hits = 0
+    for line_no in lines:
+        original = text.split("\n")
+        target = original[line_no]
+        indent = len(target) - len(target.lstrip())
+        original[line_no] = target[:indent]
+        editor.open("\n".join(original))
+        column = indent
+        first = True
+        for i, ch in enumerate(target[indent:] + "\0"):
+            at_pause = first or ch == "\0" or target[indent + i - 1] in PAUSE_AFTER
+            if at_pause:
+                elapsed, info = await editor.complete(line_no, column)
+                status, prompt = info["status"], info["prompt"]
+                (cold if first else warm).append(elapsed)
+                if prompt.get("fromCache"):
+                    cache_hits += 1
+                elif status.get("lastPromptTokens"):
+                    prompt_tokens.append(status["lastPromptTokens"])
+                    cached.append(status["lastCachedTokens"] / max(status["lastPromptTokens"], 1))
+                first = False
+            if ch != "\0":
+                editor.type_char(line_no, column, ch)
+                column += 1
+        editor.close()
+    return {
+        "budget": budget, "repo": repo_context, "cold": statistics.median(cold) if cold else float("nan"),
+        "p50": percentile(warm, 0.5), "p95": percentile(warm, 0.95), "n": len(warm),
+        "prompt": int(statistics.median(prompt_tokens)) if prompt_tokens else 0,
+        "reuse": statistics.median(cached) if cached else 0.0, "cache_hits": cache_hits,
+    }
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    repo = Path(args.repo).resolve()
+    file = repo / args.file
+    text = file.read_text(encoding="utf-8")
+    lines = pick_lines(text, args.line_count)
+    client = make_client()
+    init: dict[str, Any] = {"maxNewTokens": args.max_new_tokens, "device": args.device, "dtype": args.dtype}
+    if args.model:
+        init["model"] = args.model
+    client.config = dict(init)  # type: ignore[attr-defined]
+    cmd = [sys.executable, "-m", "lsp_server", "--log-level", "warning"]
+    await client.start_io(*cmd, cwd=str(REPO))
+    t0 = time.perf_counter()
+    await client.initialize_async(T.InitializeParams(
+        capabilities=T.ClientCapabilities(
+            text_document=T.TextDocumentClientCapabilities(inline_completion=T.InlineCompletionClientCapabilities()),
+            workspace=T.WorkspaceClientCapabilities(configuration=True)),
+        root_uri=repo.as_uri(), initialization_options=init))
+    client.initialized(T.InitializedParams())
+    status = await wait_ready(client)
+    print(f"# LSP latency: {status['description']}, repository {repo.name} ({status['indexedFiles']} files "
+          f"indexed), file {args.file}, {len(lines)} line(s) typed, maxNewTokens {args.max_new_tokens}; "
+          f"server ready after {time.perf_counter() - t0:.1f} s\n")
+    print("| budget | repo context | prompt tokens (p50) | cold ms | warm p50 ms | warm p95 ms | warm requests "
+          "| KV reused (p50) | cache answers |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    editor = Editor(client, file.as_uri())
+    for budget in args.budgets:
+        for repo_context in (True, False):
+            r = await run_config(client, editor, text, lines, budget, repo_context, args.max_new_tokens)
+            print(f"| {budget} | {'on' if repo_context else 'off'} | {r['prompt']} | {r['cold']:.0f} | {r['p50']:.0f} "
+                  f"| {r['p95']:.0f} | {r['n']} | {100 * r['reuse']:.0f} % | {r['cache_hits']} |", flush=True)
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="model directory (default: the embedded default model)")
+    parser.add_argument("--repo", default=str(REPO), help="repository to open (default: this one)")
+    parser.add_argument("--file", default="lsp_server/completion.py", help="file to type in, relative to --repo")
+    parser.add_argument("--budgets", default="1024,8192,32768,100000",
+                        type=lambda s: [int(x) for x in s.split(",")], help="context budgets in tokens")
+    parser.add_argument("--line-count", type=int, default=2, help="how many lines to retype per configuration")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
