@@ -298,7 +298,9 @@ def test_read_timeout_is_retried_then_reported(make_server):
         backend.complete(CompletionRequest(prefix="x"))
     message = str(err.value)
     assert f"remote server {server.url} unreachable" in message and "read timeout" in message
-    assert len(server.posts("/v1/completions")) == 2  # one retry
+    # One retry. Counted by the client: on a loaded machine the test server may not even have read the
+    # second request before the client's 0.3 s read timeout closed it.
+    assert "(tried 2 times)" in message
     assert backend.state.startswith("error: remote server")
 
 
