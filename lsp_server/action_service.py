@@ -227,11 +227,13 @@ class ActionService:
         elif kind == "tests":
             self._tests_edit(outcome, path, language)
 
-    def _set_edit(self, outcome: ActionOutcome, uri: str, doc: Document, start: int, end: int, new: str) -> None:
+    def _set_edit(self, outcome: ActionOutcome, uri: str, doc: Document, start: int, end: int, new: str,
+                  versioned: bool = True) -> None:
+        """One text edit; `versioned` makes the client refuse it if the document moved on meanwhile."""
         rng = (doc.position_at(start), doc.position_at(end))
         outcome.edit_range, outcome.new_text, outcome.target_uri = rng, new, uri
         outcome.edit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
-            text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=doc.version),
+            text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=doc.version if versioned else None),
             edits=[types.TextEdit(range=types.Range(types.Position(*rng[0]), types.Position(*rng[1])),
                                   new_text=new)])])
 
@@ -255,9 +257,9 @@ class ActionService:
         if existing is not None:
             doc = open_doc or Document(uri, existing, 0, language, self.docs.encoding)
             sep = "" if not existing or existing.endswith("\n\n") else ("\n" if existing.endswith("\n") else "\n\n")
-            self._set_edit(outcome, uri, doc, len(existing), len(existing), sep + code + "\n")
-            if open_doc is None:  # not open: no version to check
-                outcome.edit.document_changes[0].text_document.version = None  # type: ignore[union-attr]
+            # A file that is not open has no version to check.
+            self._set_edit(outcome, uri, doc, len(existing), len(existing), sep + code + "\n",
+                           versioned=open_doc is not None)
             return
         if not self.can_create_files():
             outcome.message = f"the client cannot create {rel}; the tests are in the answer"
