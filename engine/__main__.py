@@ -101,9 +101,7 @@ DEMO_SUFFIX = "\n\n\ndef main() -> None:\n    print(circle_area(2.0))\n"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from engine import CompletionRequest, load_local_backend
-
-    from engine import default_model_dir
+    from engine import CompletionRequest, default_model_dir, load_local_backend
 
     model = args.model
     if model is None and not (default_model_dir() / "tokenizer.model").is_file():

@@ -100,7 +100,12 @@ class Transformer(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.args = args
-        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        # nn.Embedding's own init on the meta device (where load_model builds) imports torch._dynamo:
+        # over a minute on a slow machine, for values the checkpoint overwrites anyway.
+        embedding = torch.empty(args.vocab_size, args.dim)
+        if embedding.device.type != "meta":
+            nn.init.normal_(embedding)
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim, _weight=embedding)
         self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)

@@ -54,13 +54,15 @@ def main(argv: list[str] | None = None) -> int:
                   "anyone who can reach it; pass --allow-remote if that is what you want.", file=sys.stderr)
             return 2
 
-    from lsp_server.server import create_server
+    from lsp_server.server import create_server, exit_process
 
     server = create_server()
     if args.tcp:
         server.start_tcp(host, int(port))
     else:
         server.start_io()
+    # The client closed the connection without `exit`: end as quickly as after `exit`.
+    exit_process(0)
     return 0
 
 

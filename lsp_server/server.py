@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -79,6 +80,7 @@ class CodeLlamaServer(LanguageServer):
         self.root: Path | None = None
         self.index: WorkspaceIndex | None = None
         self.indexing = False
+        self.shutdown_requested = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self.can_pull_config = False
         self.can_progress = False
@@ -396,6 +398,19 @@ class CodeLlamaServer(LanguageServer):
         threading.Thread(target=loop, name="parent-watch", daemon=True).start()
 
 
+def exit_process(code: int) -> None:
+    """End the process now. Every answer has been written; what is left is a generation or file
+    watch in a background thread, and Python's own teardown of torch, which takes tens of seconds on
+    a slow machine while the editor waits for the process to go."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def _client_has(caps: types.ClientCapabilities, path: str) -> bool:
     obj: Any = caps
     for part in path.split("."):
@@ -536,6 +551,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: CodeLlamaServer, params: Any) -> None:
+        ls.shutdown_requested = True
         ls.service.cancel_all()
         for cancelled in ls.action_runs.values():
             cancelled.set()
@@ -546,6 +562,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
     def exit_(ls: CodeLlamaServer, params: Any) -> None:
         ls.service.cancel_all()
         ls.service.worker.stop()
+        exit_process(0 if ls.shutdown_requested else 1)
 
     @server.feature(GET_STATUS)
     def get_status(ls: CodeLlamaServer, params: Any) -> dict[str, Any]:

@@ -6,8 +6,9 @@ client both implement `Backend`; the language server only ever sees this interfa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 FimFormat = Literal["psm", "spm"]
 StopReason = Literal["eot", "eos", "max_tokens", "stop_string", "cancelled", "context_full"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from engine.cache import KVCache
 from engine.checkpoints import load_model
 from engine.generate import generate
 from engine.prompts import spm_prompt
+from tests import forkserver
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +91,14 @@ def test_instruct_query(backend):
     assert out.prompt_tokens[0] == backend.tok.bos_id and len(out.tokens) <= 5
 
 
+@pytest.mark.slow
 def test_cli_complete_json_and_info(tiny_model_dir, tmp_path):
     (tmp_path / "pre.py").write_text("def square(x):\n    return ")
     (tmp_path / "suf.py").write_text("\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "engine", "complete", "--model", str(tiny_model_dir), "--prefix-file",
-         str(tmp_path / "pre.py"), "--suffix-file", str(tmp_path / "suf.py"), "--format", "psm",
-         "--max-new-tokens", "5", "--dtype", "float32", "--json"],
+        forkserver.command("engine", "complete", "--model", str(tiny_model_dir), "--prefix-file",
+                           str(tmp_path / "pre.py"), "--suffix-file", str(tmp_path / "suf.py"), "--format", "psm",
+                           "--max-new-tokens", "5", "--dtype", "float32", "--json"),
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
@@ -105,7 +106,7 @@ def test_cli_complete_json_and_info(tiny_model_dir, tmp_path):
     assert {"text", "prompt_tokens", "tokens", "stop_reason", "timings"} <= out.keys()
     assert len(out["tokens"]) <= 5 and out["timings"]["prompt_tokens"] == len(out["prompt_tokens"])
 
-    info = subprocess.run([sys.executable, "-m", "engine", "info", "--model", str(tiny_model_dir)],
+    info = subprocess.run(forkserver.command("engine", "info", "--model", str(tiny_model_dir)),
                           capture_output=True, text=True, timeout=300)
     assert info.returncode == 0, info.stderr
     cfg = json.loads(info.stdout)

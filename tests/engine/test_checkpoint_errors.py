@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.checkpoints import CheckpointError, load_model
 from engine.testing import build_tiny_model
+from tests import forkserver
 
 
 @pytest.fixture(scope="module")
@@ -127,9 +127,10 @@ def test_corrupt_weight_files(tiny_model_dir, meta_model_dir, tmp_path):
         load_model(meta)
 
 
+@pytest.mark.slow
 def test_cli_reports_a_bad_model_and_exits_nonzero(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "engine", "complete", "--model", str(tmp_path), "--prefix", "x"],
+        forkserver.command("engine", "complete", "--model", str(tmp_path), "--prefix", "x"),
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from pathlib import Path
 from typing import Any, Union
 
@@ -13,6 +12,7 @@ from pytest_lsp import LanguageClient, client_capabilities
 from pytest_lsp.client import register_lsp_features
 
 from lsp_server.protocol import robust_converter
+from tests import forkserver
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,7 +53,7 @@ async def start(root: Path, init_options: dict[str, Any], inline: bool = True,
     client = client or make_client()
     if configuration is not None:
         client.set_configuration(configuration, section="codellama")
-    await client.start_io(sys.executable, "-m", "lsp_server", "--log-level", "info", env=server_env(),
+    await client.start_io(*forkserver.command("lsp_server", "--log-level", "info"), env=server_env(),
                           cwd=str(REPO))
     await client.initialize_session(T.InitializeParams(
         capabilities=capabilities(inline), root_uri=root.as_uri(),

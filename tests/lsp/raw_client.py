@@ -14,13 +14,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests import forkserver
+
 from .lsp_client import REPO, server_env
 
 
 class RawServer:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, direct: bool = False) -> None:
+        """`direct`: run `python -m lsp_server` itself rather than a child of the fork server."""
         self.stderr = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-m", "lsp_server", *args], cwd=REPO, env=server_env(),
+        command = [sys.executable, "-m", "lsp_server", *args] if direct else forkserver.command("lsp_server", *args)
+        self.proc = subprocess.Popen(command, cwd=REPO, env=server_env(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
         self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
         self.responses: dict[Any, list[dict[str, Any]]] = {}

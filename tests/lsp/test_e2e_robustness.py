@@ -213,7 +213,7 @@ def test_requests_after_shutdown_are_refused_and_exit_ends_the_process(server: R
 
 
 def test_a_client_that_disconnects_ends_the_server():
-    server = RawServer()
+    server = RawServer(direct=True)
     try:
         server.request("s", "codellama/getStatus", {})
         assert server.proc.stdin is not None
