@@ -94,7 +94,7 @@ class CodeLlamaServer(LanguageServer):
             "dtype": None, "message": None, "indexing": False, "indexedFiles": 0, "lastLatencyMs": None,
             "lastPromptTokens": None, "lastCachedTokens": None, "lastFromCache": False,
         }
-        self.engine = EngineManager(on_change=lambda: self.threadsafe(self.send_status),
+        self.engine = EngineManager(on_change=self.on_engine_change,
                                     on_problem=lambda m: self.threadsafe(self.show_problem, m),
                                     loader=loader, progress=self._engine_progress)
         self.engine.retire = lambda old: self.service.worker.submit(old.close)
@@ -167,8 +167,6 @@ class CodeLlamaServer(LanguageServer):
         message = engine.error
         remote_state = getattr(backend, "state", None)  # a remote backend: how its last request went
         if isinstance(remote_state, str) and state == "ready":
-            if getattr(backend, "on_state", False) is None:
-                backend.on_state = lambda _: self.threadsafe(self.send_status)  # type: ignore[union-attr]
             if remote_state.startswith(("error", "retrying")):
                 state, message = "error", f"remote server: {remote_state}"
         device, dtype = backend_device(backend) if backend is not None else (None, None)
@@ -178,6 +176,14 @@ class CodeLlamaServer(LanguageServer):
             message=message, indexing=self.indexing,
             indexedFiles=len(self.index) if self.index is not None else 0)
         return dict(self.status)
+
+    def on_engine_change(self) -> None:
+        """A backend was swapped in (or failed to load): tell the client."""
+        backend = self.engine.backend
+        if getattr(backend, "on_state", False) is None:
+            # A remote backend reports how each request went: an outage shows in the status bar.
+            backend.on_state = lambda _: self.threadsafe(self.send_status)  # type: ignore[union-attr]
+        self.threadsafe(self.send_status)
 
     def send_status(self, update: dict[str, Any] | None = None) -> None:
         if update:
