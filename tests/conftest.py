@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -12,25 +13,31 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from tests import forkserver  # noqa: E402
 
-torch.set_num_threads(1)
+_fork_server: tuple[subprocess.Popen[bytes], Path] | None = None
 
 
-@pytest.fixture(scope="session", autouse=True)
-def fork_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """Servers and CLI runs that tests start are forked from one process that imported torch once,
-    while the first tests run (tests/forkserver.py). Only when some test starts processes."""
-    if not any(item.get_closest_marker("slow") for item in request.session.items):
-        yield None
-        return
-    directory = Path(tempfile.mkdtemp(prefix="clfork-"))  # short: a socket path has at most 107 bytes
-    proc = forkserver.start(directory, tmp_path_factory.getbasetemp() / "forkserver.log")
-    yield proc
-    forkserver.stop(proc)
-    shutil.rmtree(directory, ignore_errors=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Servers and CLI runs that tests start are forked from one process that imports torch once
+    (tests/forkserver.py). It starts first, so that its imports overlap with pytest's own and with
+    collection (minutes each on a slow machine); `-m "not slow"` (no test starts a process) goes
+    without it."""
+    global _fork_server
+    if "not slow" not in (config.option.markexpr or ""):
+        directory = Path(tempfile.mkdtemp(prefix="clfork-"))  # short: a socket path has at most 107 bytes
+        _fork_server = forkserver.start(directory, directory / "forkserver.log"), directory
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _fork_server is not None:
+        proc, directory = _fork_server
+        forkserver.stop(proc)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
