@@ -25,9 +25,12 @@ def pytest_configure(config: pytest.Config) -> None:
     collection (minutes each on a slow machine); `-m "not slow"` (no test starts a process) goes
     without it."""
     global _fork_server
-    if "not slow" not in (config.option.markexpr or ""):
+    xdist_worker = hasattr(config, "workerinput")  # its controller started the fork server
+    if not xdist_worker and "not slow" not in (config.option.markexpr or ""):
         directory = Path(tempfile.mkdtemp(prefix="clfork-"))  # short: a socket path has at most 107 bytes
         _fork_server = forkserver.start(directory, directory / "forkserver.log"), directory
+    if getattr(config.option, "numprocesses", None) and not xdist_worker:
+        return  # an xdist controller runs no test: no torch here
     import torch
 
     torch.set_num_threads(1)
