@@ -10,6 +10,7 @@ ever written from the loop's thread.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,7 @@ class CodeLlamaServer(LanguageServer):
         self.index: WorkspaceIndex | None = None
         self.indexing = False
         self.shutdown_requested = False
+        self._progress_begun: dict[str, concurrent.futures.Future[None]] = {}  # token -> its begin
         self.loop: asyncio.AbstractEventLoop | None = None
         self.can_pull_config = False
         self.can_progress = False
@@ -203,34 +206,41 @@ class CodeLlamaServer(LanguageServer):
 
         async def begin() -> None:
             try:
-                await asyncio.wait_for(self.work_done_progress.create_async(token), 10)
+                # No time limit: on a loaded machine the client's answer can take many seconds, and a
+                # progress given up on would never begin (nor end).
+                await self.work_done_progress.create_async(token)
                 self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=cancellable))
             except Exception:
                 log.debug("progress not accepted", exc_info=True)
 
-        asyncio.run_coroutine_threadsafe(begin(), self.loop)
+        self._progress_begun[token] = asyncio.run_coroutine_threadsafe(begin(), self.loop)
         return token
 
     def report_progress(self, token: str | None, message: str, percentage: int | None = None) -> None:
-        if token is None:
-            return
-
-        def send() -> None:
-            if token in self.work_done_progress.tokens:
-                self.work_done_progress.report(
-                    token, types.WorkDoneProgressReport(message=message, percentage=percentage))
-
-        self.threadsafe(send)
+        self._after_begin(token, lambda: self.work_done_progress.report(
+            token, types.WorkDoneProgressReport(message=message, percentage=percentage)))
 
     def end_progress(self, token: str | None, message: str | None = None) -> None:
-        if token is None:
+        self._after_begin(token, lambda: self.work_done_progress.end(
+            token, types.WorkDoneProgressEnd(message=message)), last=True)
+
+    def _after_begin(self, token: str | None, send: Callable[[], None], last: bool = False) -> None:
+        """Send a report or the end of progress `token` once its begin went out. A fast model load
+        ends before the client has answered `window/workDoneProgress/create`: sent at once, the end
+        would be dropped and the editor would show the load in progress forever."""
+        begun = self._progress_begun.pop(token, None) if last else self._progress_begun.get(token)
+        if token is None or begun is None or self.loop is None or self.loop.is_closed():
             return
 
-        def send() -> None:
+        async def after() -> None:
+            await asyncio.wrap_future(begun)
             if token in self.work_done_progress.tokens:
-                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message=message))
+                send()
 
-        self.threadsafe(send)
+        try:
+            asyncio.run_coroutine_threadsafe(after(), self.loop)
+        except RuntimeError:
+            pass  # the loop is shutting down
 
     def _engine_progress(self, phase: str, title: str | None) -> None:
         if phase == "begin":

@@ -29,7 +29,7 @@ from pathlib import Path
 FORKSERVER_ENV = "CODELLAMA_TEST_FORKSERVER"  # the fork server's socket path
 READY_TIMEOUT_S = 1200.0
 # What the servers and CLIs under test import; the children share it.
-PRELOAD = ("torch", "engine", "engine.backends.local", "engine.backends.remote", "lsp_server.__main__",
+PRELOAD = ("torch", "engine", "engine.backends.local", "engine.backends.remote",
            "lsp_server.server")
 REPO = Path(__file__).resolve().parents[1]
 
