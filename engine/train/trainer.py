@@ -50,6 +50,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     threads: int = 0  # torch threads; 0 leaves the default
+    # When > 0, `steps` is re-estimated once, at the end of warm-up, from the measured speed, so that
+    # the cosine schedule ends when this many seconds of training have passed (a run sized to a lease
+    # of machine time rather than to a step count). Such a run is not exactly resumable.
+    fit_to_seconds: float = 0.0
     extra: dict = field(default_factory=dict)  # recorded in checkpoints (data hash, stage, ...)
 
     @property
@@ -174,7 +178,8 @@ def make_optimizer(trainable: dict[str, torch.nn.Parameter], cfg: TrainConfig) -
     decay = [p for n, p in trainable.items() if p.dim() >= 2 and "tok_embeddings" not in n]
     no_decay = [p for n, p in trainable.items() if not (p.dim() >= 2 and "tok_embeddings" not in n)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+    fused = torch.device(cfg.device).type == "cuda"  # one kernel for all parameters: less launch overhead
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, fused=fused)
 
 
 def _rss_gb() -> float:
@@ -255,11 +260,42 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+class _StepsFitter:
+    """Sets cfg.steps once, at the end of warm-up, so the run ends after cfg.fit_to_seconds.
+
+    The speed is measured from the 5th step on (the first ones pay for allocation and autotuning);
+    cfg.steps (what the user asked for) stays the upper bound.
+    """
+
+    def __init__(self, cfg: TrainConfig, start_step: int) -> None:
+        self.cfg = cfg
+        self.measure_from = start_step + 5
+        self.fit_at = max(cfg.warmup_steps, self.measure_from + 20)
+        self.t_from: float | None = None
+        self.done = False
+
+    def observe(self, step: int, t0: float) -> bool:
+        """Called after each step; True when it has just changed cfg.steps."""
+        if self.done:
+            return False
+        now = time.monotonic()
+        if step == self.measure_from:
+            self.t_from = now
+        if step < self.fit_at or self.t_from is None:
+            return False
+        steps_per_s = (step - self.measure_from) / max(now - self.t_from, 1e-9)
+        remaining_s = self.cfg.fit_to_seconds - (now - t0)
+        self.cfg.steps = min(self.cfg.steps, step + max(1, int(remaining_s * steps_per_s)))
+        self.done = True
+        return True
+
+
 def _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_limit_s, metrics_path, on_log):
     last_ckpt = time.monotonic()
     first = step + 1  # logged too, so a curve starts where the run starts and a short run has two points
     t0, tokens_done, window_loss, window_n = time.monotonic(), 0, 0.0, 0
     record: dict = {}
+    fit = _StepsFitter(cfg, step) if cfg.fit_to_seconds > 0 else None
     while step < end:
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
@@ -274,6 +310,9 @@ def _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_li
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
+        if fit is not None and fit.observe(step, t0):
+            end = min(end, cfg.steps)
+            print(f"fitted the schedule to {cfg.fit_to_seconds:.0f} s: {cfg.steps} steps", flush=True)
         tokens_done += cfg.tokens_per_step
         window_loss += step_loss
         window_n += 1

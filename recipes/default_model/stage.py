@@ -1,36 +1,52 @@
-"""Steps 3-5 of the default model's recipe: pretraining, LCFT and export, each resumable.
+"""Steps 3-5 of the default model's recipe: token streams, pretraining, LCFT and export, each resumable.
 
+    python recipes/default_model/stage.py prepare  --run /work/runs/default --stage pretrain [--passes N]
     python recipes/default_model/stage.py pretrain --run /work/runs/default [--steps N] [--resume]
     python recipes/default_model/stage.py lcft     --run /work/runs/default [--steps N] [--resume]
     python recipes/default_model/stage.py export   --run /work/runs/default --out models/default
 
-`pretrain` starts from random weights (rope base 1e4, 1,024-token windows); `lcft` starts from the
-newest pretraining checkpoint with the rope base raised to 1e6 and 4x longer windows (4,096), as
-Code Llama's long-context fine-tuning does; `export` writes the newest checkpoint of the latest stage
-in the engine's HF layout (bf16). Every stage checkpoints every ~10 minutes into RUN/<stage>/ and
-continues from there with --resume.
+`prepare` tokenises a stage's training files once (FIM transform included) into RUN/streams/<stage>.bin,
+in parallel worker processes; `--passes N` lays the files out N times, each time with other FIM
+splits, so a run that sees the data several times does not see the same split twice. `pretrain`
+starts from random weights (rope base 1e4, 1,024-token windows); `lcft` starts from the newest
+pretraining checkpoint with the rope base raised to 1e6 and 4x longer windows (4,096), as Code
+Llama's long-context fine-tuning does; both prepare their stream first if it is missing. `export`
+writes the newest checkpoint of the latest stage in the engine's HF layout (bf16). Every stage
+checkpoints every ~10 minutes into RUN/<stage>/ and continues from there with --resume.
+
+On a GPU (recipes/default_model/gpu_train.sh): `--device cuda --micro-batch 32 --fit-minutes M` sizes
+the cosine schedule to M minutes of training, and `shards --stage S --out DIR` writes the weights of
+a stage's newest checkpoint as bf16 safetensors files of at most 15 MiB each (what a leased machine
+can hand back), which `export --from-shards DIR/S` turns into a model directory here.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import lzma
+import multiprocessing
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.config import ModelArgs  # noqa: E402
 from engine.model import Transformer, init_weights  # noqa: E402
-from engine.train.data import DataConfig, WindowSampler, cached_stream, read_jsonl_files  # noqa: E402
+from engine.tokenizer import Tokenizer  # noqa: E402
+from engine.train.data import DataConfig, WindowSampler, build_stream  # noqa: E402
+from engine.train.sources import SourceFile  # noqa: E402
 from engine.train.trainer import TrainConfig, latest_checkpoint, train  # noqa: E402
 
-# The shape (see MODEL_CARD.md for why): ~8.9 M parameters, 17.9 MB in bf16.
-SHAPE = dict(dim=256, n_layers=6, n_heads=4, n_kv_heads=4, vocab_size=8192, multiple_of=16,
+# The shape (see models/default/MODEL_CARD.md for why): 15.2 M parameters, 30.4 MB in bf16.
+SHAPE = dict(dim=320, n_layers=8, n_heads=5, n_kv_heads=5, vocab_size=8192, multiple_of=16,
              norm_eps=1e-5)
 STAGES = {
     "pretrain": dict(seq_len=1024, rope_theta=1e4, micro_batch=4, grad_accum=1, lr=2e-3, warmup=60,
@@ -38,6 +54,15 @@ STAGES = {
     "lcft": dict(seq_len=4096, rope_theta=1e6, micro_batch=1, grad_accum=1, lr=5e-4, warmup=2,
                  max_chars=1_500_000),
 }
+SHARD_BYTES = 15 * 2**20
+
+
+def read_corpus(run: Path) -> list[SourceFile]:
+    """The training files, from corpus/train.jsonl or its xz-compressed copy (what a GPU run carries)."""
+    plain, packed = run / "corpus" / "train.jsonl", run / "corpus" / "train.jsonl.xz"
+    opener = (lambda: open(plain)) if plain.is_file() else (lambda: lzma.open(packed, "rt"))
+    with opener() as fh:
+        return [SourceFile(d["repo"], d["path"], d["text"]) for d in map(json.loads, fh)]
 
 
 def load_weights_from(model: Transformer, ckpt_dir: Path) -> None:
@@ -59,21 +84,71 @@ def sample_files(files: list, max_chars: int, seed: int) -> list:
     return [f for i, f in enumerate(files) if i in keep]
 
 
-def stage_data(stage: str, run: Path, max_chars: int = 0):
-    st = STAGES[stage]
-    files = read_jsonl_files(run / "corpus" / "train.jsonl")
-    files = sample_files(files, max_chars or st["max_chars"], seed=0)
-    dcfg = DataConfig(seq_len=st["seq_len"], fim_rate=0.9, spm_rate=0.5, seed=0)
-    return cached_stream(files, run / "tokenizer.model", dcfg, run / "cache")
+def _tokenise(files: list[SourceFile], tokenizer_path: str, seq_len: int, seed: int):
+    stream, counts = build_stream(files, Tokenizer(tokenizer_path), DataConfig(seq_len=seq_len, seed=seed))
+    return stream, counts
 
 
-def run_stage(stage: str, run: Path, steps: int, resume: bool, threads: int, max_chars: int,
-              max_minutes: float | None) -> None:
+def contiguous_groups(files: list[SourceFile], n: int) -> list[list[SourceFile]]:
+    """n runs of consecutive files of about equal size (files of one package stay together)."""
+    total = sum(len(f.text) for f in files)
+    groups: list[list[SourceFile]] = [[]]
+    size = 0
+    for f in files:
+        if size >= total / n * len(groups) and len(groups) < n:
+            groups.append([])
+        groups[-1].append(f)
+        size += len(f.text)
+    return [g for g in groups if g]
+
+
+def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers: int = 0):
+    """RUN/streams/<stage>.bin (memory-mapped) and its metadata, built once.
+
+    The files are cut into runs of consecutive files, tokenised in parallel (each run and pass with its
+    own FIM seed) and concatenated, pass after pass. max_chars: 0 the stage's default subset, -1 all.
+    """
     st = STAGES[stage]
+    out_dir = run / "streams"
+    bin_path, meta_path = out_dir / f"{stage}.bin", out_dir / f"{stage}.json"
+    if bin_path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        return np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],)), meta
     t = time.time()
-    stream, meta = stage_data(stage, run, max_chars)
-    print(f"data {meta['data_hash']}: {meta['n_tokens']:,} tokens, docs {meta['docs']} ({time.time() - t:.0f}s)",
-          flush=True)
+    files = read_corpus(run)
+    limit = max_chars or st["max_chars"]
+    if limit > 0:
+        files = sample_files(files, limit, seed=0)
+    workers = workers or os.cpu_count() or 1
+    groups = contiguous_groups(files, workers * 4)
+    tok_path = str(run / "tokenizer.model")
+    jobs = [(g, tok_path, st["seq_len"], 1000 * p + i) for p in range(passes) for i, g in enumerate(groups)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        parts = pool.starmap(_tokenise, jobs)
+    stream = np.concatenate([p[0] for p in parts])
+    docs = {k: sum(p[1][k] for p in parts) for k in ("psm", "spm", "plain")}
+    h = hashlib.sha256(f"{stage}:{st['seq_len']}:{passes}:{len(groups)}\n".encode())
+    h.update(Path(tok_path).read_bytes())
+    for f in files:
+        h.update(f"{f.repo}\0{f.path}\0{len(f.text)}\n".encode())
+    meta = {"data_hash": h.hexdigest()[:16], "n_tokens": int(stream.size), "dtype": str(stream.dtype),
+            "files": len(files), "chars": sum(len(f.text) for f in files), "passes": passes, "docs": docs,
+            "seq_len": st["seq_len"], "seconds": round(time.time() - t, 1)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = bin_path.with_suffix(f".tmp{os.getpid()}")
+    stream.tofile(tmp)
+    os.replace(tmp, bin_path)
+    tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, meta_path)
+    print(f"{stage} stream: {meta}", flush=True)
+    return np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],)), meta
+
+
+def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
+    st = STAGES[stage]
+    stream, meta = prepare(stage, run, a.max_chars, a.passes, a.workers)
+    print(f"data {meta['data_hash']}: {meta['n_tokens']:,} tokens, docs {meta['docs']}", flush=True)
     args = ModelArgs(**SHAPE, rope_theta=st["rope_theta"], max_seq_len=st["seq_len"])
     model = Transformer(args)
     init_weights(model, std=0.02, seed=0)
@@ -83,53 +158,117 @@ def run_stage(stage: str, run: Path, steps: int, resume: bool, threads: int, max
             raise SystemExit("lcft needs a pretraining checkpoint")
         load_weights_from(model, src)
         print(f"starting from {src}", flush=True)
+    model.to(a.device)
     print(f"model: {model.num_parameters() / 1e6:.2f} M parameters, {args}", flush=True)
     cfg = TrainConfig(
-        steps=steps, seq_len=st["seq_len"], micro_batch=st["micro_batch"], grad_accum=st["grad_accum"],
-        lr=st["lr"], warmup_steps=st["warmup"], min_lr_ratio=0.1, weight_decay=0.1, seed=0, dtype="bf16",
-        gradient_checkpointing=False, checkpoint_every_s=600, log_every=10, threads=threads,
-        extra={"stage": stage, "data_hash": meta["data_hash"], "model_args": args.to_dict()},
+        steps=a.steps, seq_len=st["seq_len"], micro_batch=a.micro_batch or st["micro_batch"],
+        grad_accum=st["grad_accum"], lr=a.lr or st["lr"], warmup_steps=a.warmup or st["warmup"],
+        min_lr_ratio=0.1, weight_decay=0.1, seed=0, dtype="bf16", device=a.device, loss_chunk=a.loss_chunk,
+        gradient_checkpointing=False, checkpoint_every_s=600, log_every=a.log_every, threads=a.threads,
+        fit_to_seconds=a.fit_minutes * 60,
+        extra={"stage": stage, "data": meta, "model_args": args.to_dict()},
     )
     sampler = WindowSampler(stream, cfg.seq_len, cfg.micro_batch, cfg.seed)
-    train(model, sampler, cfg, run / stage, resume=resume,
-          time_limit_s=max_minutes * 60 if max_minutes else None)
+    limit = a.max_minutes or (a.fit_minutes * 1.05 if a.fit_minutes else None)
+    train(model, sampler, cfg, run / stage, resume=a.resume, time_limit_s=limit * 60 if limit else None)
 
 
-def export(run: Path, out: Path) -> None:
+def newest(run: Path, stage: str | None) -> tuple[str, Path]:
+    for name in (stage,) if stage else ("lcft", "pretrain"):
+        ckpt = latest_checkpoint(run / name)
+        if ckpt is not None:
+            return name, ckpt
+    raise SystemExit(f"no checkpoint under {run}")
+
+
+def write_shards(run: Path, stage: str, out: Path) -> None:
+    """The weights of a stage's newest checkpoint as bf16 safetensors files of at most SHARD_BYTES."""
+    from safetensors.torch import save_file
+
+    _, ckpt = newest(run, stage)
+    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+    meta = {"stage": stage, "step": str(state["step"]), "model_args": json.dumps(state["model_args"])}
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in state["params"].items():
+        t = t.to(torch.bfloat16).contiguous()
+        if size + t.nbytes > SHARD_BYTES and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.nbytes
+    out.mkdir(parents=True, exist_ok=True)
+    for i, shard in enumerate(shards):
+        save_file(shard, str(out / f"{stage}-{i}.safetensors"), metadata=meta)
+    print(f"{ckpt} (step {state['step']}) -> {len(shards)} files {out}/{stage}-*.safetensors", flush=True)
+
+
+def read_shards(prefix: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    params: dict[str, torch.Tensor] = {}
+    meta: dict[str, str] = {}
+    paths = sorted(prefix.parent.glob(f"{prefix.name}-*.safetensors"))
+    if not paths:
+        raise SystemExit(f"no {prefix}-*.safetensors")
+    for path in paths:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata()
+            params.update({k: fh.get_tensor(k) for k in fh.keys()})
+    return params, meta
+
+
+def export(run: Path, out: Path, from_shards: Path | None) -> None:
     from engine.checkpoints import save_hf_checkpoint
 
-    for stage in ("lcft", "pretrain"):
-        ckpt = latest_checkpoint(run / stage)
-        if ckpt is not None:
-            break
+    if from_shards is not None:
+        params, meta = read_shards(from_shards)
+        stage, step, source = meta["stage"], int(meta["step"]), str(from_shards)
+        args = ModelArgs.from_dict(json.loads(meta["model_args"]))
     else:
-        raise SystemExit(f"no checkpoint under {run}")
-    state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-    st = STAGES[stage]
-    args = ModelArgs(**SHAPE, rope_theta=st["rope_theta"], max_seq_len=st["seq_len"])
+        stage, ckpt = newest(run, None)
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
+        params, step, source = state["params"], state["step"], str(ckpt)
+        st = STAGES[stage]
+        args = ModelArgs(**SHAPE, rope_theta=st["rope_theta"], max_seq_len=st["seq_len"])
     model = Transformer(args)
-    model.load_state_dict(state["params"], strict=True)
+    model.load_state_dict({k: v.float() for k, v in params.items()}, strict=True)
     save_hf_checkpoint(model, run / "tokenizer.model", out, dtype=torch.bfloat16)
-    (out / "training_state.json").write_text(json.dumps({"stage": stage, "checkpoint": str(ckpt),
-                                                        "step": state["step"]}, indent=1))
-    print(f"exported {ckpt} ({stage}, step {state['step']}) to {out}")
+    (out / "training_state.json").write_text(json.dumps({"stage": stage, "checkpoint": source, "step": step},
+                                                        indent=1) + "\n")
+    print(f"exported {source} ({stage}, step {step}) to {out}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["pretrain", "lcft", "export"])
+    ap.add_argument("action", choices=["prepare", "pretrain", "lcft", "shards", "export"])
     ap.add_argument("--run", type=Path, default=Path("/work/runs/default"))
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--stage", choices=list(STAGES), help="prepare/shards: which stage")
+    ap.add_argument("--steps", type=int, default=1000, help="optimiser steps (the most, with --fit-minutes)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--micro-batch", type=int, default=0, help="sequences per step (default per stage)")
+    ap.add_argument("--lr", type=float, default=0.0, help="peak learning rate (default per stage)")
+    ap.add_argument("--warmup", type=int, default=0, help="warm-up steps (default per stage)")
+    ap.add_argument("--loss-chunk", type=int, default=4096, help="tokens per cross-entropy chunk")
+    ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
-    ap.add_argument("--max-chars", type=int, default=0, help="train on a random subset of files (default per stage)")
+    ap.add_argument("--fit-minutes", type=float, default=0.0, help="size the cosine schedule to this long")
+    ap.add_argument("--max-chars", type=int, default=0, help="a random subset of files (0: per stage, -1: all)")
+    ap.add_argument("--passes", type=int, default=1, help="prepare: passes over the files, each with new FIM splits")
+    ap.add_argument("--workers", type=int, default=0, help="prepare: tokeniser processes (default: every core)")
+    ap.add_argument("--from-shards", type=Path, default=None, help="export: DIR/STAGE written by `shards`")
     ap.add_argument("--out", type=Path, default=Path("models/default"))
     a = ap.parse_args()
-    if a.stage == "export":
-        export(a.run, a.out)
+    if a.action == "export":
+        export(a.run, a.out, a.from_shards)
+    elif a.action == "shards":
+        write_shards(a.run, a.stage or "lcft", a.out)
+    elif a.action == "prepare":
+        prepare(a.stage or "pretrain", a.run, a.max_chars, a.passes, a.workers)
     else:
-        run_stage(a.stage, a.run, a.steps, a.resume, a.threads, a.max_chars, a.max_minutes)
+        run_stage(a.action, a.run, a)
 
 
 if __name__ == "__main__":
