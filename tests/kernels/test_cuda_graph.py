@@ -29,6 +29,7 @@ def prefilled(model: Transformer, prompt: torch.Tensor, capacity: int = 64) -> K
     cache = KVCache(ARGS, capacity, DEVICE, torch.float32)
     with torch.no_grad():
         model(prompt, start_pos=0, cache=cache)
+    cache.tokens = prompt[0].tolist()  # forward() leaves the bookkeeping to its caller, as the generator does
     return cache
 
 
@@ -64,9 +65,12 @@ def test_cuda_graph_decode_matches_eager_over_many_steps() -> None:
             le = model(tok, start_pos=pos, cache=eager_cache)[:, -1]
         lg = graph.step(tok, pos)
         torch.testing.assert_close(lg, le, atol=1e-3, rtol=1e-3)
+        for cache in (eager_cache, graph_cache):  # step() and forward() leave this to their caller
+            cache.tokens.append(int(tok))
         tok = le.argmax(-1, keepdim=True)  # both paths are fed the same tokens
     assert graph.captures == 1, "the graph should be captured once for a cache that does not grow"
     # Growing the cache moves its buffers: the next step must recapture, not replay stale addresses.
+    # (Growing keeps the positions `tokens` covers; on the GPU, fresh memory beyond them can hold NaNs.)
     graph_cache.ensure_capacity(600)
     eager_cache.ensure_capacity(600)
     with torch.no_grad():
