@@ -7,7 +7,7 @@ Each side runs in its own subprocess (so peak memory is its own): random weights
 LoRA on all attention and MLP projections (or full training), gradient checkpointing, bf16 autocast,
 AdamW, one sequence of --seq-len tokens per step. Prints tokens/s and peak memory (CPU: max RSS of
 the process; CUDA: max allocated) as a table with ratios. Needs `pip install peft` (benchmark only).
-With a GPU: --device cuda --dim 4096 --layers 32 --heads 32 --vocab 32016 --seq-len 16384.
+With a GPU: --device cuda --dim 4096 --layers 32 --heads 32 --hidden 11008 --vocab 32016 --seq-len 16384.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ def worker_ours(a: argparse.Namespace) -> dict:
 
     args = ModelArgs(dim=a.dim, n_layers=a.layers, n_heads=a.heads, n_kv_heads=a.heads, vocab_size=a.vocab,
                      hidden_dim=a.hidden, rope_theta=1e6, max_seq_len=a.seq_len)
-    model = Transformer(args).to(a.device)
-    init_weights(model, seed=0)
+    with torch.device(a.device):  # built where it trains: a 7B model built on the host takes minutes
+        model = Transformer(args)
+    if not a.device.startswith("cuda"):
+        init_weights(model, seed=0)  # on a GPU the constructors' random init does for a speed test
     if a.lora_rank:
         model.to(torch.bfloat16)
         trainable = add_lora(model, LoRAConfig(rank=a.lora_rank, alpha=2 * a.lora_rank))
@@ -79,7 +81,8 @@ def worker_hf(a: argparse.Namespace) -> dict:
                          num_key_value_heads=a.heads, vocab_size=a.vocab, intermediate_size=a.hidden,
                          max_position_embeddings=a.seq_len, rope_theta=1e6, tie_word_embeddings=False)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(a.device)
+    with torch.device(a.device):
+        model = LlamaForCausalLM(config)
     if a.lora_rank:
         from peft import LoraConfig, get_peft_model
 
