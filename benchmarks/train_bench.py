@@ -32,6 +32,8 @@ def _peak_mb(device: str) -> float:
 
 
 def _time_steps(step, steps: int, tokens: int, device: str) -> float:
+    if device.startswith("cuda"):  # count training, not building the model (in float32, before bf16)
+        torch.cuda.reset_peak_memory_stats()
     step()  # warm-up (allocations, first-call overheads)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
