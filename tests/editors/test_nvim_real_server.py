@@ -163,3 +163,11 @@ def test_real_server_suggestion_dismiss_type_through_and_accept(fork_server_read
     end_col = (4 if len(inserted) == 1 else 0) + len(inserted[-1].encode())
     assert ed.cursor() == (end_row, end_col)
     assert ed.mode() == "i"
+
+    # :checkhealth reports the running server with the default model.
+    ed.stopinsert()
+    ed.wait_for("Normal mode", lambda: ed.mode() == "n")
+    ed.command("checkhealth codellama")
+    report = "\n".join(ed.lines())
+    assert "ready, model default" in report, report
+    assert "ERROR" not in report, report
