@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,13 @@ def nvim_version(path: str) -> tuple[int, int]:
 # each on a busy machine); no test needs remote-plugin providers.
 NO_PROVIDERS = "let g:loaded_python3_provider = 0 | let g:loaded_node_provider = 0 | let g:loaded_ruby_provider = 0 | let g:loaded_perl_provider = 0"
 
+# A Neovim whose test process died (killed by a CI limit, say) kills itself within a second. A luv timer
+# callback runs even while Neovim waits in a pending key sequence, where no RPC call is answered.
+WATCH_PARENT = (
+    "lua local parent = vim.uv.os_getppid(); local t = vim.uv.new_timer(); "
+    "t:start(1000, 1000, function() if vim.uv.os_getppid() ~= parent then vim.uv.kill(vim.uv.os_getpid(), 'sigkill') end end)"
+)
+
 
 class NvimError(Exception):
     """An error that Neovim answered an RPC call with (a Lua error, an unknown command)."""
@@ -73,6 +81,23 @@ class NvimError(Exception):
 
 class NvimStuck(AssertionError):
     """Neovim did not answer in time, or went away; it has been killed."""
+
+
+def _discard(proc: subprocess.Popen[bytes], home: Path) -> None:
+    _kill_group(proc)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -103,23 +128,31 @@ class Editor:
             **(env or {}),
         }
         environ.pop("NVIM", None)  # run inside a :terminal, Neovim would talk to its parent
-        argv = [nvim_bin, "--headless", "--clean", "-n", "-i", "NONE", "--listen", self.socket_path, "--cmd", NO_PROVIDERS]
+        argv = [nvim_bin, "--headless", "--clean", "-n", "-i", "NONE", "--listen", self.socket_path,
+                "--cmd", NO_PROVIDERS, "--cmd", WATCH_PARENT]
         with open(self.stdio_log, "wb") as log:
             # Its own session: close() kills Neovim and whatever it started that stayed in its group.
             self.proc = subprocess.Popen(argv, cwd=cwd, env=environ, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
+        # Whatever happens to this object (an exception before the test could register it for closing,
+        # the end of the interpreter), Neovim does not outlive it; WATCH_PARENT covers a killed test.
+        self._finalizer = weakref.finalize(self, _discard, self.proc, self.home)
         self._sock: socket.socket | None = None
         self._unpacker = msgpack.Unpacker(raw=False, ext_hook=_ext_hook, strict_map_key=False)
         self._msgid = 0
         self._closed = False
-        self._connect()
-        self.command(f"cd {cwd}")
-        self.lua(
-            "local plugin, tests = ...; vim.opt.runtimepath:prepend(plugin); package.path = tests .. '/?.lua;' .. package.path",
-            str(PLUGIN_DIR),
-            str(TESTS_DIR),
-        )
-        self.command("runtime plugin/codellama.lua")
+        try:
+            self._connect()
+            self.command(f"cd {cwd}")
+            self.lua(
+                "local plugin, tests = ...; vim.opt.runtimepath:prepend(plugin); package.path = tests .. '/?.lua;' .. package.path",
+                str(PLUGIN_DIR),
+                str(TESTS_DIR),
+            )
+            self.command("runtime plugin/codellama.lua")
+        except BaseException:
+            self.close()
+            raise
 
     # -- msgpack-RPC ------------------------------------------------------------------------------
 
@@ -213,15 +246,7 @@ class Editor:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        _kill_group(self.proc)
 
     # -- what the tests use -----------------------------------------------------------------------
 
@@ -291,5 +316,7 @@ class Editor:
                 self.proc.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
                 pass
-        self._kill()
-        shutil.rmtree(self.home, ignore_errors=True)
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._finalizer()
