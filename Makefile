@@ -29,14 +29,16 @@ $(STAMP): pyproject.toml
 	$(UV) pip install --quiet --python $(PY) $(FIND_LINKS) torch==2.13.0 -e '.[dev]'
 	touch $(STAMP)
 
-# `make editors` is not part of it yet: its test against the real server hung here (issue 6).
+# The editor clients first (`make editors`: the VS Code extension, needs Node.js 20+), then the Python
+# suite, which has the Neovim plugin's tests (tests/editors, a headless nvim from the dev extra).
 # Two workers, one module each at a time (module-scoped servers stay in one process).
-test: $(STAMP)
+test: $(STAMP) editors
 	$(PY) -m pytest -q -ra --durations=30 -n 2 --dist loadscope
 
 # The VS Code extension: type-check and compile (npm test runs tsc, then its node tests, one of them
-# against the real server in .venv), then bundle with esbuild and package the .vsix offline
-# (`npm run package` runs the bundle step as vscode:prepublish). Node 20+ with npm is required.
+# against the real server in .venv with the default model), then bundle with esbuild and package the
+# .vsix offline (`npm run package` runs the bundle step as vscode:prepublish). Node 20+ with npm is
+# required; without it this stops with a message that says so.
 editors: $(STAMP) $(NODE_STAMP)
 	@$(CHECK_NODE)
 	cd $(VSCODE) && $(NPM) test --silent
