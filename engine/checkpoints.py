@@ -226,7 +226,7 @@ def _meta_tensors(model_dir: Path, args: ModelArgs) -> Iterator[tuple[str, Path,
     files = _meta_shard_files(model_dir)
     shards = [_torch_load(f) for f in files]  # memory-mapped: nothing is read yet
     names = list(shards[0].keys())
-    for f, shard in zip(files[1:], shards[1:]):
+    for f, shard in zip(files[1:], shards[1:], strict=True):
         if list(shard.keys()) != names:
             raise CheckpointError(f"{f}: holds different tensors than {files[0].name}")
     source = files[0] if len(files) == 1 else model_dir

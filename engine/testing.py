@@ -69,7 +69,7 @@ def random_model(args: ModelArgs, seed: int = 0) -> Transformer:
     # decoding on a near-uniform distribution would make token-for-token tests flaky).
     init_weights(model, std=0.2, seed=seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + 1)))
     return model.eval()
