@@ -121,6 +121,20 @@ class RobustProtocol(LanguageServerProtocol):
             return
         super().handle_message(message)
 
+    def _run_generator(self, future: Any, *, gen: Any, result_future: Any) -> None:
+        """pygls runs a built-in generator handler (workspace/executeCommand) by starting the handler
+        it yields under an id of its own: `$/cancelRequest` for the client's id cancelled and answered
+        only the outer request, while the command (a code action generating thousands of tokens) ran
+        on and kept the engine busy. Cancelling the outer request now cancels the command too (whose
+        cancellation stops the engine within one decode step); a finished command's entry is dropped
+        (pygls kept one per executeCommand)."""
+        before = set(self._request_futures)
+        super()._run_generator(future, gen=gen, result_future=result_future)
+        for key in self._request_futures.keys() - before:
+            child = self._request_futures[key]
+            child.add_done_callback(lambda _, key=key: self._request_futures.pop(key, None))
+            result_future.add_done_callback(lambda f, child=child: child.cancel() if f.cancelled() else None)
+
     def report_parse_error(self, error: Exception) -> None:
         self._reply_error(None, PARSE_ERROR, f"Parse error: {str(error)[:200]}")
 

@@ -44,7 +44,7 @@ def capabilities(inline: bool = True) -> T.ClientCapabilities:
 
 
 def server_env() -> dict[str, str]:
-    # The tiny test model is fastest on one thread, and the machine is shared.
+    # The test models (the default model, the tiny one) are small: fastest on one thread, and the machine is shared.
     return dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO))
 
 

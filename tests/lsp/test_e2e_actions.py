@@ -1,7 +1,8 @@
 """End to end: the instruct code actions through `python -m lsp_server` over stdio, with the real
-engine and a real (tiny, random-weight) model. The model's text is junk; what is checked is everything
-around it: the actions offered, the edit's range and structure once the client applies it, the answer
-shown, cancellation."""
+engine and no model configured, so the actions run on the embedded default model (models/default).
+That model is a small completion model, not instruction-tuned: its answers are not useful, but they are
+deterministic and never empty. What is checked is everything around them: the actions offered, the
+edit's range and structure once the client applies it, the answer shown, cancellation."""
 
 from __future__ import annotations
 
@@ -91,11 +92,11 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def session(repo: Path, tiny_model_dir: Path):
+async def session(repo: Path):
     client = lc.make_client()
     editor = Editor(client)
     client.feature(T.WORKSPACE_APPLY_EDIT)(lambda params: editor.apply(params))
-    client = await lc.start(repo, {"model": str(tiny_model_dir), "instructMaxNewTokens": 24}, client=client)
+    client = await lc.start(repo, {"instructMaxNewTokens": 24, "maxNewTokens": 16}, client=client)
     await lc.wait_ready(client)
     yield client, editor
     await client.shutdown_session()
@@ -157,8 +158,6 @@ async def test_fix_replaces_exactly_the_selection_and_carries_the_diagnostics(se
     fix = by_title(actions, "Fix")
     assert fix.command.arguments[0]["diagnostics"] == ["line 10: pyright: division by zero"]
     result = await run(client, fix)
-    if result["message"] == "the model returned no code":
-        pytest.skip("the tiny model wrote only whitespace")
     assert result["applied"] is True, result
     assert result["edit"]["range"] == {"start": {"line": 9, "character": 11}, "end": {"line": 9, "character": 16}}
     text = editor.texts[uri]
@@ -170,8 +169,6 @@ async def test_write_tests_creates_the_test_file_where_python_expects_it(session
     client, editor = session
     uri = editor.open(repo / "geometry.py", MODULE)
     result = await run(client, by_title(await code_actions(client, uri, rng((3, 0), (6, 0))), "tests"))
-    if result["message"] == "the model returned no test code":
-        pytest.skip("the tiny model wrote only whitespace")
     assert result["applied"] is True, result
     target = (repo / "tests" / "test_geometry.py").as_uri()
     assert editor.created == [target]
@@ -218,6 +215,10 @@ async def test_cancelling_the_progress_stops_generation(session, repo):
 async def test_cancel_request_frees_the_engine_for_completions(session, repo):
     client, editor = session
     uri = editor.open(repo / "geometry.py", MODULE)
+    # Long enough to be still running when the cancel arrives (the default model writes all 2,048
+    # tokens its context allows here: about a minute on one CPU thread).
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+        settings={"codellama": {"instructMaxNewTokens": 4000}}))
     explain = by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Explain")
     future = client.protocol.send_request(T.WORKSPACE_EXECUTE_COMMAND, T.ExecuteCommandParams(
         command=explain.command.command, arguments=explain.command.arguments))
@@ -226,7 +227,9 @@ async def test_cancel_request_frees_the_engine_for_completions(session, repo):
     client.protocol.notify(T.CANCEL_REQUEST, T.CancelParams(id=msg_id))
     with pytest.raises(Exception, match="(?i)cancel"):
         await asyncio.wait_for(asyncio.wrap_future(future), 300)
-    result = await lc.inline(client, uri, 6, 0, timeout=120)  # answered: the engine is free again
+    # The engine is free again: a completion is answered in about a second. (When the cancel only
+    # answered the request, the action generated on and this waited for it.)
+    result = await lc.inline(client, uri, 6, 0, timeout=30)
     assert isinstance(result, T.InlineCompletionList)
 
 

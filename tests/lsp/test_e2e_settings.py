@@ -1,6 +1,7 @@
 """End to end: settings from initializationOptions and workspace/configuration, changed without a
-restart; a model change reloads in the background while the old model keeps serving; problems the
-user must act on are shown and the server stays up."""
+restart; with no `model` setting the server serves the embedded default model; a model change reloads
+in the background while the old model keeps serving, and going back to no model brings the default
+model back; problems the user must act on are shown and the server stays up."""
 
 from __future__ import annotations
 
@@ -12,7 +13,11 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types as T
 
+from engine import default_model_dir
+
 from . import lsp_client as lc
+
+DEFAULT = default_model_dir().name
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -25,11 +30,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(workspace: Path, tiny_model_dir: Path):
-    # The model comes from workspace/configuration (pulled after `initialized`), the rest from
-    # initializationOptions; one invalid option is reported and ignored.
+async def client(workspace: Path):
+    # No model anywhere: the default model. The prompt budget comes from workspace/configuration
+    # (pulled after `initialized`, before the model loads), the rest from initializationOptions; one
+    # invalid option is reported and ignored.
     client = await lc.start(workspace, {"maxNewTokens": 6, "temperature": "very hot"},
-                            configuration={"model": str(tiny_model_dir)})
+                            configuration={"maxContextTokens": 512})
     await lc.wait_ready(client)
     yield client
     await client.shutdown_session()
@@ -45,11 +51,25 @@ async def messages_containing(client, needle: str, timeout: float = 120) -> list
     raise AssertionError(f"no window/showMessage containing {needle!r}: {[m.message for m in client.messages]}")
 
 
-async def test_model_from_pulled_configuration_and_invalid_option_reported(client, tiny_model_dir):
+async def loading_progress_began(client, model: str, timeout: float = 120) -> None:
+    title = f"Loading model {model}"
+    for _ in range(int(timeout / 0.2)):
+        if any(isinstance(r, T.WorkDoneProgressBegin) and r.title == title
+               for reports in client.progress_reports.values() for r in reports):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no progress {title!r} began")
+
+
+async def test_default_model_pulled_configuration_and_invalid_option_reported(client, workspace):
     status = await lc.request(client, "codellama/getStatus", {})
-    assert status["model"] == tiny_model_dir.name and status["state"] == "ready"
+    assert status["model"] == DEFAULT and status["state"] == "ready"
     shown = await messages_containing(client, "codellama.temperature")
     assert "default" in shown[0]
+    uri = lc.open_doc(client, workspace / "calc.py")
+    result = await lc.inline(client, uri, 1, 11)
+    assert result.items and result.items[0].insert_text.strip()  # the default model suggests something
+    assert (await lc.last_prompt(client, uri))["budgetTokens"] == 512  # the pulled setting
 
 
 async def test_changed_settings_apply_to_the_next_request(client, workspace):
@@ -57,22 +77,22 @@ async def test_changed_settings_apply_to_the_next_request(client, workspace):
     await lc.inline(client, uri, 1, 11)
     assert (await lc.last_prompt(client, uri))["fimFormat"] == "spm"
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-        settings={"codellama": {"model": client.get_configuration(section="codellama")["model"],
-                                "fimFormat": "psm", "maxContextTokens": 300, "repositoryContext": False}}))
+        settings={"codellama": {"fimFormat": "psm", "maxContextTokens": 300, "repositoryContext": False}}))
     await lc.inline(client, uri, 1, 11)
     prompt = await lc.last_prompt(client, uri)
     assert prompt["fimFormat"] == "psm" and prompt["budgetTokens"] == 300 and prompt["snippets"] == []
 
 
-async def test_pulled_configuration_when_the_notification_carries_none(client, workspace, tiny_model_dir):
-    client.set_configuration({"model": str(tiny_model_dir), "enable": False}, section="codellama")
+async def test_pulled_configuration_when_the_notification_carries_none(client, workspace):
+    client.set_configuration({"enable": False}, section="codellama")
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings=None))
     await lc.wait_for(client, lambda s: s["state"] == "disabled")
     uri = (workspace / "calc.py").as_uri()
     assert list((await lc.inline(client, uri, 1, 11)).items) == []
-    client.set_configuration({"model": str(tiny_model_dir)}, section="codellama")
+    client.set_configuration({}, section="codellama")
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings=None))
-    await lc.wait_for(client, lambda s: s["state"] == "ready")
+    status = await lc.wait_for(client, lambda s: s["state"] == "ready")
+    assert status["model"] == DEFAULT
 
 
 async def test_missing_model_directory_is_shown_and_the_old_model_keeps_serving(client, workspace, tmp_path):
@@ -82,16 +102,18 @@ async def test_missing_model_directory_is_shown_and_the_old_model_keeps_serving(
     shown = await messages_containing(client, "Model directory not found")
     assert str(missing) in shown[0]
     status = await lc.wait_for(client, lambda s: s["state"] != "loading")
-    assert status["state"] == "ready" and status["description"]  # still the previous model
+    # Still the previous model. (status["model"] names the configured directory, no-such-model.)
+    assert status["state"] == "ready" and status["description"].startswith(f"local: {DEFAULT} ")
     uri = (workspace / "calc.py").as_uri()
     result = await lc.inline(client, uri, 1, 11)
-    assert isinstance(result, T.InlineCompletionList)
+    assert result.items and result.items[0].insert_text.strip()  # and it still suggests
     prompt = await lc.last_prompt(client, uri)
     assert prompt["prefix"].endswith("    return ")
 
 
-async def test_model_change_reloads_in_the_background(client, workspace, tiny_model_dir, tmp_path):
-    other = tmp_path / "second-model"
+async def test_model_change_reloads_in_the_background_and_no_model_goes_back_to_the_default(
+        client, workspace, tiny_model_dir, tmp_path):
+    other = tmp_path / "second-model"  # the tiny random-weight test model
     shutil.copytree(tiny_model_dir, other)
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
         settings={"codellama": {"model": str(other)}}))
@@ -99,4 +121,12 @@ async def test_model_change_reloads_in_the_background(client, workspace, tiny_mo
     assert "second-model" in status["description"]
     uri = (workspace / "calc.py").as_uri()
     assert isinstance(await lc.inline(client, uri, 1, 11), T.InlineCompletionList)
-    assert any(s["state"] == "loading" and s["model"] == "second-model" for s in client.statuses)
+    # The load showed as a progress. (Not necessarily as a "loading" status: the tiny model loads in
+    # milliseconds, sometimes before the server sends the status, which it builds when sending.)
+    await loading_progress_began(client, "second-model")
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+        settings={"codellama": {"model": None}}))
+    status = await lc.wait_for(client, lambda s: s["model"] == DEFAULT and s["state"] == "ready")
+    assert status["description"].startswith(f"local: {DEFAULT} ")
+    result = await lc.inline(client, uri, 1, 11)
+    assert result.items and result.items[0].insert_text.strip()
