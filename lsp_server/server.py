@@ -93,7 +93,7 @@ class CodeLlamaServer(LanguageServer):
         self.pending_problems: list[str] = []
         self._last_problem: tuple[str, float] = ("", 0.0)
         self.status: dict[str, Any] = {
-            "state": "starting", "model": None, "backend": "local", "description": None, "device": None,
+            "state": "starting", "model": None, "requestedModel": None, "backend": "local", "description": None, "device": None,
             "dtype": None, "message": None, "indexing": False, "indexedFiles": 0, "lastLatencyMs": None,
             "lastPromptTokens": None, "lastCachedTokens": None, "lastFromCache": False,
         }
@@ -106,7 +106,7 @@ class CodeLlamaServer(LanguageServer):
             on_done=lambda update: self.threadsafe(self.send_status, update),
             on_problem=lambda m: self.threadsafe(self.show_problem, m))
         # Code actions use the completion model unless `instructModel` names another one.
-        self.instruct_engine = EngineManager(on_change=lambda: self.threadsafe(self.send_status),
+        self.instruct_engine = EngineManager(on_change=self.status_changed,
                                              on_problem=lambda m: self.threadsafe(self.show_problem, m),
                                              loader=loader, progress=self._instruct_progress)
         self.instruct_engine.retire = lambda old: self.service.worker.submit(old.close)
@@ -174,7 +174,9 @@ class CodeLlamaServer(LanguageServer):
                 state, message = "error", f"remote server: {remote_state}"
         device, dtype = backend_device(backend) if backend is not None else (None, None)
         self.status.update(
-            state=state, model=engine.model_name, backend=self.settings.backend,
+            # The model serving; while none is yet, the one being loaded (or that failed to load).
+            state=state, model=engine.model_name if backend is not None else engine.requested_name,
+            requestedModel=engine.requested_name, backend=self.settings.backend,
             description=backend.description if backend is not None else None, device=device, dtype=dtype,
             message=message, indexing=self.indexing,
             indexedFiles=len(self.index) if self.index is not None else 0)
@@ -186,7 +188,19 @@ class CodeLlamaServer(LanguageServer):
         if getattr(backend, "on_state", False) is None:
             # A remote backend reports how each request went: an outage shows in the status bar.
             backend.on_state = lambda _: self.threadsafe(self.send_status)  # type: ignore[union-attr]
-        self.threadsafe(self.send_status)
+        self.status_changed()
+
+    def status_changed(self) -> None:
+        """Send the status: at once on the event loop's thread (so that it shows the state of this
+        moment, e.g. "loading" before a load that takes milliseconds is over), else via the loop."""
+        try:
+            on_loop = self.loop is not None and asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self.send_status()
+        else:
+            self.threadsafe(self.send_status)
 
     def send_status(self, update: dict[str, Any] | None = None) -> None:
         if update:
