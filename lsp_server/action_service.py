@@ -21,6 +21,7 @@ from lsprotocol import types
 from engine.backends.base import Backend, InstructRequest
 
 from . import actions as A
+from . import capability as C
 from .completion import CompletionService
 from .context.builder import render_snippet, snippets_for_span
 from .context.languages import language_of
@@ -34,6 +35,11 @@ PROMPT_OVERHEAD_TOKENS = 200  # system prompt, instruction and fences around the
 
 class ActionError(ValueError):
     """A user-facing reason an action cannot run (sent back as the command's error)."""
+
+
+class Refused(ActionError):
+    """The model serving actions does not follow instructions: the action is not run (the server
+    shows the message and answers the command with stopReason "refused")."""
 
 
 @dataclass
@@ -98,12 +104,26 @@ def _diagnostic_text(d: types.Diagnostic) -> str:
 
 class ActionService:
     def __init__(self, completion: CompletionService, get_settings: Callable[[], Settings],
-                 root: Callable[[], Path | None], can_create_files: Callable[[], bool]) -> None:
+                 root: Callable[[], Path | None], can_create_files: Callable[[], bool],
+                 disabled_support: Callable[[], bool] = lambda: False) -> None:
         self.completion = completion
         self.docs = completion.docs
         self.get_settings = get_settings
         self.root = root
         self.can_create_files = can_create_files
+        self.disabled_support = disabled_support  # the client shows actions greyed out with a reason
+
+    # ---- can the model follow instructions? ---------------------------------------------------
+
+    def capability(self) -> C.Capability:
+        """Of the model that would serve actions: `instructModel`, else the completion model serving."""
+        return C.for_actions(self.get_settings(), self.completion.engine.loaded_settings)
+
+    def check_capable(self, title: str) -> None:
+        """Raises Refused when the model serving actions does not follow instructions."""
+        found = self.capability()
+        if not found.capable:
+            raise Refused(f"{title} was not run: {C.refusal(found)}")
 
     # ---- offering -----------------------------------------------------------------------------
 
@@ -118,6 +138,12 @@ class ActionService:
             return []
         span = A.target_span(doc.text, start, end)
         only = params.context.only or []
+        found = self.capability()
+        disabled = None
+        if not found.capable:
+            if not self.disabled_support():
+                return []  # nothing this model can do; a client that can shows why (below)
+            disabled = types.CodeActionDisabled(reason=C.disabled_reason(found))
         diagnostics = [_diagnostic_text(d) for d in params.context.diagnostics or []]
         rng = {"start": {"line": params.range.start.line, "character": params.range.start.character},
                "end": {"line": params.range.end.line, "character": params.range.end.character}}
@@ -137,7 +163,7 @@ class ActionService:
             out.append(types.CodeAction(
                 title=title, kind=action.kind,
                 diagnostics=list(params.context.diagnostics or []) if action.id == "fix" else None,
-                command=types.Command(title=title, command=RUN_ACTION, arguments=[arg])))
+                disabled=disabled, command=types.Command(title=title, command=RUN_ACTION, arguments=[arg])))
         return out
 
     # ---- running ------------------------------------------------------------------------------

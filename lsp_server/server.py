@@ -30,8 +30,8 @@ from pygls.lsp.server import LanguageServer
 
 from engine.backends.base import Backend
 
-from . import __version__
-from .action_service import RUN_ACTION, ActionArgs, ActionError, ActionOutcome, ActionService
+from . import __version__, capability
+from .action_service import RUN_ACTION, ActionArgs, ActionError, ActionOutcome, ActionService, Refused
 from .actions import ACTIONS
 from .completion import CompletionResult, CompletionService
 from .context.index import WorkspaceIndex
@@ -90,6 +90,7 @@ class CodeLlamaServer(LanguageServer):
         self.can_apply_edit = False
         self.can_show_document = False
         self.can_create_files = False
+        self.can_show_disabled = False  # codeAction.disabledSupport (LSP 3.16)
         self.pending_problems: list[str] = []
         self._last_problem: tuple[str, float] = ("", 0.0)
         self.status: dict[str, Any] = {
@@ -111,7 +112,7 @@ class CodeLlamaServer(LanguageServer):
                                              loader=loader, progress=self._instruct_progress)
         self.instruct_engine.retire = lambda old: self.service.worker.submit(old.close)
         self.actions = ActionService(self.service, lambda: self.settings, lambda: self.root,
-                                     lambda: self.can_create_files)
+                                     lambda: self.can_create_files, lambda: self.can_show_disabled)
         self.action_runs: dict[str, threading.Event] = {}  # progress token -> cancel flag
 
     # ---- plumbing -----------------------------------------------------------------------------
@@ -280,6 +281,10 @@ class CodeLlamaServer(LanguageServer):
                 await asyncio.sleep(0.2)
             if self.instruct_engine.backend is not None:
                 return self.instruct_engine.backend
+            fallback = capability.for_actions(replace(settings, instruct_model=None), self.engine.loaded_settings)
+            if not fallback.capable:
+                raise Refused(f"the instruct model could not be loaded ({self.instruct_engine.error}), and "
+                              f"{capability.refusal(fallback)}")
             self.show_problem(f"the instruct model could not be loaded ({self.instruct_engine.error}); code "
                               "actions use the completion model", types.MessageType.Warning)
         if self.engine.backend is None:
@@ -288,8 +293,15 @@ class CodeLlamaServer(LanguageServer):
         return self.engine.backend
 
     async def run_action(self, args: ActionArgs) -> dict[str, Any]:
-        backend = await self.instruct_backend()
         title = ACTIONS[args.action].title
+        try:
+            self.actions.check_capable(f'"{title.removeprefix("Code Llama: ")}"')
+            backend = await self.instruct_backend()
+        except Refused as exc:
+            # Not an error answer: the client would show it as well, beside this message.
+            self.show_problem(str(exc), types.MessageType.Warning)
+            return {"action": args.action, "answer": "", "stopReason": "refused", "generatedTokens": 0,
+                    "message": str(exc), "applied": False, "shownIn": None}
         cancelled = threading.Event()
         token = self.begin_progress(title, cancellable=True)
         if token is not None:
@@ -492,6 +504,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         ls.can_progress = _client_has(caps, "window.work_done_progress")
         ls.can_apply_edit = _client_has(caps, "workspace.apply_edit")
         ls.can_show_document = _client_has(caps, "window.show_document.support")
+        ls.can_show_disabled = _client_has(caps, "text_document.code_action.disabled_support")
         edits = caps.workspace.workspace_edit if caps.workspace is not None else None
         ls.can_create_files = bool(edits is not None and edits.document_changes and
                                    types.ResourceOperationKind.Create in (edits.resource_operations or []))

@@ -1,8 +1,10 @@
 """End to end: the instruct code actions through `python -m lsp_server` over stdio, with the real
 engine and no model configured, so the actions run on the embedded default model (models/default).
-That model is a small completion model, not instruction-tuned: its answers are not useful, but they are
-deterministic and never empty. What is checked is everything around them: the actions offered, the
-edit's range and structure once the client applies it, the answer shown, cancellation."""
+That model is a small completion model, not instruction-tuned, and says so (`"instruct": false`): the
+server first offers the actions disabled and refuses to run them. The other tests then set
+`instructCapable: true` (run it anyway): its answers are not useful, but they are deterministic (greedy)
+and never empty. What is checked is everything around them: the actions offered, the edit's range and
+structure once the client applies it, the answer shown, cancellation."""
 
 from __future__ import annotations
 
@@ -96,11 +98,34 @@ async def session(repo: Path):
     client = lc.make_client()
     editor = Editor(client)
     client.feature(T.WORKSPACE_APPLY_EDIT)(lambda params: editor.apply(params))
-    client = await lc.start(repo, {"instructMaxNewTokens": 24, "maxNewTokens": 16}, client=client)
+    client.settings = {"instructMaxNewTokens": 24, "maxNewTokens": 16}
+    client = await lc.start(repo, dict(client.settings), client=client)
     await lc.wait_ready(client)
     yield client, editor
     await client.shutdown_session()
     await client.stop()
+
+
+async def configure(client, **changes: Any) -> None:
+    """Change settings. A client sends its whole section (the server applies it over the
+    initializationOptions), so the changes add up here; the round trip after it makes sure the server
+    has applied them."""
+    client.settings.update(changes)
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings={"codellama": client.settings}))
+    await lc.request(client, "codellama/getStatus", {})
+
+
+async def message_containing(client, needle: str, timeout: float = 60) -> str:
+    for _ in range(int(timeout / 0.1)):
+        found = [m.message for m in client.messages if needle in m.message]
+        if found:
+            return found[-1]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no window/showMessage containing {needle!r}: {[m.message for m in client.messages]}")
+
+
+def shown_text(uri: str) -> str:
+    return Path(unquote(urlparse(uri).path)).read_text(encoding="utf-8")
 
 
 async def code_actions(client, uri: str, r: T.Range, diagnostics=(), only=None) -> list[T.CodeAction]:
@@ -118,6 +143,23 @@ async def run(client, action: T.CodeAction, **extra: Any) -> dict[str, Any]:
 
 def by_title(actions: list[T.CodeAction], word: str) -> T.CodeAction:
     return next(a for a in actions if word in a.title)
+
+
+async def test_the_default_model_offers_the_actions_disabled_and_refuses_to_run_them(session, repo):
+    client, editor = session
+    uri = editor.open(repo / "geometry.py", MODULE)
+    try:
+        actions = await code_actions(client, uri, rng((9, 11), (9, 16)))
+        assert len(actions) == 6 and all(a.disabled is not None for a in actions)
+        assert "default is not an instruction-following model" in actions[0].disabled.reason
+        assert "codellama.instructModel" in actions[0].disabled.reason
+        result = await run(client, by_title(actions, "Fix"))  # a client that runs it anyway
+        assert result["stopReason"] == "refused" and result["applied"] is False and result["generatedTokens"] == 0
+        shown = await message_containing(client, '"Fix this code" was not run')
+        assert "Set codellama.instructModel" in shown and 'config.json says "instruct": false' in shown
+        assert editor.edits == [] and editor.texts[uri] == MODULE
+    finally:
+        await configure(client, instructCapable=True)  # the user insists: the tests below run the default model
 
 
 async def test_every_action_is_offered_for_a_selection_and_only_ask_on_a_blank_line(session, repo):
@@ -184,15 +226,14 @@ async def test_ask_returns_the_models_answer_and_shows_it_as_a_document(session,
     result = await run(client, ask, question="Why is math.pi used here?")
     assert result["stopReason"] in ("eos", "eot", "max_tokens") and result["generatedTokens"] > 0
     assert result["shownIn"] == client.shown_documents[-1].uri
-    shown = Path(unquote(urlparse(result["shownIn"]).path)).read_text(encoding="utf-8")
+    shown = shown_text(result["shownIn"])
     assert shown.startswith("# Code Llama: Ask a question") and result["answer"].strip() in shown
 
 
 async def test_cancelling_the_progress_stops_generation(session, repo):
     client, editor = session
     uri = editor.open(repo / "geometry.py", MODULE)
-    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-        settings={"codellama": {"instructMaxNewTokens": 4000}}))
+    await configure(client, instructMaxNewTokens=4000)
     explain = by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Explain")
     known = set(client.progress_reports)
     pending = asyncio.ensure_future(run(client, explain))
@@ -217,8 +258,7 @@ async def test_cancel_request_frees_the_engine_for_completions(session, repo):
     uri = editor.open(repo / "geometry.py", MODULE)
     # Long enough to be still running when the cancel arrives (the default model writes all 2,048
     # tokens its context allows here: about a minute on one CPU thread).
-    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-        settings={"codellama": {"instructMaxNewTokens": 4000}}))
+    await configure(client, instructMaxNewTokens=4000)
     explain = by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Explain")
     future = client.protocol.send_request(T.WORKSPACE_EXECUTE_COMMAND, T.ExecuteCommandParams(
         command=explain.command.command, arguments=explain.command.arguments))
@@ -236,12 +276,25 @@ async def test_cancel_request_frees_the_engine_for_completions(session, repo):
 async def test_a_missing_instruct_model_falls_back_to_the_completion_model_with_a_warning(session, repo):
     client, editor = session
     uri = editor.open(repo / "geometry.py", MODULE)
-    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-        settings={"codellama": {"instructModel": str(repo / "no-such-model"), "instructMaxNewTokens": 8}}))
+    await configure(client, instructModel=str(repo / "no-such-model"), instructMaxNewTokens=8)
     try:
         result = await run(client, by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Explain"))
         assert result["generatedTokens"] > 0 and result["shownIn"] is not None
         assert any("instruct model could not be loaded" in m.message for m in client.messages)
     finally:
-        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-            settings={"codellama": {"instructModel": None}}))
+        await configure(client, instructModel=None)
+
+
+async def test_a_missing_instruct_model_and_a_completion_model_refuse_with_the_reason(session, repo):
+    client, editor = session
+    uri = editor.open(repo / "geometry.py", MODULE)
+    await configure(client, instructModel=str(repo / "gone-model"), instructCapable=None)
+    try:
+        explain = by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Explain")
+        assert explain.disabled is not None
+        result = await run(client, explain)
+        assert result["stopReason"] == "refused" and result["shownIn"] is None
+        shown = await message_containing(client, '"Explain this code" was not run')
+        assert f"codellama.instructModel ({repo / 'gone-model'}) is not a directory" in shown
+    finally:
+        await configure(client, instructModel=None, instructCapable=True)
