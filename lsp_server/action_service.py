@@ -84,7 +84,9 @@ class ActionOutcome:
     edit_range: tuple[tuple[int, int], tuple[int, int]] | None = None
     new_text: str | None = None
     target_uri: str | None = None  # where the edit goes (the document, or a test file)
-    message: str | None = None  # why there is no edit (for the user)
+    message: str | None = None  # why there is no edit, or why the answer stopped early (for the user)
+    rejected: bool = False  # the edit was not made: it would have broken the code (message says how)
+    preview: str | None = None  # markdown shown instead of the answer: a rejected edit and why
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"action": self.action, "answer": self.answer, "stopReason": self.stop_reason,
@@ -243,25 +245,46 @@ class ActionService:
             if not new.strip():
                 outcome.message = "the model returned no code"
                 return
-            self._set_edit(outcome, uri, doc, span[0], span[1], new)
+            self._set_edit(outcome, uri, doc, span[0], span[1], new, language=language, path=path)
         elif kind == "docstring":
             found = A.docstring_edit(text, span, language, A.docstring_text(outcome.answer, language))
             if found is None:
                 outcome.message = f"the model returned no {A.doc_word(language)}"
                 return
-            self._set_edit(outcome, uri, doc, found.start, found.end, found.text)
+            self._set_edit(outcome, uri, doc, found.start, found.end, found.text, language=language, path=path)
         elif kind == "tests":
             self._tests_edit(outcome, path, language)
 
     def _set_edit(self, outcome: ActionOutcome, uri: str, doc: Document, start: int, end: int, new: str,
-                  versioned: bool = True) -> None:
-        """One text edit; `versioned` makes the client refuse it if the document moved on meanwhile."""
+                  versioned: bool = True, language: str = "", path: str = "") -> None:
+        """One text edit; `versioned` makes the client refuse it if the document moved on meanwhile.
+        No edit (a preview instead) when it would leave Python code that no longer parses."""
         rng = (doc.position_at(start), doc.position_at(end))
         outcome.edit_range, outcome.new_text, outcome.target_uri = rng, new, uri
+        if self._rejected(outcome, doc.text, start, end, new, language, path, rng):
+            return
         outcome.edit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
             text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=doc.version if versioned else None),
             edits=[types.TextEdit(range=types.Range(types.Position(*rng[0]), types.Position(*rng[1])),
                                   new_text=new)])])
+
+    def _rejected(self, outcome: ActionOutcome, text: str, start: int, end: int, new: str, language: str,
+                  path: str, rng: tuple[tuple[int, int], tuple[int, int]]) -> bool:
+        """True (and the outcome says why, with a preview) when the edit would break Python code."""
+        if language != "python":
+            return False  # no cheap check there: the edit goes in as before
+        problem = A.python_edit_problem(text, start, end, new)
+        if problem is None:
+            return False
+        (sl, _), (el, _) = rng
+        where = f"line {sl + 1}" if sl == el else f"lines {sl + 1}–{el + 1}"
+        where = f"the new file {path}" if not text else f"{where} of {path}"
+        outcome.rejected = True
+        outcome.message = f"not applied: with it, {path} would not be valid Python ({problem})"
+        outcome.preview = (f"_{outcome.message[0].upper()}{outcome.message[1:]}._\n\n"
+                           f"What Code Llama proposed for {where}:\n\n{A.fenced(new, language)}\n\n"
+                           f"## The model's answer\n\n{outcome.answer.strip()}\n")
+        return True
 
     def _tests_edit(self, outcome: ActionOutcome, path: str, language: str) -> None:
         """Test code into the test file the language expects: appended when it exists, created when
@@ -285,13 +308,15 @@ class ActionService:
             sep = "" if not existing or existing.endswith("\n\n") else ("\n" if existing.endswith("\n") else "\n\n")
             # A file that is not open has no version to check.
             self._set_edit(outcome, uri, doc, len(existing), len(existing), sep + code + "\n",
-                           versioned=open_doc is not None)
+                           versioned=open_doc is not None, language=language, path=rel)
             return
         if not self.can_create_files():
             outcome.message = f"the client cannot create {rel}; the tests are in the answer"
             return
         new = code + "\n"
         outcome.edit_range, outcome.new_text, outcome.target_uri = ((0, 0), (0, 0)), new, uri
+        if self._rejected(outcome, "", 0, 0, new, language, rel, ((0, 0), (0, 0))):
+            return
         outcome.edit = types.WorkspaceEdit(document_changes=[
             types.CreateFile(uri=uri, options=types.CreateFileOptions(ignore_if_exists=True)),
             types.TextDocumentEdit(

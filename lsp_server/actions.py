@@ -10,6 +10,7 @@ Actions:  explain, ask             -> an answer shown to the user
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import textwrap
@@ -453,3 +454,70 @@ def tests_path_for(path: str, language: str, has_tests_dir: bool) -> str:
     if language in ("javascript", "typescript", "javascriptreact", "typescriptreact"):
         return str(p.with_name(f"{p.stem}.test{p.suffix}"))
     return str(p.with_name(f"{p.stem}_test{p.suffix}"))
+
+
+# ---- is the edited code still code? -------------------------------------------------------------
+
+_CONTINUES_BLOCK = re.compile(r"(?:else|elif|except|finally|case)\b|[)\]}]")
+
+
+def python_syntax_error(source: str) -> tuple[int, str] | None:
+    """(1-based line, message) of the first syntax error in `source`; None when it parses. Parsing
+    only (the compiler's later checks, such as `return` outside a function, do not apply), with the
+    server's Python."""
+    try:
+        compile(source, "<edit>", "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+    except SyntaxError as exc:
+        return exc.lineno or 1, exc.msg or "invalid syntax"
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
+        return 1, str(exc) or type(exc).__name__
+    return None
+
+
+def _top_level_block(text: str, start: int, end: int) -> tuple[int, int]:
+    """Offsets of the top-level statements holding text[start:end]: from the last line at or before
+    `start` that starts a statement at column 0 to just before the next one after `end`."""
+    def starts_statement(at: int) -> bool:
+        line = text[at : at + 16]
+        return bool(line[:1].strip()) and not line.startswith("#") and not _CONTINUES_BLOCK.match(line)
+
+    lo = text.rfind("\n", 0, start) + 1
+    while lo > 0 and not starts_statement(lo):
+        lo = text.rfind("\n", 0, lo - 1) + 1
+    hi = text.find("\n", end - 1 if end > start else start)
+    while hi >= 0:
+        if starts_statement(hi + 1):
+            return lo, hi + 1
+        hi = text.find("\n", hi + 1)
+    return lo, len(text)
+
+
+def python_edit_problem(text: str, start: int, end: int, new: str) -> str | None:
+    """Why replacing text[start:end] with `new` would break the Python code in `text`; None when it
+    would not. A file that parsed must still parse. In a file that did not (an edit in progress
+    elsewhere, a notebook's magics), the top-level statements around the edit must parse after it,
+    unless they did not before either and the error is outside the edited lines."""
+    edited = text[:start] + new + text[end:]
+    error = python_syntax_error(edited)
+    if error is None:
+        return None
+    if python_syntax_error(text) is None:
+        return f"line {error[0]}: {error[1]}"
+    lo, hi = _top_level_block(text, start, end)
+    new_hi = hi + len(new) - (end - start)
+    error = python_syntax_error(edited[lo:new_hi])
+    if error is None:
+        return None
+    line = edited.count("\n", 0, lo) + error[0]
+    first = edited.count("\n", 0, start) + 1
+    last = first + new.count("\n")
+    if python_syntax_error(text[lo:hi]) is None or first <= line <= last:
+        return f"line {line}: {error[1]}"
+    return None
+
+
+def fenced(code: str, language: str) -> str:
+    """`code` in a markdown code block whose fence no line of it can close."""
+    longest = max((len(m) for m in re.findall(r"`{3,}", code)), default=2)
+    fence = "`" * (longest + 1)
+    return f"{fence}{language}\n{code.rstrip()}\n{fence}"

@@ -339,9 +339,13 @@ class CodeLlamaServer(LanguageServer):
                 result["message"] = f"applying the edit failed: {exc}"
             if result["applied"]:
                 return result
+        if outcome.rejected:
+            # The user expected their code to change: say so where they look, and show the proposal.
+            self.show_problem(f'"{title.removeprefix("Code Llama: ")}" {outcome.message}; the proposal is '
+                              "shown instead", types.MessageType.Warning)
         if ACTIONS[outcome.action].result == "answer" or outcome.answer.strip():
             note = f"_{result['message']}_\n\n" if result.get("message") else ""
-            result["shownIn"] = await self.show_answer(title, note + outcome.answer)
+            result["shownIn"] = await self.show_answer(title, outcome.preview or note + outcome.answer)
         elif result.get("message"):
             self.show_problem(str(result["message"]), types.MessageType.Warning)
         return result

@@ -1,6 +1,6 @@
 """The action service with a scripted backend: actions offered disabled and refused on a model that does
-not follow instructions. (test_e2e_actions.py repeats these through the real server and the default
-model.)"""
+not follow instructions, edits that would break Python held back.
+(test_e2e_actions.py repeats these through the real server and the default model.)"""
 
 from __future__ import annotations
 
@@ -63,3 +63,52 @@ async def test_running_an_action_on_a_completion_model_is_refused_without_genera
         service.check_capable('"Fix this code"')
     assert type(refused.value).__name__ == "Refused" and '"Fix this code" was not run' in str(refused.value)
     assert backend.instruct_requests == []
+
+
+# ---- edits that would break Python ------------------------------------------------------------
+
+CAPABLE = Settings(instruct_capable=True)
+
+
+async def test_a_fix_that_would_not_parse_is_held_back_with_the_proposal_and_the_reason():
+    junk = "<https://github.com/java-org/blob/master/src/"
+    backend = FakeBackend(answer=junk)
+    outcome = await run(make(backend, CAPABLE), backend, "fix")
+    assert outcome.edit is None and outcome.rejected
+    assert outcome.message == "not applied: with it, geometry.py would not be valid Python (line 5: invalid syntax)"
+    assert junk in outcome.preview and "line 5 of geometry.py" in outcome.preview
+    summary = outcome.summary()
+    assert summary["edit"]["newText"] == junk  # the proposal, for the client to show
+
+
+async def test_a_fix_that_parses_is_applied():
+    backend = FakeBackend(answer="Here:\n```python\nx / 2\n```")
+    outcome = await run(make(backend, CAPABLE), backend, "fix")
+    assert outcome.edit is not None and not outcome.rejected and outcome.new_text == "x / 2"
+
+
+async def test_a_fix_in_a_file_broken_elsewhere_is_judged_by_its_own_statement():
+    text = "def other(:\n    pass\n\n\n" + MODULE  # someone is typing in `other`
+    line = text.split("\n").index("    return x / 0")
+    good = FakeBackend(answer="```python\nx / 2\n```")
+    outcome = await run(make(good, CAPABLE, text=text), good, "fix", (line, 11), (line, 16))
+    assert outcome.edit is not None
+    bad = FakeBackend(answer="```python\nx / (2\n```")
+    outcome = await run(make(bad, CAPABLE, text=text), bad, "fix", (line, 11), (line, 16))
+    assert outcome.edit is None and f"line {line + 1}" in outcome.message
+
+
+async def test_written_tests_that_do_not_parse_are_not_put_in_a_file(tmp_path):
+    backend = FakeBackend(answer="```python\ndef test_half(:\n    assert half(2) == 1\n```")
+    outcome = await run(make(backend, CAPABLE, root=tmp_path), backend, "tests", (3, 0), (4, 0))
+    assert outcome.edit is None and "test_geometry.py would not be valid Python" in outcome.message
+    assert "the new file test_geometry.py" in outcome.preview
+
+
+async def test_other_languages_keep_the_edit():
+    js = "function half(x) {\n  return x / 0;\n}\n"
+    uri = "file:///w/half.js"
+    backend = FakeBackend(answer="```js\nx / 2 +\n```")
+    outcome = await run(make(backend, CAPABLE, text=js, uri=uri, language="javascript"), backend, "fix",
+                        (1, 9), (1, 14), uri=uri)
+    assert outcome.edit is not None and outcome.new_text == "x / 2 +"

@@ -209,3 +209,43 @@ def test_control_characters_from_a_weak_model_never_reach_the_code():
     text = "def f():\n    pass\n"
     ins = A.docstring_edit(text, (0, len(text) - 1), "python", A.docstring_text("Do\x1cne\x00.", "python"))
     assert ins.text == '    """Done."""\n'
+
+
+# ---- edits that would break Python --------------------------------------------------------------
+
+MOD = "import math\n\n\ndef half(x):\n    return x / 0\n\n\nclass K:\n    pass\n"
+
+
+def test_an_edit_that_breaks_a_parsing_file_is_named_by_line():
+    at = MOD.index("x / 0")
+    assert A.python_edit_problem(MOD, at, at + 5, "x / 2") is None
+    assert A.python_edit_problem(MOD, at, at + 5, "<https://github.com/x") == "line 5: invalid syntax"
+    assert "line 5" in A.python_edit_problem(MOD, at, at + 5, "x / (2")
+    # A docstring inserted under the signature, and one that would close its own quotes early.
+    body = MOD.index("    return")
+    assert A.python_edit_problem(MOD, body, body, '    """Half of x."""\n') is None
+    assert A.python_edit_problem(MOD, body, body, '    """Half of x.""" ""\n  oops\n') is not None
+
+
+def test_a_file_broken_elsewhere_judges_the_statement_around_the_edit():
+    text = "%matplotlib inline\n" + MOD  # a notebook cell's magic: the file never parses
+    at = text.index("x / 0")
+    assert A.python_edit_problem(text, at, at + 5, "x / 2") is None
+    assert A.python_edit_problem(text, at, at + 5, "x /") == "line 6: invalid syntax"
+    # A fix of the broken statement itself must parse; one that leaves it broken is refused.
+    broken = "def f(x):\n    return x +\n\n\ny = 1\n"
+    at = broken.index("x +")
+    assert A.python_edit_problem(broken, at, at + 3, "x + 1") is None
+    assert A.python_edit_problem(broken, at, at + 3, "x ++") == "line 2: invalid syntax"
+    # The statement still broken by an error outside the edit: the edit is not to blame.
+    two = "def g(:\n    a = 1\n    return a\n"
+    at = two.index("a = 1")
+    assert A.python_edit_problem(two, at, at + 5, "a = 2") is None
+
+
+def test_an_else_branch_is_judged_with_its_if():
+    text = "if x:\n    a = 1\nelse:\n    b = 2\n%magic\n"
+    at = text.index("b = 2")
+    assert A._top_level_block(text, at, at + 5) == (0, text.index("%magic"))
+    assert A.python_edit_problem(text, at, at + 5, "b = (") is not None
+    assert A.python_edit_problem(text, at, at + 5, "b = 3") is None

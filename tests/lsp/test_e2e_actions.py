@@ -3,8 +3,9 @@ engine and no model configured, so the actions run on the embedded default model
 That model is a small completion model, not instruction-tuned, and says so (`"instruct": false`): the
 server first offers the actions disabled and refuses to run them. The other tests then set
 `instructCapable: true` (run it anyway): its answers are not useful, but they are deterministic (greedy)
-and never empty. What is checked is everything around them: the actions offered, the edit's range and
-structure once the client applies it, the answer shown, cancellation."""
+and never empty. What is checked is everything around them: the actions offered, an edit that would
+break the file held back and shown instead, the edit's range and structure once the client applies it,
+the answer shown, cancellation."""
 
 from __future__ import annotations
 
@@ -192,29 +193,37 @@ async def test_add_docstring_applies_a_well_formed_edit_right_under_the_signatur
                          "    return x / 0\n")
 
 
-async def test_fix_replaces_exactly_the_selection_and_carries_the_diagnostics(session, repo):
+async def test_a_fix_that_would_break_the_file_is_not_applied_but_shown_with_the_reason(session, repo):
     client, editor = session
     uri = editor.open(repo / "geometry.py", MODULE)
     problem = T.Diagnostic(range=rng((9, 11), (9, 16)), message="division by zero", source="pyright")
     actions = await code_actions(client, uri, rng((9, 11), (9, 16)), diagnostics=[problem])
     fix = by_title(actions, "Fix")
     assert fix.command.arguments[0]["diagnostics"] == ["line 10: pyright: division by zero"]
+    edits_before = len(editor.edits)
     result = await run(client, fix)
-    assert result["applied"] is True, result
+    # The default model answers this with a URL (`<https://github.com/...`), which is no Python: before,
+    # it replaced `x / 0` in the user's file.
+    proposal = result["edit"]["newText"]
+    assert result["applied"] is False, result
+    assert result["message"].startswith("not applied: with it, geometry.py would not be valid Python (line 10")
     assert result["edit"]["range"] == {"start": {"line": 9, "character": 11}, "end": {"line": 9, "character": 16}}
-    text = editor.texts[uri]
-    assert text.startswith(MODULE.split("x / 0")[0]) and text.endswith("\n")
-    assert text[len(MODULE.split("x / 0")[0]):].startswith(result["edit"]["newText"])
+    assert len(editor.edits) == edits_before and editor.texts[uri] == MODULE  # the file is untouched
+    shown = await message_containing(client, '"Fix this code" not applied')
+    assert "would not be valid Python" in shown and "the proposal is shown instead" in shown
+    preview = shown_text(result["shownIn"])
+    assert "Not applied" in preview and "line 10 of geometry.py" in preview and proposal in preview
 
 
-async def test_write_tests_creates_the_test_file_where_python_expects_it(session, repo):
+async def test_written_tests_that_are_not_python_create_no_test_file(session, repo):
     client, editor = session
     uri = editor.open(repo / "geometry.py", MODULE)
     result = await run(client, by_title(await code_actions(client, uri, rng((3, 0), (6, 0))), "tests"))
-    assert result["applied"] is True, result
-    target = (repo / "tests" / "test_geometry.py").as_uri()
-    assert editor.created == [target]
-    assert editor.texts[target] == result["edit"]["newText"] and editor.texts[target].endswith("\n")
+    # The default model writes `<< bit> [1, 2, 3] ...`: before, that became tests/test_geometry.py.
+    assert result["applied"] is False, result
+    assert result["message"].startswith("not applied: with it, tests/test_geometry.py would not be valid Python")
+    assert editor.created == [] and not (repo / "tests" / "test_geometry.py").exists()
+    assert result["edit"]["newText"] in shown_text(result["shownIn"])
 
 
 async def test_ask_returns_the_models_answer_and_shows_it_as_a_document(session, repo):
