@@ -197,6 +197,10 @@ class ActionService:
         if stop_reason == "cancelled":
             outcome.message = "cancelled"
             return outcome
+        if stop_reason == "repetition":
+            outcome.message = "stopped early: the model started repeating itself"
+        elif stop_reason == "length":
+            outcome.message = f"stopped at a paragraph break after about {A.ANSWER_SOFT_CHARS:,} characters"
         current = self.docs.get(args.uri)
         if current is None or current.text != snapshot.text:
             if A.ACTIONS[args.action].result in ("replace", "docstring"):
@@ -231,9 +235,29 @@ class ActionService:
                               snap.path, context, args.question, args.diagnostics)
         request = InstructRequest(user=user, system=A.SYSTEM_PROMPT, max_new_tokens=max_new,
                                   temperature=settings.temperature)
-        completion = backend.instruct(request, should_stop=cancelled.is_set, on_text=on_text)
-        reason = "cancelled" if cancelled.is_set() else completion.stop_reason
-        return completion.text, reason, len(completion.tokens)
+        if A.ACTIONS[args.action].result != "answer":
+            completion = backend.instruct(request, should_stop=cancelled.is_set, on_text=on_text)
+            reason = "cancelled" if cancelled.is_set() else completion.stop_reason
+            return completion.text, reason, len(completion.tokens)
+        # An answer ends where it starts repeating itself or grows past a sensible length
+        # (instructMaxNewTokens stays the hard limit).
+        cut: list[tuple[int, str]] = []
+
+        def watch(text: str) -> None:
+            if not cut:
+                found = A.answer_cut(text)
+                if found is not None:
+                    cut.append(found)
+            if on_text is not None:
+                on_text(text)
+
+        completion = backend.instruct(request, should_stop=lambda: cancelled.is_set() or bool(cut),
+                                      on_text=watch)
+        if cancelled.is_set():
+            return completion.text, "cancelled", len(completion.tokens)
+        if cut:
+            return A.finish_answer(completion.text[: cut[0][0]]), cut[0][1], len(completion.tokens)
+        return completion.text, completion.stop_reason, len(completion.tokens)
 
     def _make_edit(self, outcome: ActionOutcome, uri: str, doc: Document, path: str, language: str,
                    span: tuple[int, int]) -> None:

@@ -521,3 +521,86 @@ def fenced(code: str, language: str) -> str:
     longest = max((len(m) for m in re.findall(r"`{3,}", code)), default=2)
     fence = "`" * (longest + 1)
     return f"{fence}{language}\n{code.rstrip()}\n{fence}"
+
+
+# ---- answers that run away ----------------------------------------------------------------------
+
+ANSWER_SOFT_CHARS = 2000  # an answer ends at its first paragraph break after this many characters
+ANSWER_HARD_CHARS = 4000  # ... or at its first line break after this many
+_REPEAT_MIN_CHARS = 100  # a repetition: a unit of up to 400 characters repeated over 100+ characters
+_REPEAT_MAX_UNIT = 400
+_FENCE_LINE = re.compile(r"^[ \t]*(?:`{3,}|~{3,})", re.M)
+
+
+def _in_code_block(text: str, at: int) -> bool:
+    return len(_FENCE_LINE.findall(text, 0, at)) % 2 == 1
+
+
+def _repeating_tail(text: str) -> int | None:
+    """Where to cut `text` when it ends in a repetition (one copy kept): the same unit of 1 to 400
+    characters, three or more times over at least 100 characters."""
+    n = len(text)
+    for unit in range(1, min(_REPEAT_MAX_UNIT, n // 3) + 1):
+        run = max(3 * unit, _REPEAT_MIN_CHARS)
+        if run > n:
+            break
+        tail = text[n - run :]
+        if tail[:-unit] == tail[unit:]:
+            begin = n - run
+            while begin > 0 and text[begin - 1] == text[begin - 1 + unit]:
+                begin -= 1
+            return begin + unit
+    return None
+
+
+def _repeated_line(text: str) -> int | None:
+    """Where to cut `text` when one line of prose (16+ characters, outside code blocks) came back a
+    third time within its last 20 lines: before the line's second occurrence."""
+    lines = _lines_with_offsets(text)[:-1]  # the last line may be unfinished
+    seen: dict[str, list[int]] = {}
+    fenced = False
+    for offset, line in lines:
+        if _FENCE_LINE.match(line):
+            fenced = not fenced
+            continue
+        key = line.strip()
+        if fenced or len(key) < 16:
+            continue
+        seen.setdefault(key, []).append(offset)
+    window = lines[-20:][0][0] if lines else 0
+    for offsets in seen.values():
+        recent = [o for o in offsets if o >= window]
+        if len(recent) >= 3:
+            return offsets[1]
+    return None
+
+
+def answer_cut(text: str) -> tuple[int, str] | None:
+    """Where a free-running answer (explain, ask) should end, and why: "repetition" when the model
+    repeats itself, "length" at the first paragraph break (outside a code block) after
+    ANSWER_SOFT_CHARS characters, else the first line break after ANSWER_HARD_CHARS (a space, in one
+    endless line). None: go on."""
+    cut = _repeating_tail(text)
+    if cut is None:
+        cut = _repeated_line(text)
+    if cut is not None:
+        return cut, "repetition"
+    if len(text) > ANSWER_SOFT_CHARS:
+        at = text.find("\n\n", ANSWER_SOFT_CHARS)
+        while at >= 0 and _in_code_block(text, at):
+            at = text.find("\n\n", at + 2)
+        if at >= 0:
+            return at, "length"
+    if len(text) > ANSWER_HARD_CHARS:
+        at = text.find("\n", ANSWER_HARD_CHARS)
+        if at < 0 and len(text) > ANSWER_HARD_CHARS + 500:  # one endless line: end at a space
+            at = max(text.find(" ", ANSWER_HARD_CHARS), ANSWER_HARD_CHARS)
+        if at >= 0:
+            return at, "length"
+    return None
+
+
+def finish_answer(text: str) -> str:
+    """A cut answer made whole: trailing blanks off, an open code block closed."""
+    text = text.rstrip()
+    return text + "\n```" if _in_code_block(text, len(text)) else text

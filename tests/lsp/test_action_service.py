@@ -1,5 +1,5 @@
 """The action service with a scripted backend: actions offered disabled and refused on a model that does
-not follow instructions, edits that would break Python held back.
+not follow instructions, edits that would break Python held back, answers that run away cut short.
 (test_e2e_actions.py repeats these through the real server and the default model.)"""
 
 from __future__ import annotations
@@ -112,3 +112,35 @@ async def test_other_languages_keep_the_edit():
     outcome = await run(make(backend, CAPABLE, text=js, uri=uri, language="javascript"), backend, "fix",
                         (1, 9), (1, 14), uri=uri)
     assert outcome.edit is not None and outcome.new_text == "x / 2 +"
+
+
+# ---- answers that run away --------------------------------------------------------------------
+
+async def test_an_answer_that_repeats_itself_stops_and_keeps_one_copy():
+    loop = "The function divides x by zero. "
+    backend = FakeBackend(answer="It halves x.\n" + loop * 100)
+    outcome = await run(make(backend, CAPABLE), backend, "explain")
+    assert outcome.stop_reason == "repetition" and outcome.answer == "It halves x.\n" + loop.rstrip()
+    assert outcome.generated_tokens < 200  # not the 3,000 characters scripted
+    assert outcome.message == "stopped early: the model started repeating itself"
+
+
+async def test_a_long_answer_ends_at_a_paragraph_break_and_the_token_limit_still_holds():
+    paragraphs = [f"Paragraph {i}: " + " ".join(f"w{i}x{j}" for j in range(100)) for i in range(12)]
+    backend = FakeBackend(answer="\n\n".join(paragraphs))
+    outcome = await run(make(backend, Settings(instruct_capable=True, instruct_max_new_tokens=4096)), backend,
+                        "explain")
+    assert outcome.stop_reason == "length" and outcome.answer.endswith(paragraphs[3])
+    assert 2000 < len(outcome.answer) < 2800 and "after about 2,000 characters" in outcome.message
+    short = FakeBackend(answer="\n\n".join(paragraphs))
+    outcome = await run(make(short, Settings(instruct_capable=True, instruct_max_new_tokens=300)), short, "explain")
+    assert outcome.stop_reason == "max_tokens" and len(outcome.answer) == 300
+
+
+async def test_code_in_a_long_answer_is_not_cut_and_an_answer_cut_in_code_is_closed():
+    code = "\n\n".join(f"def f{i}(x):\n    return x + {i}" for i in range(150))
+    backend = FakeBackend(answer="It adds.\n\n```python\n" + code + "\n```\n\nThat is all.\n\nMore.")
+    outcome = await run(make(backend, Settings(instruct_capable=True, instruct_max_new_tokens=4096)), backend,
+                        "explain")
+    assert outcome.stop_reason == "length" and outcome.answer.endswith("\n```")
+    assert outcome.answer.count("```") == 2 and len(outcome.answer) < 4200

@@ -249,3 +249,50 @@ def test_an_else_branch_is_judged_with_its_if():
     assert A._top_level_block(text, at, at + 5) == (0, text.index("%magic"))
     assert A.python_edit_problem(text, at, at + 5, "b = (") is not None
     assert A.python_edit_problem(text, at, at + 5, "b = 3") is None
+
+
+# ---- answers that run away ----------------------------------------------------------------------
+
+EXPLANATION = """This function computes the area of a circle.
+
+1. `scaled = radius * radius` squares the radius.
+2. `math.pi * scaled` multiplies it by pi.
+
+| input | output |
+| ----- | ------ |
+| 1     | 3.14   |
+| 2     | 12.57  |
+
+```python
+assert circle_area(0) == 0
+assert circle_area(0) == 0.0
+assert circle_area(0) == 0
+assert circle_area(0) == 0
+```
+
+Note that a negative radius gives a positive area.
+"""
+
+
+def test_an_ordinary_answer_is_never_cut():
+    for end in range(1, len(EXPLANATION) + 1):
+        assert A.answer_cut(EXPLANATION[:end]) is None, EXPLANATION[:end]
+
+
+def test_repetitions_are_cut_after_their_first_copy():
+    assert A.answer_cut("Intro.\n" + "It halves x. " * 20) == (len("Intro.\nIt halves x. "), "repetition")
+    assert A.answer_cut("ok " + "=" * 120) == (4, "repetition")
+    lines = "Intro.\n" + "".join(f"The value of x is returned here.\nstep {i}\n" for i in range(3)) + "more"
+    assert A.answer_cut(lines) == (lines.index("The value", 10), "repetition")
+
+
+def test_a_long_answer_ends_at_a_paragraph_break_outside_code_or_after_the_hard_limit():
+    para = " ".join(f"word{i}" for i in range(60))  # ~470 characters, no repetition
+    text = "\n\n".join(f"{i}: {para}" for i in range(8))
+    cut, why = A.answer_cut(text)
+    assert why == "length" and cut > A.ANSWER_SOFT_CHARS and text[cut : cut + 2] == "\n\n"
+    line = " ".join(f"w{i}" for i in range(1500))  # one endless line
+    cut, why = A.answer_cut(line)
+    assert why == "length" and A.ANSWER_HARD_CHARS <= cut < A.ANSWER_HARD_CHARS + 10 and line[cut] == " "
+    assert A.finish_answer("see:\n```python\nx = 1\n") == "see:\n```python\nx = 1\n```"
+    assert A.fenced("a = '```'", "python") == "````python\na = '```'\n````"

@@ -5,7 +5,7 @@ server first offers the actions disabled and refuses to run them. The other test
 `instructCapable: true` (run it anyway): its answers are not useful, but they are deterministic (greedy)
 and never empty. What is checked is everything around them: the actions offered, an edit that would
 break the file held back and shown instead, the edit's range and structure once the client applies it,
-the answer shown, cancellation."""
+the answer shown and cut short, cancellation."""
 
 from __future__ import annotations
 
@@ -239,13 +239,30 @@ async def test_ask_returns_the_models_answer_and_shows_it_as_a_document(session,
     assert shown.startswith("# Code Llama: Ask a question") and result["answer"].strip() in shown
 
 
-async def test_cancelling_the_progress_stops_generation(session, repo):
+async def test_an_explanation_stops_when_the_model_repeats_itself(session, repo):
     client, editor = session
     uri = editor.open(repo / "geometry.py", MODULE)
     await configure(client, instructMaxNewTokens=4000)
-    explain = by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Explain")
+    try:
+        explain = by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Explain")
+        result = await run(client, explain)
+    finally:
+        await configure(client, instructMaxNewTokens=24)
+    # Before: all 2,048 tokens the context allowed (about 70 s on one thread) of the same phrases.
+    assert result["stopReason"] == "repetition" and 0 < result["generatedTokens"] < 400, result
+    assert result["message"] == "stopped early: the model started repeating itself"
+    shown = shown_text(result["shownIn"])
+    assert "_stopped early: the model started repeating itself_" in shown and result["answer"].strip() in shown
+
+
+async def test_cancelling_the_progress_stops_generation(session, repo):
+    client, editor = session
+    uri = editor.open(repo / "geometry.py", MODULE)
+    # A fix runs to the token limit with this model (code is not cut short as answers are).
+    await configure(client, instructMaxNewTokens=4000)
+    fix = by_title(await code_actions(client, uri, rng((9, 11), (9, 16))), "Fix")
     known = set(client.progress_reports)
-    pending = asyncio.ensure_future(run(client, explain))
+    pending = asyncio.ensure_future(run(client, fix))
     token = None
     for _ in range(1200):  # the action's progress begins, then reports as text arrives
         token = next((t for t in client.progress_reports if t not in known and len(client.progress_reports[t]) > 1),
@@ -255,7 +272,7 @@ async def test_cancelling_the_progress_stops_generation(session, repo):
         await asyncio.sleep(0.1)
     assert token is not None, "no progress was reported"
     begin = client.progress_reports[token][0]
-    assert begin.cancellable is True and "Explain" in begin.title
+    assert begin.cancellable is True and "Fix" in begin.title
     client.protocol.notify(T.WINDOW_WORK_DONE_PROGRESS_CANCEL, T.WorkDoneProgressCancelParams(token=token))
     result = await asyncio.wait_for(pending, 300)
     assert result["stopReason"] == "cancelled" and result["generatedTokens"] < 1000
@@ -265,12 +282,12 @@ async def test_cancelling_the_progress_stops_generation(session, repo):
 async def test_cancel_request_frees_the_engine_for_completions(session, repo):
     client, editor = session
     uri = editor.open(repo / "geometry.py", MODULE)
-    # Long enough to be still running when the cancel arrives (the default model writes all 2,048
-    # tokens its context allows here: about a minute on one CPU thread).
+    # Long enough to be still running when the cancel arrives (the default model writes all 4,000
+    # tokens of a fix here: half a minute or more on one CPU thread).
     await configure(client, instructMaxNewTokens=4000)
-    explain = by_title(await code_actions(client, uri, rng((4, 0), (6, 0))), "Explain")
+    fix = by_title(await code_actions(client, uri, rng((9, 11), (9, 16))), "Fix")
     future = client.protocol.send_request(T.WORKSPACE_EXECUTE_COMMAND, T.ExecuteCommandParams(
-        command=explain.command.command, arguments=explain.command.arguments))
+        command=fix.command.command, arguments=fix.command.arguments))
     msg_id = next(k for k, v in client.protocol._request_futures.items() if v is future)
     await asyncio.sleep(2)
     client.protocol.notify(T.CANCEL_REQUEST, T.CancelParams(id=msg_id))
