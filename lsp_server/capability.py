@@ -95,15 +95,20 @@ def for_actions(settings: Settings, serving: Settings | None) -> Capability:
     return found
 
 
+def _named(capability: Capability) -> str:
+    return "the default model" if capability.model == "default" else capability.model
+
+
 def refusal(capability: Capability) -> str:
     """Why an action is not run, and what to do about it (a clause: the caller says which action)."""
-    return (f"code actions need a model that follows instructions, and {capability.model}, the model "
-            f"serving them, does not ({capability.why}). Set codellama.instructModel to a Code Llama – "
+    return (f"code actions need a model that follows instructions, and {_named(capability)} (the model "
+            f"serving them) does not: {capability.why}. Set codellama.instructModel to a Code Llama – "
             "Instruct model directory (e.g. CodeLlama-7b-Instruct-hf), or codellama.instructCapable to "
             "true to use this model anyway.")
 
 
 def disabled_reason(capability: Capability) -> str:
     """Short: shown greyed out beside the action in the editor's menu."""
-    return (f"{capability.model} is not an instruction-following model: set codellama.instructModel "
-            "to a Code Llama – Instruct model")
+    named = _named(capability)
+    return (f"{named[0].upper()}{named[1:]} does not follow instructions: set codellama.instructModel to a "
+            "Code Llama – Instruct model")

@@ -54,3 +54,15 @@ def test_instruct_capable_setting_parses_true_false_null_and_rejects_the_rest():
     assert parse_settings({"instructCapable": None})[0].instruct_capable is None
     settings, problems = parse_settings({"instructCapable": "yes"})
     assert settings.instruct_capable is None and "codellama.instructCapable" in problems[0]
+
+
+def test_the_messages_name_the_model_say_why_and_what_to_set(tmp_path):
+    default = C.for_actions(Settings(), Settings())
+    assert C.refusal(default).startswith(
+        'code actions need a model that follows instructions, and the default model (the model serving them) '
+        'does not: its config.json says "instruct": false. Set codellama.instructModel to a Code Llama – '
+        "Instruct model directory")
+    assert C.disabled_reason(default) == ("The default model does not follow instructions: set "
+                                          "codellama.instructModel to a Code Llama – Instruct model")
+    base = C.for_actions(Settings(model=model_dir(tmp_path, "CodeLlama-7b-hf")), None)
+    assert C.disabled_reason(base).startswith("CodeLlama-7b-hf does not follow instructions")

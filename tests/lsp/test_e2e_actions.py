@@ -152,7 +152,7 @@ async def test_the_default_model_offers_the_actions_disabled_and_refuses_to_run_
     try:
         actions = await code_actions(client, uri, rng((9, 11), (9, 16)))
         assert len(actions) == 6 and all(a.disabled is not None for a in actions)
-        assert "default is not an instruction-following model" in actions[0].disabled.reason
+        assert "The default model does not follow instructions" in actions[0].disabled.reason
         assert "codellama.instructModel" in actions[0].disabled.reason
         result = await run(client, by_title(actions, "Fix"))  # a client that runs it anyway
         assert result["stopReason"] == "refused" and result["applied"] is False and result["generatedTokens"] == 0
