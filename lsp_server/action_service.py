@@ -21,6 +21,7 @@ from lsprotocol import types
 from engine.backends.base import Backend, InstructRequest
 
 from . import actions as A
+from . import capability as C
 from .completion import CompletionService
 from .context.builder import render_snippet, snippets_for_span
 from .context.languages import language_of
@@ -34,6 +35,11 @@ PROMPT_OVERHEAD_TOKENS = 200  # system prompt, instruction and fences around the
 
 class ActionError(ValueError):
     """A user-facing reason an action cannot run (sent back as the command's error)."""
+
+
+class Refused(ActionError):
+    """The model serving actions does not follow instructions: the action is not run (the server
+    shows the message and answers the command with stopReason "refused")."""
 
 
 @dataclass
@@ -78,7 +84,9 @@ class ActionOutcome:
     edit_range: tuple[tuple[int, int], tuple[int, int]] | None = None
     new_text: str | None = None
     target_uri: str | None = None  # where the edit goes (the document, or a test file)
-    message: str | None = None  # why there is no edit (for the user)
+    message: str | None = None  # why there is no edit, or why the answer stopped early (for the user)
+    rejected: bool = False  # the edit was not made: it would have broken the code (message says how)
+    preview: str | None = None  # markdown shown instead of the answer: a rejected edit and why
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"action": self.action, "answer": self.answer, "stopReason": self.stop_reason,
@@ -98,12 +106,26 @@ def _diagnostic_text(d: types.Diagnostic) -> str:
 
 class ActionService:
     def __init__(self, completion: CompletionService, get_settings: Callable[[], Settings],
-                 root: Callable[[], Path | None], can_create_files: Callable[[], bool]) -> None:
+                 root: Callable[[], Path | None], can_create_files: Callable[[], bool],
+                 disabled_support: Callable[[], bool] = lambda: False) -> None:
         self.completion = completion
         self.docs = completion.docs
         self.get_settings = get_settings
         self.root = root
         self.can_create_files = can_create_files
+        self.disabled_support = disabled_support  # the client shows actions greyed out with a reason
+
+    # ---- can the model follow instructions? ---------------------------------------------------
+
+    def capability(self) -> C.Capability:
+        """Of the model that would serve actions: `instructModel`, else the completion model serving."""
+        return C.for_actions(self.get_settings(), self.completion.engine.loaded_settings)
+
+    def check_capable(self, title: str) -> None:
+        """Raises Refused when the model serving actions does not follow instructions."""
+        found = self.capability()
+        if not found.capable:
+            raise Refused(f"{title} was not run: {C.refusal(found)}")
 
     # ---- offering -----------------------------------------------------------------------------
 
@@ -118,6 +140,12 @@ class ActionService:
             return []
         span = A.target_span(doc.text, start, end)
         only = params.context.only or []
+        found = self.capability()
+        disabled = None
+        if not found.capable:
+            if not self.disabled_support():
+                return []  # nothing this model can do; a client that can shows why (below)
+            disabled = types.CodeActionDisabled(reason=C.disabled_reason(found))
         diagnostics = [_diagnostic_text(d) for d in params.context.diagnostics or []]
         rng = {"start": {"line": params.range.start.line, "character": params.range.start.character},
                "end": {"line": params.range.end.line, "character": params.range.end.character}}
@@ -137,7 +165,7 @@ class ActionService:
             out.append(types.CodeAction(
                 title=title, kind=action.kind,
                 diagnostics=list(params.context.diagnostics or []) if action.id == "fix" else None,
-                command=types.Command(title=title, command=RUN_ACTION, arguments=[arg])))
+                disabled=disabled, command=types.Command(title=title, command=RUN_ACTION, arguments=[arg])))
         return out
 
     # ---- running ------------------------------------------------------------------------------
@@ -169,6 +197,10 @@ class ActionService:
         if stop_reason == "cancelled":
             outcome.message = "cancelled"
             return outcome
+        if stop_reason == "repetition":
+            outcome.message = "stopped early: the model started repeating itself"
+        elif stop_reason == "length":
+            outcome.message = f"stopped at a paragraph break after about {A.ANSWER_SOFT_CHARS:,} characters"
         current = self.docs.get(args.uri)
         if current is None or current.text != snapshot.text:
             if A.ACTIONS[args.action].result in ("replace", "docstring"):
@@ -203,9 +235,29 @@ class ActionService:
                               snap.path, context, args.question, args.diagnostics)
         request = InstructRequest(user=user, system=A.SYSTEM_PROMPT, max_new_tokens=max_new,
                                   temperature=settings.temperature)
-        completion = backend.instruct(request, should_stop=cancelled.is_set, on_text=on_text)
-        reason = "cancelled" if cancelled.is_set() else completion.stop_reason
-        return completion.text, reason, len(completion.tokens)
+        if A.ACTIONS[args.action].result != "answer":
+            completion = backend.instruct(request, should_stop=cancelled.is_set, on_text=on_text)
+            reason = "cancelled" if cancelled.is_set() else completion.stop_reason
+            return completion.text, reason, len(completion.tokens)
+        # An answer ends where it starts repeating itself or grows past a sensible length
+        # (instructMaxNewTokens stays the hard limit).
+        cut: list[tuple[int, str]] = []
+
+        def watch(text: str) -> None:
+            if not cut:
+                found = A.answer_cut(text)
+                if found is not None:
+                    cut.append(found)
+            if on_text is not None:
+                on_text(text)
+
+        completion = backend.instruct(request, should_stop=lambda: cancelled.is_set() or bool(cut),
+                                      on_text=watch)
+        if cancelled.is_set():
+            return completion.text, "cancelled", len(completion.tokens)
+        if cut:
+            return A.finish_answer(completion.text[: cut[0][0]]), cut[0][1], len(completion.tokens)
+        return completion.text, completion.stop_reason, len(completion.tokens)
 
     def _make_edit(self, outcome: ActionOutcome, uri: str, doc: Document, path: str, language: str,
                    span: tuple[int, int]) -> None:
@@ -217,25 +269,46 @@ class ActionService:
             if not new.strip():
                 outcome.message = "the model returned no code"
                 return
-            self._set_edit(outcome, uri, doc, span[0], span[1], new)
+            self._set_edit(outcome, uri, doc, span[0], span[1], new, language=language, path=path)
         elif kind == "docstring":
             found = A.docstring_edit(text, span, language, A.docstring_text(outcome.answer, language))
             if found is None:
                 outcome.message = f"the model returned no {A.doc_word(language)}"
                 return
-            self._set_edit(outcome, uri, doc, found.start, found.end, found.text)
+            self._set_edit(outcome, uri, doc, found.start, found.end, found.text, language=language, path=path)
         elif kind == "tests":
             self._tests_edit(outcome, path, language)
 
     def _set_edit(self, outcome: ActionOutcome, uri: str, doc: Document, start: int, end: int, new: str,
-                  versioned: bool = True) -> None:
-        """One text edit; `versioned` makes the client refuse it if the document moved on meanwhile."""
+                  versioned: bool = True, language: str = "", path: str = "") -> None:
+        """One text edit; `versioned` makes the client refuse it if the document moved on meanwhile.
+        No edit (a preview instead) when it would leave Python code that no longer parses."""
         rng = (doc.position_at(start), doc.position_at(end))
         outcome.edit_range, outcome.new_text, outcome.target_uri = rng, new, uri
+        if self._rejected(outcome, doc.text, start, end, new, language, path, rng):
+            return
         outcome.edit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
             text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=doc.version if versioned else None),
             edits=[types.TextEdit(range=types.Range(types.Position(*rng[0]), types.Position(*rng[1])),
                                   new_text=new)])])
+
+    def _rejected(self, outcome: ActionOutcome, text: str, start: int, end: int, new: str, language: str,
+                  path: str, rng: tuple[tuple[int, int], tuple[int, int]]) -> bool:
+        """True (and the outcome says why, with a preview) when the edit would break Python code."""
+        if language != "python":
+            return False  # no cheap check there: the edit goes in as before
+        problem = A.python_edit_problem(text, start, end, new)
+        if problem is None:
+            return False
+        (sl, _), (el, _) = rng
+        where = f"line {sl + 1}" if sl == el else f"lines {sl + 1}–{el + 1}"
+        where = f"the new file {path}" if not text else f"{where} of {path}"
+        outcome.rejected = True
+        outcome.message = f"not applied: with it, {path} would not be valid Python ({problem})"
+        outcome.preview = (f"_{outcome.message[0].upper()}{outcome.message[1:]}._\n\n"
+                           f"What Code Llama proposed for {where}:\n\n{A.fenced(new, language)}\n\n"
+                           f"## The model's answer\n\n{outcome.answer.strip()}\n")
+        return True
 
     def _tests_edit(self, outcome: ActionOutcome, path: str, language: str) -> None:
         """Test code into the test file the language expects: appended when it exists, created when
@@ -259,13 +332,15 @@ class ActionService:
             sep = "" if not existing or existing.endswith("\n\n") else ("\n" if existing.endswith("\n") else "\n\n")
             # A file that is not open has no version to check.
             self._set_edit(outcome, uri, doc, len(existing), len(existing), sep + code + "\n",
-                           versioned=open_doc is not None)
+                           versioned=open_doc is not None, language=language, path=rel)
             return
         if not self.can_create_files():
             outcome.message = f"the client cannot create {rel}; the tests are in the answer"
             return
         new = code + "\n"
         outcome.edit_range, outcome.new_text, outcome.target_uri = ((0, 0), (0, 0)), new, uri
+        if self._rejected(outcome, "", 0, 0, new, language, rel, ((0, 0), (0, 0))):
+            return
         outcome.edit = types.WorkspaceEdit(document_changes=[
             types.CreateFile(uri=uri, options=types.CreateFileOptions(ignore_if_exists=True)),
             types.TextDocumentEdit(

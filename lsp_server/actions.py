@@ -10,6 +10,7 @@ Actions:  explain, ask             -> an answer shown to the user
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import textwrap
@@ -453,3 +454,153 @@ def tests_path_for(path: str, language: str, has_tests_dir: bool) -> str:
     if language in ("javascript", "typescript", "javascriptreact", "typescriptreact"):
         return str(p.with_name(f"{p.stem}.test{p.suffix}"))
     return str(p.with_name(f"{p.stem}_test{p.suffix}"))
+
+
+# ---- is the edited code still code? -------------------------------------------------------------
+
+_CONTINUES_BLOCK = re.compile(r"(?:else|elif|except|finally|case)\b|[)\]}]")
+
+
+def python_syntax_error(source: str) -> tuple[int, str] | None:
+    """(1-based line, message) of the first syntax error in `source`; None when it parses. Parsing
+    only (the compiler's later checks, such as `return` outside a function, do not apply), with the
+    server's Python."""
+    try:
+        compile(source, "<edit>", "exec", flags=ast.PyCF_ONLY_AST, dont_inherit=True)
+    except SyntaxError as exc:
+        return exc.lineno or 1, exc.msg or "invalid syntax"
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, absurd nesting
+        return 1, str(exc) or type(exc).__name__
+    return None
+
+
+def _top_level_block(text: str, start: int, end: int) -> tuple[int, int]:
+    """Offsets of the top-level statements holding text[start:end]: from the last line at or before
+    `start` that starts a statement at column 0 to just before the next one after `end`."""
+    def starts_statement(at: int) -> bool:
+        line = text[at : at + 16]
+        return bool(line[:1].strip()) and not line.startswith("#") and not _CONTINUES_BLOCK.match(line)
+
+    lo = text.rfind("\n", 0, start) + 1
+    while lo > 0 and not starts_statement(lo):
+        lo = text.rfind("\n", 0, lo - 1) + 1
+    hi = text.find("\n", end - 1 if end > start else start)
+    while hi >= 0:
+        if starts_statement(hi + 1):
+            return lo, hi + 1
+        hi = text.find("\n", hi + 1)
+    return lo, len(text)
+
+
+def python_edit_problem(text: str, start: int, end: int, new: str) -> str | None:
+    """Why replacing text[start:end] with `new` would break the Python code in `text`; None when it
+    would not. A file that parsed must still parse. In a file that did not (an edit in progress
+    elsewhere, a notebook's magics), the top-level statements around the edit must parse after it,
+    unless they did not before either and the error is outside the edited lines."""
+    edited = text[:start] + new + text[end:]
+    error = python_syntax_error(edited)
+    if error is None:
+        return None
+    if python_syntax_error(text) is None:
+        return f"line {error[0]}: {error[1]}"
+    lo, hi = _top_level_block(text, start, end)
+    new_hi = hi + len(new) - (end - start)
+    error = python_syntax_error(edited[lo:new_hi])
+    if error is None:
+        return None
+    line = edited.count("\n", 0, lo) + error[0]
+    first = edited.count("\n", 0, start) + 1
+    last = first + new.count("\n")
+    if python_syntax_error(text[lo:hi]) is None or first <= line <= last:
+        return f"line {line}: {error[1]}"
+    return None
+
+
+def fenced(code: str, language: str) -> str:
+    """`code` in a markdown code block whose fence no line of it can close."""
+    longest = max((len(m) for m in re.findall(r"`{3,}", code)), default=2)
+    fence = "`" * (longest + 1)
+    return f"{fence}{language}\n{code.rstrip()}\n{fence}"
+
+
+# ---- answers that run away ----------------------------------------------------------------------
+
+ANSWER_SOFT_CHARS = 2000  # an answer ends at its first paragraph break after this many characters
+ANSWER_HARD_CHARS = 4000  # ... or at its first line break after this many
+_REPEAT_MIN_CHARS = 100  # a repetition: a unit of up to 400 characters repeated over 100+ characters
+_REPEAT_MAX_UNIT = 400
+_FENCE_LINE = re.compile(r"^[ \t]*(?:`{3,}|~{3,})", re.M)
+
+
+def _in_code_block(text: str, at: int) -> bool:
+    return len(_FENCE_LINE.findall(text, 0, at)) % 2 == 1
+
+
+def _repeating_tail(text: str) -> int | None:
+    """Where to cut `text` when it ends in a repetition (one copy kept): the same unit of 1 to 400
+    characters, three or more times over at least 100 characters."""
+    n = len(text)
+    for unit in range(1, min(_REPEAT_MAX_UNIT, n // 3) + 1):
+        run = max(3 * unit, _REPEAT_MIN_CHARS)
+        if run > n:
+            break
+        tail = text[n - run :]
+        if tail[:-unit] == tail[unit:]:
+            begin = n - run
+            while begin > 0 and text[begin - 1] == text[begin - 1 + unit]:
+                begin -= 1
+            return begin + unit
+    return None
+
+
+def _repeated_line(text: str) -> int | None:
+    """Where to cut `text` when one line of prose (16+ characters, outside code blocks) came back a
+    third time within its last 20 lines: before the line's second occurrence."""
+    lines = _lines_with_offsets(text)[:-1]  # the last line may be unfinished
+    seen: dict[str, list[int]] = {}
+    fenced = False
+    for offset, line in lines:
+        if _FENCE_LINE.match(line):
+            fenced = not fenced
+            continue
+        key = line.strip()
+        if fenced or len(key) < 16:
+            continue
+        seen.setdefault(key, []).append(offset)
+    window = lines[-20:][0][0] if lines else 0
+    for offsets in seen.values():
+        recent = [o for o in offsets if o >= window]
+        if len(recent) >= 3:
+            return offsets[1]
+    return None
+
+
+def answer_cut(text: str) -> tuple[int, str] | None:
+    """Where a free-running answer (explain, ask) should end, and why: "repetition" when the model
+    repeats itself, "length" at the first paragraph break (outside a code block) after
+    ANSWER_SOFT_CHARS characters, else the first line break after ANSWER_HARD_CHARS (a space, in one
+    endless line). None: go on."""
+    cut = _repeating_tail(text)
+    if cut is None:
+        cut = _repeated_line(text)
+    if cut is not None:
+        return cut, "repetition"
+    if len(text) > ANSWER_SOFT_CHARS:
+        at = text.find("\n\n", ANSWER_SOFT_CHARS)
+        while at >= 0 and _in_code_block(text, at):
+            at = text.find("\n\n", at + 2)
+        if at >= 0:
+            return at, "length"
+    if len(text) > ANSWER_HARD_CHARS:
+        at = text.find("\n", ANSWER_HARD_CHARS)
+        if at < 0 and len(text) > ANSWER_HARD_CHARS + 500:  # one endless line: end at a space
+            at = max(text.find(" ", ANSWER_HARD_CHARS), ANSWER_HARD_CHARS)
+        if at >= 0:
+            return at, "length"
+    return None
+
+
+def finish_answer(text: str) -> str:
+    """A cut answer made whole: trailing blanks off, an open code block closed."""
+    text = text.rstrip()
+    return text + "\n```" if _in_code_block(text, len(text)) else text

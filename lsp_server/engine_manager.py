@@ -1,7 +1,8 @@
 """Owns the backend: loads it on a background thread, swaps it in when ready, reports its state.
 
 While a new model loads, the old one keeps serving. A failed load leaves the previous backend (if
-any) in place and reports a message the user can act on.
+any) in place and reports a message the user can act on. `model_name` always names the model serving
+(`requested_name` the one the settings ask for), so a failed change never shows as the new model.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ def load_backend(settings: Settings) -> Backend:
         raise BackendError(f"Could not load the model: {type(exc).__name__}: {exc}") from exc
 
 
+def model_label(settings: Settings) -> str:
+    """The model as the status names it: its directory's name, "default" for the embedded one."""
+    return Path(settings.model).name if settings.model else "default"
+
+
 def backend_device(backend: Backend) -> tuple[str | None, str | None]:
     """(device, dtype) of a backend when it says; parsed from its description otherwise."""
     device = getattr(backend, "device", None)
@@ -73,7 +79,9 @@ class EngineManager:
         self.key: tuple[Any, ...] | None = None  # engine_key() of the loaded backend
         self.loading_key: tuple[Any, ...] | None = None
         self.error: str | None = None
-        self.model_name: str | None = None
+        self.model_name: str | None = None  # the model serving; None while none is
+        self.requested_name: str | None = None  # the model the last ensure() asked for
+        self.loaded_settings: Settings | None = None  # the settings the serving backend was loaded with
         self._loader = loader
         self._on_change = on_change
         self._on_problem = on_problem
@@ -99,16 +107,19 @@ class EngineManager:
             generation = self._generation
             self.loading_key = key
             self.error = None
-        self.model_name = Path(settings.model).name if settings.model else "default"
-        thread = threading.Thread(target=self._load, args=(settings, key, generation),
+        name = model_label(settings)
+        self.requested_name = name
+        # Tell the client before the load can finish: a model that loads in milliseconds must still
+        # show as "loading" first (the server sends the status at once when called on its loop).
+        self._on_change()
+        thread = threading.Thread(target=self._load, args=(settings, key, generation, name),
                                   name="model-loader", daemon=True)
         thread.start()
-        self._on_change()
         return True
 
-    def _load(self, settings: Settings, key: tuple[Any, ...], generation: int) -> None:
+    def _load(self, settings: Settings, key: tuple[Any, ...], generation: int, name: str) -> None:
         if self._progress is not None:
-            self._progress("begin", f"Loading model {self.model_name}")
+            self._progress("begin", f"Loading model {name}")
         backend: Backend | None = None
         error: str | None = None
         started = time.perf_counter()
@@ -128,6 +139,7 @@ class EngineManager:
                 self.loading_key = None
                 if backend is not None:
                     old, self.backend, self.key = self.backend, backend, key
+                    self.model_name, self.loaded_settings = name, settings
                 else:
                     old = None
                     self.error = error
@@ -151,6 +163,7 @@ class EngineManager:
     def close(self) -> None:
         with self._lock:
             backend, self.backend = self.backend, None
+            self.model_name = self.loaded_settings = None
             self._generation += 1
             self.loading_key = None
         if backend is not None:

@@ -30,8 +30,8 @@ from pygls.lsp.server import LanguageServer
 
 from engine.backends.base import Backend
 
-from . import __version__
-from .action_service import RUN_ACTION, ActionArgs, ActionError, ActionOutcome, ActionService
+from . import __version__, capability
+from .action_service import RUN_ACTION, ActionArgs, ActionError, ActionOutcome, ActionService, Refused
 from .actions import ACTIONS
 from .completion import CompletionResult, CompletionService
 from .context.index import WorkspaceIndex
@@ -90,10 +90,11 @@ class CodeLlamaServer(LanguageServer):
         self.can_apply_edit = False
         self.can_show_document = False
         self.can_create_files = False
+        self.can_show_disabled = False  # codeAction.disabledSupport (LSP 3.16)
         self.pending_problems: list[str] = []
         self._last_problem: tuple[str, float] = ("", 0.0)
         self.status: dict[str, Any] = {
-            "state": "starting", "model": None, "backend": "local", "description": None, "device": None,
+            "state": "starting", "model": None, "requestedModel": None, "backend": "local", "description": None, "device": None,
             "dtype": None, "message": None, "indexing": False, "indexedFiles": 0, "lastLatencyMs": None,
             "lastPromptTokens": None, "lastCachedTokens": None, "lastFromCache": False,
         }
@@ -106,12 +107,12 @@ class CodeLlamaServer(LanguageServer):
             on_done=lambda update: self.threadsafe(self.send_status, update),
             on_problem=lambda m: self.threadsafe(self.show_problem, m))
         # Code actions use the completion model unless `instructModel` names another one.
-        self.instruct_engine = EngineManager(on_change=lambda: self.threadsafe(self.send_status),
+        self.instruct_engine = EngineManager(on_change=self.status_changed,
                                              on_problem=lambda m: self.threadsafe(self.show_problem, m),
                                              loader=loader, progress=self._instruct_progress)
         self.instruct_engine.retire = lambda old: self.service.worker.submit(old.close)
         self.actions = ActionService(self.service, lambda: self.settings, lambda: self.root,
-                                     lambda: self.can_create_files)
+                                     lambda: self.can_create_files, lambda: self.can_show_disabled)
         self.action_runs: dict[str, threading.Event] = {}  # progress token -> cancel flag
 
     # ---- plumbing -----------------------------------------------------------------------------
@@ -174,7 +175,9 @@ class CodeLlamaServer(LanguageServer):
                 state, message = "error", f"remote server: {remote_state}"
         device, dtype = backend_device(backend) if backend is not None else (None, None)
         self.status.update(
-            state=state, model=engine.model_name, backend=self.settings.backend,
+            # The model serving; while none is yet, the one being loaded (or that failed to load).
+            state=state, model=engine.model_name if backend is not None else engine.requested_name,
+            requestedModel=engine.requested_name, backend=self.settings.backend,
             description=backend.description if backend is not None else None, device=device, dtype=dtype,
             message=message, indexing=self.indexing,
             indexedFiles=len(self.index) if self.index is not None else 0)
@@ -186,7 +189,19 @@ class CodeLlamaServer(LanguageServer):
         if getattr(backend, "on_state", False) is None:
             # A remote backend reports how each request went: an outage shows in the status bar.
             backend.on_state = lambda _: self.threadsafe(self.send_status)  # type: ignore[union-attr]
-        self.threadsafe(self.send_status)
+        self.status_changed()
+
+    def status_changed(self) -> None:
+        """Send the status: at once on the event loop's thread (so that it shows the state of this
+        moment, e.g. "loading" before a load that takes milliseconds is over), else via the loop."""
+        try:
+            on_loop = self.loop is not None and asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self.send_status()
+        else:
+            self.threadsafe(self.send_status)
 
     def send_status(self, update: dict[str, Any] | None = None) -> None:
         if update:
@@ -266,6 +281,10 @@ class CodeLlamaServer(LanguageServer):
                 await asyncio.sleep(0.2)
             if self.instruct_engine.backend is not None:
                 return self.instruct_engine.backend
+            fallback = capability.for_actions(replace(settings, instruct_model=None), self.engine.loaded_settings)
+            if not fallback.capable:
+                raise Refused(f"the instruct model could not be loaded ({self.instruct_engine.error}), and "
+                              f"{capability.refusal(fallback)}")
             self.show_problem(f"the instruct model could not be loaded ({self.instruct_engine.error}); code "
                               "actions use the completion model", types.MessageType.Warning)
         if self.engine.backend is None:
@@ -274,8 +293,15 @@ class CodeLlamaServer(LanguageServer):
         return self.engine.backend
 
     async def run_action(self, args: ActionArgs) -> dict[str, Any]:
-        backend = await self.instruct_backend()
         title = ACTIONS[args.action].title
+        try:
+            self.actions.check_capable(f'"{title.removeprefix("Code Llama: ")}"')
+            backend = await self.instruct_backend()
+        except Refused as exc:
+            # Not an error answer: the client would show it as well, beside this message.
+            self.show_problem(str(exc), types.MessageType.Warning)
+            return {"action": args.action, "answer": "", "stopReason": "refused", "generatedTokens": 0,
+                    "message": str(exc), "applied": False, "shownIn": None}
         cancelled = threading.Event()
         token = self.begin_progress(title, cancellable=True)
         if token is not None:
@@ -313,9 +339,13 @@ class CodeLlamaServer(LanguageServer):
                 result["message"] = f"applying the edit failed: {exc}"
             if result["applied"]:
                 return result
+        if outcome.rejected:
+            # The user expected their code to change: say so where they look, and show the proposal.
+            self.show_problem(f'"{title.removeprefix("Code Llama: ")}" {outcome.message}; the proposal is '
+                              "shown instead", types.MessageType.Warning)
         if ACTIONS[outcome.action].result == "answer" or outcome.answer.strip():
             note = f"_{result['message']}_\n\n" if result.get("message") else ""
-            result["shownIn"] = await self.show_answer(title, note + outcome.answer)
+            result["shownIn"] = await self.show_answer(title, outcome.preview or note + outcome.answer)
         elif result.get("message"):
             self.show_problem(str(result["message"]), types.MessageType.Warning)
         return result
@@ -478,6 +508,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         ls.can_progress = _client_has(caps, "window.work_done_progress")
         ls.can_apply_edit = _client_has(caps, "workspace.apply_edit")
         ls.can_show_document = _client_has(caps, "window.show_document.support")
+        ls.can_show_disabled = _client_has(caps, "text_document.code_action.disabled_support")
         edits = caps.workspace.workspace_edit if caps.workspace is not None else None
         ls.can_create_files = bool(edits is not None and edits.document_changes and
                                    types.ResourceOperationKind.Create in (edits.resource_operations or []))

@@ -44,6 +44,8 @@ class Settings:
     exclude: tuple[str, ...] = field(default_factory=tuple)
     instruct_model: str | None = None  # None: code actions use the completion model
     instruct_max_new_tokens: int = 512
+    # Whether the model serving code actions follows instructions; None: detect (lsp_server/capability.py)
+    instruct_capable: bool | None = None
     # Remote backends only: sent as "Authorization: Bearer" to the `backend` host (never logged), and the
     # served model's name (default: the first one the server lists).
     api_key: str | None = field(default=None, repr=False)
@@ -147,6 +149,12 @@ def _bool(value: Any) -> bool:
     raise ValueError("must be true or false")
 
 
+def _optional_bool(value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise ValueError("must be true, false or null")
+
+
 def _patterns(value: Any) -> tuple[str, ...]:
     if isinstance(value, list) and all(isinstance(p, str) for p in value):
         return tuple(value)
@@ -169,6 +177,7 @@ PARSERS = {
     "exclude": _patterns,
     "instruct_model": _optional_path,
     "instruct_max_new_tokens": _int_range(16, 4096),
+    "instruct_capable": _optional_bool,
     "api_key": _optional_text,
     "remote_model": _optional_text,
 }

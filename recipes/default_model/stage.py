@@ -234,6 +234,9 @@ def export(run: Path, out: Path, from_shards: Path | None) -> None:
     model = Transformer(args)
     model.load_state_dict({k: v.float() for k, v in params.items()}, strict=True)
     save_hf_checkpoint(model, run / "tokenizer.model", out, dtype=torch.bfloat16)
+    # A completion model: the language server offers no instruct code actions on it (lsp_server/capability.py).
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "instruct": False}, indent=2) + "\n")
     (out / "training_state.json").write_text(json.dumps({"stage": stage, "checkpoint": source, "step": step},
                                                         indent=1) + "\n")
     print(f"exported {source} ({stage}, step {step}) to {out}")

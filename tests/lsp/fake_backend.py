@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from engine.backends.base import Completion, CompletionRequest, Timings
+from engine.backends.base import Completion, CompletionRequest, InstructRequest, Timings
 
 _TOKEN = re.compile(r"\w+|\s|[^\w\s]")
 
@@ -22,10 +22,13 @@ class FakeBackend:
     context_length = 16384
     can_infill = True
 
-    def __init__(self, script: str | Callable[[CompletionRequest], str] = "", step_s: float = 0.0) -> None:
+    def __init__(self, script: str | Callable[[CompletionRequest], str] = "", step_s: float = 0.0,
+                 answer: str | Callable[[InstructRequest], str] = "") -> None:
         self.script = script
+        self.answer = answer  # what `instruct` writes
         self.step_s = step_s
         self.requests: list[CompletionRequest] = []
+        self.instruct_requests: list[InstructRequest] = []
         self.results: list[Completion] = []
         self.started = threading.Event()
         self.closed = False
@@ -37,6 +40,14 @@ class FakeBackend:
         self.requests.append(request)
         self.started.set()
         text = self.script(request) if callable(self.script) else self.script
+        out, reason = self._stream(text, request, should_stop, on_text)
+        prompt = self.count_tokens(request.prefix + request.suffix)
+        result = Completion(out, reason, timings=Timings(prompt_tokens=prompt, generated_tokens=len(out)))  # type: ignore[arg-type]
+        self.results.append(result)
+        return result
+
+    def _stream(self, text, request, should_stop, on_text) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+        """One character per decode step, like the engine: stop checks before, on_text after each."""
         out = ""
         reason = "eot"
         for ch in text:
@@ -53,13 +64,17 @@ class FakeBackend:
                 on_text(out)
             if self.step_s:
                 time.sleep(self.step_s)
-        prompt = self.count_tokens(request.prefix + request.suffix)
-        result = Completion(out, reason, timings=Timings(prompt_tokens=prompt, generated_tokens=len(out)))  # type: ignore[arg-type]
-        self.results.append(result)
-        return result
+        return out, reason
 
     def instruct(self, request, should_stop=None, on_text=None) -> Completion:  # type: ignore[no-untyped-def]
-        return Completion("", "eot")
+        self.instruct_requests.append(request)
+        self.started.set()
+        text = self.answer(request) if callable(self.answer) else self.answer
+        limited = text[: request.max_new_tokens]  # one character per token
+        out, reason = self._stream(limited, request, should_stop, on_text)
+        if reason == "eot" and len(limited) < len(text):
+            reason = "max_tokens"
+        return Completion(out, reason, tokens=list(range(len(out))))  # type: ignore[arg-type]
 
     def warm(self, request, should_stop=None) -> None:  # type: ignore[no-untyped-def]
         pass

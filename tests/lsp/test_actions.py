@@ -209,3 +209,90 @@ def test_control_characters_from_a_weak_model_never_reach_the_code():
     text = "def f():\n    pass\n"
     ins = A.docstring_edit(text, (0, len(text) - 1), "python", A.docstring_text("Do\x1cne\x00.", "python"))
     assert ins.text == '    """Done."""\n'
+
+
+# ---- edits that would break Python --------------------------------------------------------------
+
+MOD = "import math\n\n\ndef half(x):\n    return x / 0\n\n\nclass K:\n    pass\n"
+
+
+def test_an_edit_that_breaks_a_parsing_file_is_named_by_line():
+    at = MOD.index("x / 0")
+    assert A.python_edit_problem(MOD, at, at + 5, "x / 2") is None
+    assert A.python_edit_problem(MOD, at, at + 5, "<https://github.com/x") == "line 5: invalid syntax"
+    assert "line 5" in A.python_edit_problem(MOD, at, at + 5, "x / (2")
+    # A docstring inserted under the signature, and one that would close its own quotes early.
+    body = MOD.index("    return")
+    assert A.python_edit_problem(MOD, body, body, '    """Half of x."""\n') is None
+    assert A.python_edit_problem(MOD, body, body, '    """Half of x.""" ""\n  oops\n') is not None
+
+
+def test_a_file_broken_elsewhere_judges_the_statement_around_the_edit():
+    text = "%matplotlib inline\n" + MOD  # a notebook cell's magic: the file never parses
+    at = text.index("x / 0")
+    assert A.python_edit_problem(text, at, at + 5, "x / 2") is None
+    assert A.python_edit_problem(text, at, at + 5, "x /") == "line 6: invalid syntax"
+    # A fix of the broken statement itself must parse; one that leaves it broken is refused.
+    broken = "def f(x):\n    return x +\n\n\ny = 1\n"
+    at = broken.index("x +")
+    assert A.python_edit_problem(broken, at, at + 3, "x + 1") is None
+    assert A.python_edit_problem(broken, at, at + 3, "x ++") == "line 2: invalid syntax"
+    # The statement still broken by an error outside the edit: the edit is not to blame.
+    two = "def g(:\n    a = 1\n    return a\n"
+    at = two.index("a = 1")
+    assert A.python_edit_problem(two, at, at + 5, "a = 2") is None
+
+
+def test_an_else_branch_is_judged_with_its_if():
+    text = "if x:\n    a = 1\nelse:\n    b = 2\n%magic\n"
+    at = text.index("b = 2")
+    assert A._top_level_block(text, at, at + 5) == (0, text.index("%magic"))
+    assert A.python_edit_problem(text, at, at + 5, "b = (") is not None
+    assert A.python_edit_problem(text, at, at + 5, "b = 3") is None
+
+
+# ---- answers that run away ----------------------------------------------------------------------
+
+EXPLANATION = """This function computes the area of a circle.
+
+1. `scaled = radius * radius` squares the radius.
+2. `math.pi * scaled` multiplies it by pi.
+
+| input | output |
+| ----- | ------ |
+| 1     | 3.14   |
+| 2     | 12.57  |
+
+```python
+assert circle_area(0) == 0
+assert circle_area(0) == 0.0
+assert circle_area(0) == 0
+assert circle_area(0) == 0
+```
+
+Note that a negative radius gives a positive area.
+"""
+
+
+def test_an_ordinary_answer_is_never_cut():
+    for end in range(1, len(EXPLANATION) + 1):
+        assert A.answer_cut(EXPLANATION[:end]) is None, EXPLANATION[:end]
+
+
+def test_repetitions_are_cut_after_their_first_copy():
+    assert A.answer_cut("Intro.\n" + "It halves x. " * 20) == (len("Intro.\nIt halves x. "), "repetition")
+    assert A.answer_cut("ok " + "=" * 120) == (4, "repetition")
+    lines = "Intro.\n" + "".join(f"The value of x is returned here.\nstep {i}\n" for i in range(3)) + "more"
+    assert A.answer_cut(lines) == (lines.index("The value", 10), "repetition")
+
+
+def test_a_long_answer_ends_at_a_paragraph_break_outside_code_or_after_the_hard_limit():
+    para = " ".join(f"word{i}" for i in range(60))  # ~470 characters, no repetition
+    text = "\n\n".join(f"{i}: {para}" for i in range(8))
+    cut, why = A.answer_cut(text)
+    assert why == "length" and cut > A.ANSWER_SOFT_CHARS and text[cut : cut + 2] == "\n\n"
+    line = " ".join(f"w{i}" for i in range(1500))  # one endless line
+    cut, why = A.answer_cut(line)
+    assert why == "length" and A.ANSWER_HARD_CHARS <= cut < A.ANSWER_HARD_CHARS + 10 and line[cut] == " "
+    assert A.finish_answer("see:\n```python\nx = 1\n") == "see:\n```python\nx = 1\n```"
+    assert A.fenced("a = '```'", "python") == "````python\na = '```'\n````"

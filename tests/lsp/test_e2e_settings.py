@@ -102,8 +102,12 @@ async def test_missing_model_directory_is_shown_and_the_old_model_keeps_serving(
     shown = await messages_containing(client, "Model directory not found")
     assert str(missing) in shown[0]
     status = await lc.wait_for(client, lambda s: s["state"] != "loading")
-    # Still the previous model. (status["model"] names the configured directory, no-such-model.)
-    assert status["state"] == "ready" and status["description"].startswith(f"local: {DEFAULT} ")
+    # The status names the model still serving, and says what failed. (Before, it said
+    # `"model": "no-such-model"` and "ready", with nothing about the failure.)
+    assert status["state"] == "ready" and status["model"] == DEFAULT
+    assert status["description"].startswith(f"local: {DEFAULT} ")
+    assert status["requestedModel"] == "no-such-model" and "Model directory not found" in status["message"]
+    assert client.statuses[-1]["model"] == DEFAULT and client.statuses[-1]["message"] == status["message"]
     uri = (workspace / "calc.py").as_uri()
     result = await lc.inline(client, uri, 1, 11)
     assert result.items and result.items[0].insert_text.strip()  # and it still suggests
@@ -115,15 +119,19 @@ async def test_model_change_reloads_in_the_background_and_no_model_goes_back_to_
         client, workspace, tiny_model_dir, tmp_path):
     other = tmp_path / "second-model"  # the tiny random-weight test model
     shutil.copytree(tiny_model_dir, other)
+    seen = len(client.statuses)
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
         settings={"codellama": {"model": str(other)}}))
     status = await lc.wait_for(client, lambda s: s["model"] == "second-model" and s["state"] == "ready")
-    assert "second-model" in status["description"]
+    assert "second-model" in status["description"] and status["message"] is None  # the earlier failure is gone
     uri = (workspace / "calc.py").as_uri()
     assert isinstance(await lc.inline(client, uri, 1, 11), T.InlineCompletionList)
-    # The load showed as a progress. (Not necessarily as a "loading" status: the tiny model loads in
-    # milliseconds, sometimes before the server sends the status, which it builds when sending.)
     await loading_progress_began(client, "second-model")
+    # The status bar showed "loading", naming the model being loaded, before "ready": even though the
+    # tiny model loads in milliseconds (before, that "loading" was often never sent).
+    states = [(s["state"], s["model"], s["requestedModel"]) for s in client.statuses[seen:]]
+    loading = states.index(("loading", DEFAULT, "second-model"))
+    assert ("ready", "second-model", "second-model") in states[loading + 1:], states
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
         settings={"codellama": {"model": None}}))
     status = await lc.wait_for(client, lambda s: s["model"] == DEFAULT and s["state"] == "ready")
