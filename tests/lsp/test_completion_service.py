@@ -114,6 +114,14 @@ async def test_multi_line_generation_stops_once_the_block_is_over():
     assert len(backend.results[0].text) < 60  # stopped early, not after 200 lines
 
 
+async def test_a_looping_line_stops_the_generation_early():
+    backend = FakeBackend("n < 0 or " * 200)
+    service, _, _ = make_service(backend)
+    result = await service.complete(URI, 1, 11, invoked=True)
+    assert result.text == "n < 0"
+    assert len(backend.results[0].text) < 60  # stopped early, not after 200 copies
+
+
 async def test_no_backend_yet_means_no_suggestion():
     service, _, _ = make_service(None)
     assert await service.complete(URI, 1, 11, invoked=True) is None

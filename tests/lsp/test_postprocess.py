@@ -83,3 +83,54 @@ def test_streaming_stops_once_the_block_is_over():
     assert not is_finished("\n    return x\n", c)
     assert is_finished("\n    return x\n\ndef g():\n", c)
     assert is_finished("abc\n", cur("x = "))
+
+
+# ---- a line that repeats itself -------------------------------------------------------------------
+
+def test_a_span_repeating_within_the_line_is_cut_after_its_first_copy():
+    # The default model's loops, seen end to end: the dangling `or` / `,` / `-` goes too.
+    assert postprocess("n < 0 or n < 0 or n < 0 or n < 0", cur("    return ")).text == "n < 0"
+    body = cur("    ", prev_line='    """True when n is negative."""')
+    assert postprocess("return n < 0 or n < 0 or n < 0 or n < 0", body).text == "return n < 0"
+    raw = "rectangle_area, fence_area, fence_area, fence_area"
+    assert postprocess(raw, cur("from geometry import ")).text == "rectangle_area, fence_area"
+    assert postprocess("len(text) - len(text) - len(text) - len(", cur("    return ")).text == "len(text)"
+
+
+def test_nested_calls_repeating_are_cut_and_left_balanced():
+    # Inside brackets (the `(` before the cursor) a loop needs 6 copies; the call cut off goes too.
+    raw = "x, " + "b.encode(" * 6 + "b"
+    assert postprocess(raw, cur("    return x.encode(")).text == "x"
+    assert postprocess("x, " + "b.encode(" * 5 + "b", cur("    return x.encode(")).text != "x"
+
+
+def test_legitimate_repeats_within_a_line_are_kept():
+    for prefix, raw in [
+        ("    return ", "a, b, c"),
+        ("    return ", "x[i][j] + x[i][i]"),
+        ("origin = ", "(0, 0, 0)"),
+        ("zeros = ", "[0, 0, 0, 0, 0, 0, 0, 0]"),  # a span under 4 characters
+        ("weights = ", "(0.0, 0.0, 0.0, 0.0)"),  # literals only: data, not a loop
+        ("row = ", "[None, None, None, None]"),
+        ("    return ", "f(x) + f(x)"),  # two copies are not a loop
+        ("root = ", "os.path.dirname(os.path.dirname(os.path.dirname(__file__)))"),
+        ("query = ", '"INSERT INTO t VALUES (%s, %s, %s, %s)"'),  # inside a string literal
+        ("    ", 'print("=" * 40)  # ========================================'),
+        ("    ", "# ----------------------------------------------------------------"),
+    ]:
+        assert postprocess(raw, cur(prefix)).text == raw, raw
+
+
+def test_a_loop_on_a_later_line_is_cut_there():
+    raw = "\n    total = 0\n    return total + total + total + total\n    x = 1"
+    assert postprocess(raw, cur("def f(x):")).text == "\n    total = 0\n    return total"
+
+
+def test_streaming_stops_once_a_line_loops():
+    assert not is_finished("n < 0 or n < 0", cur("    return "))
+    # A third copy being written may yet differ (`f(x) + f(x) + f(y)`): streaming waits for it.
+    assert not is_finished("n < 0 or n < 0 or n < ", cur("    return "))
+    assert is_finished("n < 0 or n < 0 or n < 0 or ", cur("    return "))
+    c = cur("def f(x):")
+    assert not is_finished("\n    return x + x", c)
+    assert is_finished("\n    return x.y + x.y + x.y + x.", c)
