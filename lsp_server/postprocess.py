@@ -4,11 +4,13 @@ The rules users of other completion tools ask for (shared/reference/peers.md): n
 rest of the line makes one pointless; single line unless the cursor starts a block or an empty line;
 stop where the output starts repeating the text after the cursor or itself (whole lines, or a span
 within a line); keep brackets balanced with the suffix; stop at the end of the current block by
-indentation; trim trailing whitespace.
+indentation; trim trailing whitespace; and when the token limit cut the output short, trim it back
+to where its brackets and quotes balance.
 """
 
 from __future__ import annotations
 
+import keyword
 import re
 from dataclasses import dataclass, field
 
@@ -31,6 +33,9 @@ MIN_LOOP_SPAN = 4
 LOOP_COPIES = 3
 CHAIN_LOOP_COPIES = 4
 INNER_LOOP_COPIES = 6
+# Where the output was cut off while repeating (the token limit), the copy being written counts once
+# it has this many characters (`rectangle_area, fence_area, fence_area, fence_`).
+MIN_PARTIAL_COPY = 3
 # A loop shows well within this many characters; the search costs the square of the length.
 LOOP_SEARCH_CHARS = 400
 _NAME = re.compile(r"(?<!\w)[A-Za-z_]\w*")
@@ -177,9 +182,9 @@ def _strip_dangling(text: str) -> str:
 
 
 def _trim_line(lines: list[str], quote: str) -> list[str]:
-    """The last line was cut short (by a loop): end it at its last point where everything the
-    suggestion opened is closed, without the name whose call (or index) that drops, nor a dangling
-    operator; drop it if none."""
+    """The last line was cut short (by a loop, or by the token limit): end it at its last point where
+    everything the suggestion opened is closed, without the name whose call (or index) that drops,
+    nor a dangling operator; drop it if none, or if only a keyword is left."""
     text = "\n".join(lines)
     line_start = len(text) - len(lines[-1])
     states = _scan(text, quote)
@@ -189,20 +194,33 @@ def _trim_line(lines: list[str], quote: str) -> list[str]:
     end = ends[-1]
     if text[end : end + 1] in OPENERS:
         end -= len(_CALLEE.search(text[line_start:end]).group())  # `len(` goes with `len`
-    return lines[:-1] + [_strip_dangling(text[line_start:end])]
+    last = _strip_dangling(text[line_start:end])
+    return lines[:-1] + ["" if keyword.iskeyword(last.strip()) else last]  # a lone `return`: nothing
+
+
+def _trim_to_complete_lines(lines: list[str], quote: str) -> list[str]:
+    """The token limit cut the last line of a multi-line suggestion: drop it, and end at the last line
+    end where everything the suggestion opened is closed (not inside a call's arguments or a
+    docstring)."""
+    text = "\n".join(lines[:-1])
+    states = _scan(text, quote)
+    ends = [k for k, state in enumerate(states) if _balanced(state) and (k == len(text) or text[k] == "\n")]
+    return text[: ends[-1]].split("\n") if ends else []
 
 
 # ---- loops within a line -------------------------------------------------------------------------
 
-def _copies(line: str, start: int, unit: str) -> int:
-    """How many copies of `unit` follow one another from `start`."""
+def _copies(line: str, start: int, unit: str, open_end: bool) -> int:
+    """How many copies of `unit` follow one another from `start`; with `open_end` (the output was cut
+    off there, still repeating) a last copy cut short counts once it has MIN_PARTIAL_COPY characters."""
     count, at = 0, start
     while line.startswith(unit, at):
         count, at = count + 1, at + len(unit)
-    return count
+    rest = line[at:]
+    return count + (open_end and len(rest) >= MIN_PARTIAL_COPY and unit.startswith(rest))
 
 
-def _is_loop(line: str, start: int, unit: str, depth: int) -> bool:
+def _is_loop(line: str, start: int, unit: str, depth: int, open_end: bool) -> bool:
     if len(unit) - unit.count(" ") < MIN_LOOP_SPAN or (unit + unit).find(unit, 1) != len(unit):
         return False  # too short, or a repeat of a shorter span (`====`): judged as that span
     if all(m.group() in _LITERAL_NAMES for m in _NAME.finditer(_STRING.sub("", unit))):
@@ -213,14 +231,15 @@ def _is_loop(line: str, start: int, unit: str, depth: int) -> bool:
         needed = CHAIN_LOOP_COPIES
     else:
         needed = LOOP_COPIES
-    return _copies(line, start, unit) >= needed
+    return _copies(line, start, unit, open_end) >= needed
 
 
-def _loop_end(line: str, quote: str = "", depth: int = 0) -> int | None:
+def _loop_end(line: str, quote: str = "", depth: int = 0, open_end: bool = False) -> int | None:
     """Where a line that loops should end: after the first copy of its earliest span that repeats
     (see MIN_LOOP_SPAN and LOOP_COPIES). A span starting inside a string or a comment is text, free
     to repeat (`"%s, %s, %s, %s"`, `# dict-of-dict-of-dict`). `quote` and `depth`: what is open
-    where the line starts. None: the line does not loop."""
+    where the line starts. `open_end`: the output was cut off at the end of the line. None: the line
+    does not loop."""
     line = line[:LOOP_SEARCH_CHARS]
     states = _scan(line, quote, depth)
     for start in range(len(line)):
@@ -229,7 +248,7 @@ def _loop_end(line: str, quote: str = "", depth: int = 0) -> int | None:
         for size in range(MIN_LOOP_SPAN, (len(line) - start) // 2 + 1):
             unit = line[start : start + size]
             if line.startswith(unit, start + size) and not _inside_word(line, start + size) \
-                    and _is_loop(line, start, unit, states[start][0]):
+                    and _is_loop(line, start, unit, states[start][0], open_end):
                 return start + size
     return None
 
@@ -249,16 +268,18 @@ class Suggestion:
         return bool(self.text.strip())
 
 
-def postprocess(raw: str, cur: Cursor) -> Suggestion:
-    """The suggestion to show for model output `raw` (text generated at the cursor)."""
-    return _process(raw, cur)[0]
+def postprocess(raw: str, cur: Cursor, truncated: bool = False) -> Suggestion:
+    """The suggestion to show for model output `raw` (text generated at the cursor). `truncated`:
+    generation was stopped, by the token limit or early (is_finished), rather than ending naturally,
+    so the output's last line is unfinished."""
+    return _process(raw, cur, truncated)[0]
 
 
-def _process(raw: str, cur: Cursor) -> tuple[Suggestion, bool]:
+def _process(raw: str, cur: Cursor, truncated: bool = False) -> tuple[Suggestion, bool]:
     """The suggestion, and whether a rule ended it before the end of `raw`."""
     text = raw.replace("\r\n", "\n")
-    if not cur.multiline:
-        text = text.split("\n", 1)[0]
+    if not cur.multiline and "\n" in text:
+        text, truncated = text.split("\n", 1)[0], False  # the line did end
     lines = text.split("\n")
     tail = cur.line_suffix.rstrip()
     after_cursor = (cur.line_suffix + "\n" + cur.next_lines).lstrip()
@@ -291,7 +312,7 @@ def _process(raw: str, cur: Cursor) -> tuple[Suggestion, bool]:
                         kept.append(line)
                         replaces = True
                 break
-        loop = _loop_end(line, *line_open)
+        loop = _loop_end(line, *line_open, open_end=truncated and i == len(lines) - 1)
         if loop is not None:
             line, looped = line[:loop], True  # keep the first copy of what repeats
         pos = 0
@@ -319,6 +340,8 @@ def _process(raw: str, cur: Cursor) -> tuple[Suggestion, bool]:
         stopped = False
     if looped:
         kept = _trim_line(kept, quote)  # the rest of the line is gone: it may have closed brackets
+    elif truncated and not stopped and kept:
+        kept = _trim_to_complete_lines(kept, quote) if len(kept) > 1 else _trim_line(kept, quote)
     out = "\n".join(line.rstrip() for line in kept).rstrip()
     if not replaces and not cur.multiline and tail and out.endswith(tail):
         out = out[: -len(tail)]  # `"abc|"` -> `def"`: the quote is already there

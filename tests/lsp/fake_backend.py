@@ -22,9 +22,11 @@ class FakeBackend:
     context_length = 16384
     can_infill = True
 
-    def __init__(self, script: str | Callable[[CompletionRequest], str] = "", step_s: float = 0.0) -> None:
+    def __init__(self, script: str | Callable[[CompletionRequest], str] = "", step_s: float = 0.0,
+                 max_chars: int | None = None) -> None:
         self.script = script
         self.step_s = step_s
+        self.max_chars = max_chars  # the token limit, one character a token: stop reason "max_tokens"
         self.requests: list[CompletionRequest] = []
         self.results: list[Completion] = []
         self.started = threading.Event()
@@ -40,6 +42,9 @@ class FakeBackend:
         out = ""
         reason = "eot"
         for ch in text:
+            if self.max_chars is not None and len(out) >= self.max_chars:
+                reason = "max_tokens"
+                break
             if should_stop is not None and should_stop():
                 reason = "cancelled"
                 break

@@ -92,8 +92,13 @@ def test_a_span_repeating_within_the_line_is_cut_after_its_first_copy():
     assert postprocess("n < 0 or n < 0 or n < 0 or n < 0", cur("    return ")).text == "n < 0"
     body = cur("    ", prev_line='    """True when n is negative."""')
     assert postprocess("return n < 0 or n < 0 or n < 0 or n < 0", body).text == "return n < 0"
+    # "…": the output went on repeating until the token limit cut it off.
+    assert postprocess("return n < 0 or n < 0 or n < 0", body, truncated=True).text == "return n < 0"
     raw = "rectangle_area, fence_area, fence_area, fence_area"
     assert postprocess(raw, cur("from geometry import ")).text == "rectangle_area, fence_area"
+    # Cut off by the token limit while writing a third copy: that copy counts.
+    raw = "rectangle_area, fence_area, fence_area, fence_"
+    assert postprocess(raw, cur("from geometry import "), truncated=True).text == "rectangle_area, fence_area"
     assert postprocess("len(text) - len(text) - len(text) - len(", cur("    return ")).text == "len(text)"
 
 
@@ -134,3 +139,48 @@ def test_streaming_stops_once_a_line_loops():
     c = cur("def f(x):")
     assert not is_finished("\n    return x + x", c)
     assert is_finished("\n    return x.y + x.y + x.y + x.", c)
+    assert postprocess("\n    return x.y + x.y + x.y + x.", c, truncated=True).text == "\n    return x.y"
+
+
+# ---- output cut by the token limit -----------------------------------------------------------------
+
+def test_a_line_cut_by_the_token_limit_is_trimmed_back_to_balanced_brackets_and_quotes():
+    # The name of a call cut off goes with it, and so does the operator before it.
+    assert postprocess("len(text) - len(", cur("    return "), truncated=True).text == "len(text)"
+    assert postprocess("foo(a, b) + bar(c", cur("x = "), truncated=True).text == "foo(a, b)"
+    assert postprocess('total + self.items[i].encode(b, "utf', cur("x = "), truncated=True).text == "total + self.items[i]"
+    assert postprocess('y = x.encode(b, "utf', cur("    "), truncated=True).text == "y"
+
+
+def test_a_natural_stop_is_not_trimmed():
+    assert postprocess('x.encode(b, "utf', cur("    return ")).text == 'x.encode(b, "utf'
+
+
+def test_trimming_is_relative_to_the_cursor_line():
+    # Closing a bracket or a string opened before the cursor is fine; a string it opens is not.
+    assert postprocess("a, b)", cur("x = foo("), truncated=True).text == "a, b)"
+    s = postprocess('world" + name + "', cur('s = "hello '), truncated=True)
+    assert s.text == 'world" + name'
+
+
+def test_nothing_sensible_left_after_trimming_is_no_suggestion():
+    assert not postprocess('x.encode(b, "utf', cur("    return "), truncated=True)
+    assert not postprocess("foo(", cur("x = "), truncated=True)
+    assert not postprocess('"unclosed', cur("x = "), truncated=True)
+    body = cur("    ", prev_line='    """Return the mean."""')
+    assert not postprocess("return sum(abs(i) for i", body, truncated=True)  # not a lone `return`
+
+
+def test_a_multi_line_suggestion_cut_by_the_token_limit_keeps_its_complete_lines():
+    raw = "\n    y = x * 2\n    return compute(y,"
+    assert postprocess(raw, cur("def f(x):"), truncated=True).text == "\n    y = x * 2"
+    # A complete line that left a bracket or a docstring open is not a place to stop either.
+    raw = "\n    z = 1\n    y = foo(\n        x,\n        1"
+    assert postprocess(raw, cur("def f(x):"), truncated=True).text == "\n    z = 1"
+    raw = '\n    """Return the mean\n    of the numbers'
+    assert not postprocess(raw, cur("def f(x):"), truncated=True)
+
+
+def test_a_single_line_in_a_multi_line_position_is_trimmed_within_the_line():
+    c = cur("    ", prev_line='    """Return the mean."""')
+    assert postprocess("return sum(numbers) / len(", c, truncated=True).text == "return sum(numbers)"
