@@ -4,8 +4,8 @@ The rules users of other completion tools ask for (shared/reference/peers.md): n
 rest of the line makes one pointless; single line unless the cursor starts a block or an empty line;
 stop where the output starts repeating the text after the cursor or itself (whole lines, or a span
 within a line); keep brackets balanced with the suffix; stop at the end of the current block by
-indentation; trim trailing whitespace; and when the token limit cut the output short, trim it back
-to where its brackets and quotes balance.
+indentation, or at the next definition; trim trailing whitespace; and when the token limit cut the
+output short, trim it back to where its brackets and quotes balance.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ _LITERAL_NAMES = frozenset({"None", "True", "False", "null", "true", "false", "n
 # a separator, an operator or a word waiting for its operand.
 _CALLEE = re.compile(r"[\w.]*\Z")
 _DANGLING = re.compile(r"(?:[\s,.]|[-+*/%&|^~<>=!@]|(?<!\w)(?:and|or|not|in|is|if|else)(?!\w))+\Z")
+# Lines that start a new definition, and decorators (which start one too, or belong to the next).
+_DEFINITION = re.compile(r"(?:async\s+def|def|class)\s|if\s+__name__\s*==")
+_DECORATOR = re.compile(r"@\w")
 
 
 def pointless(line_suffix: str) -> bool:
@@ -98,13 +101,6 @@ def _block_indent(cur: Cursor) -> int:
     if not cur.line_prefix.strip() and cur.prev_line.rstrip().endswith(BLOCK_OPENERS):
         return max(base, indentation(cur.prev_line) + 1)
     return base
-
-
-def _first_meaningful(text: str) -> str:
-    for line in text.split("\n"):
-        if line.strip():
-            return line.strip()
-    return ""
 
 
 def _scan_brackets(text: str, stack: list[str], start: int = 0) -> int | None:
@@ -259,6 +255,43 @@ def _inside_word(line: str, at: int) -> bool:
         and (line[at].isalnum() or line[at] == "_")
 
 
+# ---- what follows the cursor, and definitions ------------------------------------------------------
+
+@dataclass
+class _Below:
+    """The code after the cursor, for the suggestion not to repeat it."""
+
+    first: str  # the first non-blank line
+    headers: set[str]  # definition lines (`def name(...):`)
+    pairs: set[tuple[str, str]]  # consecutive non-blank lines
+
+    @classmethod
+    def of(cls, next_lines: str) -> _Below:
+        lines = [line.strip() for line in next_lines.split("\n") if line.strip()]
+        return cls(lines[0] if lines else "", {line for line in lines if _DEFINITION.match(line)},
+                   set(zip(lines, lines[1:], strict=False)))
+
+
+def _repeats_below(lines: list[str], i: int, below: _Below) -> bool:
+    """Line i starts text that already follows the cursor: a definition found below (a file defines a
+    name once), or two consecutive lines of code found together below (one line alone, such as
+    `return result`, may well be written twice)."""
+    stripped = lines[i].strip()
+    if stripped in below.headers:
+        return True
+    following = next((line.strip() for line in lines[i + 1 :] if line.strip()), "")
+    return (stripped, following) in below.pairs and bool(_NAME.search(stripped) and _NAME.search(following))
+
+
+def _new_definition(stripped: str, indent: int, scope: int, last_code: tuple[int, str]) -> bool:
+    """A definition (or its decorator) at or left of the indentation where the suggestion's code
+    began: the next piece of the file, not more of this one. A definition right under a decorator
+    at its indentation belongs to it."""
+    if indent > scope or not (_DEFINITION.match(stripped) or _DECORATOR.match(stripped)):
+        return False
+    return not (_DECORATOR.match(last_code[1]) and last_code[0] == indent)
+
+
 @dataclass
 class Suggestion:
     text: str  # inserted at the cursor
@@ -284,9 +317,12 @@ def _process(raw: str, cur: Cursor, truncated: bool = False) -> tuple[Suggestion
     tail = cur.line_suffix.rstrip()
     after_cursor = (cur.line_suffix + "\n" + cur.next_lines).lstrip()
     block = _block_indent(cur)
-    next_line = _first_meaningful(cur.next_lines)
+    below = _Below.of(cur.next_lines)
+    fresh_line = not cur.line_prefix.strip()  # the suggestion's first line is a whole line
     quote, depth = _open_after(cur.line_prefix)  # the string (or comment) the cursor is in
     line_open = (quote, depth)  # what is open where the current line starts
+    scope: int | None = None  # the indentation where the suggestion's code begins
+    last_code = (0, "")  # indentation and text of the last line of code kept
     kept: list[str] = []
     stack: list[str] = []
     replaces = False
@@ -294,14 +330,18 @@ def _process(raw: str, cur: Cursor, truncated: bool = False) -> tuple[Suggestion
     looped = False
     for i, line in enumerate(lines):
         stripped = line.strip()
-        if i == 0 and cur.multiline and stripped and not cur.line_prefix.strip() \
-                and stripped == cur.prev_line.strip():
+        indent = indentation(cur.line_prefix + line if i == 0 else line)
+        if i == 0 and cur.multiline and stripped and fresh_line and stripped == cur.prev_line.strip():
             break  # the first line only repeats the line above
+        if cur.multiline and stripped and (i > 0 or fresh_line) and _repeats_below(lines, i, below):
+            break  # never suggest what already follows the cursor
         if i > 0 and stripped:
-            if next_line and stripped == next_line:
+            if stripped == below.first:
                 break  # the output starts repeating what follows the cursor
             if any(stripped == k.strip() for k in kept[-2:] if k.strip()):
                 break  # the model is looping
+            if scope is not None and _new_definition(stripped, indent, scope, last_code):
+                break  # the next definition: this suggestion is one piece of code
             if indentation(line) < block:
                 # The end of the block. A closing line is kept when it closes what the suggestion
                 # opened, or what the rest of the cursor's line closes (then it replaces it).
@@ -335,6 +375,9 @@ def _process(raw: str, cur: Cursor, truncated: bool = False) -> tuple[Suggestion
         kept.append(line)
         if replaces or looped:
             break
+        if stripped:
+            scope = indent if scope is None else scope
+            last_code = (indent, stripped)
         line_open = _open_after(line + "\n", *line_open)
     else:
         stopped = False

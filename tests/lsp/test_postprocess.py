@@ -184,3 +184,46 @@ def test_a_multi_line_suggestion_cut_by_the_token_limit_keeps_its_complete_lines
 def test_a_single_line_in_a_multi_line_position_is_trimmed_within_the_line():
     c = cur("    ", prev_line='    """Return the mean."""')
     assert postprocess("return sum(numbers) / len(", c, truncated=True).text == "return sum(numbers)"
+
+
+# ---- a multi-line suggestion running past its definition ---------------------------------------------
+
+def test_a_suggestion_at_column_0_after_a_docstring_stops_at_the_next_definition():
+    # The exact case seen end to end: an empty line at column 0 after a docstring.
+    c = cur("", next_lines="\n", prev_line='    """Return the number of words in text."""')
+    raw = '    return len(text.split())\n\ndef average(numbers):\n    """Return the mean of the numbers."""\n'
+    assert postprocess(raw, c).text == "    return len(text.split())"
+    assert is_finished(raw, c)
+
+
+def test_definitions_at_the_suggestion_level_end_it_but_nested_ones_do_not():
+    top = cur("", prev_line="import os")
+    raw = "def outer():\n    def inner():\n        return 1\n    return inner\n\ndef other():\n    pass"
+    assert postprocess(raw, top).text == "def outer():\n    def inner():\n        return 1\n    return inner"
+    raw = '@app.route("/")\ndef index():\n    return "hi"\n\n@app.route("/about")\ndef about():\n'
+    assert postprocess(raw, top).text == '@app.route("/")\ndef index():\n    return "hi"'
+    raw = "def main():\n    run()\n\nif __name__ == \"__main__\":\n    main()"
+    assert postprocess(raw, top).text == "def main():\n    run()"
+    method = cur("    ", prev_line="        self.items = []")
+    raw = "def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n        return 1"
+    assert postprocess(raw, method).text == "def push(self, item):\n        self.items.append(item)"
+
+
+def test_a_suggestion_never_repeats_a_definition_that_follows_the_cursor():
+    below = "\n    x = 2\n    def helper(y):\n        return y\n"
+    c = cur("    ", next_lines=below, prev_line="def outer():")
+    raw = "if x:\n        def helper(y):\n            return y"
+    assert postprocess(raw, c).text == "if x:"
+    # The first line already a definition below: nothing new to suggest.
+    c = cur("", next_lines="\ndef average(numbers):\n    return 0\n", prev_line="    return 1")
+    assert not postprocess("def average(numbers):\n    return sum(numbers)", c)
+
+
+def test_a_suggestion_never_repeats_two_lines_that_follow_the_cursor():
+    below = "\n    total = 0\n    for n in numbers:\n        total += n\n    return total\n"
+    c = cur("    ", next_lines=below, prev_line="def f(numbers):")
+    raw = "count = len(numbers)\n    for n in numbers:\n        total += n\n    return total / count"
+    assert postprocess(raw, c).text == "count = len(numbers)"
+    # One common line alone is not a repeat.
+    raw = "count = len(numbers)\n    for n in numbers:\n        count -= 1"
+    assert postprocess(raw, c).text == raw
