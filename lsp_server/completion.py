@@ -327,7 +327,10 @@ class CompletionService:
             raise
         if job.cancelled.is_set():
             return None
-        suggestion = postprocess(completion.text, cur)
+        # Stopped by the token limit, or early (is_finished: post-processing will cut the output), the
+        # output's last line is unfinished: post-processing trims it.
+        truncated = completion.stop_reason == "max_tokens" or job.finished
+        suggestion = postprocess(completion.text, cur, truncated=truncated)
         latency = 1000 * (time.perf_counter() - started)
         timings = completion.timings
         self.last_prompt[job.uri] = {

@@ -23,10 +23,11 @@ class FakeBackend:
     can_infill = True
 
     def __init__(self, script: str | Callable[[CompletionRequest], str] = "", step_s: float = 0.0,
-                 answer: str | Callable[[InstructRequest], str] = "") -> None:
+                 answer: str | Callable[[InstructRequest], str] = "", max_chars: int | None = None) -> None:
         self.script = script
         self.answer = answer  # what `instruct` writes
         self.step_s = step_s
+        self.max_chars = max_chars  # the token limit, one character a token: stop reason "max_tokens"
         self.requests: list[CompletionRequest] = []
         self.instruct_requests: list[InstructRequest] = []
         self.results: list[Completion] = []
@@ -51,6 +52,9 @@ class FakeBackend:
         out = ""
         reason = "eot"
         for ch in text:
+            if self.max_chars is not None and len(out) >= self.max_chars:
+                reason = "max_tokens"
+                break
             if should_stop is not None and should_stop():
                 reason = "cancelled"
                 break

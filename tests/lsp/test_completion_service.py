@@ -114,6 +114,26 @@ async def test_multi_line_generation_stops_once_the_block_is_over():
     assert len(backend.results[0].text) < 60  # stopped early, not after 200 lines
 
 
+async def test_output_cut_by_the_token_limit_is_trimmed_but_a_natural_stop_is_not():
+    # The same unclosed output: cut by the token limit it is trimmed back to balanced brackets and
+    # quotes; ended by the model itself it is what the model meant.
+    script = 'w * h + area(w, "x'
+    service, _, _ = make_service(FakeBackend(script + '")', max_chars=len(script)))
+    result = await service.complete(URI, 1, 11, invoked=True)
+    assert service.last_prompt[URI]["stopReason"] == "max_tokens"
+    assert service.last_prompt[URI]["rawCompletion"] == script and result.text == "w * h"
+    service, _, _ = make_service(FakeBackend(script))
+    assert (await service.complete(URI, 1, 11, invoked=True)).text == script
+
+
+async def test_a_looping_line_stops_the_generation_early():
+    backend = FakeBackend("n < 0 or " * 200)
+    service, _, _ = make_service(backend)
+    result = await service.complete(URI, 1, 11, invoked=True)
+    assert result.text == "n < 0"
+    assert len(backend.results[0].text) < 60  # stopped early, not after 200 copies
+
+
 async def test_no_backend_yet_means_no_suggestion():
     service, _, _ = make_service(None)
     assert await service.complete(URI, 1, 11, invoked=True) is None

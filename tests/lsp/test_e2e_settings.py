@@ -34,7 +34,7 @@ async def client(workspace: Path):
     # No model anywhere: the default model. The prompt budget comes from workspace/configuration
     # (pulled after `initialized`, before the model loads), the rest from initializationOptions; one
     # invalid option is reported and ignored.
-    client = await lc.start(workspace, {"maxNewTokens": 6, "temperature": "very hot"},
+    client = await lc.start(workspace, {"maxNewTokens": 24, "temperature": "very hot"},
                             configuration={"maxContextTokens": 512})
     await lc.wait_ready(client)
     yield client

@@ -83,3 +83,147 @@ def test_streaming_stops_once_the_block_is_over():
     assert not is_finished("\n    return x\n", c)
     assert is_finished("\n    return x\n\ndef g():\n", c)
     assert is_finished("abc\n", cur("x = "))
+
+
+# ---- a line that repeats itself -------------------------------------------------------------------
+
+def test_a_span_repeating_within_the_line_is_cut_after_its_first_copy():
+    # The default model's loops, seen end to end: the dangling `or` / `,` / `-` goes too.
+    assert postprocess("n < 0 or n < 0 or n < 0 or n < 0", cur("    return ")).text == "n < 0"
+    body = cur("    ", prev_line='    """True when n is negative."""')
+    assert postprocess("return n < 0 or n < 0 or n < 0 or n < 0", body).text == "return n < 0"
+    # "…": the output went on repeating until the token limit cut it off.
+    assert postprocess("return n < 0 or n < 0 or n < 0", body, truncated=True).text == "return n < 0"
+    raw = "rectangle_area, fence_area, fence_area, fence_area"
+    assert postprocess(raw, cur("from geometry import ")).text == "rectangle_area, fence_area"
+    # Cut off by the token limit while writing a third copy: that copy counts.
+    raw = "rectangle_area, fence_area, fence_area, fence_"
+    assert postprocess(raw, cur("from geometry import "), truncated=True).text == "rectangle_area, fence_area"
+    assert postprocess("len(text) - len(text) - len(text) - len(", cur("    return ")).text == "len(text)"
+
+
+def test_nested_calls_repeating_are_cut_and_left_balanced():
+    # Inside brackets (the `(` before the cursor) a loop needs 6 copies; the call cut off goes too.
+    raw = "x, " + "b.encode(" * 6 + "b"
+    assert postprocess(raw, cur("    return x.encode(")).text == "x"
+    assert postprocess("x, " + "b.encode(" * 5 + "b", cur("    return x.encode(")).text != "x"
+
+
+def test_legitimate_repeats_within_a_line_are_kept():
+    for prefix, raw in [
+        ("    return ", "a, b, c"),
+        ("    return ", "x[i][j] + x[i][i]"),
+        ("origin = ", "(0, 0, 0)"),
+        ("zeros = ", "[0, 0, 0, 0, 0, 0, 0, 0]"),  # a span under 4 characters
+        ("weights = ", "(0.0, 0.0, 0.0, 0.0)"),  # literals only: data, not a loop
+        ("row = ", "[None, None, None, None]"),
+        ("    return ", "f(x) + f(x)"),  # two copies are not a loop
+        ("root = ", "os.path.dirname(os.path.dirname(os.path.dirname(__file__)))"),
+        ("query = ", '"INSERT INTO t VALUES (%s, %s, %s, %s)"'),  # inside a string literal
+        ("    ", 'print("=" * 40)  # ========================================'),
+        ("    ", "# ----------------------------------------------------------------"),
+    ]:
+        assert postprocess(raw, cur(prefix)).text == raw, raw
+
+
+def test_a_loop_on_a_later_line_is_cut_there():
+    raw = "\n    total = 0\n    return total + total + total + total\n    x = 1"
+    assert postprocess(raw, cur("def f(x):")).text == "\n    total = 0\n    return total"
+
+
+def test_streaming_stops_once_a_line_loops():
+    assert not is_finished("n < 0 or n < 0", cur("    return "))
+    # A third copy being written may yet differ (`f(x) + f(x) + f(y)`): streaming waits for it.
+    assert not is_finished("n < 0 or n < 0 or n < ", cur("    return "))
+    assert is_finished("n < 0 or n < 0 or n < 0 or ", cur("    return "))
+    c = cur("def f(x):")
+    assert not is_finished("\n    return x + x", c)
+    assert is_finished("\n    return x.y + x.y + x.y + x.", c)
+    assert postprocess("\n    return x.y + x.y + x.y + x.", c, truncated=True).text == "\n    return x.y"
+
+
+# ---- output cut by the token limit -----------------------------------------------------------------
+
+def test_a_line_cut_by_the_token_limit_is_trimmed_back_to_balanced_brackets_and_quotes():
+    # The name of a call cut off goes with it, and so does the operator before it.
+    assert postprocess("len(text) - len(", cur("    return "), truncated=True).text == "len(text)"
+    assert postprocess("foo(a, b) + bar(c", cur("x = "), truncated=True).text == "foo(a, b)"
+    assert postprocess('total + self.items[i].encode(b, "utf', cur("x = "), truncated=True).text == "total + self.items[i]"
+    assert postprocess('y = x.encode(b, "utf', cur("    "), truncated=True).text == "y"
+
+
+def test_a_natural_stop_is_not_trimmed():
+    assert postprocess('x.encode(b, "utf', cur("    return ")).text == 'x.encode(b, "utf'
+
+
+def test_trimming_is_relative_to_the_cursor_line():
+    # Closing a bracket or a string opened before the cursor is fine; a string it opens is not.
+    assert postprocess("a, b)", cur("x = foo("), truncated=True).text == "a, b)"
+    s = postprocess('world" + name + "', cur('s = "hello '), truncated=True)
+    assert s.text == 'world" + name'
+
+
+def test_nothing_sensible_left_after_trimming_is_no_suggestion():
+    assert not postprocess('x.encode(b, "utf', cur("    return "), truncated=True)
+    assert not postprocess("foo(", cur("x = "), truncated=True)
+    assert not postprocess('"unclosed', cur("x = "), truncated=True)
+    body = cur("    ", prev_line='    """Return the mean."""')
+    assert not postprocess("return sum(abs(i) for i", body, truncated=True)  # not a lone `return`
+
+
+def test_a_multi_line_suggestion_cut_by_the_token_limit_keeps_its_complete_lines():
+    raw = "\n    y = x * 2\n    return compute(y,"
+    assert postprocess(raw, cur("def f(x):"), truncated=True).text == "\n    y = x * 2"
+    # A complete line that left a bracket or a docstring open is not a place to stop either.
+    raw = "\n    z = 1\n    y = foo(\n        x,\n        1"
+    assert postprocess(raw, cur("def f(x):"), truncated=True).text == "\n    z = 1"
+    raw = '\n    """Return the mean\n    of the numbers'
+    assert not postprocess(raw, cur("def f(x):"), truncated=True)
+
+
+def test_a_single_line_in_a_multi_line_position_is_trimmed_within_the_line():
+    c = cur("    ", prev_line='    """Return the mean."""')
+    assert postprocess("return sum(numbers) / len(", c, truncated=True).text == "return sum(numbers)"
+
+
+# ---- a multi-line suggestion running past its definition ---------------------------------------------
+
+def test_a_suggestion_at_column_0_after_a_docstring_stops_at_the_next_definition():
+    # The exact case seen end to end: an empty line at column 0 after a docstring.
+    c = cur("", next_lines="\n", prev_line='    """Return the number of words in text."""')
+    raw = '    return len(text.split())\n\ndef average(numbers):\n    """Return the mean of the numbers."""\n'
+    assert postprocess(raw, c).text == "    return len(text.split())"
+    assert is_finished(raw, c)
+
+
+def test_definitions_at_the_suggestion_level_end_it_but_nested_ones_do_not():
+    top = cur("", prev_line="import os")
+    raw = "def outer():\n    def inner():\n        return 1\n    return inner\n\ndef other():\n    pass"
+    assert postprocess(raw, top).text == "def outer():\n    def inner():\n        return 1\n    return inner"
+    raw = '@app.route("/")\ndef index():\n    return "hi"\n\n@app.route("/about")\ndef about():\n'
+    assert postprocess(raw, top).text == '@app.route("/")\ndef index():\n    return "hi"'
+    raw = "def main():\n    run()\n\nif __name__ == \"__main__\":\n    main()"
+    assert postprocess(raw, top).text == "def main():\n    run()"
+    method = cur("    ", prev_line="        self.items = []")
+    raw = "def push(self, item):\n        self.items.append(item)\n\n    def pop(self):\n        return 1"
+    assert postprocess(raw, method).text == "def push(self, item):\n        self.items.append(item)"
+
+
+def test_a_suggestion_never_repeats_a_definition_that_follows_the_cursor():
+    below = "\n    x = 2\n    def helper(y):\n        return y\n"
+    c = cur("    ", next_lines=below, prev_line="def outer():")
+    raw = "if x:\n        def helper(y):\n            return y"
+    assert postprocess(raw, c).text == "if x:"
+    # The first line already a definition below: nothing new to suggest.
+    c = cur("", next_lines="\ndef average(numbers):\n    return 0\n", prev_line="    return 1")
+    assert not postprocess("def average(numbers):\n    return sum(numbers)", c)
+
+
+def test_a_suggestion_never_repeats_two_lines_that_follow_the_cursor():
+    below = "\n    total = 0\n    for n in numbers:\n        total += n\n    return total\n"
+    c = cur("    ", next_lines=below, prev_line="def f(numbers):")
+    raw = "count = len(numbers)\n    for n in numbers:\n        total += n\n    return total / count"
+    assert postprocess(raw, c).text == "count = len(numbers)"
+    # One common line alone is not a repeat.
+    raw = "count = len(numbers)\n    for n in numbers:\n        count -= 1"
+    assert postprocess(raw, c).text == raw
