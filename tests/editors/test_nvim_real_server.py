@@ -67,7 +67,7 @@ def open_editor(project: Path, mode: str) -> Editor:
         {
             "cmd": forkserver.command("lsp_server", "--log-level", "info"),
             # No model: the server loads the default one.
-            "init_options": {"maxNewTokens": 8},
+            "init_options": {"maxNewTokens": 64},
             "ghost_text": mode,
             "debounce_ms": 50,
         },

@@ -39,7 +39,7 @@ NOTIFICATION_TEMPLATES: list[dict[str, Any]] = [
         {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 3}}, "text": "async def"}]}},
     {"method": "textDocument/didClose", "params": {"textDocument": {"uri": URI}}},
     {"method": "$/cancelRequest", "params": {"id": 12345}},
-    {"method": "workspace/didChangeConfiguration", "params": {"settings": {"codellama": {"maxNewTokens": 8}}}},
+    {"method": "workspace/didChangeConfiguration", "params": {"settings": {"codellama": {"maxNewTokens": 24}}}},
     {"method": "$/setTrace", "params": {"value": "verbose"}},
 ]
 
@@ -138,7 +138,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(workspace: Path):
     server = RawServer()
-    result = server.initialize(workspace, {"maxNewTokens": 8})
+    result = server.initialize(workspace, {"maxNewTokens": 24})
     assert "capabilities" in result["result"]
     yield server
     server.close()
@@ -165,7 +165,7 @@ def test_hostile_traffic_gets_answers_and_the_server_keeps_serving(server: RawSe
     assert all("codellama." in n["params"]["message"] or "Model" in n["params"]["message"] for n in shown)
 
     # A valid request still works, with the model.
-    server.notify("workspace/didChangeConfiguration", {"settings": {"codellama": {"maxNewTokens": 8}}})
+    server.notify("workspace/didChangeConfiguration", {"settings": {"codellama": {"maxNewTokens": 24}}})
     status = server.wait_ready()
     assert status["state"] == "ready" and status["model"] == default_model_dir().name
     server.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///fuzz/ok.py", "languageId": "python",
