@@ -467,14 +467,14 @@ def _client_has(caps: types.ClientCapabilities, path: str) -> bool:
 
 
 def _inline_items(result: CompletionResult | None) -> types.InlineCompletionList:
-    if result is None:
+    if result is None or not result.text.strip():  # an empty item would be a suggestion of nothing
         return types.InlineCompletionList(items=[])
     return types.InlineCompletionList(items=[
         types.InlineCompletionItem(insert_text=result.text, range=lsp_range(result.start, result.end))])
 
 
 def _completion_items(result: CompletionResult | None, language: str) -> types.CompletionList:
-    if result is None:
+    if result is None or not result.text.strip():
         return types.CompletionList(is_incomplete=True, items=[])
     new_text = result.word + result.text
     first = new_text.lstrip("\n").split("\n", 1)[0]

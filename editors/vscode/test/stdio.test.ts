@@ -47,11 +47,13 @@ test("talks to the real language server over stdio: initialize, status, inline c
   const env = { OMP_NUM_THREADS: "1", OMP_WAIT_POLICY: "PASSIVE", PYTHONPATH: repo };
   const workspace = path.join(tmp, "project");
   fs.mkdirSync(workspace);
-  const source = "def add(a, b):\n    \n\n\nprint(add(1, 2))\n";
+  // A header and its docstring: the body is code (with the header alone this small model starts a
+  // long docstring that a short token budget cuts off, and an unfinished suggestion is not shown).
+  const source = 'def add(a, b):\n    """Return the sum of a and b."""\n    \n\n\nprint(add(1, 2))\n';
   fs.writeFileSync(path.join(workspace, "calc.py"), source);
 
   // No model set: the server loads the default one (models/default in the repository).
-  let user: Record<string, unknown> = { maxNewTokens: 8, pythonPath: resolved.python };
+  let user: Record<string, unknown> = { maxNewTokens: 64, pythonPath: resolved.python };
   const command = serverCommand(resolved.python, ["--log-level", "info"]);
   const proc = spawnServer(command, { cwd: workspace, env });
   const exited = new Promise<string>((resolve) => {
@@ -115,7 +117,7 @@ test("talks to the real language server over stdio: initialize, status, inline c
 
     const uri = `file://${workspace}/calc.py`;
     await connection.sendNotification("textDocument/didOpen", { textDocument: { uri, languageId: "python", version: 1, text: source } });
-    const position = { line: 1, character: 4 };
+    const position = { line: 2, character: 4 };
     const result = await request<{ items: Array<{ insertText: unknown; range?: { start: unknown; end: unknown } }> }>(
       "textDocument/inlineCompletion",
       { textDocument: { uri }, position, context: { triggerKind: 1 } }, // Invoked
