@@ -125,7 +125,11 @@ class Transformer(nn.Module):
             or cached.device != device
             or self._rope_theta != self.args.rope_theta
         ):
-            length = max(end, 4096, 0 if cached is None else cached.shape[0])
+            # Grown by doubling: decoding past the table's end one position at a time must not
+            # recompute it for every token.
+            length = max(4096, 0 if cached is None else cached.shape[0])
+            while length < end:
+                length *= 2
             d = self.args.head_dim
             inv_freq = 1.0 / (
                 self.args.rope_theta ** (torch.arange(0, d, 2, device=device, dtype=torch.float64) / d)
