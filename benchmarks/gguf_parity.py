@@ -81,7 +81,8 @@ def main() -> int:
     gguf_path = export_gguf(model_dir, work / "model.gguf", adapter=args.adapter, dtype="float32")
     ours = load_local_backend(model_dir, device="cpu", dtype="float32", adapter=args.adapter)
     tok = ours.tok
-    llm = Llama(model_path=str(gguf_path), n_ctx=4096, n_threads=args.threads, n_batch=512, verbose=False)
+    llm = Llama(model_path=str(gguf_path), n_ctx=4096, n_threads=args.threads, n_batch=512, logits_all=True,
+                verbose=False)
     stop = {tok.eos_id} | ({tok.eot_id} if tok.eot_id is not None else set())
 
     print(f"\nmodel: {model_dir} -> {gguf_path.name}\n")
