@@ -585,7 +585,7 @@ class RemoteBackend:
             while reason is None:
                 if eof:
                     if not seen_event:
-                        raise _Transient("the server closed the connection without answering")
+                        raise _Transient(self._no_answer(), resp.status)
                     raise BackendError(
                         f"remote server {self.server.origin} ended the stream early (after {len(text)} "
                         "characters, without its end marker); the completion was dropped")
@@ -632,6 +632,16 @@ class RemoteBackend:
             exchange.close()
             self._active.discard(exchange)
         return Completion(text, reason, timings=self._finish_timings(timings, started))
+
+    def _no_answer(self) -> str:
+        """Why a stream that began with 200 ended before its first event (retried: a server going down
+        does this too)."""
+        message = "the server closed the connection without answering"
+        if self.server_kind == "llama-cpp-python":
+            # Its error (ValueError: Requested tokens exceed context window) is raised inside the stream.
+            message += (" (llama-cpp-python does this when the prompt does not fit its context: start it with"
+                        " a larger --n_ctx, or lower codellama.maxContextTokens)")
+        return message
 
     @staticmethod
     def _finish_timings(timings: Timings, started: float) -> Timings:

@@ -469,6 +469,25 @@ def test_server_whose_tokenizer_matches_piece_text_gets_piece_markers(make_serve
     assert backend.server_kind == "llama-cpp-python"
 
 
+def test_llama_cpp_python_ending_the_stream_unanswered_is_explained(make_server):
+    # llama-cpp-python raises "Requested tokens exceed context window" inside the stream: 200, then the
+    # connection closes without an event. Not "unreachable": it answered; the likely cause is named.
+    def unanswered(h: Handler, body: Any) -> None:
+        h.start_events()
+
+    server = make_server(routes={
+        ("GET", "/v1/models"): lambda h, b: h.reply_json(200, {"data": [{"id": "cl", "owned_by": "me"}]}),
+        ("POST", "/extras/tokenize"): lambda h, b: h.reply_json(200, {"tokens": [1, 2]}),
+        COMPLETIONS: unanswered,
+    })
+    backend = fast(server.url)
+    with pytest.raises(BackendError) as err:
+        backend.complete(CompletionRequest(prefix="x = 1\n" * 50))
+    message = str(err.value)
+    assert "failed" in message and "unreachable" not in message and "--n_ctx" in message
+    assert "tried 3 times" in message and backend.state == f"error: {message}"
+
+
 def test_llamacpp_server_reading_the_pieces_gets_the_text_prompt_in_code_llamas_spm(make_server):
     # llama.cpp's own server with a Code Llama GGUF: /tokenize (parse_special) reads "▁<SUF>" as one
     # token. Its /infill cannot put the pieces in Code Llama's SPM order; the text prompt can.

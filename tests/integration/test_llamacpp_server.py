@@ -104,6 +104,24 @@ def test_a_stop_string_ends_the_completion_on_the_server(remote, local):
     assert local.complete(request).text == theirs.text
 
 
+def test_a_prompt_longer_than_the_servers_context_is_explained(default_gguf, tmp_path):
+    # llama-cpp-python raises inside the stream: 200, then the connection closes without an event.
+    from engine.backends.base import BackendError
+
+    from .conftest import LlamaServer
+
+    small = LlamaServer(default_gguf, tmp_path / "small.log", n_ctx=256).start()
+    try:
+        backend = RemoteBackend(small.url + "/v1", retries=0)
+        with pytest.raises(BackendError, match="--n_ctx") as err:
+            backend.complete(CompletionRequest(prefix="x = 1\n" * 200, max_new_tokens=8))
+        assert "unreachable" not in str(err.value)
+        assert backend.complete(CompletionRequest(prefix="x = 1\n" * 20, max_new_tokens=8)).text
+    finally:
+        small.kill()
+    assert "exceed context window" in small.log_tail(20000)
+
+
 # ---- the language server, configured with the server's URL ---------------------------------------
 
 
