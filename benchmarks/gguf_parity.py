@@ -6,7 +6,9 @@ to a float32 GGUF, loads it with llama-cpp-python, and for a few prompts compare
   - greedy completions: the same prompt ids (our PSM/SPM layout) decoded greedily by both, token ids
     compared, plus the largest logit difference at the first step.
 
-Needs `pip install llama-cpp-python` (it compiles llama.cpp) and the gguf package.
+Needs llama-cpp-python (`make test-integration` installs it; it compiles llama.cpp unless PIP_FIND_LINKS
+names a folder with a wheel) and the gguf package. tests/integration/test_gguf_parity.py asserts what
+this prints.
 
     .venv/bin/python benchmarks/gguf_parity.py [--model DIR] [--adapter DIR] [--max-new-tokens 24]
 """
