@@ -15,7 +15,7 @@ NODE_STAMP := $(VSCODE)/node_modules/.installed
 CHECK_NODE = command -v $(NPM) >/dev/null 2>&1 || { echo "make editors: '$(NPM)' not found. The VS Code extension needs Node.js 20 or newer with npm (https://nodejs.org); install it, or set NPM=/path/to/npm." >&2; exit 1; }; \
 	node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || { echo "make editors: Node.js 20 or newer is required (found $$(node --version))." >&2; exit 1; }
 
-.PHONY: install test editors demo lint clean
+.PHONY: install test test-integration editors demo lint clean
 
 install: $(STAMP)
 
@@ -34,6 +34,22 @@ $(STAMP): pyproject.toml
 # Two workers, one module each at a time (module-scoped servers stay in one process).
 test: $(STAMP) editors
 	$(PY) -m pytest -q -ra --durations=30 -n 2 --dist loadscope
+
+# Against real llama.cpp (tests/integration): the default model exported to GGUF, compared with our
+# engine token for token in llama-cpp-python, and served by `python -m llama_cpp.server` to the remote
+# backend and the language server. llama-cpp-python[server] goes into .venv first: from a prebuilt wheel
+# where PIP_FIND_LINKS names a folder holding one (seconds), else uv compiles llama.cpp (a C++ compiler
+# and about 20 minutes on a 2-core machine). Not part of `make test`, which skips these tests while
+# llama_cpp is not importable (and runs them, in seconds, once it is).
+LLAMA_CPP_PYTHON ?= llama-cpp-python[server]==0.3.36
+LLAMA_STAMP := $(VENV)/.llama-cpp-installed
+
+test-integration: $(STAMP) $(LLAMA_STAMP)
+	$(PY) -m pytest -q -ra -m integration tests/integration
+
+$(LLAMA_STAMP): $(STAMP)
+	$(UV) pip install --quiet --python $(PY) $(FIND_LINKS) '$(LLAMA_CPP_PYTHON)' torch==2.13.0
+	touch $@
 
 # The VS Code extension: type-check and compile (npm test runs tsc, then its node tests, one of them
 # against the real server in .venv with the default model), then bundle with esbuild and package the

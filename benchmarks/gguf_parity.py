@@ -6,7 +6,9 @@ to a float32 GGUF, loads it with llama-cpp-python, and for a few prompts compare
   - greedy completions: the same prompt ids (our PSM/SPM layout) decoded greedily by both, token ids
     compared, plus the largest logit difference at the first step.
 
-Needs `pip install llama-cpp-python` (it compiles llama.cpp) and the gguf package.
+Needs llama-cpp-python (`make test-integration` installs it; it compiles llama.cpp unless PIP_FIND_LINKS
+names a folder with a wheel) and the gguf package. tests/integration/test_gguf_parity.py asserts what
+this prints.
 
     .venv/bin/python benchmarks/gguf_parity.py [--model DIR] [--adapter DIR] [--max-new-tokens 24]
 """
@@ -81,7 +83,8 @@ def main() -> int:
     gguf_path = export_gguf(model_dir, work / "model.gguf", adapter=args.adapter, dtype="float32")
     ours = load_local_backend(model_dir, device="cpu", dtype="float32", adapter=args.adapter)
     tok = ours.tok
-    llm = Llama(model_path=str(gguf_path), n_ctx=4096, n_threads=args.threads, n_batch=512, verbose=False)
+    llm = Llama(model_path=str(gguf_path), n_ctx=4096, n_threads=args.threads, n_batch=512, logits_all=True,
+                verbose=False)
     stop = {tok.eos_id} | ({tok.eot_id} if tok.eot_id is not None else set())
 
     print(f"\nmodel: {model_dir} -> {gguf_path.name}\n")

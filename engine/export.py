@@ -172,11 +172,10 @@ def write_gguf(model: Transformer, tok: Tokenizer, out_path: str | Path, dtype: 
     assert args.n_kv_heads is not None and args.hidden_dim is not None
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(out_path), "llama")
+    writer = gguf.GGUFWriter(str(out_path), "llama")  # writes general.architecture itself
     file_type = {torch.float32: gguf.LlamaFileType.ALL_F32, torch.float16: gguf.LlamaFileType.MOSTLY_F16,
                  torch.bfloat16: gguf.LlamaFileType.MOSTLY_BF16}[dtype]
 
-    writer.add_architecture()
     writer.add_name(name)
     writer.add_file_type(int(file_type))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -5,14 +5,19 @@ only token generation moves to the server. Standard library only: http.client, a
 request, json.
 
 What goes over the wire:
-- llama.cpp's server (recognised by its `/props`): `POST /infill` with `input_prefix`/`input_suffix`;
-  the server tokenizes both and puts its own FIM token ids around them, in PSM order unless it was
-  started with `--spm-infill` (the request's fim_format cannot choose there).
-- anything else OpenAI-compatible: `POST /v1/completions` with the prompt as TEXT in Code Llama's
-  layout (PSM `<PRE> {prefix} <SUF>{suffix} <MID>`, SPM `<PRE> <SUF>{suffix} <MID> {prefix}`); the
-  server adds BOS. Tokenizers disagree on how the infilling pieces are spelt in text: a Hugging Face
-  or sentencepiece tokenizer reads " <PRE>" as the piece `▁<PRE>`, llama.cpp only matches the piece
-  text `▁<PRE>` itself. When the server can tokenize, `_probe` asks it which spelling is one token.
+- `POST /v1/completions` with the prompt as TEXT in Code Llama's layout (PSM
+  `<PRE> {prefix} <SUF>{suffix} <MID>`, SPM `<PRE> <SUF>{suffix} <MID> {prefix}`); the server adds
+  BOS. Tokenizers disagree on how the infilling pieces are spelt in text: a Hugging Face or
+  sentencepiece tokenizer reads " <PRE>" as the piece `▁<PRE>`; llama.cpp (its server and
+  llama-cpp-python's) reads `<PRE>` as four plain tokens and only matches the piece text `▁<PRE>`
+  itself. When the server can tokenize, `_probe` asks it which spelling is one token (see
+  fim_prompt_text for what llama.cpp then does with the text between the pieces).
+- llama.cpp's server (recognised by its `/props`) whose tokenizer does not read `▁<SUF>` as one token:
+  `POST /infill` with `input_prefix`/`input_suffix`; the server puts its FIM token ids around them, in
+  PSM order (its `--spm-infill` order, `<SUF>{suffix}<PRE>{prefix}<MID>`, is not Code Llama's SPM), and
+  keeps at most 3/4 of a batch of prefix tokens. The text prompt has neither limit, so it is preferred.
+- llama.cpp's samplers default to a repeat penalty (llama-cpp-python: 1.1) and top-k/min-p filters the
+  local engine does not have; requests to llama.cpp switch them off, so temperature 0 is plain greedy.
 
 Every response is streamed (server-sent events). The caller's `should_stop()` is polled while waiting
 for the next event; cancelling closes the connection, which is how these servers learn to stop.
@@ -70,12 +75,18 @@ def fim_prompt_text(prefix: str, suffix: str, fim_format: str, markers: str = PL
     PLAIN tokenizes, with a sentencepiece Llama tokenizer, to exactly engine.prompts' ids:
     " <PRE>" is the `▁<PRE>` piece, " {prefix}" is encode(prefix) (its implicit leading space), and
     the suffix follows `<SUF>` directly (encode_infill: no space of its own).
-    PIECE writes the pieces as llama.cpp matches them; llama.cpp adds the implicit space to every run of
-    text after one, which is right for the prefix (the suffix gets one too: llama.cpp's own convention).
+    PIECE writes the pieces as llama.cpp matches them. llama.cpp puts a space in front of every run of
+    text that follows a control piece (the GGUF's add_space_prefix): right for the prefix (encode(prefix)
+    has it), one too many for the suffix. A suffix that starts with a space gives that space up to the
+    one llama.cpp adds, which makes the ids exact; so does an empty suffix. Any other suffix reaches the
+    model with a space in front (a lone `▁` before a newline, `▁x` for `x`): no text can say otherwise,
+    only token ids could.
     """
     if fim_format not in ("psm", "spm"):
         raise ValueError(f"unknown FIM format {fim_format!r} (expected 'psm' or 'spm')")
     if markers == PIECE_MARKERS:
+        if suffix.startswith(" ") and len(suffix) > 1:
+            suffix = suffix[1:]
         if fim_format == "psm":
             return f"▁<PRE>{prefix}▁<SUF>{suffix}▁<MID>"
         return f"▁<PRE>▁<SUF>{suffix}▁<MID>{prefix}"
@@ -427,7 +438,8 @@ class RemoteBackend:
 
     def _fim_request(self, request: CompletionRequest) -> tuple[str, dict[str, Any], _Parser]:
         """Endpoint, body and chunk parser of a FIM request (they depend on what the probe found)."""
-        common: dict[str, Any] = {"temperature": request.temperature, "top_p": request.top_p, "stream": True}
+        common: dict[str, Any] = {"temperature": request.temperature, "top_p": request.top_p, "stream": True,
+                                  **self._sampler_options()}
         if request.seed is not None:
             common["seed"] = request.seed
         stops = [s for s in request.stop if s]
@@ -475,9 +487,21 @@ class RemoteBackend:
         def build() -> tuple[str, dict[str, Any], _Parser]:
             if self.model:
                 payload["model"] = self.model
+            payload.update(self._sampler_options())  # known once the server has been probed
             return "/v1/completions", payload, _openai_event
 
         return self._generate(build, stops, False, should_stop, on_text)
+
+    @property
+    def is_llamacpp(self) -> bool:
+        return self.server_kind in ("llama.cpp", "llama-cpp-python")
+
+    def _sampler_options(self) -> dict[str, Any]:
+        """What makes llama.cpp sample as the local engine does: no repeat penalty (llama-cpp-python's
+        server applies 1.1 unless told), no top-k or min-p filter (llama.cpp: 40 and 0.05)."""
+        if not self.is_llamacpp:
+            return {}  # vLLM and others: their defaults are off already; unknown fields may be refused
+        return {"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}
 
     def warm(self, request: CompletionRequest, should_stop: ShouldStop | None = None) -> None:
         return None  # the server keeps its own prefix cache
@@ -561,7 +585,7 @@ class RemoteBackend:
             while reason is None:
                 if eof:
                     if not seen_event:
-                        raise _Transient("the server closed the connection without answering")
+                        raise _Transient(self._no_answer(), resp.status)
                     raise BackendError(
                         f"remote server {self.server.origin} ended the stream early (after {len(text)} "
                         "characters, without its end marker); the completion was dropped")
@@ -608,6 +632,16 @@ class RemoteBackend:
             exchange.close()
             self._active.discard(exchange)
         return Completion(text, reason, timings=self._finish_timings(timings, started))
+
+    def _no_answer(self) -> str:
+        """Why a stream that began with 200 ended before its first event (retried: a server going down
+        does this too)."""
+        message = "the server closed the connection without answering"
+        if self.server_kind == "llama-cpp-python":
+            # Its error (ValueError: Requested tokens exceed context window) is raised inside the stream.
+            message += (" (llama-cpp-python does this when the prompt does not fit its context: start it with"
+                        " a larger --n_ctx, or lower codellama.maxContextTokens)")
+        return message
 
     @staticmethod
     def _finish_timings(timings: Timings, started: float) -> Timings:
@@ -784,13 +818,15 @@ class RemoteBackend:
                 self._context_probed = length
             if self.server_kind == "unknown":
                 self.server_kind = "openai-compatible"
-        if self._use_infill is None:
-            self._use_infill = self.server_kind == "llama.cpp"
         self._tokenize = self._find_tokenizer()
         if self._tokenize is not None:
             if self._markers is None:
                 self._markers = self._pick_markers()
             self.counts_on_server = self._round_trip() <= self.count_rtt_limit
+        if self._use_infill is None:
+            # llama.cpp's server: the text prompt when its tokenizer reads the pieces (Code Llama's SPM,
+            # no prefix cut at 3/4 of a batch); /infill, where the server places them by id, otherwise.
+            self._use_infill = self.server_kind == "llama.cpp" and self._markers != PIECE_MARKERS
         self._set_state("ready")
 
     def _try_get(self, endpoint: str) -> Any:

@@ -404,6 +404,7 @@ def test_language_server_settings_reach_the_backend(make_server):
     backend.complete(CompletionRequest(prefix="x"))
     request = server.posts("/v1/completions")[0]
     assert request["headers"]["Authorization"] == "Bearer sk-team" and request["body"]["model"] == "cl-13b"
+    assert "repeat_penalty" not in request["body"]  # llama.cpp's sampler options go to llama.cpp only
 
 
 # ---- llama.cpp's server ---------------------------------------------------------------------------
@@ -459,9 +460,55 @@ def test_server_whose_tokenizer_matches_piece_text_gets_piece_markers(make_serve
     })
     backend = fast(server.url)
     backend.complete(CompletionRequest(prefix="a = ", suffix="\n", fim_format="spm"))
-    assert server.posts("/v1/completions")[0]["body"]["prompt"] == "▁<PRE>▁<SUF>\n▁<MID>a = "
+    body = server.posts("/v1/completions")[0]["body"]
+    assert body["prompt"] == "▁<PRE>▁<SUF>\n▁<MID>a = "
+    # Its server applies a repeat penalty of 1.1 unless told: greedy would not be the engine's greedy.
+    assert (body["repeat_penalty"], body["top_k"], body["min_p"]) == (1.0, 0, 0.0)
     assert backend.context_length == 16384  # nothing said: the default
     assert backend.count_tokens("abcdef") == 3  # its answer, without the BOS it adds
+    assert backend.server_kind == "llama-cpp-python"
+
+
+def test_llama_cpp_python_ending_the_stream_unanswered_is_explained(make_server):
+    # llama-cpp-python raises "Requested tokens exceed context window" inside the stream: 200, then the
+    # connection closes without an event. Not "unreachable": it answered; the likely cause is named.
+    def unanswered(h: Handler, body: Any) -> None:
+        h.start_events()
+
+    server = make_server(routes={
+        ("GET", "/v1/models"): lambda h, b: h.reply_json(200, {"data": [{"id": "cl", "owned_by": "me"}]}),
+        ("POST", "/extras/tokenize"): lambda h, b: h.reply_json(200, {"tokens": [1, 2]}),
+        COMPLETIONS: unanswered,
+    })
+    backend = fast(server.url)
+    with pytest.raises(BackendError) as err:
+        backend.complete(CompletionRequest(prefix="x = 1\n" * 50))
+    message = str(err.value)
+    assert "failed" in message and "unreachable" not in message and "--n_ctx" in message
+    assert "tried 3 times" in message and backend.state == f"error: {message}"
+
+
+def test_llamacpp_server_reading_the_pieces_gets_the_text_prompt_in_code_llamas_spm(make_server):
+    # llama.cpp's own server with a Code Llama GGUF: /tokenize (parse_special) reads "▁<SUF>" as one
+    # token. Its /infill cannot put the pieces in Code Llama's SPM order; the text prompt can.
+    def tokenize(h: Handler, body: Any) -> None:
+        text = body["content"]
+        h.reply_json(200, {"tokens": [32008] if text == "▁<SUF>" else [29966] * max(1, len(text) // 2)})
+
+    server = make_server(routes={
+        ("GET", "/props"): lambda h, b: h.reply_json(200, {"default_generation_settings": {"n_ctx": 4096}}),
+        ("GET", "/v1/models"): lambda h, b: h.reply_json(200, {"data": [{"id": "cl.gguf"}]}),
+        ("POST", "/tokenize"): tokenize,
+        COMPLETIONS: stream([chunk("1", "length")]),
+    })
+    backend = fast(server.url)
+    result = backend.complete(CompletionRequest(prefix="a = ", suffix=" + b\n", fim_format="spm", seed=3))
+    assert result.text == "1" and server.posts("/infill") == []
+    body = server.posts("/v1/completions")[0]["body"]
+    # The suffix's own space stands in for the one llama.cpp puts after every piece.
+    assert body["prompt"] == "▁<PRE>▁<SUF>+ b\n▁<MID>a = "
+    assert (body["repeat_penalty"], body["seed"]) == (1.0, 3)
+    assert backend.context_length == 4096 and backend.server_kind == "llama.cpp"
 
 
 def test_instruct_sends_the_instruct_prompt(make_server):
@@ -501,6 +548,40 @@ CASES = [
     ("# path: a/b.py\nimport os\n\n", "    if  y :\n"),
     ("  indented", "\tfoo(bar)  "),
 ]
+
+
+def llamacpp_tokenize(tok, text: str) -> list[int]:
+    """What llama.cpp does with prompt text (parse_special, a GGUF with add_space_prefix): BOS, then the
+    text split at the control pieces' own text, every run of text between them tokenized with a space
+    in front (its SPM tokenizer; the same merges as sentencepiece, checked against llama.cpp itself in
+    tests/integration)."""
+    from engine.tokenizer import INFILL_PIECES
+
+    ids, run = [tok.bos_id], ""
+    i = 0
+    while i < len(text):
+        piece = next((p for p in INFILL_PIECES if text.startswith(p, i)), None)
+        if piece is None:
+            run, i = run + text[i], i + 1
+            continue
+        ids += tok.encode(run) if run else []
+        ids.append(tok.sp.piece_to_id(piece))
+        run, i = "", i + len(piece)
+    return ids + (tok.encode(run) if run else [])
+
+
+@pytest.mark.parametrize("prefix,suffix", CASES + [("x = ", " + 1\n"), ("  a", "  b"), ("if y", "\n")])
+def test_piece_text_tokenizes_in_llamacpp_to_the_engines_prompt_but_for_the_suffixs_space(bpe_tok, prefix, suffix):
+    # Exact when the suffix is empty or starts with a space (its space stands in for llama.cpp's);
+    # otherwise the suffix is read as " " + suffix: one space more, and nothing else differs.
+    from engine.prompts import psm_prompt, spm_prompt
+
+    exact = suffix == "" or suffix.startswith(" ")
+    for fmt, build in (("psm", psm_prompt), ("spm", spm_prompt)):
+        ids = llamacpp_tokenize(bpe_tok, fim_prompt_text(prefix, suffix, fmt, "piece"))
+        assert ids == build(bpe_tok, prefix, suffix if exact else " " + suffix), fmt
+        if not exact:
+            assert ids != build(bpe_tok, prefix, suffix), fmt
 
 
 @pytest.mark.parametrize("prefix,suffix", CASES)
