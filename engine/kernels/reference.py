@@ -42,10 +42,15 @@ def attention(
     `mask` is a boolean (T, S) allow-mask, or None with `is_causal` saying whether T == S causal applies.
     PyTorch's SDPA picks a memory-efficient kernel, so no (T, S) score matrix is kept for long prompts.
     """
-    if q.shape[2] == 1 and mask is None and q.device.type == "cpu":
+    if q.shape[2] == 1 and mask is None and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
         return _one_query_attention(q, k, v)
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
+
+
+# Measured here (5 heads of 64, bf16 cache, 2 threads, interleaved medians): 8.5x faster than SDPA at
+# 2K keys, 3.3x at 4K and 8K, 1.6x at 16K; beyond that the float32 copies of K and V cost what they save.
+ONE_QUERY_MAX_KEYS = 16384
 
 
 def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
