@@ -97,3 +97,15 @@ def llama_server(default_gguf: Path, tmp_path_factory: pytest.TempPathFactory):
     server = LlamaServer(default_gguf, tmp_path_factory.mktemp("llama-server") / "server.log").start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def engine_f32():
+    """Our engine on the default model in float32 (the GGUF's dtype), one thread: the reference that
+    llama.cpp is compared with."""
+    import torch
+
+    from engine import default_model_dir, load_local_backend
+
+    torch.set_num_threads(1)
+    return load_local_backend(default_model_dir(), device="cpu", dtype="float32")

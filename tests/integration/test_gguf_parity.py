@@ -20,7 +20,6 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not ins
 import torch  # noqa: E402
 
 from benchmarks.gguf_parity import PROMPTS, TEXTS, llama_greedy  # noqa: E402
-from engine import default_model_dir, load_local_backend  # noqa: E402
 from engine.backends.base import CompletionRequest  # noqa: E402
 from engine.backends.remote import PIECE_MARKERS, fim_prompt_text  # noqa: E402
 from engine.prompts import infill_prompt  # noqa: E402
@@ -32,9 +31,8 @@ MAX_NEW = 24
 
 
 @pytest.fixture(scope="module")
-def ours():
-    torch.set_num_threads(1)
-    return load_local_backend(default_model_dir(), device="cpu", dtype="float32")
+def ours(engine_f32):
+    return engine_f32
 
 
 @pytest.fixture(scope="module")

@@ -38,13 +38,8 @@ MAX_NEW = 24
 
 
 @pytest.fixture(scope="module")
-def local():
-    import torch
-
-    from engine import default_model_dir, load_local_backend
-
-    torch.set_num_threads(1)
-    return load_local_backend(default_model_dir(), device="cpu", dtype="float32")
+def local(engine_f32):
+    return engine_f32
 
 
 @pytest.fixture(scope="module")
