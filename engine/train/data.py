@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
@@ -118,23 +119,31 @@ def cached_stream(
     key = data_hash(files, tokenizer_path, cfg)
     meta_path, bin_path = cache_dir / f"{key}.json", cache_dir / f"{key}.bin"
     if meta_path.is_file() and bin_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        arr = np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
-        return arr, meta
+        return load_stream(bin_path, json.loads(meta_path.read_text()))
     tok = Tokenizer(tokenizer_path)
     if log:
         print(f"tokenising {len(files)} files (cache {key}) ...", flush=True)
     stream, counts = build_stream(files, tok, cfg)
-    tmp = bin_path.with_suffix(f".bin.tmp{os.getpid()}")
-    stream.tofile(tmp)
-    os.replace(tmp, bin_path)
     meta = {"data_hash": key, "n_tokens": int(stream.size), "dtype": str(stream.dtype), "files": len(files),
             "docs": counts, "chars": sum(len(f.text) for f in files), **cfg.__dict__}
-    tmp_meta = meta_path.with_suffix(f".json.tmp{os.getpid()}")
+    save_stream(stream, meta, bin_path, meta_path)
+    return load_stream(bin_path, meta)
+
+
+def save_stream(stream: np.ndarray, meta: dict, bin_path: Path, meta_path: Path) -> None:
+    """Tokens and their metadata, each written to a temporary file and renamed: a half-written stream
+    is never taken for a good one (the metadata, which readers look for, comes last)."""
+    tmp = bin_path.with_name(f"{bin_path.name}.tmp{os.getpid()}")
+    stream.tofile(tmp)
+    os.replace(tmp, bin_path)
+    tmp_meta = meta_path.with_name(f"{meta_path.name}.tmp{os.getpid()}")
     tmp_meta.write_text(json.dumps(meta, indent=1))
     os.replace(tmp_meta, meta_path)
-    arr = np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
-    return arr, meta
+
+
+def load_stream(bin_path: Path, meta: dict) -> tuple[np.ndarray, dict]:
+    """A saved stream, memory-mapped."""
+    return np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],)), meta
 
 
 class WindowSampler:
@@ -173,5 +182,6 @@ class WindowSampler:
 
 
 def read_jsonl_files(path: str | Path) -> list[SourceFile]:
-    with open(path) as fh:
+    """{"repo", "path", "text"} lines, from a plain or an xz-compressed (`.xz`) file."""
+    with (lzma.open(path, "rt") if str(path).endswith(".xz") else open(path)) as fh:
         return [SourceFile(d["repo"], d["path"], d["text"]) for d in map(json.loads, fh)]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import lzma
 import multiprocessing
 import os
 import random
@@ -41,7 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from engine.config import ModelArgs  # noqa: E402
 from engine.model import Transformer, init_weights  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
-from engine.train.data import DataConfig, WindowSampler, build_stream  # noqa: E402
+from engine.train.data import (  # noqa: E402
+    DataConfig,
+    WindowSampler,
+    build_stream,
+    load_stream,
+    read_jsonl_files,
+    save_stream,
+)
 from engine.train.sources import SourceFile  # noqa: E402
 from engine.train.trainer import TrainConfig, latest_checkpoint, train  # noqa: E402
 
@@ -59,10 +65,8 @@ SHARD_BYTES = 15 * 2**20
 
 def read_corpus(run: Path) -> list[SourceFile]:
     """The training files, from corpus/train.jsonl or its xz-compressed copy (what a GPU run carries)."""
-    plain, packed = run / "corpus" / "train.jsonl", run / "corpus" / "train.jsonl.xz"
-    opener = (lambda: open(plain)) if plain.is_file() else (lambda: lzma.open(packed, "rt"))
-    with opener() as fh:
-        return [SourceFile(d["repo"], d["path"], d["text"]) for d in map(json.loads, fh)]
+    plain = run / "corpus" / "train.jsonl"
+    return read_jsonl_files(plain if plain.is_file() else plain.with_suffix(".jsonl.xz"))
 
 
 def load_weights_from(model: Transformer, ckpt_dir: Path) -> None:
@@ -85,8 +89,7 @@ def sample_files(files: list, max_chars: int, seed: int) -> list:
 
 
 def _tokenise(files: list[SourceFile], tokenizer_path: str, seq_len: int, seed: int):
-    stream, counts = build_stream(files, Tokenizer(tokenizer_path), DataConfig(seq_len=seq_len, seed=seed))
-    return stream, counts
+    return build_stream(files, Tokenizer(tokenizer_path), DataConfig(seq_len=seq_len, seed=seed))
 
 
 def contiguous_groups(files: list[SourceFile], n: int) -> list[list[SourceFile]]:
@@ -112,8 +115,7 @@ def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers:
     out_dir = run / "streams"
     bin_path, meta_path = out_dir / f"{stage}.bin", out_dir / f"{stage}.json"
     if bin_path.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        return np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],)), meta
+        return load_stream(bin_path, json.loads(meta_path.read_text()))
     t = time.time()
     files = read_corpus(run)
     limit = max_chars or st["max_chars"]
@@ -135,14 +137,9 @@ def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers:
             "files": len(files), "chars": sum(len(f.text) for f in files), "passes": passes, "docs": docs,
             "seq_len": st["seq_len"], "seconds": round(time.time() - t, 1)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = bin_path.with_suffix(f".tmp{os.getpid()}")
-    stream.tofile(tmp)
-    os.replace(tmp, bin_path)
-    tmp = meta_path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
+    save_stream(stream, meta, bin_path, meta_path)
     print(f"{stage} stream: {meta}", flush=True)
-    return np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],)), meta
+    return load_stream(bin_path, meta)
 
 
 def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
