@@ -13,6 +13,7 @@ from __future__ import annotations
 import keyword
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 OPENERS = {"(": ")", "[": "]", "{": "}"}
 CLOSERS = {v: k for k, v in OPENERS.items()}
@@ -103,73 +104,83 @@ def _block_indent(cur: Cursor) -> int:
     return base
 
 
-def _scan_brackets(text: str, stack: list[str], start: int = 0) -> int | None:
-    """Walk `text` from `start`, updating the stack of open brackets; return the index of the first
-    closer that closes a bracket opened before the suggestion (the stack is empty), else None.
-    Quoted strings are skipped roughly (to the closing quote or the end of the line)."""
-    quote = ""
-    for i in range(start, len(text)):
-        ch = text[i]
-        if quote:
-            if ch == "\n" or (ch == quote and text[i - 1] != "\\"):
-                quote = ""
-            continue
-        if ch in "\"'`":
-            quote = ch
-        elif ch in OPENERS:
-            stack.append(ch)
-        elif ch in CLOSERS:
-            if not stack:
-                return i
-            if stack[-1] == CLOSERS[ch]:
-                stack.pop()
-    return None
-
-
 # ---- strings and brackets ----------------------------------------------------------------------
 
-def _scan(text: str, quote: str = "", depth: int = 0) -> list[tuple[int, str, bool]]:
-    """The state after each prefix of `text` (element k: after text[:k]): how many brackets are open
-    (`depth` of them already where `text` starts), the string delimiter open there ("#": a comment),
-    and whether that string was already open where `text` starts (`quote`: the cursor inside a string
-    or comment). Closing a bracket opened before `text` is fine: the count never goes below 0. A
-    one-quote string ends at the end of its line at the latest; a triple-quoted one may span lines."""
-    states = [(depth, quote, bool(quote))]
-    q, inherited, skip = quote, bool(quote), 0
+class _Open(NamedTuple):
+    """What is open at a point of a scanned text (see _scan)."""
+
+    outer: str = ""  # brackets already open where the text starts, innermost last
+    brackets: str = ""  # brackets the text opened and has not closed, innermost last
+    quote: str = ""  # the open string's delimiter (`"`, `'''`, ...), "#" in a comment, "" in code
+    inherited: bool = False  # that string or comment was already open where the text starts
+
+    @property
+    def depth(self) -> int:
+        """How many brackets are open."""
+        return len(self.outer) + len(self.brackets)
+
+    def as_outer(self) -> _Open:
+        """The same, all of it counted as open before the text that follows (the cursor's state,
+        for scanning the suggestion)."""
+        return _Open(self.outer + self.brackets, "", self.quote, bool(self.quote))
+
+
+_NOTHING_OPEN = _Open()  # where a text starts in code, outside any bracket
+
+
+def _scan(text: str, start: _Open = _NOTHING_OPEN) -> list[_Open]:
+    """What is open after each prefix of `text` (element k: after text[:k]), `start` being open where
+    it begins. Brackets in strings and comments are text. A closer closes the innermost open bracket
+    when it is of its kind, and nothing otherwise (a stray `]` leaves a `(` open). While none of the
+    text's own brackets are open, a closer closes one opened before it: the innermost of `outer`, or
+    one before anything scanned (_outer_closers finds these). A one-quote string ends at the end of
+    its line at the latest; a triple-quoted one may span lines."""
+    state = start
+    states = [state]
+    skip = 0
     for i, ch in enumerate(text):
+        quote = state.quote
         if skip:
             skip -= 1
-        elif q == "#":
+        elif quote == "#":
             if ch == "\n":
-                q, inherited = "", False
-        elif q:
+                state = state._replace(quote="", inherited=False)
+        elif quote:
             if ch == "\\":
                 skip = 1
-            elif text.startswith(q, i) or (ch == "\n" and len(q) == 1):
-                skip = len(q) - 1 if ch != "\n" else 0
-                q, inherited = "", False
+            elif text.startswith(quote, i) or (ch == "\n" and len(quote) == 1):
+                skip = len(quote) - 1 if ch != "\n" else 0
+                state = state._replace(quote="", inherited=False)
         elif text.startswith(('"""', "'''"), i):
-            q, skip = text[i : i + 3], 2
+            state, skip = state._replace(quote=text[i : i + 3]), 2
         elif ch in QUOTES or ch == "#":
-            q = ch
+            state = state._replace(quote=ch)
         elif ch in OPENERS:
-            depth += 1
-        elif ch in CLOSERS and depth:
-            depth -= 1
-        states.append((depth, q, inherited))
+            state = state._replace(brackets=state.brackets + ch)
+        elif ch in CLOSERS:
+            if state.brackets:
+                if state.brackets[-1] == CLOSERS[ch]:
+                    state = state._replace(brackets=state.brackets[:-1])
+            elif state.outer.endswith(CLOSERS[ch]):
+                state = state._replace(outer=state.outer[:-1])
+        states.append(state)  # unchanged states are shared: most characters change nothing
     return states
 
 
-def _balanced(state: tuple[int, str, bool]) -> bool:
+def _outer_closers(text: str, states: list[_Open]) -> list[int]:
+    """Where `text` closes a bracket open before it: a closer in code while none of the brackets
+    opened since are open (`states`: _scan's, of `text` or of text that starts with it)."""
+    return [i for i, ch in enumerate(text) if ch in CLOSERS and not states[i].quote and not states[i].brackets]
+
+
+def _balanced(state: _Open) -> bool:
     """Nothing the text opened is still open (a comment, or a string open before it, is fine)."""
-    depth, q, inherited = state
-    return depth == 0 and (not q or q == "#" or inherited)
+    return not state.brackets and (not state.quote or state.quote == "#" or state.inherited)
 
 
-def _open_after(text: str, quote: str = "", depth: int = 0) -> tuple[str, int]:
-    """The string (or comment) and the number of brackets open at the end of `text`."""
-    depth, quote, _ = _scan(text, quote, depth)[-1]
-    return quote, depth
+def _open_after(text: str, start: _Open = _NOTHING_OPEN) -> _Open:
+    """What is open at the end of `text`."""
+    return _scan(text, start)[-1]
 
 
 def _strip_dangling(text: str) -> str:
@@ -177,13 +188,13 @@ def _strip_dangling(text: str) -> str:
     return text[: match.start()] if match else text
 
 
-def _trim_line(lines: list[str], quote: str) -> list[str]:
+def _trim_line(lines: list[str], at_cursor: _Open) -> list[str]:
     """The last line was cut short (by a loop, or by the token limit): end it at its last point where
     everything the suggestion opened is closed, without the name whose call (or index) that drops,
     nor a dangling operator; drop it if none, or if only a keyword is left."""
     text = "\n".join(lines)
     line_start = len(text) - len(lines[-1])
-    states = _scan(text, quote)
+    states = _scan(text, at_cursor)
     ends = [k for k in range(line_start, len(text) + 1) if _balanced(states[k])]
     if not ends:
         return lines[:-1]
@@ -194,12 +205,12 @@ def _trim_line(lines: list[str], quote: str) -> list[str]:
     return lines[:-1] + ["" if keyword.iskeyword(last.strip()) else last]  # a lone `return`: nothing
 
 
-def _trim_to_complete_lines(lines: list[str], quote: str) -> list[str]:
+def _trim_to_complete_lines(lines: list[str], at_cursor: _Open) -> list[str]:
     """The token limit cut the last line of a multi-line suggestion: drop it, and end at the last line
     end where everything the suggestion opened is closed (not inside a call's arguments or a
     docstring)."""
     text = "\n".join(lines[:-1])
-    states = _scan(text, quote)
+    states = _scan(text, at_cursor)
     ends = [k for k, state in enumerate(states) if _balanced(state) and (k == len(text) or text[k] == "\n")]
     return text[: ends[-1]].split("\n") if ends else []
 
@@ -230,21 +241,21 @@ def _is_loop(line: str, start: int, unit: str, depth: int, open_end: bool) -> bo
     return _copies(line, start, unit, open_end) >= needed
 
 
-def _loop_end(line: str, quote: str = "", depth: int = 0, open_end: bool = False) -> int | None:
+def _loop_end(line: str, line_open: _Open = _NOTHING_OPEN, open_end: bool = False) -> int | None:
     """Where a line that loops should end: after the first copy of its earliest span that repeats
     (see MIN_LOOP_SPAN and LOOP_COPIES). A span starting inside a string or a comment is text, free
-    to repeat (`"%s, %s, %s, %s"`, `# dict-of-dict-of-dict`). `quote` and `depth`: what is open
-    where the line starts. `open_end`: the output was cut off at the end of the line. None: the line
+    to repeat (`"%s, %s, %s, %s"`, `# dict-of-dict-of-dict`). `line_open`: what is open where
+    the line starts. `open_end`: the output was cut off at the end of the line. None: the line
     does not loop."""
     line = line[:LOOP_SEARCH_CHARS]
-    states = _scan(line, quote, depth)
+    states = _scan(line, line_open)
     for start in range(len(line)):
-        if states[start][1] or _inside_word(line, start):
+        if states[start].quote or _inside_word(line, start):
             continue
         for size in range(MIN_LOOP_SPAN, (len(line) - start) // 2 + 1):
             unit = line[start : start + size]
             if line.startswith(unit, start + size) and not _inside_word(line, start + size) \
-                    and _is_loop(line, start, unit, states[start][0], open_end):
+                    and _is_loop(line, start, unit, states[start].depth, open_end):
                 return start + size
     return None
 
@@ -319,18 +330,21 @@ def _process(raw: str, cur: Cursor, truncated: bool = False) -> tuple[Suggestion
     block = _block_indent(cur)
     below = _Below.of(cur.next_lines)
     fresh_line = not cur.line_prefix.strip()  # the suggestion's first line is a whole line
-    quote, depth = _open_after(cur.line_prefix)  # the string (or comment) the cursor is in
-    line_open = (quote, depth)  # what is open where the current line starts
+    # What is open at the cursor (the string or comment it is in, brackets of its line): all of it
+    # opened before the suggestion, whose own brackets are then `brackets`.
+    at_cursor = _open_after(cur.line_prefix).as_outer()
+    line_open = at_cursor  # what is open where the current line starts
     scope: int | None = None  # the indentation where the suggestion's code begins
     last_code = (0, "")  # indentation and text of the last line of code kept
     kept: list[str] = []
-    stack: list[str] = []
     replaces = False
     stopped = True
     looped = False
     for i, line in enumerate(lines):
         stripped = line.strip()
         indent = indentation(cur.line_prefix + line if i == 0 else line)
+        states = _scan(line + "\n", line_open)  # the newline ends a one-quote string or a comment
+        closes_outer = _outer_closers(line, states)  # closers of brackets opened before the cursor
         if i == 0 and cur.multiline and stripped and fresh_line and stripped == cur.prev_line.strip():
             break  # the first line only repeats the line above
         if cur.multiline and stripped and (i > 0 or fresh_line) and _repeats_below(lines, i, below):
@@ -346,22 +360,22 @@ def _process(raw: str, cur: Cursor, truncated: bool = False) -> tuple[Suggestion
                 # The end of the block. A closing line is kept when it closes what the suggestion
                 # opened, or what the rest of the cursor's line closes (then it replaces it).
                 if stripped[0] in CLOSERS:
-                    if stack and _scan_brackets(line, list(stack)) is None:
+                    if line_open.brackets and not closes_outer:
                         kept.append(line)
                     elif tail and stripped.startswith(tail):
                         kept.append(line)
                         replaces = True
                 break
-        loop = _loop_end(line, *line_open, open_end=truncated and i == len(lines) - 1)
+        loop = _loop_end(line, line_open, open_end=truncated and i == len(lines) - 1)
         if loop is not None:
             line, looped = line[:loop], True  # keep the first copy of what repeats
-        pos = 0
         cut = None
-        while (at := _scan_brackets(line, stack, pos)) is not None:
+        for at in closes_outer:
+            if at >= len(line):
+                break  # past the end of a line cut where it loops
             # The output closes a bracket opened before the cursor. Fine when the text after the
             # cursor does not close it too; when it does, the suggestion must end there.
             if after_cursor[:1] != line[at]:
-                pos = at + 1
                 continue
             rest_of_line = line[at:].rstrip()
             if i == 0 and tail and rest_of_line.startswith(tail) and rest_of_line != tail:
@@ -378,13 +392,13 @@ def _process(raw: str, cur: Cursor, truncated: bool = False) -> tuple[Suggestion
         if stripped:
             scope = indent if scope is None else scope
             last_code = (indent, stripped)
-        line_open = _open_after(line + "\n", *line_open)
+        line_open = states[-1]
     else:
         stopped = False
     if looped:
-        kept = _trim_line(kept, quote)  # the rest of the line is gone: it may have closed brackets
+        kept = _trim_line(kept, at_cursor)  # the rest of the line is gone: it may have closed brackets
     elif truncated and not stopped and kept:
-        kept = _trim_to_complete_lines(kept, quote) if len(kept) > 1 else _trim_line(kept, quote)
+        kept = _trim_to_complete_lines(kept, at_cursor) if len(kept) > 1 else _trim_line(kept, at_cursor)
     out = "\n".join(line.rstrip() for line in kept).rstrip()
     if not replaces and not cur.multiline and tail and out.endswith(tail):
         out = out[: -len(tail)]  # `"abc|"` -> `def"`: the quote is already there
@@ -398,7 +412,7 @@ def is_finished(partial: str, cur: Cursor) -> bool:
     if not cur.multiline and done_upto >= 0:
         return True
     line_open = _open_after(cur.line_prefix + partial[: done_upto + 1])
-    if _loop_end(partial[done_upto + 1 :], *line_open) is not None:
+    if _loop_end(partial[done_upto + 1 :], line_open) is not None:
         return True  # the line being written loops (full copies only: a third copy may yet differ)
     if not cur.multiline or done_upto <= 0 or not partial[:done_upto].strip():
         return False

@@ -1,3 +1,5 @@
+import pytest
+
 from lsp_server.postprocess import Cursor, is_finished, pointless, postprocess, wants_multiline
 
 
@@ -227,3 +229,85 @@ def test_a_suggestion_never_repeats_two_lines_that_follow_the_cursor():
     # One common line alone is not a repeat.
     raw = "count = len(numbers)\n    for n in numbers:\n        count -= 1"
     assert postprocess(raw, c).text == raw
+
+
+# ---- which brackets are open: strings, comments, stray closers, nesting ------------------------------
+
+# Text in which a `(` is no bracket: a string of each kind of quote, and a comment.
+NOT_CODE = ["'('", '"("', '"""("""', "# ("]
+# The same with a `)`, which closes nothing there.
+NOT_CODE_CLOSERS = [text.replace("(", ")") for text in NOT_CODE]
+# `foo(|)`: a multi-line suggestion in a call whose `)` already follows the cursor.
+IN_CALL = ("    x = foo(", ")")
+
+
+@pytest.mark.parametrize("text", NOT_CODE + NOT_CODE_CLOSERS)
+def test_a_bracket_in_a_string_or_comment_does_not_hide_the_closer_of_one_before_the_cursor(text):
+    # The last `)` is foo's, and the suffix closes foo: the suggestion ends before it.
+    raw = f"\n        a, {text}\n        b)"
+    assert postprocess(raw, cur(*IN_CALL)).text == f"\n        a, {text}\n        b"
+
+
+@pytest.mark.parametrize("text", NOT_CODE + NOT_CODE_CLOSERS)
+def test_a_closing_line_that_closes_a_bracket_from_before_the_cursor_replaces_the_suffix(text):
+    raw = f"\n        a, {text}\n    )"
+    s = postprocess(raw, cur(*IN_CALL))
+    assert s.text == raw and s.replaces_line_suffix
+
+
+def test_a_closing_line_that_closes_what_the_suggestion_opened_is_kept_as_its_own():
+    raw = "\n        a, {\n            'k': [1, (2)],\n    }"
+    s = postprocess(raw, cur(*IN_CALL))
+    assert s.text == raw and not s.replaces_line_suffix
+
+
+def test_a_closing_line_never_closes_the_bracket_the_suffix_closes_a_second_time():
+    # `})` closes the suggestion's `{` and foo's `(`, which the `)` after the cursor closes too.
+    raw = "\n        a, {\n            'k': 1,\n    })"
+    s = postprocess(raw, cur(*IN_CALL))
+    assert s.text == "\n        a, {\n            'k': 1," and not s.replaces_line_suffix
+
+
+def test_brackets_in_a_triple_quoted_string_spanning_lines_are_text():
+    raw = '\n        """a\n        (b""",\n    )'
+    s = postprocess(raw, cur(*IN_CALL))
+    assert s.text == raw and s.replaces_line_suffix
+
+
+@pytest.mark.parametrize("text", NOT_CODE)
+def test_a_bracket_in_a_string_or_comment_does_not_count_as_open_for_loops(text):
+    # Outside brackets three copies are a loop; inside them (a `(` counted open) it would take six.
+    raw = f"\n    s = f(a, {text}\n          b)\n    return total + total + total + total"
+    assert postprocess(raw, cur("def f(x):")).text == f"\n    s = f(a, {text}\n          b)\n    return total"
+
+
+@pytest.mark.parametrize("text", NOT_CODE[:3])
+def test_trimming_ignores_brackets_in_strings(text):
+    assert postprocess(f"f({text}) + g(", cur("x = "), truncated=True).text == f"f({text})"
+
+
+def test_trimming_ignores_brackets_in_comments():
+    assert postprocess("y = 1  # see f(", cur("    "), truncated=True).text == "y = 1  # see f("
+
+
+def test_a_stray_closer_closes_nothing():
+    # `]` does not close the `(` the suggestion opened: that one is still open after it.
+    assert postprocess("x + foo(a] + b", cur("y = "), truncated=True).text == "x"
+    # So the `)` closes the suggestion's own `(`, not foo's: nothing of the line is replaced.
+    s = postprocess("(a] + b), c", cur("x = foo(", ")"))
+    assert s.text == "(a] + b), c" and not s.replaces_line_suffix
+    # Nor the `(` before the cursor: inside it four copies are not yet a loop.
+    raw = "a] + total + total + total + total"
+    assert postprocess(raw, cur("    return f(")).text == raw
+    # A `)` does close it: after that, four copies are a loop.
+    assert postprocess("a) + total + total + total + total", cur("    return f(")).text == "a) + total"
+
+
+def test_a_line_cut_where_it_loops_ignores_the_closers_after_the_cut():
+    assert postprocess("total + " * 7 + "total)", cur("x = foo(", ")")).text == "total"
+
+
+def test_nested_brackets_of_mixed_kinds():
+    s = postprocess("[a, (b)], {c: d}) + 1", cur("x = foo(", ")"))
+    assert s.text == "[a, (b)], {c: d}) + 1" and s.replaces_line_suffix
+    assert postprocess("d[{'k': (1, 2)}] + f([", cur("x = "), truncated=True).text == "d[{'k': (1, 2)}]"
