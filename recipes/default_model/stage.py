@@ -48,6 +48,7 @@ from engine.train.data import (  # noqa: E402
     read_jsonl_files,
     save_stream,
 )
+from engine.train.recall import RecallDocuments, mix_windows  # noqa: E402
 from engine.train.sources import SourceFile  # noqa: E402
 from engine.train.trainer import TrainConfig, latest_checkpoint, train  # noqa: E402
 
@@ -59,6 +60,9 @@ STAGES = {
                      max_chars=8_000_000),
     "lcft": dict(seq_len=4096, rope_theta=1e6, micro_batch=1, grad_accum=1, lr=5e-4, warmup=2,
                  max_chars=1_500_000),
+    # LCFT continued with long-range recall documents (engine/train/recall.py) in half the windows.
+    "lcft-recall": dict(seq_len=2048, rope_theta=1e6, micro_batch=2, grad_accum=1, lr=3e-4, warmup=20,
+                        max_chars=24_000_000, recall_share=0.5, context=4096),  # LCFT's context stays
 }
 SHARD_BYTES = 15 * 2**20
 
@@ -72,6 +76,23 @@ def read_corpus(run: Path) -> list[SourceFile]:
 def load_weights_from(model: Transformer, ckpt_dir: Path) -> None:
     state = torch.load(ckpt_dir / "state.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(state["params"], strict=True)
+
+
+PREVIOUS = {"lcft": "pretrain", "lcft-recall": "lcft"}  # the stage each one starts from
+
+
+def start_from(model: Transformer, previous: str, run: Path, shards: Path | None) -> None:
+    """The previous stage's weights: from the shards a GPU run handed back, or its newest checkpoint."""
+    if shards is not None:
+        params, meta = read_shards(shards)
+        model.load_state_dict({k: v.float() for k, v in params.items()}, strict=True)
+        print(f"starting from {shards}-*.safetensors ({meta.get('stage')}, step {meta.get('step')})", flush=True)
+        return
+    src = latest_checkpoint(run / previous)
+    if src is None:
+        raise SystemExit(f"this stage starts from a {previous} checkpoint (or --from-shards DIR/{previous})")
+    load_weights_from(model, src)
+    print(f"starting from {src}", flush=True)
 
 
 def sample_files(files: list, max_chars: int, seed: int) -> list:
@@ -129,7 +150,13 @@ def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers:
         parts = pool.starmap(_tokenise, jobs)
     stream = np.concatenate([p[0] for p in parts])
     docs = {k: sum(p[1][k] for p in parts) for k in ("psm", "spm", "plain")}
-    h = hashlib.sha256(f"{stage}:{st['seq_len']}:{passes}:{len(groups)}\n".encode())
+    if "recall_share" in st:  # as many windows again, about half of them recall documents
+        share = st["recall_share"]
+        recall = RecallDocuments(Tokenizer(tok_path), files, seed=passes)
+        n_windows = int(stream.size // st["seq_len"] / (1 - share))
+        stream, counts = mix_windows(stream, recall, st["seq_len"], n_windows, share, seed=passes)
+        docs.update(counts)
+    h = hashlib.sha256(f"{stage}:{st['seq_len']}:{passes}:{len(groups)}:{st.get('recall_share')}\n".encode())
     h.update(Path(tok_path).read_bytes())
     for f in files:
         h.update(f"{f.repo}\0{f.path}\0{len(f.text)}\n".encode())
@@ -149,12 +176,8 @@ def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
     args = ModelArgs(**SHAPE, rope_theta=st["rope_theta"], max_seq_len=st["seq_len"])
     model = Transformer(args)
     init_weights(model, std=0.02, seed=0)
-    if stage == "lcft":
-        src = latest_checkpoint(run / "pretrain")
-        if src is None:
-            raise SystemExit("lcft needs a pretraining checkpoint")
-        load_weights_from(model, src)
-        print(f"starting from {src}", flush=True)
+    if stage != "pretrain":
+        start_from(model, PREVIOUS[stage], run, a.from_shards)
     model.to(a.device)
     print(f"model: {model.num_parameters() / 1e6:.2f} M parameters, {args}", flush=True)
     cfg = TrainConfig(
@@ -171,7 +194,7 @@ def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
 
 
 def newest(run: Path, stage: str | None) -> tuple[str, Path]:
-    for name in (stage,) if stage else ("lcft", "pretrain"):
+    for name in (stage,) if stage else ("lcft-recall", "lcft", "pretrain"):
         ckpt = latest_checkpoint(run / name)
         if ckpt is not None:
             return name, ckpt
@@ -227,7 +250,7 @@ def export(run: Path, out: Path, from_shards: Path | None) -> None:
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
         params, step, source = state["params"], state["step"], str(ckpt)
         st = STAGES[stage]
-        args = ModelArgs(**SHAPE, rope_theta=st["rope_theta"], max_seq_len=st["seq_len"])
+        args = ModelArgs(**SHAPE, rope_theta=st["rope_theta"], max_seq_len=st.get("context", st["seq_len"]))
     model = Transformer(args)
     model.load_state_dict({k: v.float() for k, v in params.items()}, strict=True)
     save_hf_checkpoint(model, run / "tokenizer.model", out, dtype=torch.bfloat16)
@@ -241,7 +264,7 @@ def export(run: Path, out: Path, from_shards: Path | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["prepare", "pretrain", "lcft", "shards", "export"])
+    ap.add_argument("action", choices=["prepare", "pretrain", "lcft", "lcft-recall", "shards", "export"])
     ap.add_argument("--run", type=Path, default=Path("/work/runs/default"))
     ap.add_argument("--stage", choices=list(STAGES), help="prepare/shards: which stage")
     ap.add_argument("--steps", type=int, default=1000, help="optimiser steps (the most, with --fit-minutes)")
@@ -258,7 +281,7 @@ def main() -> None:
     ap.add_argument("--max-chars", type=int, default=0, help="a random subset of files (0: per stage, -1: all)")
     ap.add_argument("--passes", type=int, default=1, help="prepare: passes over the files, each with new FIM splits")
     ap.add_argument("--workers", type=int, default=0, help="prepare: tokeniser processes (default: every core)")
-    ap.add_argument("--from-shards", type=Path, default=None, help="export: DIR/STAGE written by `shards`")
+    ap.add_argument("--from-shards", type=Path, default=None, help="export, or a stage's start: DIR/STAGE written by `shards`")
     ap.add_argument("--out", type=Path, default=Path("models/default"))
     a = ap.parse_args()
     if a.action == "export":
