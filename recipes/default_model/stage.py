@@ -245,6 +245,7 @@ def export(run: Path, out: Path, from_shards: Path | None) -> None:
         params, meta = read_shards(from_shards)
         stage, step, source = meta["stage"], int(meta["step"]), str(from_shards)
         args = ModelArgs.from_dict(json.loads(meta["model_args"]))
+        args.max_seq_len = STAGES[stage].get("context", args.max_seq_len)
     else:
         stage, ckpt = newest(run, None)
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
