@@ -1,0 +1,51 @@
+"""The default model's recipe, stage after stage, on a small corpus: pretraining from random weights, LCFT
+from its checkpoint, LCFT with recall documents from that one, and the export the engine loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.checkpoints import read_args
+
+ROOT = Path(__file__).resolve().parents[2]
+STDLIB = Path(os.__file__).parent
+FILES = ("argparse.py", "shlex.py", "fnmatch.py", "textwrap.py", "string.py", "difflib.py")
+
+pytestmark = pytest.mark.slow
+
+
+def stage(run: Path, *args: str) -> str:
+    cmd = [sys.executable, str(ROOT / "recipes/default_model/stage.py"), *args, "--run", str(run)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def test_stages_chain_from_random_weights_to_an_exported_model(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    (run / "corpus").mkdir(parents=True)
+    with open(run / "corpus" / "train.jsonl", "w") as fh:
+        for name in FILES:
+            fh.write(json.dumps({"repo": "stdlib", "path": name, "text": (STDLIB / name).read_text()}) + "\n")
+    (run / "tokenizer.model").write_bytes((tiny_model_dir / "tokenizer.model").read_bytes())
+    common = ("--threads", "1", "--workers", "1", "--log-every", "1")
+
+    stage(run, "pretrain", "--steps", "1", "--micro-batch", "1", *common)
+    out = stage(run, "lcft", "--steps", "1", *common)
+    assert "starting from" in out and "pretrain/step-0000001" in out
+    out = stage(run, "lcft-recall", "--steps", "2", "--micro-batch", "1", *common)
+    assert "pretrain" not in out and "lcft/step-0000001" in out
+    meta = json.loads((run / "streams" / "lcft-recall.json").read_text())
+    assert meta["docs"]["recall_windows"] > 0 and meta["docs"]["real_windows"] > 0
+
+    stage(run, "export", "--out", str(tmp_path / "model"))
+    state = json.loads((tmp_path / "model" / "training_state.json").read_text())
+    assert state["stage"] == "lcft-recall" and state["step"] == 2
+    args, layout = read_args(tmp_path / "model")  # (the tiny test tokenizer has fewer pieces than SHAPE)
+    assert layout == "hf" and args.max_seq_len == 4096 and args.rope_theta == 1e6  # LCFT's context, not 2,048
