@@ -32,7 +32,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("repo")
     files = {
         "physics.py": f"def {SECRET_WORD}(mass, speed):\n    return mass * speed * speed\n",
-        "geometry.py": "def rectangle_area(width, height):\n    return width * height\n",
+        "geometry.py": "def rectangle_area(width, height):\n    return width * height\n\n\nGRID_SPACING = 4821\n",
         "app.py": "from geometry import rectangle_area\n\n\ndef main():\n    total = \n    return total\n",
         ".env": f"{SECRET_WORD.upper()}=hunter2-password\n",
         "config/id_rsa": PRIVATE_KEY,
@@ -138,22 +138,22 @@ async def test_imported_file_is_in_the_prompt_under_its_path(client, repo):
     assert any(s["path"] == "geometry.py" and s["source"] == "import" for s in prompt["snippets"])
 
 
-async def test_repository_context_brings_a_name_from_another_file_into_the_suggestion(client, repo):
-    """A fair test: `rectangle_area` is defined in geometry.py (and imported by app.py), never
-    mentioned in the document being edited, and not something the model guesses: with the repository
-    context turned off it suggests another name here (checked below). So when the suggestion holds
-    it, the name came from the workspace through the prompt."""
-    uri = lc.open_doc(client, repo / "shapes.py", "from geometry import ")
-    item = await suggestion_at(client, uri, 0, 21)
-    assert re.search(r"\brectangle_area\b", item.insert_text), item.insert_text
+async def test_repository_context_brings_a_value_from_another_file_into_the_suggestion(client, repo):
+    """A fair test: GRID_SPACING's value, 4821, is defined in geometry.py only, and nothing the model could
+    guess: with the repository context turned off it suggests something else (checked below). So when
+    the suggestion holds it, the value came from the workspace through the prompt."""
+    text = "from geometry import GRID_SPACING\n\nassert GRID_SPACING == "
+    uri = lc.open_doc(client, repo / "shapes.py", text)
+    item = await suggestion_at(client, uri, 2, len(text.splitlines()[-1]))
+    assert re.match(r"\s*4821\b", item.insert_text), item.insert_text
     prompt = await lc.last_prompt(client, uri)
-    assert any("rectangle_area" in (repo / s["path"]).read_text() for s in prompt["snippets"])
+    assert any(s["path"] == "geometry.py" and s["source"] == "import" for s in prompt["snippets"])
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
         settings={"codellama": {"repositoryContext": False}}))
     try:
-        alone = await lc.inline(client, uri, 0, 21)
+        alone = await lc.inline(client, uri, 2, len(text.splitlines()[-1]))
         assert (await lc.last_prompt(client, uri))["snippets"] == []
-        assert "rectangle_area" not in "".join(i.insert_text for i in alone.items)
+        assert "4821" not in "".join(i.insert_text for i in alone.items)
     finally:
         client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
             settings={"codellama": {"repositoryContext": True}}))
