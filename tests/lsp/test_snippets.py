@@ -54,6 +54,16 @@ def test_python_imports_resolve_absolute_relative_and_src_layout():
         "src/pkg/models.py", "src/pkg/util/strings.py", "src/pkg/api.py"]
 
 
+def test_an_unfinished_from_import_line_resolves_its_module():
+    """`from geometry import |` is what the user is typing: the module must reach the context now,
+    before any name is written, so the suggestion can take a name from it."""
+    files = {"geometry.py", "pkg/__init__.py", "pkg/shapes.py", "app.py"}
+    assert resolve_imports("app.py", "from geometry import ", "python", files) == ["geometry.py"]
+    assert resolve_imports("app.py", "x = 1\nfrom pkg.shapes import", "python", files) == ["pkg/shapes.py"]
+    assert resolve_imports("pkg/a.py", "from .shapes import (", "python", files) == ["pkg/shapes.py"]
+    assert resolve_imports("app.py", "from geometry importer", "python", files) == []
+
+
 def test_js_and_ts_imports_resolve_extensions_and_index_files():
     files = {"src/a.ts", "src/lib/index.ts", "src/b.js", "src/c.tsx"}
     text = ("import { x } from './a';\nimport lib from \"./lib\";\nconst b = require('./b.js');\n"
