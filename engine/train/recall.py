@@ -135,14 +135,14 @@ class RecallDocuments:
         spm = r.random() < self.spm_rate and tok.can_infill
         qa = [tok.encode_infill(p.question + p.answer + "\n") for p in questions]
         defs = [tok.encode_infill("\n" + p.definition + "\n") for p in planted]
-        if spm:  # the last question's answer is the middle; a few real lines follow as the suffix
+        if spm:  # the last question's answer is the middle; three lines of real code are the suffix
             last = questions[-1]
             qa[-1] = tok.encode_infill(last.question)
-            answer = tok.encode_infill(last.answer + "\n") + [tok.eot_id]
-            suffix = tok.encode_infill("".join(self.filler.lines[(r.randrange(len(self.filler.lines)) + i)
-                                                                  % len(self.filler.lines)] for i in range(3)))
-            head = [tok.bos_id, tok.prefix_id, tok.suffix_id] + suffix + [tok.middle_id]
-            tail = answer
+            lines = self.filler.lines
+            # Each line from its own random place (the draw, offset by i, is what the shipped model saw).
+            suffix = "".join(lines[(r.randrange(len(lines)) + i) % len(lines)] for i in range(3))
+            head = [tok.bos_id, tok.prefix_id, tok.suffix_id] + tok.encode_infill(suffix) + [tok.middle_id]
+            tail = tok.encode_infill(last.answer + "\n") + [tok.eot_id]
         else:
             head, tail = [tok.bos_id], [tok.eos_id]
         fixed = len(head) + sum(map(len, qa)) + sum(map(len, defs)) + len(tail)
@@ -158,18 +158,12 @@ class RecallDocuments:
         while surplus >= len(code[0]):
             surplus -= len(code.pop(0))
         code[0] = code[0][surplus:]
-        # Definitions at random line boundaries, in order of depth.
+        # Definitions at random line boundaries, in order of depth; inserted from the deepest up, so
+        # the line indices of the ones above stay valid.
         slots = sorted(r.randrange(len(code) + 1) for _ in planted)
-        body: list[int] = []
-        for i, line in enumerate(code):
-            while slots and slots[0] == i:
-                body += defs[len(planted) - len(slots)]
-                slots.pop(0)
-            body += line
-        while slots:  # definitions after the last line of code
-            body += defs[len(planted) - len(slots)]
-            slots.pop(0)
-        tokens = head + body + [t for q in qa for t in q] + tail
+        for slot, definition in reversed(list(zip(slots, defs, strict=True))):
+            code.insert(slot, definition)
+        tokens = head + [t for piece in code + qa for t in piece] + tail
         assert len(tokens) == n, (len(tokens), n)
         return RecallDocument(tokens, planted, questions, spm)
 

@@ -73,9 +73,21 @@ def read_corpus(run: Path) -> list[SourceFile]:
     return read_jsonl_files(plain if plain.is_file() else plain.with_suffix(".jsonl.xz"))
 
 
+def stage_args(stage: str, serving: bool = False) -> ModelArgs:
+    """The model's shape with a stage's rope base; its training window, or (serving) the context
+    it is exported with."""
+    st = STAGES[stage]
+    return ModelArgs(**SHAPE, rope_theta=st["rope_theta"],
+                     max_seq_len=st.get("context", st["seq_len"]) if serving else st["seq_len"])
+
+
+def load_params(model: Transformer, params: dict[str, torch.Tensor]) -> None:
+    model.load_state_dict({k: v.float() for k, v in params.items()}, strict=True)
+
+
 def load_weights_from(model: Transformer, ckpt_dir: Path) -> None:
     state = torch.load(ckpt_dir / "state.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(state["params"], strict=True)
+    load_params(model, state["params"])
 
 
 PREVIOUS = {"lcft": "pretrain", "lcft-recall": "lcft"}  # the stage each one starts from
@@ -85,7 +97,7 @@ def start_from(model: Transformer, previous: str, run: Path, shards: Path | None
     """The previous stage's weights: from the shards a GPU run handed back, or its newest checkpoint."""
     if shards is not None:
         params, meta = read_shards(shards)
-        model.load_state_dict({k: v.float() for k, v in params.items()}, strict=True)
+        load_params(model, params)
         print(f"starting from {shards}-*.safetensors ({meta.get('stage')}, step {meta.get('step')})", flush=True)
         return
     src = latest_checkpoint(run / previous)
@@ -173,7 +185,7 @@ def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
     st = STAGES[stage]
     stream, meta = prepare(stage, run, a.max_chars, a.passes, a.workers)
     print(f"data {meta['data_hash']}: {meta['n_tokens']:,} tokens, docs {meta['docs']}", flush=True)
-    args = ModelArgs(**SHAPE, rope_theta=st["rope_theta"], max_seq_len=st["seq_len"])
+    args = stage_args(stage)
     model = Transformer(args)
     init_weights(model, std=0.02, seed=0)
     if stage != "pretrain":
@@ -244,16 +256,12 @@ def export(run: Path, out: Path, from_shards: Path | None) -> None:
     if from_shards is not None:
         params, meta = read_shards(from_shards)
         stage, step, source = meta["stage"], int(meta["step"]), str(from_shards)
-        args = ModelArgs.from_dict(json.loads(meta["model_args"]))
-        args.max_seq_len = STAGES[stage].get("context", args.max_seq_len)
     else:
         stage, ckpt = newest(run, None)
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
         params, step, source = state["params"], state["step"], str(ckpt)
-        st = STAGES[stage]
-        args = ModelArgs(**SHAPE, rope_theta=st["rope_theta"], max_seq_len=st.get("context", st["seq_len"]))
-    model = Transformer(args)
-    model.load_state_dict({k: v.float() for k, v in params.items()}, strict=True)
+    model = Transformer(stage_args(stage, serving=True))
+    load_params(model, params)
     save_hf_checkpoint(model, run / "tokenizer.model", out, dtype=torch.bfloat16)
     # A completion model: the language server offers no instruct code actions on it (lsp_server/capability.py).
     config = json.loads((out / "config.json").read_text())

@@ -144,14 +144,15 @@ async def test_repository_context_brings_a_value_from_another_file_into_the_sugg
     the suggestion holds it, the value came from the workspace through the prompt."""
     text = "from geometry import GRID_SPACING\n\nassert GRID_SPACING == "
     uri = lc.open_doc(client, repo / "shapes.py", text)
-    item = await suggestion_at(client, uri, 2, len(text.splitlines()[-1]))
+    end = len(text.splitlines()[-1])
+    item = await suggestion_at(client, uri, 2, end)
     assert re.match(r"\s*4821\b", item.insert_text), item.insert_text
     prompt = await lc.last_prompt(client, uri)
     assert any(s["path"] == "geometry.py" and s["source"] == "import" for s in prompt["snippets"])
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
         settings={"codellama": {"repositoryContext": False}}))
     try:
-        alone = await lc.inline(client, uri, 2, len(text.splitlines()[-1]))
+        alone = await lc.inline(client, uri, 2, end)
         assert (await lc.last_prompt(client, uri))["snippets"] == []
         assert "4821" not in "".join(i.insert_text for i in alone.items)
     finally:
