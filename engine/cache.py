@@ -9,6 +9,10 @@ from engine.config import ModelArgs
 _GROWTH = 256  # capacity grows in steps of this many positions, so growing is rare
 
 
+def _rounded(positions: int) -> int:
+    return -(-positions // _GROWTH) * _GROWTH
+
+
 class KVCache:
     """K and V for every layer, shaped (batch, n_kv_heads, capacity, head_dim).
 
@@ -40,7 +44,18 @@ class KVCache:
         """Grow the buffers (keeping their contents) so positions [0, needed) fit."""
         if needed <= self.capacity:
             return
-        new_cap = -(-needed // _GROWTH) * _GROWTH
+        self._reallocate(_rounded(needed))
+
+    def shrink_to(self, needed: int) -> None:
+        """Give back the room past `needed` positions (rounded up to the growth step); tokens stored
+        past it are forgotten. A no-op when the buffers are no bigger than that."""
+        new_cap = _rounded(max(needed, 1))
+        if new_cap >= self.capacity:
+            return
+        self.truncate(min(self.length, new_cap))
+        self._reallocate(new_cap)
+
+    def _reallocate(self, new_cap: int) -> None:
         a = self.args
         shape = (self.batch, a.n_kv_heads, new_cap, a.head_dim)
         keep = self.length

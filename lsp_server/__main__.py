@@ -54,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
                   "anyone who can reach it; pass --allow-remote if that is what you want.", file=sys.stderr)
             return 2
 
+    from lsp_server.memory import maybe_start_tracemalloc, tune_malloc
+
+    tune_malloc()  # before torch and the server's threads allocate
+    maybe_start_tracemalloc()
     from lsp_server.server import create_server, exit_process
+
 
     server = create_server()
     if args.tcp:

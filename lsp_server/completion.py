@@ -30,10 +30,14 @@ from .context.languages import language_of
 from .context.snippets import Snippet
 from .documents import Document, DocumentStore, PositionError
 from .engine_manager import EngineManager, backend_device
+from .lru import LRU
+from .memory import HeapTrimmer
 from .postprocess import Cursor, Suggestion, is_finished, pointless, postprocess, wants_multiline
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+MAX_DOCUMENT_STATES = 64  # documents whose layout and last prompt are kept
+LAST_PROMPT_CHARS = 4_000_000
 _WORD_TAIL = re.compile(r"[A-Za-z0-9_$]+$")
 
 
@@ -130,6 +134,11 @@ class SuggestionCache:
                         return Suggestion(full[k:], entry.suggestion.replaces_line_suffix)
         return None
 
+    def forget(self, uri: str) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if k[0] == uri]:
+                del self._entries[key]
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
@@ -164,6 +173,10 @@ def cursor_info(doc: Document, cursor: int, line: int, multiline_mode: str) -> C
                   wants_multiline(line_prefix, line_suffix, multiline_mode))
 
 
+def _prompt_chars(uri: str, record: dict[str, Any]) -> int:
+    return len(record.get("prefix") or "") + len(record.get("suffix") or "")
+
+
 class CompletionService:
     def __init__(self, docs: DocumentStore, engine: EngineManager, get_settings: Callable[[], Settings],
                  get_index: Callable[[], WorkspaceIndex | None], path_of: Callable[[str], str],
@@ -178,12 +191,15 @@ class CompletionService:
         self.worker = Worker()
         self.cache = SuggestionCache()
         self.jobs: dict[str, Job] = {}
-        self.last_prompt: dict[str, dict[str, Any]] = {}
+        # The last prompt of the documents used most recently (codellama/lastPrompt), bounded by count
+        # and by the characters of their prefixes and suffixes (a 100K-token prompt is ~400 KB).
+        self.last_prompt: LRU[str, dict[str, Any]] = LRU(MAX_DOCUMENT_STATES, LAST_PROMPT_CHARS, _prompt_chars)
         self.last_uri: str | None = None
         # Worker-thread state: per-document layouts, gathered windows, token counts per backend.
-        self._layouts: dict[str, Layout] = {}
+        self._layouts: LRU[str, Layout] = LRU(MAX_DOCUMENT_STATES)
         self._gatherer = Gatherer()
         self._counter: tuple[Backend, TokenCounter] | None = None
+        self._trim_heap = HeapTrimmer()
 
     # ---- event-loop side ----------------------------------------------------------------------
 
@@ -214,7 +230,8 @@ class CompletionService:
         self.jobs[uri] = job
         snapshot = self.snapshot(doc, cursor)
         position = doc.position_at(cursor)
-        future = self.worker.submit(lambda: self._run(job, backend, settings, snapshot, cur, started, position))
+        future = self.worker.submit(lambda: self._run_then_trim(job, backend, settings, snapshot, cur, started,
+                                                                position))
         try:
             suggestion = await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -232,9 +249,12 @@ class CompletionService:
             job.cancelled.set()
 
     def forget(self, uri: str) -> None:
-        """A document was closed."""
+        """A document was closed: drop everything kept for it."""
         self._supersede(uri)
         self.last_prompt.pop(uri, None)
+        self._layouts.pop(uri, None)
+        self.cache.forget(uri)
+        self._gatherer.forget(self.path_of(uri))
 
     def _supersede(self, uri: str) -> None:
         old = self.jobs.pop(uri, None)
@@ -289,6 +309,12 @@ class CompletionService:
         """Snippets from open documents, recent edits, imports and the index (worker thread)."""
         query = query_words(snap.text, snap.cursor)
         return self._gatherer.gather(snap, self.get_index(), query, similar_limit=max(8, min(400, budget // 150)))
+
+    def _run_then_trim(self, *args: Any) -> Suggestion | None:
+        try:
+            return self._run(*args)
+        finally:
+            self._trim_heap()  # give the engine's freed buffers back to the system now and then
 
     def _run(self, job: Job, backend: Backend, settings: Settings, snap: Request, cur: Cursor,
              started: float, position: tuple[int, int]) -> Suggestion | None:

@@ -135,6 +135,18 @@ class RobustProtocol(LanguageServerProtocol):
             child.add_done_callback(lambda _, key=key: self._request_futures.pop(key, None))
             result_future.add_done_callback(lambda f, child=child: child.cancel() if f.cancelled() else None)
 
+    def _execute_handler(self, msg_id: Any, handler: Any, callback: Any, args: Any = None,
+                         kwargs: Any = None) -> None:
+        """pygls files the future of every coroutine handler under its id, and takes it out when the
+        answer is sent; a notification has no answer, so the future of each one with an async
+        handler (`workspace/didChangeConfiguration`, `initialized`) stayed for good. Dropped here
+        once done."""
+        super()._execute_handler(msg_id, handler, callback, args, kwargs)
+        if callback == self._check_handler_result:  # a notification
+            future = self._request_futures.get(msg_id)
+            if future is not None:
+                future.add_done_callback(lambda _: self._request_futures.pop(msg_id, None))
+
     def report_parse_error(self, error: Exception) -> None:
         self._reply_error(None, PARSE_ERROR, f"Parse error: {str(error)[:200]}")
 

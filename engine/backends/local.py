@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -56,12 +57,24 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 
 class CachePool:
-    """A few KV caches, each holding the tokens of a recent prompt; picks the one sharing the longest
-    prefix with a new prompt and evicts the least recently used when over the memory budget."""
+    """A few KV caches (MAX_CACHES at most), each holding the tokens of a recent prompt; picks the one
+    sharing the longest prefix with a new prompt and evicts the least recently used when over the
+    count or the memory budget.
+
+    A cache's capacity follows what recent requests needed: one grown for a long prompt (a bigger
+    context budget, since lowered) shrinks once the last SHRINK_WINDOW requests needed less than
+    half of it, so memory never stays at a past peak."""
+
+    SHRINK_WINDOW = 32
+    MAX_CACHES = 4
 
     def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, budget_bytes: int) -> None:
         self.loaded, self.device, self.dtype, self.budget = loaded, device, dtype, budget_bytes
         self.caches: list[KVCache] = []  # most recently used last
+        self._recent_needs: deque[int] = deque(maxlen=self.SHRINK_WINDOW)
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes() for c in self.caches)
 
     def acquire(self, prompt: list[int], capacity: int) -> KVCache:
         best, best_len = None, 0
@@ -70,17 +83,27 @@ class CachePool:
             if n > best_len:
                 best, best_len = cache, n
         if best is None:
-            best = KVCache(self.loaded.args, capacity, self.device, self.dtype)
+            # Nothing shared: an empty cache (its request was cancelled before prefill) serves, else
+            # a new one (the least recently used goes when the pool is full).
+            best = next((c for c in self.caches if not c.tokens), None)
+            if best is None:
+                best = KVCache(self.loaded.args, capacity, self.device, self.dtype)
+            else:
+                self.caches.remove(best)
             self.caches.append(best)
         else:
             self.caches.remove(best)
             self.caches.append(best)
         best.ensure_capacity(capacity)
+        self._recent_needs.append(capacity)
+        peak = max(self._recent_needs)
+        if best.capacity > 2 * peak:
+            best.shrink_to(peak)
         self._evict(keep=best)
         return best
 
     def _evict(self, keep: KVCache) -> None:
-        while len(self.caches) > 1 and sum(c.nbytes() for c in self.caches) > self.budget:
+        while len(self.caches) > 1 and (len(self.caches) > self.MAX_CACHES or self.nbytes() > self.budget):
             victim = next(c for c in self.caches if c is not keep)
             self.caches.remove(victim)
 
@@ -130,6 +153,10 @@ class LocalBackend:
     @property
     def can_infill(self) -> bool:
         return self.tok.can_infill
+
+    def cache_bytes(self) -> int:
+        """Bytes held by the KV caches."""
+        return self.pool.nbytes()
 
     def count_tokens(self, text: str) -> int:
         return len(self.tok.encode_infill(text))

@@ -11,24 +11,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+from ..lru import LRU
+
 PIECE_CHARS = 2000
 
 
 class TokenCounter:
-    """`count(text)` through a bounded cache (the same lines are counted on every keystroke)."""
+    """`count(text)` through a cache bounded by entries and by the characters its keys hold (the same
+    lines and snippets are counted on every keystroke; each keystroke also brings new ones, which
+    push the least recently used out)."""
 
-    def __init__(self, count: Callable[[str], int], max_entries: int = 100_000) -> None:
+    def __init__(self, count: Callable[[str], int], max_entries: int = 50_000,
+                 max_chars: int = 4_000_000) -> None:
         self._count = count
-        self._cache: dict[str, int] = {}
-        self._max = max_entries
+        self.cache: LRU[str, int] = LRU(max_entries, max_chars, lambda text, _: len(text))
 
     def __call__(self, text: str) -> int:
-        n = self._cache.get(text)
+        n = self.cache.get(text)
         if n is None:
             n = self._count(text) if text else 0
-            if len(self._cache) >= self._max:
-                self._cache.clear()
-            self._cache[text] = n
+            self.cache[text] = n
         return n
 
 

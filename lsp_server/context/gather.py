@@ -11,6 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
+from ..lru import LRU
 from .imports import outline, resolve_imports
 from .index import WorkspaceIndex
 from .snippets import WINDOW_STRIDE, Snippet, windows
@@ -18,6 +19,7 @@ from .snippets import WINDOW_STRIDE, Snippet, windows
 EDIT_WINDOW = 30
 MAX_LOCAL_CHARS = 500_000  # bigger current files get no `local` windows (too costly per keystroke)
 MAX_OPEN_CHARS = 1_000_000
+MAX_WINDOW_CHARS = 16_000_000  # windows cached across keystrokes (each line is in two windows)
 _IMPORT_LINE = re.compile(r"^.*\b(?:import|require|from)\b.*$", re.M)
 
 
@@ -40,13 +42,19 @@ class Request:
     edits: list[tuple[str, int]] = field(default_factory=list)  # (path, line), most recent first
 
 
+def _windows_chars(key: tuple[str, str], entry: tuple[int, list[Snippet]]) -> int:
+    return sum(len(s.text) for s in entry[1])
+
+
 class Gatherer:
     """Gathers candidates, caching per-document windows by version (the same windows, with their
-    word sets, serve every keystroke until that document changes)."""
+    word sets, serve every keystroke until that document changes). Both caches are bounded: the
+    windows by the characters they hold, the resolved imports by count."""
 
-    def __init__(self) -> None:
-        self._windows: dict[tuple[str, str], tuple[int, list[Snippet]]] = {}
-        self._imports: dict[tuple[str, str, int], list[str]] = {}
+    def __init__(self, max_window_chars: int = MAX_WINDOW_CHARS, max_entries: int = 256) -> None:
+        self._windows: LRU[tuple[str, str], tuple[int, list[Snippet]]] = LRU(
+            max_entries, max_window_chars, _windows_chars)
+        self._imports: LRU[tuple[str, str, int], list[str]] = LRU(max_entries)
 
     def gather(self, req: Request, index: WorkspaceIndex | None, query: set[str],
                similar_limit: int = 32) -> list[Snippet]:
@@ -75,8 +83,9 @@ class Gatherer:
         return out
 
     def forget(self, path: str) -> None:
-        for key in [k for k in self._windows if k[0] == path]:
-            del self._windows[key]
+        """A document was closed: drop what was cached for it."""
+        self._windows.drop_where(lambda key: key[0] == path)
+        self._imports.drop_where(lambda key: key[0] == path)
 
     def _cached_windows(self, path: str, text: str, version: int, source: str) -> list[Snippet]:
         key = (path, source)
@@ -85,8 +94,6 @@ class Gatherer:
             return hit[1]
         wins = windows(path, text, source, stride=WINDOW_STRIDE)
         self._windows[key] = (version, wins)
-        if len(self._windows) > 256:
-            self._windows.pop(next(iter(self._windows)))
         return wins
 
     def _import_snippets(self, req: Request, index: WorkspaceIndex | None,
@@ -100,7 +107,7 @@ class Gatherer:
         if targets is None:
             files = (index.paths() if index is not None else set()) | set(open_docs)
             targets = resolve_imports(req.path, import_lines, req.language, files)
-            self._imports = {k: v for k, v in self._imports.items() if k[0] != req.path}
+            self._imports.drop_where(lambda k: k[0] == req.path)  # one entry per file
             self._imports[key] = targets
         out = []
         for path in targets[:10]:
