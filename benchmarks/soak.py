@@ -82,6 +82,7 @@ class Counts:
     answered: int = 0
     cancelled: int = 0  # answered with RequestCancelled
     errors: int = 0  # answered with any other error
+    slowest_s: float = 0.0  # the longest wait for an answer since the last row
     pending: set[asyncio.Future[Any]] = field(default_factory=set)
 
 
@@ -115,14 +116,16 @@ class Session:
         fut = asyncio.wrap_future(self.client.protocol.send_request(method, params, msg_id=msg_id))
         self.counts.sent += 1
         self.counts.pending.add(fut)
-        fut.add_done_callback(self._answered)
+        sent = time.monotonic()
+        fut.add_done_callback(lambda f: self._answered(f, time.monotonic() - sent))
         return msg_id, fut
 
-    def _answered(self, fut: asyncio.Future[Any]) -> None:
+    def _answered(self, fut: asyncio.Future[Any], waited_s: float) -> None:
         self.counts.pending.discard(fut)
         if fut.cancelled():
             return  # never: the client does not cancel its futures, it asks the server
         self.counts.answered += 1
+        self.counts.slowest_s = max(self.counts.slowest_s, waited_s)
         exc = fut.exception()
         if isinstance(exc, JsonRpcException) and getattr(exc, "code", None) == REQUEST_CANCELLED:
             self.counts.cancelled += 1
@@ -263,8 +266,8 @@ async def main_async(args: argparse.Namespace) -> int:
           f"budget {args.budget} tokens, {ready['description']}, seed {args.seed}; RSS when ready "
           f"{mb(rss_bytes(pid))} MB\n", flush=True)
     print("| minute | RSS MB | status: resident MB | KV cache MB | index files | index MB | requests sent "
-          "| answered | cancelled | errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+          "| answered | cancelled | errors | slowest answer s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
 
     samples: list[tuple[float, int]] = []
     t0 = time.monotonic()
@@ -284,7 +287,8 @@ async def main_async(args: argparse.Namespace) -> int:
             c = session.counts
             print(f"| {minute} | {mb(rss)} | {mb(memory.get('residentBytes'))} | {mb(memory.get('kvCacheBytes'))} "
                   f"| {memory.get('indexFiles', '-')} | {mb(memory.get('indexBytes'))} | {c.sent} | {c.answered} "
-                  f"| {c.cancelled} | {c.errors} |", flush=True)
+                  f"| {c.cancelled} | {c.errors} | {c.slowest_s:.1f} |", flush=True)
+            c.slowest_s = 0.0
     sampler.cancel()
     if session.counts.pending:
         await asyncio.wait(list(session.counts.pending), timeout=120)
@@ -308,6 +312,8 @@ async def main_async(args: argparse.Namespace) -> int:
           f"({len(err_text)} characters)")
     if "Traceback" in err_text:
         print(err_text[-4000:])
+    if args.server_log:
+        Path(args.server_log).write_text(err_text, encoding="utf-8")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0 if unanswered == 0 and "Traceback" not in err_text else 1
 
@@ -320,6 +326,7 @@ def main() -> None:
     parser.add_argument("--package", default="pygls", help="installed package copied as the repository")
     parser.add_argument("--warmup", type=int, default=3, help="minutes of warm-up before growth is measured")
     parser.add_argument("--sample-seconds", type=float, default=5.0)
+    parser.add_argument("--server-log", help="write the server's stderr (its warnings) to this file")
     parser.add_argument("--model", help="model directory (default: the embedded default model)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")

@@ -37,6 +37,7 @@ from .completion import CompletionResult, CompletionService
 from .context.index import WorkspaceIndex
 from .documents import UTF8, UTF16, UTF32, DocumentStore
 from .engine_manager import EngineManager, Loader, backend_device, load_backend
+from .memory import resident_bytes
 from .protocol import RobustProtocol, is_parse_error, robust_converter
 from .settings import Settings, parse_settings
 
@@ -180,8 +181,19 @@ class CodeLlamaServer(LanguageServer):
             requestedModel=engine.requested_name, backend=self.settings.backend,
             description=backend.description if backend is not None else None, device=device, dtype=dtype,
             message=message, indexing=self.indexing,
-            indexedFiles=len(self.index) if self.index is not None else 0)
+            indexedFiles=len(self.index) if self.index is not None else 0, memory=self.memory_figures())
         return dict(self.status)
+
+    def memory_figures(self) -> dict[str, int | None]:
+        """What the status says about memory: the process's resident size, the KV caches of the
+        completion model, and the workspace index (its files, and the bytes of their texts and
+        windows)."""
+        cache_bytes = getattr(self.engine.backend, "cache_bytes", None)
+        index = self.index
+        return {"residentBytes": resident_bytes(),
+                "kvCacheBytes": cache_bytes() if callable(cache_bytes) else None,
+                "indexFiles": len(index) if index is not None else 0,
+                "indexBytes": index.total_bytes if index is not None else 0}
 
     def on_engine_change(self) -> None:
         """A backend was swapped in (or failed to load): tell the client."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +36,8 @@ class WorkspaceIndex:
         self.bm25 = BM25()
         self.lock = threading.RLock()
         self.total_chars = 0
+        self._bytes: dict[str, int] = {}  # per file: its text and its windows' texts, in memory
+        self.total_bytes = 0
         self.generation = 0  # bumped on every change, so callers can cache per generation
         self._observer = None
         self.on_change: Callable[[str, str], None] | None = None  # (event, rel path)
@@ -66,10 +69,14 @@ class WorkspaceIndex:
             if old is None and (len(self.texts) >= self.max_files or self.total_chars + len(text) > MAX_TOTAL_CHARS):
                 return False
             self.bm25.remove_path(rel)
-            for snip in windows(rel, text, "similar"):
+            wins = windows(rel, text, "similar")
+            for snip in wins:
                 self.bm25.add(snip)
             self.total_chars += len(text) - (len(old) if old else 0)
             self.texts[rel] = text
+            held = sys.getsizeof(text) + sum(sys.getsizeof(snip.text) for snip in wins)
+            self.total_bytes += held - self._bytes.get(rel, 0)
+            self._bytes[rel] = held
             self.generation += 1
         return True
 
@@ -80,6 +87,7 @@ class WorkspaceIndex:
                 return
             self.bm25.remove_path(rel)
             self.total_chars -= len(old)
+            self.total_bytes -= self._bytes.pop(rel, 0)
             self.generation += 1
 
     # ---- queries ------------------------------------------------------------------------------

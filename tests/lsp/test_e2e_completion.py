@@ -8,6 +8,7 @@ files of the workspace), never as exact strings; the prompt the engine saw is re
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -256,3 +257,25 @@ async def test_a_newer_request_supersedes_an_older_one(client, repo):
     assert list(a.items) == []  # superseded: answered, empty
     prompt = await lc.last_prompt(client, uri)
     assert [i.insert_text for i in b.items] == ([prompt["completion"]] if prompt["completion"] else [])
+
+
+async def test_status_reports_resident_memory_the_kv_cache_and_the_index(client, repo):
+    uri = lc.open_doc(client, repo / "memory_figures.py", "def double(x):\n    return \n")
+    await lc.inline(client, uri, 1, 11)
+    status = await lc.request(client, "codellama/getStatus", {})
+    memory = status["memory"]
+    # The process holds at least the model's weights, and nowhere near a laptop's memory.
+    weights = (default_model_dir() / "model.safetensors").stat().st_size
+    assert weights < memory["residentBytes"] < 4 * 2**30
+    # The KV cache holds the last prompt: keys and values of every layer, for a whole number of
+    # 256-position steps at least as long as that prompt.
+    config = json.loads((default_model_dir() / "config.json").read_text())
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    per_position = config["num_hidden_layers"] * 2 * config["num_key_value_heads"] * head_dim * (
+        2 if status["dtype"] in ("bfloat16", "float16") else 4)
+    assert memory["kvCacheBytes"] % (256 * per_position) == 0
+    assert memory["kvCacheBytes"] >= per_position * status["lastPromptTokens"] > 0
+    # The index: the files the status counts, holding at least their text.
+    assert memory["indexFiles"] == status["indexedFiles"] >= 4
+    indexed_text = sum(len((repo / name).read_text()) for name in ("physics.py", "geometry.py", "app.py"))
+    assert indexed_text < memory["indexBytes"] < 10 * 2**20
