@@ -44,6 +44,16 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def cpu_run_length(n: int) -> int:
+    """How many positions a prefill chunk of `n` tokens runs on CPU: a power of two up to 128, then
+    a multiple of 128. oneDNN (PyTorch's CPU matmul for bfloat16) builds and keeps kernels for every
+    distinct matrix shape, about 0.7 MB each per weight shape: prompts of every length from 1 to
+    1024 new tokens made the server's memory grow for hours. These lengths are 15 shapes."""
+    if n <= 128:
+        return 1 << max(n - 1, 0).bit_length()
+    return -(-n // 128) * 128
+
+
 @torch.inference_mode()
 def prefill(
     model: Transformer,
@@ -55,7 +65,9 @@ def prefill(
     """Append `tokens` to the cache; return float32 logits (vocab,) of the last one.
 
     Returns None if `should_stop` fired between chunks (the cache then holds what was done so far,
-    which stays valid for reuse).
+    which stays valid for reuse). On CPU each chunk is padded (its last token repeated) to
+    `cpu_run_length`: the padding comes after the real tokens, so causal attention keeps it out of
+    their results, and its keys and values lie past the cache's length, overwritten later.
     """
     assert tokens, "prefill needs at least one token"
     device = cache.device
@@ -65,10 +77,12 @@ def prefill(
         if should_stop is not None and i > 0 and should_stop():
             return None
         chunk = list(tokens[i : i + chunk_size])
-        x = torch.tensor([chunk], dtype=torch.long, device=device)
+        run = chunk + chunk[-1:] * (cpu_run_length(len(chunk)) - len(chunk)) if device.type == "cpu" else chunk
+        cache.ensure_capacity(cache.length + len(run))
+        x = torch.tensor([run], dtype=torch.long, device=device)
         hidden = model(x, start_pos=cache.length, cache=cache, return_hidden=True)
         cache.tokens.extend(chunk)
-        logits = hidden[0, -1]
+        logits = hidden[0, len(chunk) - 1]
     assert logits is not None
     return model.output(logits).float()
 

@@ -1,6 +1,7 @@
-"""The KV cache's memory follows what requests need: it grows for a long prompt and shrinks again
-once recent requests need far less (a context budget lowered, a long file closed), keeping the
-tokens that still fit so the next prompt reuses them."""
+"""Engine memory that a long session must not grow. The KV cache follows what requests need: it
+grows for a long prompt and shrinks again once recent requests need far less (a context budget
+lowered, a long file closed), keeping the tokens that still fit. CPU prefill runs few distinct
+lengths (oneDNN keeps kernels per shape) without changing any result."""
 
 from types import SimpleNamespace
 
@@ -8,7 +9,7 @@ import torch
 
 from engine.backends.local import CachePool
 from engine.cache import KVCache
-from engine.generate import generate
+from engine.generate import cpu_run_length, generate, prefill
 from engine.testing import random_model, tiny_args
 
 
@@ -50,3 +51,18 @@ def test_pool_holds_a_bounded_number_of_caches():
     for _ in range(5):  # requests cancelled before prefill leave their cache empty: it is reused
         pool.acquire([99, 1], 300)
     assert len(pool.caches) <= CachePool.MAX_CACHES
+
+
+def test_cpu_prefill_runs_few_distinct_lengths_and_padding_changes_nothing():
+    lengths = {cpu_run_length(n) for n in range(1, 1025)}
+    assert len(lengths) <= 15 and all(cpu_run_length(n) >= n for n in range(1, 1025))
+    args = tiny_args()
+    model = random_model(args)
+    prompt = [(7 * i) % 500 + 3 for i in range(300)]
+    with torch.inference_mode():
+        full = model(torch.tensor([prompt]))[0].float()  # no cache, no padding
+    cache = KVCache(args, 8, "cpu", torch.float32)
+    for end in (37, 38, 171, 300):  # chunks of 37, 1, 133 and 129 new tokens, each padded
+        logits = prefill(model, cache, prompt[cache.length : end])
+        assert cache.tokens == prompt[:end]
+        assert torch.allclose(logits, full[end - 1], atol=1e-4)
