@@ -6,7 +6,8 @@ Layout of the prefix (SPM sends `<PRE><SUF>{suffix}<MID>{prefix}`, so everything
 suffix and the text right before the cursor comes last):
 
     {comment} Path: other/module.py      <- snippets, each a commented block under its path,
-    {comment} def helper(x): ...            in a fixed order (by path, then line)
+    {comment} def helper(x): ...            in a fixed order (by path, then line); snippets of
+    {comment} class Base: ...               one file next to each other share one header
     {comment} Path: this/file.py         <- the current file's path
     <file text from the cut point up to the cursor>
 
@@ -59,6 +60,16 @@ class BuiltContext:
 
 def render_snippet(snip: Snippet, language: str) -> str:
     return path_header(snip.path, language) + comment_block(snip.text, language)
+
+
+def render_snippets(snips: list[Snippet], language: str) -> str:
+    """Snippets in order, each commented under its path; consecutive snippets of one file share one
+    header (counted with one header each when packing, so the packed prompt never overflows)."""
+    out, last = [], None
+    for snip in snips:
+        out.append(comment_block(snip.text, language) if snip.path == last else render_snippet(snip, language))
+        last = snip.path
+    return "".join(out)
 
 
 def query_words(text: str, cursor: int, lines_before: int = 30, lines_after: int = 5) -> set[str]:
@@ -114,7 +125,7 @@ def build_context(
 
     layout = Layout(prefix_start, text[prefix_start : prefix_start + 64],
                     [s.key for s in chosen], cursor_line, budget)
-    prefix = "".join(render_snippet(s, language) for s in chosen) + header + text[prefix_start:cursor]
+    prefix = render_snippets(chosen, language) + header + text[prefix_start:cursor]
     return BuiltContext(prefix, text[cursor:suffix_end], chosen, prefix_tokens + header_tokens,
                         suffix_tokens, snippet_tokens, budget, layout)
 
