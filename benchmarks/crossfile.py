@@ -8,10 +8,12 @@ line is removed; the rest of the file stays, and the package's other files are t
 
 For each package, `python -m lsp_server` (stdio, default model unless --model, CPU, the server's
 default context budget) opens the package as its workspace; each case's file is opened with the
-line cut, an inline completion is asked at the cursor, and the file is closed again. All cases run
-with `repositoryContext` off, then on. Printed per package and overall: exact match of the first
+line cut, an inline completion is asked at the cursor, and the file is closed again. Every case runs
+with `repositoryContext` off and on (interleaved: see run_package). Printed per package and overall: exact match of the first
 line, identifier match (the suggestion starts with the right name), edit similarity of the first
-line (1 - Levenshtein / longer length), and client-side latency p50 / p90.
+line (1 - Levenshtein / longer length), client-side latency p50 / p90, the prompt's size, and how
+often the expected name is in the snippets above the file (did retrieval find it, whatever the model
+then made of it).
 
 The pinned wheels are fetched with pip into .cache/crossfile/ on the first run (PyPI only).
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -119,12 +122,24 @@ class Outcome:
     identifier: bool
     similarity: float
     latency_ms: float
+    prompt_tokens: int
+    name_in_context: bool  # the expected name appears in the snippets above the file (retrieval found it)
 
 
-def score(pkg: str, context: bool, case: Case, suggestion: str, latency_ms: float) -> Outcome:
+def snippets_part(prompt: dict[str, Any], path: str) -> str:
+    """The part of the prompt's prefix above the current file's own `Path:` header."""
+    prefix = prompt.get("prefix") or ""
+    cut = prefix.rfind(f"Path: {path}\n")
+    return prefix[:cut] if cut >= 0 else ""
+
+
+def score(pkg: str, context: bool, case: Case, suggestion: str, latency_ms: float,
+          prompt: dict[str, Any]) -> Outcome:
     got, want = first_line(suggestion), case.target.strip()
+    found = re.search(rf"\b{re.escape(case.name)}\b", snippets_part(prompt, case.path)) is not None
     return Outcome(pkg, context, case.kind, case.path, case.line, case.target, suggestion, got == want,
-                   starts_with_name(suggestion, case.name), edit_similarity(got, want), latency_ms)
+                   starts_with_name(suggestion, case.name), edit_similarity(got, want), latency_ms,
+                   int(prompt.get("promptTokens") or 0), found)
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -135,33 +150,43 @@ async def run_package(pkg: Package, cases: list[Case], root: Path, init: dict[st
     try:
         await wait_ready(client)
         out = []
-        for context in (False, True):
-            configure(client, {"repositoryContext": context})
-            for case in cases:
+        # Two passes over the cases, the setting alternating from one request to the next and swapped
+        # in the second pass: every case runs both ways, load that drifts during the run hits both
+        # settings alike, and no request follows the same case (whose prompt the engine would reuse).
+        for second in (False, True):
+            for i, case in enumerate(cases):
+                context = (i % 2 == 1) != second
+                configure(client, {"repositoryContext": context})
                 editor = Editor(client, (root / case.path).as_uri())
                 editor.open(case.text)
                 latency, suggestion = await asyncio.wait_for(editor.inline(case.line, case.utf16_column), 300)
+                prompt = await client.protocol.send_request_async("codellama/lastPrompt", {"uri": editor.uri})
                 editor.close()
-                out.append(score(pkg.name, context, case, suggestion, latency))
-            print(f"  context {'on' if context else 'off'}: {len(cases)} cases done", file=sys.stderr, flush=True)
+                out.append(score(pkg.name, context, case, suggestion, latency, prompt or {}))
+            print(f"  pass {2 if second else 1}: {len(cases)} cases done", file=sys.stderr, flush=True)
         return out
     finally:
         await stop_server(client)
 
 
+HEADER = ("| {first} | context | cases | exact match | identifier match | edit similarity | p50 ms | p90 ms "
+          "| prompt tokens p50 | name in snippets |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
 def summary_row(label: str, rows: list[Outcome]) -> str:
     n = len(rows)
     if not n:
-        return f"| {label} | 0 | - | - | - | - | - |"
+        return f"| {label} | 0 | - | - | - | - | - | - | - |"
     lat = [r.latency_ms for r in rows]
     return (f"| {label} | {n} | {100 * sum(r.exact for r in rows) / n:.1f} % "
             f"| {100 * sum(r.identifier for r in rows) / n:.1f} % "
-            f"| {sum(r.similarity for r in rows) / n:.2f} | {percentile(lat, 0.5):.0f} | {percentile(lat, 0.9):.0f} |")
+            f"| {sum(r.similarity for r in rows) / n:.2f} | {percentile(lat, 0.5):.0f} | {percentile(lat, 0.9):.0f} "
+            f"| {percentile([r.prompt_tokens for r in rows], 0.5):.0f} "
+            f"| {100 * sum(r.name_in_context for r in rows) / n:.0f} % |")
 
 
 def print_table(outcomes: list[Outcome], packages: list[Package]) -> None:
-    print("| package | context | cases | exact match | identifier match | edit similarity | p50 ms | p90 ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(HEADER.format(first="package"))
     groups = [(f"{p.name} {p.version}", [o for o in outcomes if o.package == p.name]) for p in packages]
     groups.append(("**all**", outcomes))
     for label, rows in groups:
@@ -169,8 +194,7 @@ def print_table(outcomes: list[Outcome], packages: list[Package]) -> None:
             part = [r for r in rows if r.context == context]
             print(summary_row(f"{label} | {'on' if context else 'off'}", part))
     print("\nBy kind (all packages):\n")
-    print("| kind | context | cases | exact match | identifier match | edit similarity | p50 ms | p90 ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(HEADER.format(first="kind"))
     for kind in sorted({o.kind for o in outcomes}):
         for context in (True, False):
             part = [o for o in outcomes if o.kind == kind and o.context == context]
