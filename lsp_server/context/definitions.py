@@ -12,6 +12,7 @@ files, which are parsed once per file text and kept in a bounded cache.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ BOOST_BASES = 2.5
 BOOST_IMPORTED = 1.5
 MAX_DEPTH = 4  # re-exports and base classes followed this deep
 MAX_SNIPPETS = 24
-MAX_MODULE_NAMES = 30  # `m.` at the cursor: this many of the module's names, in source order
+MAX_MODULE_NAMES = 30  # `m.` at the cursor: this many of the module's names
+_WORD = re.compile(r"[A-Za-z_]\w*")
 
 
 @dataclass(frozen=True)
@@ -188,14 +190,31 @@ def _snippet(found: Found, boost: float, brief: bool = False) -> Snippet:
     return Snippet(found.path, d.short if brief else d.text, d.start_line, d.end_line, "definition", boost=boost)
 
 
-def _module_snippets(resolver: Resolver, path: str, partial: str, boost: float) -> list[Snippet]:
-    """`m.` at the cursor: module m's names (those starting with what is typed; public ones first),
-    re-exports of a package `__init__` included, one snippet per definition so the packer takes as
-    many as fit."""
+def _module_snippets(resolver: Resolver, path: str, partial: str, boost: float, text: str, cursor: int,
+                     owner: str) -> list[Snippet]:
+    """`m.` at the cursor: module m's names that start with what is typed, re-exports of a package
+    `__init__` included, one snippet per definition so the packer takes as many as fit. First the
+    names the cursor's line spells (`'if_stmt': tree.` -> IfStmt), then those the buffer uses as
+    `m.Name` elsewhere, then the public ones in source order."""
     found = [f for f in resolver.module_names(path) if f.definition is not None
              and f.definition.name.startswith(partial) and not f.definition.name.startswith("__")]
-    found.sort(key=lambda f: f.definition.name.startswith("_"))  # type: ignore[union-attr]
+    line = text[text.rfind("\n", 0, cursor) + 1 : cursor]
+    spelled = {_squash(w) for w in _WORD.findall(line) if len(w) >= 4}
+    used = set(re.findall(rf"\b{re.escape(owner)}\.(\w+)", text[:200_000]))
+
+    def order(f: Found) -> int:
+        name = f.definition.name  # type: ignore[union-attr]
+        squashed = _squash(name)
+        if len(squashed) >= 4 and any(squashed in w or w in squashed for w in spelled):
+            return 0
+        return 1 if name in used else 2 if not name.startswith("_") else 3
+
+    found.sort(key=order)
     return [_snippet(f, boost - 0.001 * i, brief=True) for i, f in enumerate(found[:MAX_MODULE_NAMES])]
+
+
+def _squash(word: str) -> str:
+    return word.replace("_", "").lower()
 
 
 def definition_snippets(path: str, text: str, cursor: int, files: Collection[str],
@@ -223,7 +242,7 @@ def definition_snippets(path: str, text: str, cursor: int, files: Collection[str
     elif owner in bindings:
         found = resolver.binding(path, bindings[owner])
         if found is not None and found.definition is None:
-            add(_module_snippets(resolver, found.path, partial, BOOST_AT_CURSOR))
+            add(_module_snippets(resolver, found.path, partial, BOOST_AT_CURSOR, text, cursor, owner))
         elif found is not None:
             add([_snippet(found, BOOST_AT_CURSOR)])
             add([_snippet(b, BOOST_AT_CURSOR - 0.5) for b in resolver.bases(found.path, found.definition)])  # type: ignore[arg-type]
@@ -254,7 +273,7 @@ def definition_snippets(path: str, text: str, cursor: int, files: Collection[str
             break
         found = resolver.binding(path, bound)
         if found is not None and found.definition is not None:
-            add([_snippet(found, BOOST_IMPORTED - 0.001 * i)])
+            add([_snippet(found, BOOST_IMPORTED - 0.001 * i, brief=True)])  # signatures: more of them fit
     return sorted(out.values(), key=lambda s: (-s.boost, s.key))[:MAX_SNIPPETS * 2]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 MAX_SIGNATURE_LINES = 6
 MAX_VALUE_CHARS = 160
 MAX_CLASS_LINES = 40
-MAX_INIT_ATTRS = 12
+MAX_ATTRS = 16  # class attributes and self.x assignments shown per class
 
 
 @dataclass(frozen=True)
@@ -67,30 +67,22 @@ def _indent_of(line: str) -> str:
     return line[: len(line) - len(line.lstrip())]
 
 
-def _render_function(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef,
-                     keep_self_attrs: bool = False) -> list[str]:
+def _render_function(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
     header = _header(lines, node)
     inner = _indent_of(header[-1] if header else "") + "    "
     out = list(header)
     doc = _first_doc_line(node)
     if doc:
         out.append(f'{inner}"""{doc}"""')
-    if keep_self_attrs:
-        for stmt in _self_assignments(node)[:MAX_INIT_ATTRS]:
-            out.append(inner + _one_line(lines, stmt))
     out.append(inner + "...")
     return out
 
 
-def _self_assignments(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.stmt]:
-    found = []
-    for stmt in node.body:
-        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(
-            stmt, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
-               for t in targets):
-            found.append(stmt)
-    return found
+def _self_assignments(node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Assign | ast.AnnAssign]:
+    """Assignments to `self.x` anywhere in a method (in branches and loops too), in source order."""
+    found = [n for n in ast.walk(node) if isinstance(n, (ast.Assign, ast.AnnAssign))
+             and any(_is_self_attr(t) for t in (n.targets if isinstance(n, ast.Assign) else [n.target]))]
+    return sorted(found, key=lambda n: (n.lineno, n.col_offset))
 
 
 def _one_line(lines: list[str], node: ast.stmt) -> str:
@@ -110,7 +102,9 @@ def _base_name(expr: ast.expr) -> str | None:
 
 
 def _render_class(lines: list[str], node: ast.ClassDef) -> tuple[list[str], list[str]]:
-    """(rendered lines, member names)."""
+    """(rendered lines, member names): header, docstring's first line, class attributes, the
+    attributes its methods set on `self` (first assignment of each, `__init__`'s first), then
+    method signatures; at most MAX_CLASS_LINES lines."""
     out = _header(lines, node)
     header_len = len(out)
     inner = _indent_of(out[-1] if out else "") + "    "
@@ -118,26 +112,40 @@ def _render_class(lines: list[str], node: ast.ClassDef) -> tuple[list[str], list
     if doc:
         out.append(f'{inner}"""{doc}"""')
     members: list[str] = []
+    attrs: list[str] = []
+    methods: list[str] = []
+    functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
     for stmt in node.body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
             members.append(stmt.name)
-            out += _render_function(lines, stmt, keep_self_attrs=stmt.name == "__init__")
-            if stmt.name == "__init__":
-                members += [t.attr for s in _self_assignments(stmt)
-                            for t in (s.targets if isinstance(s, ast.Assign) else [s.target])  # type: ignore[attr-defined]
-                            if isinstance(t, ast.Attribute)]
+            functions.append(stmt)
+            methods += _render_function(lines, stmt)
         elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
             members += [t.id for t in targets if isinstance(t, ast.Name)]
-            out.append(inner + _one_line(lines, stmt))
+            attrs.append(inner + _one_line(lines, stmt))
         elif isinstance(stmt, ast.ClassDef):
             members.append(stmt.name)
-            out += _header(lines, stmt)
+            methods += _header(lines, stmt) + [inner + "    ..."]
+    seen = set(members)
+    for func in sorted(functions, key=lambda f: f.name != "__init__"):
+        for stmt in _self_assignments(func):
+            for target in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:  # type: ignore[attr-defined]
+                if _is_self_attr(target) and target.attr not in seen and len(seen) < 200:
+                    seen.add(target.attr)
+                    members.append(target.attr)
+                    if len(attrs) < MAX_ATTRS:
+                        attrs.append(inner + _one_line(lines, stmt))
+    out += attrs + methods
     if len(out) > MAX_CLASS_LINES:
         out = out[:MAX_CLASS_LINES] + [inner + "..."]
     elif len(out) == header_len:
         out.append(inner + "...")
     return out, members
+
+
+def _is_self_attr(target: ast.expr) -> bool:
+    return isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
 
 
 def outline_module(text: str) -> ModuleOutline | None:
