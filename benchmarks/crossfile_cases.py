@@ -119,17 +119,23 @@ def _summarise(path: str, tree: ast.Module, files: set[str]) -> _Module:
     return mod
 
 
-def _defining_file(modules: dict[str, _Module], file: str, name: str, depth: int = 0) -> str | None:
-    """The file that defines `name` as seen from module `file`, following re-exports."""
+def _definition(modules: dict[str, _Module], file: str, name: str, depth: int = 0) -> tuple[str, str] | None:
+    """(the file that defines `name` as seen from module `file`, the name it has there), following
+    re-exports."""
     mod = modules.get(file)
     if mod is None or depth > 4:
         return None
     if name in mod.defined:
-        return file
+        return file, name
     bound = mod.bindings.get(name)
     if bound is not None and bound[0] == "name":
-        return _defining_file(modules, bound[1], bound[2], depth + 1)
+        return _definition(modules, bound[1], bound[2], depth + 1)
     return None
+
+
+def _defining_file(modules: dict[str, _Module], file: str, name: str) -> str | None:
+    found = _definition(modules, file, name)
+    return found[0] if found else None
 
 
 def _class_members(modules: dict[str, _Module], file: str, cls: ast.ClassDef, depth: int = 0) -> set[str]:
@@ -159,8 +165,7 @@ def _bases(modules: dict[str, _Module], file: str, cls: ast.ClassDef) -> Iterato
             base = base.value
         if isinstance(base, ast.Name):
             # Through re-exports, to the name the defining file uses.
-            where = _defining_file(modules, file, base.id)
-            name = _original_name(modules, file, base.id) or base.id
+            where, name = _definition(modules, file, base.id) or (None, base.id)
         elif isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name):
             bound = mod.bindings.get(base.value.id)
             if bound is None or bound[0] != "module":
@@ -171,18 +176,6 @@ def _bases(modules: dict[str, _Module], file: str, cls: ast.ClassDef) -> Iterato
             continue
         if where is not None and name in modules[where].classes:
             yield where, modules[where].classes[name]
-
-
-def _original_name(modules: dict[str, _Module], file: str, name: str, depth: int = 0) -> str | None:
-    mod = modules.get(file)
-    if mod is None or depth > 4:
-        return None
-    if name in mod.defined:
-        return name
-    bound = mod.bindings.get(name)
-    if bound is not None and bound[0] == "name":
-        return _original_name(modules, bound[1], bound[2], depth + 1)
-    return None
 
 
 def _char_col(line: str, byte_col: int) -> int:
