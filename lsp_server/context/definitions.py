@@ -31,6 +31,7 @@ BOOST_BASES = 2.5
 BOOST_IMPORTED = 1.5
 MAX_DEPTH = 4  # re-exports and base classes followed this deep
 MAX_SNIPPETS = 24
+MAX_OUTLINE_CHARS = 400_000  # bigger files are not parsed (a parse would stall a keystroke)
 MAX_MODULE_NAMES = 30  # `m.` at the cursor: this many of the module's names
 _WORD = re.compile(r"[A-Za-z_]\w*")
 
@@ -81,7 +82,7 @@ class OutlineCache:
         if hit is not None and (hit[0] is text or hit[0] == text):
             self._entries.move_to_end(path)
             return hit[1]
-        outline = outline_module(text)
+        outline = outline_module(text) if len(text) <= MAX_OUTLINE_CHARS else None
         self._entries[path] = (text, outline)
         self._entries.move_to_end(path)
         while len(self._entries) > self._max:

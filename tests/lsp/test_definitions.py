@@ -147,3 +147,4 @@ def test_outlines_are_cached_per_text_and_bounded():
     cache.get("c.py", "C = 1\n")
     assert len(cache) == 2
     assert outline_module("def broken(:\n") is None
+    assert cache.get("huge.py", "X = 1\n" * 100_000) is None  # too big to parse on a keystroke
