@@ -21,87 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from lsprotocol import types as T
+from lsp_session import REPO, Editor, configure, percentile, start_server, stop_server, wait_ready
 from pygls.lsp.client import LanguageClient
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from lsp_server.protocol import robust_converter  # noqa: E402
-
 PAUSE_AFTER = set(" .(,:=[{")
-
-
-def make_client() -> LanguageClient:
-    client = LanguageClient("lsp-latency-bench", "1", converter_factory=robust_converter)
-    client.config: dict[str, Any] = {}  # type: ignore[misc]
-
-    @client.feature(T.WORKSPACE_CONFIGURATION)
-    def configuration(ls: LanguageClient, params: T.ConfigurationParams) -> list[Any]:
-        return [ls.config for _ in params.items]  # type: ignore[attr-defined]
-
-    @client.feature(T.WINDOW_WORK_DONE_PROGRESS_CREATE)
-    def progress_create(ls: LanguageClient, params: Any) -> None:
-        return None
-
-    for method in (T.PROGRESS, T.WINDOW_SHOW_MESSAGE, T.WINDOW_LOG_MESSAGE, "codellama/status"):
-        client.feature(method)(lambda ls, params: None)
-    return client
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
-class Editor:
-    """One open document, edited and queried like an editor would."""
-
-    def __init__(self, client: LanguageClient, uri: str) -> None:
-        self.client, self.uri, self.version = client, uri, 1
-
-    def open(self, text: str) -> None:
-        self.client.text_document_did_open(T.DidOpenTextDocumentParams(T.TextDocumentItem(self.uri, "python", 1, text)))
-
-    def close(self) -> None:
-        self.client.text_document_did_close(T.DidCloseTextDocumentParams(T.TextDocumentIdentifier(self.uri)))
-
-    def type_char(self, line: int, character: int, ch: str) -> None:
-        self.version += 1
-        pos = T.Position(line, character)
-        self.client.text_document_did_change(T.DidChangeTextDocumentParams(
-            T.VersionedTextDocumentIdentifier(uri=self.uri, version=self.version),
-            [T.TextDocumentContentChangePartial(range=T.Range(pos, pos), text=ch)]))
-
-    async def complete(self, line: int, character: int) -> tuple[float, dict[str, Any]]:
-        started = time.perf_counter()
-        await self.client.text_document_inline_completion_async(T.InlineCompletionParams(
-            context=T.InlineCompletionContext(T.InlineCompletionTriggerKind.Automatic),
-            text_document=T.TextDocumentIdentifier(self.uri), position=T.Position(line, character)))
-        elapsed = 1000 * (time.perf_counter() - started)
-        prompt = await self.client.protocol.send_request_async("codellama/lastPrompt", {"uri": self.uri})
-        status = await self.client.protocol.send_request_async("codellama/getStatus", {})
-        return elapsed, {"prompt": prompt or {}, "status": status}
-
-
-async def wait_ready(client: LanguageClient, timeout: float = 3600) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = await client.protocol.send_request_async("codellama/getStatus", {})
-        if status["state"] == "error":
-            raise SystemExit(f"model failed to load: {status['message']}")
-        if status["state"] == "ready" and not status["indexing"] and not status.get("loading"):
-            return status
-        if time.monotonic() > deadline:
-            raise SystemExit("server not ready in time")
-        await asyncio.sleep(0.2)
 
 
 def pick_lines(text: str, count: int) -> list[int]:
@@ -116,9 +43,7 @@ def pick_lines(text: str, count: int) -> list[int]:
 
 async def run_config(client: LanguageClient, editor: Editor, text: str, lines: list[int], budget: int,
                      repo_context: bool, max_new: int) -> dict[str, Any]:
-    client.config = {"maxContextTokens": budget, "repositoryContext": repo_context,  # type: ignore[attr-defined]
-                     "maxNewTokens": max_new}
-    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings={"codellama": client.config}))  # type: ignore[attr-defined]
+    configure(client, {"maxContextTokens": budget, "repositoryContext": repo_context, "maxNewTokens": max_new})
     cold: list[float] = []
     warm: list[float] = []
     prompt_tokens: list[int] = []
@@ -161,20 +86,11 @@ async def main_async(args: argparse.Namespace) -> None:
     file = repo / args.file
     text = file.read_text(encoding="utf-8")
     lines = pick_lines(text, args.line_count)
-    client = make_client()
     init: dict[str, Any] = {"maxNewTokens": args.max_new_tokens, "device": args.device, "dtype": args.dtype}
     if args.model:
         init["model"] = args.model
-    client.config = dict(init)  # type: ignore[attr-defined]
-    cmd = [sys.executable, "-m", "lsp_server", "--log-level", "warning"]
-    await client.start_io(*cmd, cwd=str(REPO))
     t0 = time.perf_counter()
-    await client.initialize_async(T.InitializeParams(
-        capabilities=T.ClientCapabilities(
-            text_document=T.TextDocumentClientCapabilities(inline_completion=T.InlineCompletionClientCapabilities()),
-            workspace=T.WorkspaceClientCapabilities(configuration=True)),
-        root_uri=repo.as_uri(), initialization_options=init))
-    client.initialized(T.InitializedParams())
+    client = await start_server(repo, init, "lsp-latency-bench")
     status = await wait_ready(client)
     print(f"# LSP latency: {status['description']}, repository {repo.name} ({status['indexedFiles']} files "
           f"indexed), file {args.file}, {len(lines)} line(s) typed, maxNewTokens {args.max_new_tokens}; "
@@ -188,9 +104,7 @@ async def main_async(args: argparse.Namespace) -> None:
             r = await run_config(client, editor, text, lines, budget, repo_context, args.max_new_tokens)
             print(f"| {budget} | {'on' if repo_context else 'off'} | {r['prompt']} | {r['cold']:.0f} | {r['p50']:.0f} "
                   f"| {r['p95']:.0f} | {r['n']} | {100 * r['reuse']:.0f} % | {r['cache_hits']} |", flush=True)
-    await client.shutdown_async(None)
-    client.exit(None)
-    await client.stop()
+    await stop_server(client)
 
 
 def main() -> None:

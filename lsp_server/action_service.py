@@ -23,7 +23,7 @@ from engine.backends.base import Backend, InstructRequest
 from . import actions as A
 from . import capability as C
 from .completion import CompletionService
-from .context.builder import render_snippet, snippets_for_span
+from .context.builder import render_snippets, snippets_for_span
 from .context.languages import language_of
 from .documents import Document, PositionError
 from .engine_manager import backend_device
@@ -230,7 +230,7 @@ class ActionService:
             candidates = self.completion.gather_candidates(snap, context_room)
             chosen, _ = snippets_for_span(candidates, snap.text, span[0], span[1], snap.path, snap.language,
                                           context_room, count)
-            context = "".join(render_snippet(s, snap.language) for s in chosen)
+            context = render_snippets(chosen, snap.language)
         user = A.user_message(args.action, code or lines_around(snap.text, span[0]), snap.language,
                               snap.path, context, args.question, args.diagnostics)
         request = InstructRequest(user=user, system=A.SYSTEM_PROMPT, max_new_tokens=max_new,

@@ -23,10 +23,11 @@ from typing import Any
 from engine.backends.base import Backend, BackendError, CompletionRequest
 
 from .context.budget import TokenCounter
-from .context.builder import Layout, build_context, query_words
+from .context.builder import Layout, query_words
 from .context.gather import Gatherer, OpenDoc, Request
 from .context.index import WorkspaceIndex
 from .context.languages import language_of
+from .context.prompt import build_prompt, similar_limit
 from .context.snippets import Snippet
 from .documents import Document, DocumentStore, PositionError
 from .engine_manager import EngineManager, backend_device
@@ -288,7 +289,7 @@ class CompletionService:
     def gather_candidates(self, snap: Request, budget: int) -> list[Snippet]:
         """Snippets from open documents, recent edits, imports and the index (worker thread)."""
         query = query_words(snap.text, snap.cursor)
-        return self._gatherer.gather(snap, self.get_index(), query, similar_limit=max(8, min(400, budget // 150)))
+        return self._gatherer.gather(snap, self.get_index(), query, similar_limit=similar_limit(budget))
 
     def _run(self, job: Job, backend: Backend, settings: Settings, snap: Request, cur: Cursor,
              started: float, position: tuple[int, int]) -> Suggestion | None:
@@ -298,10 +299,8 @@ class CompletionService:
         context_version = self._context_version()
         on_gpu = backend_device(backend)[0] == "cuda"
         budget = settings.context_budget(backend.context_length, on_gpu)
-        candidates = self.gather_candidates(snap, budget) if settings.repository_context else []
-        built = build_context(text=snap.text, cursor=snap.cursor, path=snap.path, language=snap.language,
-                              budget=budget, count=count, candidates=candidates,
-                              previous=self._layouts.get(job.uri))
+        built = build_prompt(snap, self.get_index(), self._gatherer, budget=budget, count=count,
+                             repository_context=settings.repository_context, previous=self._layouts.get(job.uri))
         self._layouts[job.uri] = built.layout
         if job.cancelled.is_set():
             return None

@@ -1,8 +1,9 @@
 """Collect candidate snippets from every source for one completion request.
 
-Sources: other open documents (`open`), regions recently edited in them (`edit`), files the current
-file imports (`import`), BM25-similar windows of the repository (`similar`), and far-away parts of
-the current file itself (`local`). The builder ranks, deduplicates and packs them.
+Sources: the definitions the code at the cursor refers to, in other files (`definition`, Python;
+definitions.py), other open documents (`open`), regions recently edited in them (`edit`), files the
+current file imports (`import`), BM25-similar windows of the repository (`similar`), and far-away parts
+of the current file itself (`local`). The builder ranks, deduplicates and packs them.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from .imports import outline, resolve_imports
+from .definitions import OutlineCache, definition_snippets
+from .imports import PY_LANGS, outline, resolve_imports
 from .index import WorkspaceIndex
+from .refs import Binding, buffer_imports
 from .snippets import WINDOW_STRIDE, Snippet, windows
 
 EDIT_WINDOW = 30
@@ -47,6 +50,11 @@ class Gatherer:
     def __init__(self) -> None:
         self._windows: dict[tuple[str, str], tuple[int, list[Snippet]]] = {}
         self._imports: dict[tuple[str, str, int], list[str]] = {}
+        self._outlines = OutlineCache()
+        # Per workspace generation: the file list and module-name lookups; per buffer: its imports.
+        self._files: tuple[tuple[int, frozenset[str]], set[str]] | None = None
+        self._module_memo: tuple[int, dict[tuple[str, int, str], str | None]] = (-1, {})
+        self._buffer_imports: tuple[str, str, dict[str, Binding]] | None = None
 
     def gather(self, req: Request, index: WorkspaceIndex | None, query: set[str],
                similar_limit: int = 32) -> list[Snippet]:
@@ -66,6 +74,8 @@ class Gatherer:
             body = "\n".join(lines)
             if body.strip():
                 out.append(Snippet(path, body.rstrip("\n") + "\n", start, start + len(lines), "edit"))
+        if (index is not None or req.others) and (req.language in PY_LANGS or req.path.endswith(".py")):
+            out += self._definition_snippets(req, index, texts)
         if index is not None or req.others:
             out += self._import_snippets(req, index, texts)
         if len(req.text) <= MAX_LOCAL_CHARS:
@@ -88,6 +98,26 @@ class Gatherer:
         if len(self._windows) > 256:
             self._windows.pop(next(iter(self._windows)))
         return wins
+
+    def _definition_snippets(self, req: Request, index: WorkspaceIndex | None,
+                             open_docs: dict[str, OpenDoc]) -> list[Snippet]:
+        generation = index.generation if index is not None else 0
+        open_paths = frozenset(open_docs)
+        if self._files is None or self._files[0] != (generation, open_paths):
+            files = (index.paths() if index is not None else set()) | set(open_paths)
+            self._files = ((generation, open_paths), files)
+        if self._module_memo[0] != generation:
+            self._module_memo = (generation, {})
+        import_lines = "\n".join(_IMPORT_LINE.findall(req.text[:200_000]))
+        if self._buffer_imports is None or self._buffer_imports[:2] != (req.path, import_lines):
+            self._buffer_imports = (req.path, import_lines, buffer_imports(req.text))
+
+        def read(path: str) -> str | None:
+            doc = open_docs.get(path)
+            return doc.text if doc is not None else index.text(path) if index is not None else None
+
+        return definition_snippets(req.path, req.text, req.cursor, self._files[1], read, self._outlines,
+                                   self._buffer_imports[2], self._module_memo[1])
 
     def _import_snippets(self, req: Request, index: WorkspaceIndex | None,
                          open_docs: dict[str, OpenDoc]) -> list[Snippet]:

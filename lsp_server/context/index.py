@@ -59,6 +59,11 @@ class WorkspaceIndex:
         if text is None:
             self.remove(rel)
             return False
+        return self.put(rel, text)
+
+    def put(self, rel: str, text: str) -> bool:
+        """Index `text` as the file `rel` (read from disk by `update`; given directly by tools that
+        build the server's prompts from files in memory). False when the index is full."""
         with self.lock:
             old = self.texts.get(rel)
             if old == text:
