@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import random
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -30,9 +28,8 @@ from engine.healing import TokenHealer
 from engine.tokenizer import Tokenizer
 from engine.train.sources import SourceFile
 from lsp_server.context.budget import TokenCounter
-from lsp_server.context.builder import build_context, query_words
 from lsp_server.context.gather import Gatherer, Request
-from lsp_server.context.index import WorkspaceIndex
+from lsp_server.context.prompt import build_prompt, in_memory_index
 
 SERVER_CPU_BUDGET = 2048  # lsp_server.settings.Settings.context_budget on CPU
 KINDS = ("cross", "line", "punct", "ident", "block")
@@ -166,7 +163,7 @@ def _line_end(text: str, at: int) -> int:
 class ServedExamples:
     """Examples for the files of one package, with the server's index over that package."""
 
-    def __init__(self, tok: Tokenizer, files: Sequence[SourceFile], root: Path, seed: int,
+    def __init__(self, tok: Tokenizer, files: Sequence[SourceFile], seed: int,
                  spm_rate: float = 0.7, context_rate: float = 0.9) -> None:
         self.tok = tok
         self.files = list(files)
@@ -175,12 +172,7 @@ class ServedExamples:
         self.context_rate = context_rate
         self.healer = TokenHealer(tok.piece_texts())
         self.count = TokenCounter(lambda s: len(tok.encode_infill(s)))
-        for f in self.files:
-            p = root / f.path
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(f.text)
-        self.index = WorkspaceIndex(root)
-        self.index.build()
+        self.index = in_memory_index({f.path: f.text for f in self.files})
         self.gatherer = Gatherer()
         self.modules = {f.path.split("/")[0].removesuffix(".py") for f in self.files}
         self._version = 0
@@ -195,14 +187,10 @@ class ServedExamples:
         middle = f.text[cur.offset : cur.end]
         text = f.text[: cur.offset] + f.text[cur.end :]
         with_context = r.random() < self.context_rate
-        self._version += 1
-        candidates = []
-        if with_context:
-            req = Request(f.path, text, "python", cur.offset, self._version)
-            query = query_words(text, cur.offset)
-            candidates = self.gatherer.gather(req, self.index, query, similar_limit=max(8, min(400, budget // 150)))
-        built = build_context(text=text, cursor=cur.offset, path=f.path, language="python", budget=budget,
-                              count=self.count, candidates=candidates)
+        self._version += 1  # a new buffer version for the gatherer's per-version caches
+        req = Request(f.path, text, "python", cur.offset, self._version)
+        built = build_prompt(req, self.index, self.gatherer, budget=budget, count=self.count,
+                             repository_context=with_context)
         spm = r.random() < self.spm_rate
         tokens = self._layout(built.prefix, built.suffix, middle, spm)
         if tokens is None:
@@ -255,16 +243,15 @@ def served_examples(tok: Tokenizer, files: Sequence[SourceFile], max_tokens: int
         for name in names:
             visit += 1
             want = max(1, round(per_cycle * weight[name] / total))
-            with tempfile.TemporaryDirectory() as root:
-                ex = ServedExamples(tok, groups[name], Path(root), seed=seed * 100_003 + visit)
-                made = tries = 0
-                while made < want and tries < want * 6:
-                    tries += 1
-                    budget = SERVER_CPU_BUDGET if rng.random() < 0.5 else rng.randint(384, SERVER_CPU_BUDGET)
-                    one = ex.example(rng.choice(groups[name]), min(budget, max_tokens - 160))
-                    if one is not None and len(one.tokens) <= max_tokens:
-                        made += 1
-                        yield one
+            ex = ServedExamples(tok, groups[name], seed=seed * 100_003 + visit)
+            made = tries = 0
+            while made < want and tries < want * 6:
+                tries += 1
+                budget = SERVER_CPU_BUDGET if rng.random() < 0.5 else rng.randint(384, SERVER_CPU_BUDGET)
+                one = ex.example(rng.choice(groups[name]), min(budget, max_tokens - 160))
+                if one is not None and len(one.tokens) <= max_tokens:
+                    made += 1
+                    yield one
 
 
 def pack_windows(examples: Iterator[ServedExample], seq_len: int, n_windows: int, filler: np.ndarray,

@@ -50,8 +50,8 @@ def test_cross_file_cursors_sit_before_uses_not_in_the_import_lines():
     assert all(at > APP.index("\n\n") for at in cross_file_cursors(APP, names, modules))
 
 
-def test_a_cross_file_example_carries_the_definition_from_the_other_file(tok, tmp_path):
-    ex = ServedExamples(tok, FILES, tmp_path, seed=0, spm_rate=1.0, context_rate=1.0)
+def test_a_cross_file_example_carries_the_definition_from_the_other_file(tok):
+    ex = ServedExamples(tok, FILES, seed=0, spm_rate=1.0, context_rate=1.0)
     found = []
     for _ in range(60):
         one = ex.example(FILES[1], budget=1024)
@@ -64,16 +64,16 @@ def test_a_cross_file_example_carries_the_definition_from_the_other_file(tok, tm
         assert one.tokens[-1] == tok.eot_id and one.with_context and one.spm
 
 
-def test_spm_tokens_are_the_served_prompt_with_the_middle_spelt_after_it(tok, tmp_path):
+def test_spm_tokens_are_the_served_prompt_with_the_middle_spelt_after_it(tok):
     """SPM with token healing: the model is asked from the prompt minus the prefix's last token and
     spells the rest of the joined text, so training tokens are spm_prompt(prefix + middle)."""
-    ex = ServedExamples(tok, FILES, tmp_path, seed=1, spm_rate=1.0, context_rate=0.0)
+    ex = ServedExamples(tok, FILES, seed=1, spm_rate=1.0, context_rate=0.0)
     prefix, suffix, middle = "def f(x):\n    return x.up", "\n", "per()"
     assert ex._layout(prefix, suffix, middle, spm=True) == spm_prompt(tok, prefix + middle, suffix) + [tok.eot_id]
 
 
-def test_psm_tokens_hold_back_the_last_prefix_token_for_the_middle(tok, tmp_path):
-    ex = ServedExamples(tok, FILES, tmp_path, seed=1)
+def test_psm_tokens_hold_back_the_last_prefix_token_for_the_middle(tok):
+    ex = ServedExamples(tok, FILES, seed=1)
     prefix, suffix, middle = "value = compute_tot", "\n", "al(items)"
     ids = ex._layout(prefix, suffix, middle, spm=False)
     mid = ids.index(tok.middle_id)
