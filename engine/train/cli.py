@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from engine.atomic import write_text_atomic
     from engine.checkpoints import load_model, save_hf_checkpoint, save_meta_checkpoint
     from engine.model import init_weights
     from engine.train.data import DataConfig, WindowSampler, cached_stream, read_jsonl_files
@@ -80,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("no source files to train on (check --repo / --data-jsonl)", file=sys.stderr)
         return 2
     train_files, held = split_heldout(files, args.heldout_fraction, args.seed)
-    (out / "heldout.json").write_text(json.dumps(
+    write_text_atomic(out / "heldout.json", json.dumps(
         [{"repo": f.repo, "path": f.path} for f in held], indent=1) + "\n")
     print(f"{len(train_files)} training files, {len(held)} held out", flush=True)
 
@@ -128,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if lora:
         merge_lora(model)
     save = save_meta_checkpoint if loaded.layout == "meta" else save_hf_checkpoint
-    save(model, loaded.tokenizer.path, out / "model", dtype=torch.bfloat16)
-    (out / "model" / "training.json").write_text(json.dumps(info, indent=1) + "\n")
+    save(model, loaded.tokenizer.path, out / "model", dtype=torch.bfloat16,
+         extra_files={"training.json": json.dumps(info, indent=1) + "\n"})
     print(f"model written to {out / 'model'}")
     return 0

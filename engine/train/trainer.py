@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
 import signal
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from engine.atomic import atomic_directory, write_text_atomic
 from engine.model import Transformer
 from engine.train.data import WindowSampler
 
@@ -134,11 +134,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def save_checkpoint(run_dir: Path, step: int, model: Transformer, opt: torch.optim.Optimizer,
                     trainable: dict[str, torch.nn.Parameter], cfg: TrainConfig, keep: int) -> Path:
-    """Write step-NNNNNNN/ atomically: into a temporary directory, fsync, rename, then point `latest`."""
+    """Write step-NNNNNNN/ atomically (engine/atomic.py: complete, with its COMPLETE marker, or absent),
+    then point `latest` at it and drop all but the newest `keep`."""
     final = run_dir / f"step-{step:07d}"
-    tmp = run_dir / f".tmp-step-{step:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {
         "step": step,
         "params": {n: p.detach().clone() for n, p in trainable.items()},
@@ -147,15 +145,10 @@ def save_checkpoint(run_dir: Path, step: int, model: Transformer, opt: torch.opt
         "config": asdict(cfg),
         "model_args": model.args.to_dict(),
     }
-    torch.save(state, tmp / "state.pt")
-    with open(tmp / "state.pt", "rb") as fh:
-        os.fsync(fh.fileno())
-    (tmp / "COMPLETE").write_text(f"{step}\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    ptr_tmp = run_dir / f".latest.tmp{os.getpid()}"
-    ptr_tmp.write_text(final.name + "\n")
-    os.replace(ptr_tmp, run_dir / "latest")
+    with atomic_directory(final) as tmp:
+        torch.save(state, tmp / "state.pt")
+        (tmp / "COMPLETE").write_text(f"{step}\n")
+    write_text_atomic(run_dir / "latest", final.name + "\n")
     for old in sorted(run_dir.glob("step-*[0-9]"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -233,7 +226,7 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     if step == 0 and metrics_path.exists() and not resume:
         metrics_path.unlink()
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    write_text_atomic(run_dir / "config.json", json.dumps(asdict(cfg), indent=1))
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     stop = {"signal": None}
 
