@@ -53,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="autocast dtype")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--checkpoint-every", type=float, default=600.0, help="seconds between checkpoints")
+    p.add_argument("--checkpoint-every-steps", type=int, default=0, help="steps between checkpoints (0: by time)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--merge", action="store_true", help="write the merged model instead of the adapter")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/run")
@@ -109,16 +110,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, seed=args.seed, dtype=args.dtype, device=args.device,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every_s=args.checkpoint_every,
+        checkpoint_every_steps=args.checkpoint_every_steps,
         threads=args.threads, extra={"data_hash": meta["data_hash"], "base_model": str(loaded.path)},
     )
     n_train = sum(p.numel() for p in (trainable or dict(model.named_parameters())).values())
     print(f"training {n_train:,} parameters ({'LoRA r=' + str(args.lora_rank) if lora else 'full'}), "
           f"{cfg.tokens_per_step:,} tokens per step", flush=True)
     sampler = WindowSampler(stream, cfg.seq_len, cfg.micro_batch, cfg.seed)
-    train(model, sampler, cfg, out / "run", resume=args.resume, trainable=trainable)
+    record = train(model, sampler, cfg, out / "run", resume=args.resume, trainable=trainable)
     for name in ("metrics.jsonl", "loss.png"):
         if (out / "run" / name).is_file():
             shutil.copy(out / "run" / name, out / name)
+    if "signal" in record:  # stopped early: no adapter or model that claims all the steps
+        print(f"stopped by signal {record['signal']} with a checkpoint in {out / 'run'}: "
+              "run the same command with --resume to finish", file=sys.stderr, flush=True)
+        return 128 + int(record["signal"])
 
     info = {"base_model": str(loaded.path), "rope_theta": args.rope_theta, "seq_len": args.seq_len,
             "data_hash": meta["data_hash"], "steps": args.steps, "tokens": args.steps * cfg.tokens_per_step}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import signal
@@ -204,7 +205,7 @@ def train(
 ) -> dict:
     """Train `model` for cfg.steps optimiser steps, or until `stop_after` steps (to simulate an
     interruption), `time_limit_s` seconds, or SIGINT/SIGTERM; each of these ends with a checkpoint.
-    Returns the last metrics record."""
+    Returns the last metrics record; after a signal it also holds the signal's number ("signal")."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -226,6 +227,8 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     if step == 0 and metrics_path.exists() and not resume:
         metrics_path.unlink()
+    if resume:
+        drop_metrics_after(metrics_path, step)  # steps a killed run logged after its last checkpoint
     write_text_atomic(run_dir / "config.json", json.dumps(asdict(cfg), indent=1))
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     stop = {"signal": None}
@@ -238,13 +241,31 @@ def train(
     if threading_main():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _on_signal)
+        print(f"training in process {os.getpid()}: SIGINT or SIGTERM stops it after the step in flight, "
+              "with a checkpoint to resume from", flush=True)
     try:
         record = _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_limit_s,
                        metrics_path, on_log)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if stop["signal"] is not None:
+        record["signal"] = stop["signal"]  # the run stopped early: its caller must not take it as done
     return record
+
+
+def drop_metrics_after(metrics_path: Path, step: int) -> None:
+    """Keep the metrics of steps up to `step` (and no half-written last line)."""
+    if not metrics_path.is_file():
+        return
+    kept = []
+    for line in metrics_path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_text_atomic(metrics_path, "".join(kept))
 
 
 def threading_main() -> bool:
