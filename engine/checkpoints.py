@@ -2,7 +2,9 @@
 
 Both are loaded tensor by tensor from memory-mapped files straight into a model built on the `meta`
 device, converted to the target dtype and device on the way, so no second full copy of the weights
-is ever held in host memory. Renames and the q/k row permutation between layouts live here only.
+is ever held in host memory. A loaded model never keeps the files mapped: it survives them being
+deleted, truncated or rewritten while it serves. Renames and the q/k row permutation between layouts
+live here only.
 """
 
 from __future__ import annotations
@@ -93,7 +95,12 @@ def load_model(
                 f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                 f"the configuration needs {tuple(expected[name])}"
             )
-        state[name] = tensor.to(device=device, dtype=dtype)
+        converted = tensor.to(device=device, dtype=dtype)
+        if converted.data_ptr() == tensor.data_ptr():
+            # Still the memory-mapped file: a model served from it would die (SIGBUS) the moment the
+            # file is truncated or rewritten in place. One tensor at a time, so no second full copy.
+            converted = converted.clone()
+        state[name] = converted
     missing = sorted(set(expected) - set(state))
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
