@@ -33,6 +33,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_directory(path: Path) -> None:
+    """Make renames in a directory durable; where directories cannot be opened (Windows) the rename
+    is as durable as the system makes it."""
+    with contextlib.suppress(OSError):
+        fsync_path(path)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -59,7 +66,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
-    fsync_path(target.parent)  # the rename itself survives a power cut
+    _fsync_directory(target.parent)  # the rename itself survives a power cut
 
 
 @contextlib.contextmanager
@@ -77,7 +84,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         for file in tmp.rglob("*"):
             if file.is_file():
                 fsync_path(file)
-        fsync_path(tmp)
+        _fsync_directory(tmp)
         if target.exists():
             old = _temporary_sibling(target)
             os.replace(target, old)
@@ -87,7 +94,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         if old is not None and not target.exists():
             os.replace(old, target)  # the new one never arrived: put the previous one back
         raise
-    fsync_path(target.parent)
+    _fsync_directory(target.parent)
     if old is not None:
         _remove(old)
 

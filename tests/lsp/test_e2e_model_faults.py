@@ -35,15 +35,9 @@ def model_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return model
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("model-faults-ws")
-    (root / "util.py").write_text("def mul(a, b):\n    return a * b\n")
-    return root
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def client(workspace: Path, model_copy: Path):
+async def client(model_copy: Path, tmp_path_factory: pytest.TempPathFactory):
+    workspace = tmp_path_factory.mktemp("model-faults-ws")  # empty: the documents come from elsewhere
     client = await lc.start(workspace, {"model": str(model_copy), "dtype": "bfloat16", "maxNewTokens": 16})
     status = await lc.wait_ready(client)
     assert status["model"] == MODEL_NAME and status["dtype"] == "bfloat16"
