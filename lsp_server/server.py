@@ -414,12 +414,15 @@ class CodeLlamaServer(LanguageServer):
     def _build_index(self, index: WorkspaceIndex) -> None:
         token = self.begin_progress("Indexing workspace")
         try:
+            # Watching starts first: what changes on disk while the build runs is applied after it.
+            index.on_change = lambda what, rel: log.debug("index: %s %s", what, rel)
+            if self.index is index:
+                index.start_watching()
             index.build(progress=lambda done, total: self.report_progress(
                 token, f"{done}/{total} files", int(100 * done / max(total, 1))),
                 should_stop=lambda: self.index is not index)
-            if self.index is index:
-                index.on_change = lambda what, rel: log.info("index: %s %s", what, rel)
-                index.start_watching()
+            if self.index is not index:  # replaced while building (a reindex)
+                index.stop_watching()
         except Exception:
             log.exception("indexing failed")
         finally:

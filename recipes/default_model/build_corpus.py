@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from engine.atomic import atomic_file, write_text_atomic  # noqa: E402
 from engine.train.sources import SourceFile, dedupe, reject_reason, split_heldout  # noqa: E402
 
 PERMISSIVE = {
@@ -126,7 +127,7 @@ def main() -> None:
     train, held = split_heldout(all_files, HELDOUT_FRACTION)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, part in (("train.jsonl", train), ("heldout.jsonl", held)):
-        with open(args.out / name, "w") as fh:
+        with atomic_file(args.out / name) as tmp, open(tmp, "w") as fh:
             for f in part:
                 fh.write(json.dumps({"repo": f.repo, "path": f.path, "text": f.text}) + "\n")
     py = sys.version.split()[0]
@@ -141,7 +142,7 @@ def main() -> None:
         "heldout_fraction": HELDOUT_FRACTION,
         "heldout": [f"{f.repo}/{f.path}" for f in held],
     }
-    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    write_text_atomic(args.out / "manifest.json", json.dumps(manifest, indent=1))
     print(f"{len(all_files)} files ({len(train)} train, {len(held)} held out), "
           f"{manifest['train_chars'] / 1e6:.1f} M train chars")
     for r in manifest["sources"]:

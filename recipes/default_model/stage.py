@@ -23,6 +23,7 @@ can hand back), which `export --from-shards DIR/S` turns into a model directory 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -38,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # served.py beside this file
 
+from engine.atomic import atomic_file  # noqa: E402
 from engine.config import ModelArgs  # noqa: E402
 from engine.model import Transformer, init_weights  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
@@ -277,9 +279,14 @@ def write_shards(run: Path, stage: str, out: Path) -> None:
             size = 0
         shards[-1][name] = t
         size += t.nbytes
-    out.mkdir(parents=True, exist_ok=True)
-    for i, shard in enumerate(shards):
-        save_file(shard, str(out / f"{stage}-{i}.safetensors"), metadata=meta)
+    # Every shard is written in full before any replaces the previous set (engine/atomic.py).
+    with contextlib.ExitStack() as stack:
+        for i, shard in enumerate(shards):
+            tmp = stack.enter_context(atomic_file(out / f"{stage}-{i}.safetensors"))
+            save_file(shard, str(tmp), metadata=meta)
+    for stale in out.glob(f"{stage}-*.safetensors"):  # a previous, longer set's extra shards
+        if stale.stem.removeprefix(f"{stage}-").isdigit() and int(stale.stem.removeprefix(f"{stage}-")) >= len(shards):
+            stale.unlink()
     print(f"{ckpt} (step {state['step']}) -> {len(shards)} files {out}/{stage}-*.safetensors", flush=True)
 
 
@@ -310,12 +317,10 @@ def export(run: Path, out: Path, from_shards: Path | None) -> None:
         params, step, source = state["params"], state["step"], str(ckpt)
     model = Transformer(stage_args(stage, serving=True))
     load_params(model, params)
-    save_hf_checkpoint(model, run / "tokenizer.model", out, dtype=torch.bfloat16)
     # A completion model: the language server offers no instruct code actions on it (lsp_server/capability.py).
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**config, "instruct": False}, indent=2) + "\n")
-    (out / "training_state.json").write_text(json.dumps({"stage": stage, "checkpoint": source, "step": step},
-                                                        indent=1) + "\n")
+    training_state = json.dumps({"stage": stage, "checkpoint": source, "step": step}, indent=1) + "\n"
+    save_hf_checkpoint(model, run / "tokenizer.model", out, dtype=torch.bfloat16, config_extra={"instruct": False},
+                       extra_files={"training_state.json": training_state})
     print(f"exported {source} ({stage}, step {step}) to {out}")
 
 
