@@ -332,3 +332,25 @@ def test_fuzzed_traffic_every_request_answered_once_and_the_server_keeps_complet
               f"{tally.with_id} needed an answer, {tally.answered} answered ({share:.1f} %); server alive")
     assert tally.frames >= 2000
     assert tally.answered == tally.with_id
+
+
+def test_the_nesting_bomb_and_custom_requests_without_params_are_answered(server: RawServer):
+    bomb = b'{"jsonrpc": "2.0", "id": "bomb", "method": "codellama/getStatus", "params": ' + \
+        b"[" * 100_000 + b"]" * 100_000 + b"}"
+    server.send_raw(bomb)
+    assert server.response("bomb", timeout=120)["error"]["code"] == -32600
+    # No id to read before the nesting: a parse error with id null.
+    server.send_raw(b'{"params": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_000 + b', "id": 1}')
+    assert server.response(None, timeout=120)["error"]["code"] == -32700
+    for method in ("codellama/getStatus", "codellama/lastPrompt"):
+        server.send({"jsonrpc": "2.0", "id": method, "method": method})  # JSON-RPC lets params out
+        assert "result" in server.response(method, timeout=120)
+    assert server.request("status", "codellama/getStatus", {})["result"]["state"] == "ready"
+
+
+def test_a_content_length_larger_than_the_body_with_nothing_after_it_is_answered(server: RawServer):
+    body = json.dumps({"jsonrpc": "2.0", "id": "long", "method": "codellama/getStatus"}).encode()
+    server.proc.stdin.write(framed(body, len(body) + 5000))  # type: ignore[union-attr]
+    server.proc.stdin.flush()  # type: ignore[union-attr]
+    # The client now waits; the server, once the stream is quiet, reads what came as the body.
+    assert "result" in server.response("long", timeout=120)
