@@ -147,6 +147,16 @@ class CompletionResult:
     from_cache: bool
 
 
+def engine_failure(exc: Exception) -> str:
+    """What to tell the user when the engine raised during a completion."""
+    if isinstance(exc, BackendError):
+        return str(exc)  # written for the user already
+    if "out of memory" in str(exc).lower():
+        return f"Out of GPU memory during a completion: {exc}. Lower codellama.maxContextTokens."
+    return (f"the model failed during a completion ({type(exc).__name__}: {str(exc)[:200]}); "
+            "the next request tries again. Details are in the server log.")
+
+
 def cursor_info(doc: Document, cursor: int, line: int, multiline_mode: str) -> Cursor:
     text = doc.text
     line_start = doc.line_starts[line]
@@ -316,15 +326,15 @@ class CompletionService:
 
         try:
             completion = backend.complete(request, should_stop=job.should_stop, on_text=on_text)
-        except BackendError as exc:
-            self.on_problem(str(exc))
-            return None
         except Exception as exc:
-            if "out of memory" in str(exc).lower():
-                self.on_problem(f"Out of GPU memory during a completion: {exc}. Lower "
-                                "codellama.maxContextTokens.")
-                return None
-            raise
+            # No error answer: the editor asks on every keystroke and would show one each time. The
+            # request gets no suggestion; the user sees why once (a message, the status), and the
+            # next request runs the engine again (its KV cache only ever holds finished steps).
+            problem = engine_failure(exc)
+            log.error("completion failed: %s", problem, exc_info=not isinstance(exc, BackendError))
+            self.on_problem(problem)
+            self.on_done({"lastError": problem})
+            return None
         if job.cancelled.is_set():
             return None
         # Stopped by the token limit, or early (is_finished: post-processing will cut the output), the
@@ -345,6 +355,6 @@ class CompletionService:
         }
         self.last_uri = job.uri
         self.cache.put(job.uri, snap.text, snap.cursor, suggestion, context_version)
-        self.on_done({"lastLatencyMs": round(latency, 2), "lastFromCache": False,
+        self.on_done({"lastLatencyMs": round(latency, 2), "lastFromCache": False, "lastError": None,
                       "lastPromptTokens": timings.prompt_tokens, "lastCachedTokens": timings.cached_tokens})
         return suggestion
