@@ -25,6 +25,7 @@ from . import capability as C
 from .completion import CompletionService
 from .context.builder import render_snippet, snippets_for_span
 from .context.languages import language_of
+from .context.privacy import holds_secret
 from .documents import Document, PositionError
 from .engine_manager import backend_device
 from .settings import Settings
@@ -233,6 +234,9 @@ class ActionService:
             context = "".join(render_snippet(s, snap.language) for s in chosen)
         user = A.user_message(args.action, code or lines_around(snap.text, span[0]), snap.language,
                               snap.path, context, args.question, args.diagnostics)
+        if holds_secret(user):
+            raise ActionError("the code holds what looks like a key or token; Code Llama does not put "
+                              "secrets into a prompt")
         request = InstructRequest(user=user, system=A.SYSTEM_PROMPT, max_new_tokens=max_new,
                                   temperature=settings.temperature)
         if A.ACTIONS[args.action].result != "answer":

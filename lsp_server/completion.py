@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.backends.base import Backend, BackendError, CompletionRequest
+from engine.sourcefiles import is_secret_path
 
 from .context.budget import TokenCounter
 from .context.builder import Layout, build_context, query_words
 from .context.gather import Gatherer, OpenDoc, Request
 from .context.index import WorkspaceIndex
 from .context.languages import language_of
+from .context.privacy import may_share, redact_secrets
 from .context.snippets import Snippet
 from .documents import Document, DocumentStore, PositionError
 from .engine_manager import EngineManager, backend_device
@@ -177,8 +179,11 @@ def cursor_info(doc: Document, cursor: int, line: int, multiline_mode: str) -> C
 class CompletionService:
     def __init__(self, docs: DocumentStore, engine: EngineManager, get_settings: Callable[[], Settings],
                  get_index: Callable[[], WorkspaceIndex | None], path_of: Callable[[str], str],
-                 on_done: Callable[[dict[str, Any]], None], on_problem: Callable[[str], None]) -> None:
+                 on_done: Callable[[dict[str, Any]], None], on_problem: Callable[[str], None],
+                 outside_workspace: Callable[[str], bool] = lambda uri: False) -> None:
         self.docs = docs
+        self.outside_workspace = outside_workspace  # by URI: a file opened from elsewhere on disk
+        self._shareable: dict[str, tuple[int, bool]] = {}  # uri -> (version, may serve as context)
         self.engine = engine
         self.get_settings = get_settings
         self.get_index = get_index
@@ -207,6 +212,8 @@ class CompletionService:
             cursor = doc.offset_at(line, character)
         except PositionError:
             return None
+        if is_secret_path(self.path_of(uri)):
+            return None  # a .env, a key, a credentials file: its content never goes into a prompt
         cur = cursor_info(doc, cursor, line, settings.multiline)
         if not invoked and pointless(cur.line_suffix):
             return None
@@ -245,6 +252,7 @@ class CompletionService:
         """A document was closed."""
         self._supersede(uri)
         self.last_prompt.pop(uri, None)
+        self._shareable.pop(uri, None)
 
     def _supersede(self, uri: str) -> None:
         old = self.jobs.pop(uri, None)
@@ -259,10 +267,26 @@ class CompletionService:
         """Everything the worker needs, as immutable strings taken now (the document keeps
         changing on the event loop while the worker runs)."""
         path = self.path_of(doc.uri)
+        if self.outside_workspace(doc.uri):  # only its own text: nothing from its directory, or ours
+            return Request(path, doc.text, language_of(path, doc.language_id), cursor, doc.version, isolated=True)
+        shared = [d for d in list(self.docs.docs.values()) if d.uri != doc.uri and self._may_share(d)]
         others = [OpenDoc(self.path_of(d.uri), d.text, language_of(self.path_of(d.uri), d.language_id), d.version)
-                  for d in list(self.docs.docs.values()) if d.uri != doc.uri]
-        edits = [(self.path_of(e.uri), e.line) for e in self.docs.recent_edits(exclude_uri=doc.uri)]
+                  for d in shared]
+        shared_uris = {d.uri for d in shared}
+        edits = [(self.path_of(e.uri), e.line) for e in self.docs.recent_edits(exclude_uri=doc.uri)
+                 if e.uri in shared_uris]
         return Request(path, doc.text, language_of(path, doc.language_id), cursor, doc.version, others, edits)
+
+    def _may_share(self, doc: Document) -> bool:
+        """Whether another open document may serve as context (privacy.may_share), per version."""
+        known = self._shareable.get(doc.uri)
+        if known is not None and known[0] == doc.version:
+            return known[1]
+        index = self.get_index()
+        indexable = index.filter.accepts if index is not None else None
+        allowed = not self.outside_workspace(doc.uri) and may_share(self.path_of(doc.uri), doc.text, indexable)
+        self._shareable[doc.uri] = (doc.version, allowed)
+        return allowed
 
     def _result(self, doc: Document, cursor: int, cur: Cursor, sugg: Suggestion, from_cache: bool,
                 text: str | None = None) -> CompletionResult:
@@ -298,7 +322,8 @@ class CompletionService:
     def gather_candidates(self, snap: Request, budget: int) -> list[Snippet]:
         """Snippets from open documents, recent edits, imports and the index (worker thread)."""
         query = query_words(snap.text, snap.cursor)
-        return self._gatherer.gather(snap, self.get_index(), query, similar_limit=max(8, min(400, budget // 150)))
+        index = None if snap.isolated else self.get_index()
+        return self._gatherer.gather(snap, index, query, similar_limit=max(8, min(400, budget // 150)))
 
     def _run(self, job: Job, backend: Backend, settings: Settings, snap: Request, cur: Cursor,
              started: float, position: tuple[int, int]) -> Suggestion | None:
@@ -315,8 +340,10 @@ class CompletionService:
         self._layouts[job.uri] = built.layout
         if job.cancelled.is_set():
             return None
+        # A key typed or pasted into the document stays out of the prompt (and out of lastPrompt).
+        prefix, suffix = redact_secrets(built.prefix), redact_secrets(built.suffix)
         request = CompletionRequest(
-            prefix=built.prefix, suffix=built.suffix, fim_format=settings.fim_format,  # type: ignore[arg-type]
+            prefix=prefix, suffix=suffix, fim_format=settings.fim_format,  # type: ignore[arg-type]
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
             stop=[] if cur.multiline else ["\n"])
 
@@ -346,7 +373,7 @@ class CompletionService:
         self.last_prompt[job.uri] = {
             "uri": job.uri, "version": snap.version,
             "position": {"line": position[0], "character": position[1]},
-            "fimFormat": settings.fim_format, "prefix": built.prefix, "suffix": built.suffix,
+            "fimFormat": settings.fim_format, "prefix": prefix, "suffix": suffix,
             "snippets": [{"path": s.path, "source": s.source, "startLine": s.start_line,
                           "endLine": s.end_line, "score": round(s.score, 4)} for s in built.snippets],
             "budgetTokens": budget, "promptTokens": timings.prompt_tokens or built.tokens,

@@ -108,7 +108,7 @@ class CodeLlamaServer(LanguageServer):
         self.service = CompletionService(
             self.docs, self.engine, lambda: self.settings, lambda: self.index, self.path_of,
             on_done=lambda update: self.threadsafe(self.send_status, update),
-            on_problem=lambda m: self.threadsafe(self.show_problem, m))
+            on_problem=lambda m: self.threadsafe(self.show_problem, m), outside_workspace=self.outside_workspace)
         # Code actions use the completion model unless `instructModel` names another one.
         self.instruct_engine = EngineManager(on_change=self.status_changed,
                                              on_problem=lambda m: self.threadsafe(self.show_problem, m),
@@ -178,6 +178,17 @@ class CodeLlamaServer(LanguageServer):
             except (ValueError, OSError):
                 pass
         return path.name
+
+    def outside_workspace(self, uri: str) -> bool:
+        """A file on disk outside the workspace folder (never when there is no folder)."""
+        path = uri_to_path(uri)
+        if path is None or self.root is None:
+            return False
+        try:
+            path.resolve().relative_to(self.root)
+        except (ValueError, OSError):
+            return True
+        return False
 
     def show_problem(self, message: str, level: types.MessageType = types.MessageType.Error) -> None:
         """window/showMessage for something the user must act on; identical messages at most every
