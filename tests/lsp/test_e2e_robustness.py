@@ -240,7 +240,7 @@ def test_tcp_is_loopback_only_unless_allowed():
 
     refused = subprocess.run([sys.executable, "-m", "lsp_server", "--tcp", "0.0.0.0:0"], cwd=REPO, env=server_env(),
                              capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "loopback" in refused.stderr
+    assert refused.returncode == 2 and "loopback" in refused.stderr and "--allow-remote" in refused.stderr
 
 
 EDITOR = """
@@ -308,3 +308,44 @@ def test_the_server_exits_when_the_process_id_it_was_given_dies(tmp_path: Path):
     finally:
         parent.kill()
         server.close()
+
+
+def test_tcp_on_loopback_serves_requests_and_a_nesting_bomb():
+    import socket
+    import subprocess
+    import sys
+
+    from .lsp_client import REPO, server_env
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lsp_server", "--tcp", f"127.0.0.1:{port}"], cwd=REPO,
+                            env=server_env(), stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=60)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the server never listened"
+                time.sleep(0.2)
+        with conn, conn.makefile("rb") as replies:
+            bomb = b'{"jsonrpc": "2.0", "id": 7, "method": "codellama/getStatus", "params": ' + \
+                b"[" * 100_000 + b"]" * 100_000 + b"}"
+            status = b'{"jsonrpc": "2.0", "id": 8, "method": "codellama/getStatus"}'
+            for body in (bomb, status):
+                conn.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            answers = []
+            for _ in range(2):
+                length = 0
+                while (line := replies.readline()).strip():
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                answers.append(json.loads(replies.read(length)))
+        assert answers[0]["id"] == 7 and answers[0]["error"]["code"] == -32600
+        assert answers[1]["id"] == 8 and answers[1]["result"]["state"] in ("starting", "disabled")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
