@@ -76,7 +76,8 @@ class FrameReader:
         return body
 
     def _read_headers(self) -> bool:
-        """Consume garbage and one frame's headers; True when a body starts."""
+        """Consume garbage and one frame's headers; True when it made progress (a body starts, or a
+        stray header was dropped) and should be called again."""
         buf = self._buffer
         match = _HEADER.search(buf)
         if match is None:

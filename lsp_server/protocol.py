@@ -187,7 +187,8 @@ class RobustProtocol(LanguageServerProtocol):
     def report_unparseable(self, body: bytes, error: Exception) -> None:
         log.warning("unparseable message (%d bytes): %s", len(body), str(error)[:200])
         code, msg_id = unparseable_answer(body, error)
-        what = "nested too deep" if code == INVALID_REQUEST else f"Parse error: {str(error)[:200]}"
+        what = ("Invalid request: nested deeper than the server parses" if code == INVALID_REQUEST
+                else f"Parse error: {str(error)[:200]}")
         self._reply_error(msg_id, code, what)
 
     def _reply_error(self, msg_id: Any, code: int, message: str) -> None:
