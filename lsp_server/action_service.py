@@ -10,6 +10,7 @@ The editor sees plain LSP: `textDocument/codeAction` returns actions whose comma
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from .engine_manager import backend_device
 from .settings import Settings
 
 RUN_ACTION = "codellama.runAction"
+log = logging.getLogger(__name__)
+
 PROMPT_OVERHEAD_TOKENS = 200  # system prompt, instruction and fences around the code
 
 
@@ -194,6 +197,12 @@ class ActionService:
         except asyncio.CancelledError:
             cancelled.set()  # $/cancelRequest: the worker stops within one decode step
             raise
+        except ActionError:
+            raise
+        except Exception as exc:  # the engine raised: the user asked for this action, so say it failed
+            log.error("code action %s failed", args.action, exc_info=True)
+            raise ActionError(f"the model failed during the action ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "run it again") from exc
         outcome = ActionOutcome(args.action, answer, stop_reason, n_tokens)
         if stop_reason == "cancelled":
             outcome.message = "cancelled"
