@@ -183,7 +183,7 @@ class CompletionService:
                  outside_workspace: Callable[[str], bool] = lambda uri: False) -> None:
         self.docs = docs
         self.outside_workspace = outside_workspace  # by URI: a file opened from elsewhere on disk
-        self._shareable: dict[str, tuple[int, bool]] = {}  # uri -> (version, may serve as context)
+        self._shareable: dict[str, tuple[tuple[int, int], bool]] = {}  # uri -> ((version, index), may share)
         self.engine = engine
         self.get_settings = get_settings
         self.get_index = get_index
@@ -279,13 +279,14 @@ class CompletionService:
 
     def _may_share(self, doc: Document) -> bool:
         """Whether another open document may serve as context (privacy.may_share), per version."""
-        known = self._shareable.get(doc.uri)
-        if known is not None and known[0] == doc.version:
-            return known[1]
         index = self.get_index()
+        key = (doc.version, id(index))  # a new index comes with new exclude patterns
+        known = self._shareable.get(doc.uri)
+        if known is not None and known[0] == key:
+            return known[1]
         indexable = index.filter.accepts if index is not None else None
         allowed = not self.outside_workspace(doc.uri) and may_share(self.path_of(doc.uri), doc.text, indexable)
-        self._shareable[doc.uri] = (doc.version, allowed)
+        self._shareable[doc.uri] = (key, allowed)
         return allowed
 
     def _result(self, doc: Document, cursor: int, cur: Cursor, sugg: Suggestion, from_cache: bool,
