@@ -135,7 +135,7 @@ def envelope_members(body: bytes) -> dict[str, Any]:
     not be parsed: nested too deep for the parser, cut short, or followed by garbage. Reads the text
     once, left to right, without recursion; containers are skipped, not returned. Members after the
     point where the text stops being JSON are not found."""
-    text = body.decode("utf-8", "replace")
+    text = body.decode("utf-8", "surrogateescape")  # a broken byte stays broken, never turns into "\ufffd"
     decoder = json.JSONDecoder()
     members: dict[str, Any] = {}
     depth, i, n = 0, 0, len(text)
@@ -157,10 +157,14 @@ def envelope_members(body: bytes) -> dict[str, Any]:
             if string is None:
                 return members
             if depth == 1:
+                try:  # an escape broken by a bad byte ("\\\xff") ends the reading here
+                    value = json.loads(string.group())
+                except ValueError:
+                    return members
                 if expect == "key":
-                    key, expect = json.loads(string.group()), "colon"
+                    key, expect = value, "colon"
                 elif expect == "value":
-                    members[key], expect = json.loads(string.group()), "comma"
+                    members[key], expect = value, "comma"
                 else:
                     return members
             i = string.end()
@@ -181,10 +185,12 @@ def envelope_members(body: bytes) -> dict[str, Any]:
                 expect = "key"
             elif expect == "value":
                 try:  # a number, true, false or null: never nested
-                    members[key], i = decoder.raw_decode(text, i)
+                    value, i = decoder.raw_decode(text, i)
                 except ValueError:
                     return members
-                expect = "comma"
+                if not _NEXT_IS_SEPARATOR.match(text, i):
+                    return members  # cut or followed by junk: 12 may have been 1234
+                members[key], expect = value, "comma"
                 continue
             else:
                 return members
@@ -192,4 +198,5 @@ def envelope_members(body: bytes) -> dict[str, Any]:
     return members
 
 
+_NEXT_IS_SEPARATOR = re.compile(r"[ \t\r\n]*[,}]")
 _STRING = re.compile(r'"(?:[^"\\\x00-\x1f]|\\.)*"', re.DOTALL)

@@ -221,12 +221,22 @@ def batch_request_ids(batch: list[Any]) -> list[int | str]:
             and valid_id(m.get("id")) is not None]
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: bytes that were no UTF-8
+        return False
+    return True
+
+
 def unparseable_answer(body: bytes, error: Exception) -> tuple[int, int | str | None]:
     """(error code, id) for a body `json.loads` gave up on. The id is the request's when its
     envelope can still be read (a request, not a response: it has a method), else null. JSON nested
     deeper than the parser goes is well-formed, only too deep: InvalidRequest; the rest ParseError."""
     members = envelope_members(body)
     msg_id = valid_id(members.get("id")) if isinstance(members.get("method"), str) else None
+    if isinstance(msg_id, str) and not _is_utf8(msg_id):
+        msg_id = None  # invalid UTF-8 inside the id itself: what we read is not the sender's id
     if isinstance(error, RecursionError):
         return (INVALID_REQUEST if msg_id is not None else PARSE_ERROR), msg_id
     return PARSE_ERROR, msg_id

@@ -32,14 +32,20 @@ async def read_loop(read_some: Callable[[], Awaitable[bytes]], receive: Callable
             stalled = frames.take_stalled()
             if stalled is not None:
                 log.warning("a message is shorter than its Content-Length said; handling it anyway")
-                receive(stalled)
+                try:
+                    receive(stalled)
+                except Exception:
+                    log.exception("a message could not be handled")
             continue
         data, pending = pending.result(), None
         if not data:
             log.info("the client closed the connection")
             return
         for body in frames.feed(data):
-            receive(body)
+            try:
+                receive(body)
+            except Exception:  # never let one message end the connection (and so the server)
+                log.exception("a message could not be handled")
 
 
 def stdin_reader(stdin: BinaryIO, executor: Any) -> Callable[[], Awaitable[bytes]]:

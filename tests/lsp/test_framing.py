@@ -91,3 +91,22 @@ def test_the_id_of_a_request_nested_too_deep_or_cut_short_is_recovered():
     assert unparseable_answer(b'{"id": 7, "result": [', ValueError()) == (PARSE_ERROR, None)
     assert unparseable_answer(b'{"id": 1.5, "method": "m", "params": [', ValueError()) == (PARSE_ERROR, None)
     assert unparseable_answer(b"\xff\xfe", ValueError()) == (PARSE_ERROR, None)
+    # A bad byte after a backslash (an escape it breaks): read up to there, never raise.
+    assert unparseable_answer(b'{"method": "m", "id": "f\\\xffu00e1"', ValueError()) == (PARSE_ERROR, None)
+    # A number cut short or broken by junk is not read: 12 may have been 1234.
+    assert unparseable_answer(b'{"method": "m", "id": 12', ValueError()) == (PARSE_ERROR, None)
+    assert unparseable_answer(b'{"method": "m", "id": 12\xff34}', ValueError()) == (PARSE_ERROR, None)
+    # Invalid UTF-8 inside the id: what could be read is not the sender's id.
+    assert unparseable_answer(b'{"id": "f4\xff3", "method": "m"', ValueError()) == (PARSE_ERROR, None)
+    assert unparseable_answer(b'{"id": "f43", "method": "m\xff"', ValueError()) == (PARSE_ERROR, "f43")
+
+
+@settings(derandomize=True, max_examples=300)
+@given(st.dictionaries(st.sampled_from(["jsonrpc", "id", "method", "params"]), JSON_VALUES, max_size=4),
+       st.integers(min_value=0), st.binary(min_size=1, max_size=3), st.booleans())
+def test_reading_the_envelope_of_broken_bytes_never_raises(obj: dict[str, Any], at: int, junk: bytes, cut: bool):
+    body = json.dumps(obj).encode()
+    at %= len(body) + 1
+    broken = body[:at] if cut else body[:at] + junk + body[at:]
+    code, msg_id = unparseable_answer(broken, ValueError())
+    assert code == PARSE_ERROR and (msg_id is None or msg_id == obj.get("id"))
