@@ -41,6 +41,7 @@ class Request:
     version: int
     others: list[OpenDoc] = field(default_factory=list)
     edits: list[tuple[str, int]] = field(default_factory=list)  # (path, line), most recent first
+    isolated: bool = False  # a document outside the workspace: no other file's content may join it
 
 
 class Gatherer:
