@@ -21,26 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from lsprotocol import types as T
+from lsp_session import REPO, Editor, configure, percentile, start_server, stop_server, wait_ready
 from pygls.lsp.client import LanguageClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.lsp_session import REPO, Editor, make_client, start_server, stop_server, wait_ready  # noqa: E402
-
 PAUSE_AFTER = set(" .(,:=[{")
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 def pick_lines(text: str, count: int) -> list[int]:
@@ -55,9 +43,7 @@ def pick_lines(text: str, count: int) -> list[int]:
 
 async def run_config(client: LanguageClient, editor: Editor, text: str, lines: list[int], budget: int,
                      repo_context: bool, max_new: int) -> dict[str, Any]:
-    client.config = {"maxContextTokens": budget, "repositoryContext": repo_context,  # type: ignore[attr-defined]
-                     "maxNewTokens": max_new}
-    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings={"codellama": client.config}))  # type: ignore[attr-defined]
+    configure(client, {"maxContextTokens": budget, "repositoryContext": repo_context, "maxNewTokens": max_new})
     cold: list[float] = []
     warm: list[float] = []
     prompt_tokens: list[int] = []
@@ -100,12 +86,11 @@ async def main_async(args: argparse.Namespace) -> None:
     file = repo / args.file
     text = file.read_text(encoding="utf-8")
     lines = pick_lines(text, args.line_count)
-    client = make_client("lsp-latency-bench")
     init: dict[str, Any] = {"maxNewTokens": args.max_new_tokens, "device": args.device, "dtype": args.dtype}
     if args.model:
         init["model"] = args.model
     t0 = time.perf_counter()
-    await start_server(client, repo, init)
+    client = await start_server(repo, init, "lsp-latency-bench")
     status = await wait_ready(client)
     print(f"# LSP latency: {status['description']}, repository {repo.name} ({status['indexedFiles']} files "
           f"indexed), file {args.file}, {len(lines)} line(s) typed, maxNewTokens {args.max_new_tokens}; "

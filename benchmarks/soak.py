@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import importlib.metadata
 import importlib.util
-import os
 import random
 import shutil
 import statistics
@@ -37,13 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lsp_session import Editor, collect_stderr, server_pid, start_server, stop_server, wait_ready
 from lsprotocol import types as T
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.client import LanguageClient
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.lsp_session import Editor, make_client, server_pid, start_server, stop_server, wait_ready  # noqa: E402
 
 REQUEST_CANCELLED = -32800
 PAUSE_AFTER = set(" .(,:=[{")
@@ -252,12 +248,12 @@ def mb(n: float | None) -> str:
 async def main_async(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="soak-"))
     workspace, package = copy_package(args.package, tmp)
-    client = make_client("lsp-soak")
     init: dict[str, Any] = {"maxContextTokens": args.budget, "maxNewTokens": 16, "device": args.device,
                             "dtype": args.dtype}
     if args.model:
         init["model"] = args.model
-    stderr = await start_server(client, workspace, init, env=os.environ.copy())
+    client = await start_server(workspace, init, "lsp-soak")
+    stderr = collect_stderr(client)
     pid = server_pid(client)
     ready = await wait_ready(client)
     rng = random.Random(args.seed)

@@ -2,21 +2,25 @@
 
 Both are loaded tensor by tensor from memory-mapped files straight into a model built on the `meta`
 device, converted to the target dtype and device on the way, so no second full copy of the weights
-is ever held in host memory. Renames and the q/k row permutation between layouts live here only.
+is ever held in host memory. A loaded model never keeps the files mapped: it survives them being
+deleted, truncated or rewritten while it serves. Renames and the q/k row permutation between layouts
+live here only.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from engine.atomic import atomic_directory
 from engine.config import ModelArgs
 from engine.model import Transformer
 from engine.tokenizer import Tokenizer, TokenizerError
@@ -91,7 +95,12 @@ def load_model(
                 f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                 f"the configuration needs {tuple(expected[name])}"
             )
-        state[name] = tensor.to(device=device, dtype=dtype)
+        converted = tensor.to(device=device, dtype=dtype)
+        if converted.data_ptr() == tensor.data_ptr():
+            # Still the memory-mapped file: a model served from it would die (SIGBUS) the moment the
+            # file is truncated or rewritten in place. One tensor at a time, so no second full copy.
+            converted = converted.clone()
+        state[name] = converted
     missing = sorted(set(expected) - set(state))
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -269,21 +278,36 @@ def half_to_interleaved(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 # ---- saving -----------------------------------------------------------------------------------
 
 
-def _copy_tokenizer(tokenizer_model: Path, out_dir: Path) -> None:
+def _check_replaceable(out: Path) -> None:
+    """A save replaces the whole directory: never one that holds something other than a model."""
+    model_files = ("config.json", "params.json", "tokenizer.model")
+    if out.is_dir() and any(out.iterdir()) and not any((out / n).is_file() for n in model_files):
+        raise CheckpointError(f"{out}: exists and holds no model; save to a new or empty directory")
+
+
+def _write_extra_files(out_dir: Path, tokenizer_model: Path, extra_files: Mapping[str, str] | None) -> None:
     (out_dir / "tokenizer.model").write_bytes(Path(tokenizer_model).read_bytes())
+    for name, text in (extra_files or {}).items():
+        (out_dir / name).write_text(text)
 
 
 def save_hf_checkpoint(
-    model: Transformer, tokenizer_model: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16
+    model: Transformer, tokenizer_model: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.bfloat16,
+    config_extra: Mapping[str, Any] | None = None, extra_files: Mapping[str, str] | None = None,
 ) -> Path:
-    """config.json + model.safetensors + tokenizer.model, loadable by us and by transformers."""
+    """config.json + model.safetensors + tokenizer.model, loadable by us and by transformers.
+
+    `config_extra` adds keys to config.json; `extra_files` ({name: text}) are written beside. The
+    directory appears complete or not at all (engine/atomic.py): a failed save leaves the previous one."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(out)
     state = {ours_to_hf(k): v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     dtype_name = str(dtype).removeprefix("torch.")
-    (out / "config.json").write_text(json.dumps(model.args.to_hf_config(dtype_name), indent=2) + "\n")
-    _copy_tokenizer(Path(tokenizer_model), out)
+    config = {**model.args.to_hf_config(dtype_name), **(config_extra or {})}
+    with atomic_directory(out) as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        _write_extra_files(tmp, Path(tokenizer_model), extra_files)
     return out
 
 
@@ -293,10 +317,12 @@ def save_meta_checkpoint(
     out_dir: str | Path,
     n_shards: int = 1,
     dtype: torch.dtype = torch.bfloat16,
+    extra_files: Mapping[str, str] | None = None,
 ) -> Path:
-    """params.json + consolidated.NN.pth (model-parallel shards) + tokenizer.model, as Meta ships them."""
+    """params.json + consolidated.NN.pth (model-parallel shards) + tokenizer.model, as Meta ships them;
+    written as one directory that appears complete or not at all, like save_hf_checkpoint."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_replaceable(out)
     args = model.args
     assert args.n_kv_heads is not None
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(n_shards)]
@@ -309,8 +335,9 @@ def save_meta_checkpoint(
         dim = meta_concat_dim(name)
         for i in range(n_shards):
             shards[i][name] = (t if dim is None else t.chunk(n_shards, dim=dim)[i]).clone()
-    for i, shard in enumerate(shards):
-        torch.save(shard, out / f"consolidated.{i:02d}.pth")
-    (out / "params.json").write_text(json.dumps(args.to_meta_params(), indent=2) + "\n")
-    _copy_tokenizer(Path(tokenizer_model), out)
+    with atomic_directory(out) as tmp:
+        for i, shard in enumerate(shards):
+            torch.save(shard, tmp / f"consolidated.{i:02d}.pth")
+        (tmp / "params.json").write_text(json.dumps(args.to_meta_params(), indent=2) + "\n")
+        _write_extra_files(tmp, Path(tokenizer_model), extra_files)
     return out

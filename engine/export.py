@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from engine.atomic import atomic_file
 from engine.checkpoints import (
     CheckpointError,
     LoadedModel,
@@ -164,14 +165,19 @@ def write_gguf(model: Transformer, tok: Tokenizer, out_path: str | Path, dtype: 
                name: str = "codellama") -> Path:
     """Write `model` and `tok` as one GGUF file (llama architecture). 2D weights in `dtype`
     (float32, float16 or bfloat16), 1D norms in float32. Tensors are converted one at a time."""
-    import gguf
-
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"GGUF export supports float32, float16 and bfloat16, not {dtype}")
+    out_path = Path(out_path)
+    with atomic_file(out_path) as tmp:  # a failed export never leaves a truncated .gguf behind
+        _write_gguf_file(model, tok, tmp, dtype, name)
+    return out_path
+
+
+def _write_gguf_file(model: Transformer, tok: Tokenizer, out_path: Path, dtype: torch.dtype, name: str) -> None:
+    import gguf
+
     args = model.args
     assert args.n_kv_heads is not None and args.hidden_dim is not None
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(out_path), "llama")  # writes general.architecture itself
     file_type = {torch.float32: gguf.LlamaFileType.ALL_F32, torch.float16: gguf.LlamaFileType.MOSTLY_F16,
                  torch.bfloat16: gguf.LlamaFileType.MOSTLY_BF16}[dtype]
@@ -233,7 +239,6 @@ def write_gguf(model: Transformer, tok: Tokenizer, out_path: str | Path, dtype: 
         for _, t in gguf_tensors(model):
             writer.write_tensor_data(_to_numpy(t.detach().to("cpu", target(t)).contiguous()))
     writer.close()
-    return out_path
 
 
 def _numpy_dtype(dtype: torch.dtype):  # noqa: ANN202 - numpy dtype

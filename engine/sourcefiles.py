@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -142,12 +143,22 @@ def decode_source(data: bytes) -> str | None:
 
 
 def read_source_text(path: str | os.PathLike[str], max_bytes: int = MAX_FILE_BYTES) -> str | None:
-    """The text of an indexable file, or None (unreadable, too big, binary, generated, secret)."""
+    """The text of an indexable file, or None (gone, unreadable, no regular file, too big, binary,
+    generated, secret). Never blocks: a path that became a named pipe since it was listed is refused
+    (a plain open would wait for a writer forever)."""
     try:
-        with open(path, "rb") as fh:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as fh:
             data = fh.read(max_bytes + 1)
     except OSError:
         return None
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:
         return None
     return decode_source(data)

@@ -18,6 +18,17 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
 
+def redact_keys(record: logging.LogRecord) -> bool:
+    """A logging filter: the record's message with API keys and tokens replaced by <redacted>."""
+    from lsp_server.context.privacy import redact_log_line
+
+    message = record.getMessage()
+    cleaned = redact_log_line(message)
+    if cleaned != message:
+        record.msg, record.args = cleaned, None
+    return True
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lsp_server", description=__doc__)
     parser.add_argument("--tcp", metavar="HOST:PORT", help="listen on TCP instead of stdio (loopback only)")
@@ -38,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     handler: logging.Handler = (logging.FileHandler(args.log_file) if args.log_file
                                 else logging.StreamHandler(sys.stderr))
+    handler.addFilter(redact_keys)  # at debug level pygls logs whole messages, settings included
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "debug":

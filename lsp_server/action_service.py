@@ -10,6 +10,7 @@ The editor sees plain LSP: `textDocument/codeAction` returns actions whose comma
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,13 +24,16 @@ from engine.backends.base import Backend, InstructRequest
 from . import actions as A
 from . import capability as C
 from .completion import CompletionService
-from .context.builder import render_snippet, snippets_for_span
+from .context.builder import render_snippets, snippets_for_span
 from .context.languages import language_of
+from .context.privacy import holds_secret
 from .documents import Document, PositionError
 from .engine_manager import backend_device
 from .settings import Settings
 
 RUN_ACTION = "codellama.runAction"
+log = logging.getLogger(__name__)
+
 PROMPT_OVERHEAD_TOKENS = 200  # system prompt, instruction and fences around the code
 
 
@@ -193,6 +197,12 @@ class ActionService:
         except asyncio.CancelledError:
             cancelled.set()  # $/cancelRequest: the worker stops within one decode step
             raise
+        except ActionError:
+            raise
+        except Exception as exc:  # the engine raised: the user asked for this action, so say it failed
+            log.error("code action %s failed", args.action, exc_info=True)
+            raise ActionError(f"the model failed during the action ({type(exc).__name__}: {str(exc)[:200]}); "
+                              "run it again") from exc
         outcome = ActionOutcome(args.action, answer, stop_reason, n_tokens)
         if stop_reason == "cancelled":
             outcome.message = "cancelled"
@@ -230,9 +240,12 @@ class ActionService:
             candidates = self.completion.gather_candidates(snap, context_room)
             chosen, _ = snippets_for_span(candidates, snap.text, span[0], span[1], snap.path, snap.language,
                                           context_room, count)
-            context = "".join(render_snippet(s, snap.language) for s in chosen)
+            context = render_snippets(chosen, snap.language)
         user = A.user_message(args.action, code or lines_around(snap.text, span[0]), snap.language,
                               snap.path, context, args.question, args.diagnostics)
+        if holds_secret(user):
+            raise ActionError("the code holds what looks like a key or token; Code Llama does not put "
+                              "secrets into a prompt")
         request = InstructRequest(user=user, system=A.SYSTEM_PROMPT, max_new_tokens=max_new,
                                   temperature=settings.temperature)
         if A.ACTIONS[args.action].result != "answer":

@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.backends.base import Backend, BackendError, CompletionRequest
+from engine.sourcefiles import is_secret_path
 
 from .context.budget import TokenCounter
-from .context.builder import Layout, build_context, query_words
+from .context.builder import Layout, query_words
 from .context.gather import Gatherer, OpenDoc, Request
 from .context.index import WorkspaceIndex
 from .context.languages import language_of
+from .context.privacy import may_share, redact_secrets
+from .context.prompt import build_prompt, similar_limit
 from .context.snippets import Snippet
 from .documents import Document, DocumentStore, PositionError
 from .engine_manager import EngineManager, backend_device
@@ -156,6 +159,16 @@ class CompletionResult:
     from_cache: bool
 
 
+def engine_failure(exc: Exception) -> str:
+    """What to tell the user when the engine raised during a completion."""
+    if isinstance(exc, BackendError):
+        return str(exc)  # written for the user already
+    if "out of memory" in str(exc).lower():
+        return f"Out of GPU memory during a completion: {exc}. Lower codellama.maxContextTokens."
+    return (f"the model failed during a completion ({type(exc).__name__}: {str(exc)[:200]}); "
+            "the next request tries again. Details are in the server log.")
+
+
 def cursor_info(doc: Document, cursor: int, line: int, multiline_mode: str) -> Cursor:
     text = doc.text
     line_start = doc.line_starts[line]
@@ -180,8 +193,11 @@ def _prompt_chars(uri: str, record: dict[str, Any]) -> int:
 class CompletionService:
     def __init__(self, docs: DocumentStore, engine: EngineManager, get_settings: Callable[[], Settings],
                  get_index: Callable[[], WorkspaceIndex | None], path_of: Callable[[str], str],
-                 on_done: Callable[[dict[str, Any]], None], on_problem: Callable[[str], None]) -> None:
+                 on_done: Callable[[dict[str, Any]], None], on_problem: Callable[[str], None],
+                 outside_workspace: Callable[[str], bool] = lambda uri: False) -> None:
         self.docs = docs
+        self.outside_workspace = outside_workspace  # by URI: a file opened from elsewhere on disk
+        self._shareable: dict[str, tuple[tuple[int, int], bool]] = {}  # uri -> ((version, index), may share)
         self.engine = engine
         self.get_settings = get_settings
         self.get_index = get_index
@@ -213,6 +229,8 @@ class CompletionService:
             cursor = doc.offset_at(line, character)
         except PositionError:
             return None
+        if is_secret_path(self.path_of(uri)):
+            return None  # a .env, a key, a credentials file: its content never goes into a prompt
         cur = cursor_info(doc, cursor, line, settings.multiline)
         if not invoked and pointless(cur.line_suffix):
             return None
@@ -252,6 +270,7 @@ class CompletionService:
         """A document was closed: drop everything kept for it."""
         self._supersede(uri)
         self.last_prompt.pop(uri, None)
+        self._shareable.pop(uri, None)
         self._layouts.pop(uri, None)
         self.cache.forget(uri)
         self._gatherer.forget(self.path_of(uri))
@@ -269,10 +288,27 @@ class CompletionService:
         """Everything the worker needs, as immutable strings taken now (the document keeps
         changing on the event loop while the worker runs)."""
         path = self.path_of(doc.uri)
+        if self.outside_workspace(doc.uri):  # only its own text: nothing from its directory, or ours
+            return Request(path, doc.text, language_of(path, doc.language_id), cursor, doc.version, isolated=True)
+        shared = [d for d in list(self.docs.docs.values()) if d.uri != doc.uri and self._may_share(d)]
         others = [OpenDoc(self.path_of(d.uri), d.text, language_of(self.path_of(d.uri), d.language_id), d.version)
-                  for d in list(self.docs.docs.values()) if d.uri != doc.uri]
-        edits = [(self.path_of(e.uri), e.line) for e in self.docs.recent_edits(exclude_uri=doc.uri)]
+                  for d in shared]
+        shared_uris = {d.uri for d in shared}
+        edits = [(self.path_of(e.uri), e.line) for e in self.docs.recent_edits(exclude_uri=doc.uri)
+                 if e.uri in shared_uris]
         return Request(path, doc.text, language_of(path, doc.language_id), cursor, doc.version, others, edits)
+
+    def _may_share(self, doc: Document) -> bool:
+        """Whether another open document may serve as context (privacy.may_share), per version."""
+        index = self.get_index()
+        key = (doc.version, id(index))  # a new index comes with new exclude patterns
+        known = self._shareable.get(doc.uri)
+        if known is not None and known[0] == key:
+            return known[1]
+        indexable = index.filter.accepts if index is not None else None
+        allowed = not self.outside_workspace(doc.uri) and may_share(self.path_of(doc.uri), doc.text, indexable)
+        self._shareable[doc.uri] = (key, allowed)
+        return allowed
 
     def _result(self, doc: Document, cursor: int, cur: Cursor, sugg: Suggestion, from_cache: bool,
                 text: str | None = None) -> CompletionResult:
@@ -308,7 +344,8 @@ class CompletionService:
     def gather_candidates(self, snap: Request, budget: int) -> list[Snippet]:
         """Snippets from open documents, recent edits, imports and the index (worker thread)."""
         query = query_words(snap.text, snap.cursor)
-        return self._gatherer.gather(snap, self.get_index(), query, similar_limit=max(8, min(400, budget // 150)))
+        index = None if snap.isolated else self.get_index()
+        return self._gatherer.gather(snap, index, query, similar_limit=similar_limit(budget))
 
     def _run_then_trim(self, *args: Any) -> Suggestion | None:
         try:
@@ -324,15 +361,15 @@ class CompletionService:
         context_version = self._context_version()
         on_gpu = backend_device(backend)[0] == "cuda"
         budget = settings.context_budget(backend.context_length, on_gpu)
-        candidates = self.gather_candidates(snap, budget) if settings.repository_context else []
-        built = build_context(text=snap.text, cursor=snap.cursor, path=snap.path, language=snap.language,
-                              budget=budget, count=count, candidates=candidates,
-                              previous=self._layouts.get(job.uri))
+        built = build_prompt(snap, self.get_index(), self._gatherer, budget=budget, count=count,
+                             repository_context=settings.repository_context, previous=self._layouts.get(job.uri))
         self._layouts[job.uri] = built.layout
         if job.cancelled.is_set():
             return None
+        # A key typed or pasted into the document stays out of the prompt (and out of lastPrompt).
+        prefix, suffix = redact_secrets(built.prefix), redact_secrets(built.suffix)
         request = CompletionRequest(
-            prefix=built.prefix, suffix=built.suffix, fim_format=settings.fim_format,  # type: ignore[arg-type]
+            prefix=prefix, suffix=suffix, fim_format=settings.fim_format,  # type: ignore[arg-type]
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
             stop=[] if cur.multiline else ["\n"])
 
@@ -342,15 +379,15 @@ class CompletionService:
 
         try:
             completion = backend.complete(request, should_stop=job.should_stop, on_text=on_text)
-        except BackendError as exc:
-            self.on_problem(str(exc))
-            return None
         except Exception as exc:
-            if "out of memory" in str(exc).lower():
-                self.on_problem(f"Out of GPU memory during a completion: {exc}. Lower "
-                                "codellama.maxContextTokens.")
-                return None
-            raise
+            # No error answer: the editor asks on every keystroke and would show one each time. The
+            # request gets no suggestion; the user sees why once (a message, the status), and the
+            # next request runs the engine again (its KV cache only ever holds finished steps).
+            problem = engine_failure(exc)
+            log.error("completion failed: %s", problem, exc_info=not isinstance(exc, BackendError))
+            self.on_problem(problem)
+            self.on_done({"lastError": problem})
+            return None
         if job.cancelled.is_set():
             return None
         # Stopped by the token limit, or early (is_finished: post-processing will cut the output), the
@@ -362,7 +399,7 @@ class CompletionService:
         self.last_prompt[job.uri] = {
             "uri": job.uri, "version": snap.version,
             "position": {"line": position[0], "character": position[1]},
-            "fimFormat": settings.fim_format, "prefix": built.prefix, "suffix": built.suffix,
+            "fimFormat": settings.fim_format, "prefix": prefix, "suffix": suffix,
             "snippets": [{"path": s.path, "source": s.source, "startLine": s.start_line,
                           "endLine": s.end_line, "score": round(s.score, 4)} for s in built.snippets],
             "budgetTokens": budget, "promptTokens": timings.prompt_tokens or built.tokens,
@@ -371,6 +408,6 @@ class CompletionService:
         }
         self.last_uri = job.uri
         self.cache.put(job.uri, snap.text, snap.cursor, suggestion, context_version)
-        self.on_done({"lastLatencyMs": round(latency, 2), "lastFromCache": False,
+        self.on_done({"lastLatencyMs": round(latency, 2), "lastFromCache": False, "lastError": None,
                       "lastPromptTokens": timings.prompt_tokens, "lastCachedTokens": timings.cached_tokens})
         return suggestion

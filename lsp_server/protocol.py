@@ -6,8 +6,10 @@ Plain pygls 2.1 leaves some requests unanswered, and an editor then waits foreve
 - messages that are no JSON-RPC 2.0 request (a missing or wrong "jsonrpc", an array, a number, an
   id with neither method nor result): answered with -32600 InvalidRequest when they carry an id;
 - requests after `shutdown`: answered with -32600;
-- unparseable JSON: answered with -32700 ParseError and id null (see `report_parse_error`).
-Params of custom methods are kept as plain dicts (`robust_converter`).
+- unparseable JSON: answered with -32700 ParseError, for the request's id when it can still be read
+  from the broken text, else with id null; JSON nested deeper than the parser goes: -32600 for its id
+  (see `receive`, which the read loops in lsp_server/transport.py call with each frame's body).
+Params of custom methods are kept as plain dicts (`robust_converter`), and may be left out.
 
 The open-document handlers are also replaced: the server keeps its own document store
 (lsp_server/documents.py), so pygls' copy of every buffer is not kept.
@@ -30,6 +32,8 @@ from pygls.protocol import (
     default_converter,
 )
 from pygls.protocol.language_server import lsp_method
+
+from .framing import envelope_members
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,8 @@ def valid_id(msg_id: Any) -> int | str | None:
 
 
 def _keep_raw(obj: dict[str, Any], cls: type) -> Any:
+    if cls is not JsonRPCResponseMessage:
+        obj = {"params": None, **obj}  # JSON-RPC lets a request or notification leave params out
     return cls(**obj)
 
 
@@ -77,8 +83,7 @@ class RobustProtocol(LanguageServerProtocol):
         if isinstance(data, dict) and {"jsonrpc", "id"} <= data.keys() \
                 and not {"method", "result", "error"} & data.keys():
             # Neither a request nor a response (say, a request that lost its method): the sender
-            # is waiting for an answer to this id. (This hook sees nested objects too, such as
-            # $/cancelRequest's {"id": 5}: only a message carries "jsonrpc".)
+            # is waiting for an answer to this id.
             return BadRequest(data["id"], None, INVALID_REQUEST, "A request needs a method")
         if isinstance(data, dict) and "method" in data and "id" in data and "jsonrpc" in data:
             # A request whose id or method could not be used as such (pygls would fail on an
@@ -86,6 +91,14 @@ class RobustProtocol(LanguageServerProtocol):
             if valid_id(data["id"]) is None or not isinstance(data["method"], str):
                 return BadRequest(data["id"], data["method"], INVALID_REQUEST,
                                   "A request needs a string or integer id and a string method")
+            if self._is_notification(data["method"]):
+                # pygls would structure it as the notification, drop the id and never answer.
+                return BadRequest(data["id"], data["method"], INVALID_REQUEST,
+                                  f"{data['method']} is a notification: send it without an id")
+            if "result" in data or "error" in data:
+                # pygls would take it for a response and drop it, while its sender waits.
+                return BadRequest(data["id"], data["method"], INVALID_REQUEST,
+                                  "A message cannot be both a request and a response")
         try:
             return super().structure_message(data)
         except JsonRpcException as exc:
@@ -97,13 +110,24 @@ class RobustProtocol(LanguageServerProtocol):
                                   f"Invalid params for {data.get('method')!r}: {detail}")
             raise  # a notification or a response: nothing to answer
 
+    def _is_notification(self, method: str) -> bool:
+        """True for the LSP methods that are notifications (their message type has no id)."""
+        message_type = self.get_message_type(method)
+        return message_type is not None and attrs.has(message_type) and "id" not in attrs.fields_dict(message_type)
+
     def handle_message(self, message: Any) -> None:
         if isinstance(message, BadRequest):
             self._reply_error(message.id, message.code, message.message)
             return
+        if isinstance(message, list):
+            # A JSON-RPC batch, which LSP does not allow: refuse each request in it under its own id
+            # (its sender waits for those), or the whole batch once when it holds none.
+            for msg_id in batch_request_ids(message) or [None]:
+                self._reply_error(msg_id, INVALID_REQUEST, "LSP does not allow batches: send each message alone")
+            return
         if not hasattr(message, "jsonrpc") or message.jsonrpc != self.VERSION:
             # Not a JSON-RPC 2.0 message: answer it when it looks like a request (or is no object
-            # at all, e.g. a batch array, which LSP does not allow).
+            # at all: a number, a string, null).
             if isinstance(message, dict):
                 is_request, msg_id = "method" in message and "id" in message, message.get("id")
             else:
@@ -120,6 +144,12 @@ class RobustProtocol(LanguageServerProtocol):
             self._reply_error(message.id, INVALID_REQUEST, "The server is shutting down")
             return
         super().handle_message(message)
+
+    def _handle_cancel_notification(self, msg_id: Any) -> None:
+        if valid_id(msg_id) is None:  # pygls would fail on an unhashable id
+            log.warning("ignoring $/cancelRequest for id %.100r", msg_id)
+            return
+        super()._handle_cancel_notification(msg_id)
 
     def _run_generator(self, future: Any, *, gen: Any, result_future: Any) -> None:
         """pygls runs a built-in generator handler (workspace/executeCommand) by starting the handler
@@ -147,8 +177,31 @@ class RobustProtocol(LanguageServerProtocol):
             if future is not None:
                 future.add_done_callback(lambda _: self._request_futures.pop(msg_id, None))
 
-    def report_parse_error(self, error: Exception) -> None:
-        self._reply_error(None, PARSE_ERROR, f"Parse error: {str(error)[:200]}")
+    def receive(self, body: bytes) -> None:
+        """Parse and handle one frame's body; answer it when it is no JSON. Only the top level is
+        structured as a message (pygls' reader ran `structure_message` on every nested object, so
+        that a request whose params held something shaped like a broken notification was dropped)."""
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, too deep
+            self.report_unparseable(body, exc)
+            return
+        try:
+            message = self.structure_message(data) if isinstance(data, dict) else data
+        except Exception as exc:  # a notification or response whose params do not fit: nothing to answer
+            log.warning("ignoring a message that cannot be read: %s", exc.__cause__ or exc)
+            return
+        try:
+            self.handle_message(message)
+        except Exception:
+            log.exception("failed to handle a message")
+
+    def report_unparseable(self, body: bytes, error: Exception) -> None:
+        log.warning("unparseable message (%d bytes): %s", len(body), str(error)[:200])
+        code, msg_id = unparseable_answer(body, error)
+        what = ("Invalid request: nested deeper than the server parses" if code == INVALID_REQUEST
+                else f"Parse error: {str(error)[:200]}")
+        self._reply_error(msg_id, code, what)
 
     def _reply_error(self, msg_id: Any, code: int, message: str) -> None:
         response = types.ResponseErrorMessage(
@@ -174,6 +227,28 @@ class RobustProtocol(LanguageServerProtocol):
     lsp_text_document__did_close = None  # type: ignore[assignment]
 
 
-def is_parse_error(error: Exception) -> bool:
-    """Errors pygls' reader loop gets from `json.loads` on a message body."""
-    return isinstance(error, (json.JSONDecodeError, UnicodeDecodeError, RecursionError))
+def batch_request_ids(batch: list[Any]) -> list[int | str]:
+    """The ids of the requests in a batch (objects with a method and a usable id)."""
+    return [m["id"] for m in batch if isinstance(m, dict) and isinstance(m.get("method"), str)
+            and valid_id(m.get("id")) is not None]
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: bytes that were no UTF-8
+        return False
+    return True
+
+
+def unparseable_answer(body: bytes, error: Exception) -> tuple[int, int | str | None]:
+    """(error code, id) for a body `json.loads` gave up on. The id is the request's when its
+    envelope can still be read (a request, not a response: it has a method), else null. JSON nested
+    deeper than the parser goes is well-formed, only too deep: InvalidRequest; the rest ParseError."""
+    members = envelope_members(body)
+    msg_id = valid_id(members.get("id")) if isinstance(members.get("method"), str) else None
+    if isinstance(msg_id, str) and not _is_utf8(msg_id):
+        msg_id = None  # invalid UTF-8 inside the id itself: what we read is not the sender's id
+    if isinstance(error, RecursionError):
+        return (INVALID_REQUEST if msg_id is not None else PARSE_ERROR), msg_id
+    return PARSE_ERROR, msg_id

@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlparse
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
+from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
 from engine.backends.base import Backend
@@ -38,8 +39,9 @@ from .context.index import WorkspaceIndex
 from .documents import UTF8, UTF16, UTF32, DocumentStore
 from .engine_manager import EngineManager, Loader, backend_device, load_backend
 from .memory import resident_bytes
-from .protocol import RobustProtocol, is_parse_error, robust_converter
+from .protocol import RobustProtocol, robust_converter
 from .settings import Settings, parse_settings
+from .transport import read_loop, stdin_reader, stream_reader
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ class CodeLlamaServer(LanguageServer):
             "state": "starting", "model": None, "requestedModel": None, "backend": "local", "description": None, "device": None,
             "dtype": None, "message": None, "indexing": False, "indexedFiles": 0, "lastLatencyMs": None,
             "lastPromptTokens": None, "lastCachedTokens": None, "lastFromCache": False,
+            "lastError": None,  # why the last completion failed (the engine raised), until one succeeds
         }
         self.engine = EngineManager(on_change=self.on_engine_change,
                                     on_problem=lambda m: self.threadsafe(self.show_problem, m),
@@ -106,7 +109,7 @@ class CodeLlamaServer(LanguageServer):
         self.service = CompletionService(
             self.docs, self.engine, lambda: self.settings, lambda: self.index, self.path_of,
             on_done=lambda update: self.threadsafe(self.send_status, update),
-            on_problem=lambda m: self.threadsafe(self.show_problem, m))
+            on_problem=lambda m: self.threadsafe(self.show_problem, m), outside_workspace=self.outside_workspace)
         # Code actions use the completion model unless `instructModel` names another one.
         self.instruct_engine = EngineManager(on_change=self.status_changed,
                                              on_problem=lambda m: self.threadsafe(self.show_problem, m),
@@ -128,11 +131,42 @@ class CodeLlamaServer(LanguageServer):
             pass  # the loop is shutting down
 
     def report_server_error(self, error: Exception, source: Any) -> None:
-        # Log, never pop up: the user cannot act on a malformed message. Unparseable JSON still gets
-        # its JSON-RPC answer (-32700, id null).
+        # Log, never pop up: the user cannot act on a malformed message (which is answered anyway).
         log.warning("server error (%s): %s", getattr(source, "__name__", source), error)
-        if is_parse_error(error):
-            self.protocol.report_parse_error(error)  # type: ignore[attr-defined]
+
+    # ---- transports: pygls' own, with our read loop (lsp_server/transport.py) ------------------
+
+    def start_io(self, stdin: Any = None, stdout: Any = None) -> None:
+        self._stop_event = threading.Event()
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        read_some = stdin_reader(stdin or sys.stdin.buffer, self.thread_pool)
+        try:
+            asyncio.run(read_loop(read_some, self.protocol.receive, self._stop_event))
+        except BrokenPipeError:
+            log.error("the connection to the client is lost; shutting down")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()
+
+    def start_tcp(self, host: str, port: int) -> None:
+        self._stop_event = stop = threading.Event()
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(writer)  # type: ignore[arg-type]
+            await read_loop(stream_reader(reader), self.protocol.receive, stop)
+            self.shutdown()
+
+        async def serve() -> None:
+            self._server = await asyncio.start_server(connection, host, port)
+            log.info("serving on %s", ", ".join(str(s.getsockname()) for s in self._server.sockets))
+            async with self._server:
+                await self._server.serve_forever()
+
+        try:
+            asyncio.run(serve())
+        except asyncio.CancelledError:
+            pass
 
     def path_of(self, uri: str) -> str:
         """Workspace-relative path of a document (for headers and the index), else its file name."""
@@ -145,6 +179,17 @@ class CodeLlamaServer(LanguageServer):
             except (ValueError, OSError):
                 pass
         return path.name
+
+    def outside_workspace(self, uri: str) -> bool:
+        """A file on disk outside the workspace folder (never when there is no folder)."""
+        path = uri_to_path(uri)
+        if path is None or self.root is None:
+            return False
+        try:
+            path.resolve().relative_to(self.root)
+        except (ValueError, OSError):
+            return True
+        return False
 
     def show_problem(self, message: str, level: types.MessageType = types.MessageType.Error) -> None:
         """window/showMessage for something the user must act on; identical messages at most every
@@ -426,12 +471,15 @@ class CodeLlamaServer(LanguageServer):
     def _build_index(self, index: WorkspaceIndex) -> None:
         token = self.begin_progress("Indexing workspace")
         try:
+            # Watching starts first: what changes on disk while the build runs is applied after it.
+            index.on_change = lambda what, rel: log.debug("index: %s %s", what, rel)
+            if self.index is index:
+                index.start_watching()
             index.build(progress=lambda done, total: self.report_progress(
                 token, f"{done}/{total} files", int(100 * done / max(total, 1))),
                 should_stop=lambda: self.index is not index)
-            if self.index is index:
-                index.on_change = lambda what, rel: log.info("index: %s %s", what, rel)
-                index.start_watching()
+            if self.index is not index:  # replaced while building (a reindex)
+                index.stop_watching()
         except Exception:
             log.exception("indexing failed")
         finally:

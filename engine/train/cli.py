@@ -53,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="autocast dtype")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--checkpoint-every", type=float, default=600.0, help="seconds between checkpoints")
+    p.add_argument("--checkpoint-every-steps", type=int, default=0, help="steps between checkpoints (0: by time)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--merge", action="store_true", help="write the merged model instead of the adapter")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT/run")
@@ -61,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from engine.atomic import write_text_atomic
     from engine.checkpoints import load_model, save_hf_checkpoint, save_meta_checkpoint
     from engine.model import init_weights
     from engine.train.data import DataConfig, WindowSampler, cached_stream, read_jsonl_files
@@ -80,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("no source files to train on (check --repo / --data-jsonl)", file=sys.stderr)
         return 2
     train_files, held = split_heldout(files, args.heldout_fraction, args.seed)
-    (out / "heldout.json").write_text(json.dumps(
+    write_text_atomic(out / "heldout.json", json.dumps(
         [{"repo": f.repo, "path": f.path} for f in held], indent=1) + "\n")
     print(f"{len(train_files)} training files, {len(held)} held out", flush=True)
 
@@ -108,16 +110,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         lr=args.lr, min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup_steps,
         weight_decay=args.weight_decay, seed=args.seed, dtype=args.dtype, device=args.device,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every_s=args.checkpoint_every,
+        checkpoint_every_steps=args.checkpoint_every_steps,
         threads=args.threads, extra={"data_hash": meta["data_hash"], "base_model": str(loaded.path)},
     )
     n_train = sum(p.numel() for p in (trainable or dict(model.named_parameters())).values())
     print(f"training {n_train:,} parameters ({'LoRA r=' + str(args.lora_rank) if lora else 'full'}), "
           f"{cfg.tokens_per_step:,} tokens per step", flush=True)
     sampler = WindowSampler(stream, cfg.seq_len, cfg.micro_batch, cfg.seed)
-    train(model, sampler, cfg, out / "run", resume=args.resume, trainable=trainable)
+    record = train(model, sampler, cfg, out / "run", resume=args.resume, trainable=trainable)
     for name in ("metrics.jsonl", "loss.png"):
         if (out / "run" / name).is_file():
             shutil.copy(out / "run" / name, out / name)
+    if "signal" in record:  # stopped early: no adapter or model that claims all the steps
+        print(f"stopped by signal {record['signal']} with a checkpoint in {out / 'run'}: "
+              "run the same command with --resume to finish", file=sys.stderr, flush=True)
+        return 128 + int(record["signal"])
 
     info = {"base_model": str(loaded.path), "rope_theta": args.rope_theta, "seq_len": args.seq_len,
             "data_hash": meta["data_hash"], "steps": args.steps, "tokens": args.steps * cfg.tokens_per_step}
@@ -128,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if lora:
         merge_lora(model)
     save = save_meta_checkpoint if loaded.layout == "meta" else save_hf_checkpoint
-    save(model, loaded.tokenizer.path, out / "model", dtype=torch.bfloat16)
-    (out / "model" / "training.json").write_text(json.dumps(info, indent=1) + "\n")
+    save(model, loaded.tokenizer.path, out / "model", dtype=torch.bfloat16,
+         extra_files={"training.json": json.dumps(info, indent=1) + "\n"})
     print(f"model written to {out / 'model'}")
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import lzma
-import os
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.atomic import atomic_file
 from engine.tokenizer import Tokenizer
 from engine.train.fim import transform
 from engine.train.sources import SourceFile
@@ -131,14 +131,12 @@ def cached_stream(
 
 
 def save_stream(stream: np.ndarray, meta: dict, bin_path: Path, meta_path: Path) -> None:
-    """Tokens and their metadata, each written to a temporary file and renamed: a half-written stream
-    is never taken for a good one (the metadata, which readers look for, comes last)."""
-    tmp = bin_path.with_name(f"{bin_path.name}.tmp{os.getpid()}")
-    stream.tofile(tmp)
-    os.replace(tmp, bin_path)
-    tmp_meta = meta_path.with_name(f"{meta_path.name}.tmp{os.getpid()}")
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_meta, meta_path)
+    """Tokens and their metadata, each written in full before either is renamed into place: a
+    half-written stream is never taken for a good one (the metadata, which readers look for, comes
+    last)."""
+    with atomic_file(meta_path) as meta_tmp, atomic_file(bin_path) as bin_tmp:
+        stream.tofile(bin_tmp)
+        meta_tmp.write_text(json.dumps(meta, indent=1))
 
 
 def load_stream(bin_path: Path, meta: dict) -> tuple[np.ndarray, dict]:

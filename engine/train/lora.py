@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from engine.atomic import atomic_file
 from engine.model import Transformer
 
 ATTENTION = ("wq", "wk", "wv", "wo")
@@ -99,10 +100,13 @@ def save_adapter(model: Transformer, out_dir: str | Path, cfg: LoRAConfig, meta:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.float() if v.dtype != torch.float32 else v for k, v in adapter_state(model).items()}
-    save_file(state, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     info = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
             "train_embeddings": cfg.train_embeddings, "train_norms": cfg.train_norms, **meta}
-    (out / ADAPTER_META).write_text(json.dumps(info, indent=1) + "\n")
+    # Both files are written in full before either replaces the previous adapter; adapter.json (what
+    # loaders look for) is renamed last.
+    with atomic_file(out / ADAPTER_META) as meta_tmp, atomic_file(out / ADAPTER_WEIGHTS) as weights_tmp:
+        save_file(state, str(weights_tmp), metadata={"format": "pt"})
+        meta_tmp.write_text(json.dumps(info, indent=1) + "\n")
     return out
 
 

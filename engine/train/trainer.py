@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from engine.atomic import atomic_directory, write_text_atomic
 from engine.model import Transformer
 from engine.train.data import WindowSampler
 
@@ -134,11 +135,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def save_checkpoint(run_dir: Path, step: int, model: Transformer, opt: torch.optim.Optimizer,
                     trainable: dict[str, torch.nn.Parameter], cfg: TrainConfig, keep: int) -> Path:
-    """Write step-NNNNNNN/ atomically: into a temporary directory, fsync, rename, then point `latest`."""
+    """Write step-NNNNNNN/ atomically (engine/atomic.py: complete, with its COMPLETE marker, or absent),
+    then point `latest` at it and drop all but the newest `keep`."""
     final = run_dir / f"step-{step:07d}"
-    tmp = run_dir / f".tmp-step-{step:07d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {
         "step": step,
         "params": {n: p.detach().clone() for n, p in trainable.items()},
@@ -147,15 +146,10 @@ def save_checkpoint(run_dir: Path, step: int, model: Transformer, opt: torch.opt
         "config": asdict(cfg),
         "model_args": model.args.to_dict(),
     }
-    torch.save(state, tmp / "state.pt")
-    with open(tmp / "state.pt", "rb") as fh:
-        os.fsync(fh.fileno())
-    (tmp / "COMPLETE").write_text(f"{step}\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    ptr_tmp = run_dir / f".latest.tmp{os.getpid()}"
-    ptr_tmp.write_text(final.name + "\n")
-    os.replace(ptr_tmp, run_dir / "latest")
+    with atomic_directory(final) as tmp:
+        torch.save(state, tmp / "state.pt")
+        (tmp / "COMPLETE").write_text(f"{step}\n")
+    write_text_atomic(run_dir / "latest", final.name + "\n")
     for old in sorted(run_dir.glob("step-*[0-9]"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -211,7 +205,7 @@ def train(
 ) -> dict:
     """Train `model` for cfg.steps optimiser steps, or until `stop_after` steps (to simulate an
     interruption), `time_limit_s` seconds, or SIGINT/SIGTERM; each of these ends with a checkpoint.
-    Returns the last metrics record."""
+    Returns the last metrics record; after a signal it also holds the signal's number ("signal")."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -233,7 +227,9 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
     if step == 0 and metrics_path.exists() and not resume:
         metrics_path.unlink()
-    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    if resume:
+        drop_metrics_after(metrics_path, step)  # steps a killed run logged after its last checkpoint
+    write_text_atomic(run_dir / "config.json", json.dumps(asdict(cfg), indent=1))
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     stop = {"signal": None}
 
@@ -245,13 +241,31 @@ def train(
     if threading_main():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _on_signal)
+        print(f"training in process {os.getpid()}: SIGINT or SIGTERM stops it after the step in flight, "
+              "with a checkpoint to resume from", flush=True)
     try:
         record = _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_limit_s,
                        metrics_path, on_log)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if stop["signal"] is not None:
+        record["signal"] = stop["signal"]  # the run stopped early: its caller must not take it as done
     return record
+
+
+def drop_metrics_after(metrics_path: Path, step: int) -> None:
+    """Keep the metrics of steps up to `step` (and no half-written last line)."""
+    if not metrics_path.is_file():
+        return
+    kept = []
+    for line in metrics_path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_text_atomic(metrics_path, "".join(kept))
 
 
 def threading_main() -> bool:

@@ -1,8 +1,9 @@
 """Collect candidate snippets from every source for one completion request.
 
-Sources: other open documents (`open`), regions recently edited in them (`edit`), files the current
-file imports (`import`), BM25-similar windows of the repository (`similar`), and far-away parts of
-the current file itself (`local`). The builder ranks, deduplicates and packs them.
+Sources: the definitions the code at the cursor refers to, in other files (`definition`, Python;
+definitions.py), other open documents (`open`), regions recently edited in them (`edit`), files the
+current file imports (`import`), BM25-similar windows of the repository (`similar`), and far-away parts
+of the current file itself (`local`). The builder ranks, deduplicates and packs them.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import re
 from dataclasses import dataclass, field
 
 from ..lru import LRU
-from .imports import outline, resolve_imports
+from .definitions import OutlineCache, definition_snippets
+from .imports import PY_LANGS, outline, resolve_imports
 from .index import WorkspaceIndex
+from .refs import Binding, buffer_imports
 from .snippets import WINDOW_STRIDE, Snippet, windows
 
 EDIT_WINDOW = 30
@@ -40,6 +43,7 @@ class Request:
     version: int
     others: list[OpenDoc] = field(default_factory=list)
     edits: list[tuple[str, int]] = field(default_factory=list)  # (path, line), most recent first
+    isolated: bool = False  # a document outside the workspace: no other file's content may join it
 
 
 def _windows_chars(key: tuple[str, str], entry: tuple[int, list[Snippet]]) -> int:
@@ -55,6 +59,11 @@ class Gatherer:
         self._windows: LRU[tuple[str, str], tuple[int, list[Snippet]]] = LRU(
             max_entries, max_window_chars, _windows_chars)
         self._imports: LRU[tuple[str, str, int], list[str]] = LRU(max_entries)
+        self._outlines = OutlineCache()
+        # Per workspace generation: the file list and module-name lookups; per buffer: its imports.
+        self._files: tuple[tuple[int, frozenset[str]], set[str]] | None = None
+        self._module_memo: tuple[int, dict[tuple[str, int, str], str | None]] = (-1, {})
+        self._buffer_imports: tuple[str, str, dict[str, Binding]] | None = None
 
     def gather(self, req: Request, index: WorkspaceIndex | None, query: set[str],
                similar_limit: int = 32) -> list[Snippet]:
@@ -74,6 +83,8 @@ class Gatherer:
             body = "\n".join(lines)
             if body.strip():
                 out.append(Snippet(path, body.rstrip("\n") + "\n", start, start + len(lines), "edit"))
+        if (index is not None or req.others) and (req.language in PY_LANGS or req.path.endswith(".py")):
+            out += self._definition_snippets(req, index, texts)
         if index is not None or req.others:
             out += self._import_snippets(req, index, texts)
         if len(req.text) <= MAX_LOCAL_CHARS:
@@ -95,6 +106,26 @@ class Gatherer:
         wins = windows(path, text, source, stride=WINDOW_STRIDE)
         self._windows[key] = (version, wins)
         return wins
+
+    def _definition_snippets(self, req: Request, index: WorkspaceIndex | None,
+                             open_docs: dict[str, OpenDoc]) -> list[Snippet]:
+        generation = index.generation if index is not None else 0
+        open_paths = frozenset(open_docs)
+        if self._files is None or self._files[0] != (generation, open_paths):
+            files = (index.paths() if index is not None else set()) | set(open_paths)
+            self._files = ((generation, open_paths), files)
+        if self._module_memo[0] != generation:
+            self._module_memo = (generation, {})
+        import_lines = "\n".join(_IMPORT_LINE.findall(req.text[:200_000]))
+        if self._buffer_imports is None or self._buffer_imports[:2] != (req.path, import_lines):
+            self._buffer_imports = (req.path, import_lines, buffer_imports(req.text))
+
+        def read(path: str) -> str | None:
+            doc = open_docs.get(path)
+            return doc.text if doc is not None else index.text(path) if index is not None else None
+
+        return definition_snippets(req.path, req.text, req.cursor, self._files[1], read, self._outlines,
+                                   self._buffer_imports[2], self._module_memo[1])
 
     def _import_snippets(self, req: Request, index: WorkspaceIndex | None,
                          open_docs: dict[str, OpenDoc]) -> list[Snippet]:

@@ -28,7 +28,8 @@ def _by_suffix(files: Collection[str], wanted: list[str]) -> str | None:
     return min(hits, key=lambda f: (len(f), f)) if hits else None
 
 
-def _python_module(module: str, files: Collection[str]) -> str | None:
+def python_module_file(module: str, files: Collection[str]) -> str | None:
+    """The workspace file of a dotted module name (a module or a package's __init__)."""
     base = module.replace(".", "/")
     return _by_suffix(files, [base + ".py", base + "/__init__.py", base + ".pyi"])
 
@@ -39,7 +40,7 @@ def python_imports(path: str, text: str, files: Collection[str]) -> list[str]:
     for m in _PY_IMPORT.finditer(text):
         for part in m.group(1).split(","):
             name = part.strip().split(" ")[0]
-            if name and (hit := _python_module(name, files)):
+            if name and (hit := python_module_file(name, files)):
                 out.append(hit)
     for m in _PY_FROM.finditer(text):
         dots, module, names = m.group(1), m.group(2), m.group(3)
@@ -59,7 +60,7 @@ def python_imports(path: str, text: str, files: Collection[str]) -> list[str]:
         # `from pkg import mod` may name a module or a name inside pkg.
         subs = [f"{module}.{n.strip()}" for n in names.split(",") if n.strip().isidentifier()]
         for name in subs + [module]:
-            if hit := _python_module(name, files):
+            if hit := python_module_file(name, files):
                 out.append(hit)
                 break
     return out

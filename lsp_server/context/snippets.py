@@ -25,7 +25,7 @@ STOP_WORDS = frozenset(
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Source bonuses on top of the similarity: an imported file is about what the user is writing even
 # when it shares few words; recent edits say where the user's attention is.
-SOURCE_BONUS = {"import": 0.3, "edit": 0.2, "open": 0.1, "local": 0.05, "similar": 0.0}
+SOURCE_BONUS = {"import": 0.3, "edit": 0.2, "open": 0.1, "local": 0.05, "similar": 0.0, "definition": 0.0}
 
 
 def words(text: str) -> list[str]:
@@ -48,8 +48,9 @@ class Snippet:
     text: str
     start_line: int
     end_line: int
-    source: str  # "open" | "edit" | "import" | "similar" | "local"
+    source: str  # "open" | "edit" | "import" | "similar" | "local" | "definition"
     score: float = 0.0
+    boost: float = 0.0  # added to the score: how directly the cursor refers to it (definitions.py)
     _words: set[str] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -82,11 +83,11 @@ def windows(path: str, text: str, source: str, size: int = WINDOW_LINES,
 
 
 def rank(candidates: Iterable[Snippet], query: set[str]) -> list[Snippet]:
-    """Score every candidate (similarity to the query plus its source's bonus), best first. Ties
+    """Score every candidate (similarity to the query plus its source's bonus and its own boost), best first. Ties
     break on the key so the order never depends on how candidates were gathered."""
     scored = []
     for snip in candidates:
-        snip.score = jaccard(snip.word_set, query) + SOURCE_BONUS.get(snip.source, 0.0)
+        snip.score = jaccard(snip.word_set, query) + SOURCE_BONUS.get(snip.source, 0.0) + snip.boost
         scored.append(snip)
     scored.sort(key=lambda s: (-s.score, s.key))
     return scored

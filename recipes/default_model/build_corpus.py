@@ -2,7 +2,8 @@
 
 Sources: CPython's standard library (PSF licence; test/, idlelib/, site-packages/ left out) and every
 package installed in the project's virtual environment whose licence metadata is permissive
-(MIT / BSD / Apache / PSF / ISC and the like; anything else, e.g. MPL or GPL, is left out). Python
+(MIT / BSD / Apache / PSF / ISC and the like; anything else, e.g. MPL or GPL, is left out), except
+the cross-file benchmark's packages (BENCHMARK_PACKAGES), which no training run may see. Python
 files only. Files are filtered (engine.train.sources: binary, generated, huge, secrets), deduplicated
 by content, and 2 % of files are held out by a stable hash of their path.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from engine.atomic import atomic_file, write_text_atomic  # noqa: E402
 from engine.train.sources import SourceFile, dedupe, reject_reason, split_heldout  # noqa: E402
 
 PERMISSIVE = {
@@ -35,6 +37,17 @@ CLASSIFIER_OK = ("MIT License", "BSD License", "Apache Software License", "Pytho
 STDLIB_SKIP = {"test", "idlelib", "site-packages", "lib2to3", "tkinter", "turtledemo", "ensurepip",
                "config-3.11-x86_64-linux-gnu", "__pycache__"}
 HELDOUT_FRACTION = 0.02
+# Never trained on, even when installed: the packages the cross-file benchmark measures with
+# (benchmarks/crossfile_cases.py, PACKAGES) must stay unseen by the model it measures.
+BENCHMARK_PACKAGES = frozenset({"marshmallow", "markdown", "parso", "wtforms"})
+
+
+def is_benchmark_package(name: str) -> bool:
+    """Whether a distribution (a PyPI name, or a Debian `python3-*` package name) is one of the
+    benchmark's packages."""
+    norm = re.sub(r"[-_.]+", "-", name).lower()
+    norm = re.sub(r"^python3?-", "", norm)
+    return norm in BENCHMARK_PACKAGES
 
 
 def licence_of(meta: dict[str, str], classifiers: list[str]) -> tuple[str, bool]:
@@ -82,8 +95,10 @@ def package_sources(site: Path) -> tuple[list[SourceFile], list[dict]]:
         name, version = meta.get("Name", dist.name), meta.get("Version", "?")
         lic, ok = licence_of(meta, msg.get_all("Classifier") or [])
         entry = {"name": name, "version": version, "licence": lic, "included": ok, "files": 0}
+        if is_benchmark_package(name):
+            entry.update(included=False, excluded="cross-file benchmark package")
         records.append(entry)
-        if not ok or not (dist / "RECORD").is_file():
+        if not entry["included"] or not (dist / "RECORD").is_file():
             continue
         for line in (dist / "RECORD").read_text().splitlines():
             rel = line.split(",", 1)[0]
@@ -112,7 +127,7 @@ def main() -> None:
     train, held = split_heldout(all_files, HELDOUT_FRACTION)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, part in (("train.jsonl", train), ("heldout.jsonl", held)):
-        with open(args.out / name, "w") as fh:
+        with atomic_file(args.out / name) as tmp, open(tmp, "w") as fh:
             for f in part:
                 fh.write(json.dumps({"repo": f.repo, "path": f.path, "text": f.text}) + "\n")
     py = sys.version.split()[0]
@@ -127,7 +142,7 @@ def main() -> None:
         "heldout_fraction": HELDOUT_FRACTION,
         "heldout": [f"{f.repo}/{f.path}" for f in held],
     }
-    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    write_text_atomic(args.out / "manifest.json", json.dumps(manifest, indent=1))
     print(f"{len(all_files)} files ({len(train)} train, {len(held)} held out), "
           f"{manifest['train_chars'] / 1e6:.1f} M train chars")
     for r in manifest["sources"]:

@@ -23,6 +23,7 @@ can hand back), which `export --from-shards DIR/S` turns into a model directory 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import multiprocessing
@@ -36,7 +37,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # served.py beside this file
 
+from engine.atomic import atomic_file  # noqa: E402
 from engine.config import ModelArgs  # noqa: E402
 from engine.model import Transformer, init_weights  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
@@ -63,14 +66,22 @@ STAGES = {
     # LCFT continued with long-range recall documents (engine/train/recall.py) in half the windows.
     "lcft-recall": dict(seq_len=2048, rope_theta=1e6, micro_batch=2, grad_accum=1, lr=3e-4, warmup=20,
                         max_chars=24_000_000, recall_share=0.5, context=4096),  # LCFT's context stays
+    # "Train as you serve" (recipes/default_model/served.py): repository examples laid out by the
+    # language server's own context builder in served_share of the windows, recall documents and
+    # ordinary FIM code in the rest, so nothing learnt before is lost. Windows hold one server
+    # prompt at the CPU budget (2,048 tokens) with its middle.
+    "served": dict(seq_len=2304, rope_theta=1e6, micro_batch=2, grad_accum=1, lr=1.5e-4, warmup=20,
+                   max_chars=12_000_000, recall_share=0.3, served_share=0.45, context=4096),
 }
 SHARD_BYTES = 15 * 2**20
 
 
 def read_corpus(run: Path) -> list[SourceFile]:
-    """The training files, from corpus/train.jsonl or its xz-compressed copy (what a GPU run carries)."""
+    """The training files, from corpus/train.jsonl or its xz-compressed copy (what a GPU run carries),
+    of the packages corpus_manifest.json includes (see manifest_files)."""
     plain = run / "corpus" / "train.jsonl"
-    return read_jsonl_files(plain if plain.is_file() else plain.with_suffix(".jsonl.xz"))
+    files = read_jsonl_files(plain if plain.is_file() else plain.with_suffix(".jsonl.xz"))
+    return manifest_files(files, run / "corpus" / "manifest.json")
 
 
 def stage_args(stage: str, serving: bool = False) -> ModelArgs:
@@ -90,11 +101,19 @@ def load_weights_from(model: Transformer, ckpt_dir: Path) -> None:
     load_params(model, state["params"])
 
 
-PREVIOUS = {"lcft": "pretrain", "lcft-recall": "lcft"}  # the stage each one starts from
+PREVIOUS = {"lcft": "pretrain", "lcft-recall": "lcft", "served": "lcft-recall"}  # the stage each one starts from
 
 
-def start_from(model: Transformer, previous: str, run: Path, shards: Path | None) -> None:
-    """The previous stage's weights: from the shards a GPU run handed back, or its newest checkpoint."""
+def start_from(model: Transformer, previous: str, run: Path, shards: Path | None,
+               model_dir: Path | None = None) -> None:
+    """The previous stage's weights: from an exported model directory (models/default), the shards a
+    GPU run handed back, or the previous stage's newest checkpoint."""
+    if model_dir is not None:
+        from engine.checkpoints import load_model
+
+        load_params(model, load_model(model_dir, dtype=torch.float32).model.state_dict())
+        print(f"starting from {model_dir}", flush=True)
+        return
     if shards is not None:
         params, meta = read_shards(shards)
         load_params(model, params)
@@ -168,7 +187,11 @@ def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers:
         n_windows = int(stream.size // st["seq_len"] / (1 - share))
         stream, counts = mix_windows(stream, recall, st["seq_len"], n_windows, share, seed=passes)
         docs.update(counts)
-    h = hashlib.sha256(f"{stage}:{st['seq_len']}:{passes}:{len(groups)}:{st.get('recall_share')}\n".encode())
+    if "served_share" in st:  # repository examples laid out by the server, beside the windows above
+        stream, counts = add_served_windows(stream, st, run, tok_path, seed=passes)
+        docs.update(counts)
+    h = hashlib.sha256(f"{stage}:{st['seq_len']}:{passes}:{len(groups)}:{st.get('recall_share')}:"
+                       f"{st.get('served_share')}\n".encode())
     h.update(Path(tok_path).read_bytes())
     for f in files:
         h.update(f"{f.repo}\0{f.path}\0{len(f.text)}\n".encode())
@@ -181,6 +204,33 @@ def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers:
     return load_stream(bin_path, meta)
 
 
+def manifest_files(files: list[SourceFile], run_manifest: Path) -> list[SourceFile]:
+    """Leave out packages the run's corpus has and this recipe's corpus_manifest.json does not: they
+    were installed after the shipped model's corpus was recorded, and benchmarks/crossfile.py takes
+    some of them as repositories no model of ours has seen. (To train on a new package on purpose,
+    record it in corpus_manifest.json.)"""
+    if not run_manifest.is_file():
+        return files
+    def names(path: Path) -> set[str]:
+        return {s["name"] for s in json.loads(path.read_text())["sources"] if s["included"]}
+    unrecorded = names(run_manifest) - names(Path(__file__).parent / "corpus_manifest.json")
+    return [f for f in files if f.repo.rsplit("-", 1)[0] not in unrecorded]
+
+
+def add_served_windows(stream: np.ndarray, st: dict, run: Path, tok_path: str, seed: int):
+    """The stream with served-example windows appended (served_share of all windows; the sampler
+    draws windows in a random order, so where they sit does not matter)."""
+    from served import pack_windows, served_examples
+
+    seq_len, share = st["seq_len"], st["served_share"]
+    n_served = int(stream.size // seq_len * share / (1 - share))
+    files = read_corpus(run)
+    # About 1.3 examples fill a window (a prompt at the full budget fills one alone).
+    examples = served_examples(Tokenizer(tok_path), files, seq_len, seed=seed, per_cycle=int(n_served * 1.4))
+    served, counts = pack_windows(examples, seq_len, n_served, stream, seed=seed)
+    return np.concatenate([stream[: stream.size // seq_len * seq_len], served]), counts
+
+
 def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
     st = STAGES[stage]
     stream, meta = prepare(stage, run, a.max_chars, a.passes, a.workers)
@@ -189,7 +239,7 @@ def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
     model = Transformer(args)
     init_weights(model, std=0.02, seed=0)
     if stage != "pretrain":
-        start_from(model, PREVIOUS[stage], run, a.from_shards)
+        start_from(model, PREVIOUS[stage], run, a.from_shards, a.from_model)
     model.to(a.device)
     print(f"model: {model.num_parameters() / 1e6:.2f} M parameters, {args}", flush=True)
     cfg = TrainConfig(
@@ -206,7 +256,7 @@ def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
 
 
 def newest(run: Path, stage: str | None) -> tuple[str, Path]:
-    for name in (stage,) if stage else ("lcft-recall", "lcft", "pretrain"):
+    for name in (stage,) if stage else ("served", "lcft-recall", "lcft", "pretrain"):
         ckpt = latest_checkpoint(run / name)
         if ckpt is not None:
             return name, ckpt
@@ -229,9 +279,14 @@ def write_shards(run: Path, stage: str, out: Path) -> None:
             size = 0
         shards[-1][name] = t
         size += t.nbytes
-    out.mkdir(parents=True, exist_ok=True)
-    for i, shard in enumerate(shards):
-        save_file(shard, str(out / f"{stage}-{i}.safetensors"), metadata=meta)
+    # Every shard is written in full before any replaces the previous set (engine/atomic.py).
+    with contextlib.ExitStack() as stack:
+        for i, shard in enumerate(shards):
+            tmp = stack.enter_context(atomic_file(out / f"{stage}-{i}.safetensors"))
+            save_file(shard, str(tmp), metadata=meta)
+    for stale in out.glob(f"{stage}-*.safetensors"):  # a previous, longer set's extra shards
+        if stale.stem.removeprefix(f"{stage}-").isdigit() and int(stale.stem.removeprefix(f"{stage}-")) >= len(shards):
+            stale.unlink()
     print(f"{ckpt} (step {state['step']}) -> {len(shards)} files {out}/{stage}-*.safetensors", flush=True)
 
 
@@ -262,18 +317,16 @@ def export(run: Path, out: Path, from_shards: Path | None) -> None:
         params, step, source = state["params"], state["step"], str(ckpt)
     model = Transformer(stage_args(stage, serving=True))
     load_params(model, params)
-    save_hf_checkpoint(model, run / "tokenizer.model", out, dtype=torch.bfloat16)
     # A completion model: the language server offers no instruct code actions on it (lsp_server/capability.py).
-    config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({**config, "instruct": False}, indent=2) + "\n")
-    (out / "training_state.json").write_text(json.dumps({"stage": stage, "checkpoint": source, "step": step},
-                                                        indent=1) + "\n")
+    training_state = json.dumps({"stage": stage, "checkpoint": source, "step": step}, indent=1) + "\n"
+    save_hf_checkpoint(model, run / "tokenizer.model", out, dtype=torch.bfloat16, config_extra={"instruct": False},
+                       extra_files={"training_state.json": training_state})
     print(f"exported {source} ({stage}, step {step}) to {out}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", choices=["prepare", "pretrain", "lcft", "lcft-recall", "shards", "export"])
+    ap.add_argument("action", choices=["prepare", *STAGES, "shards", "export"])
     ap.add_argument("--run", type=Path, default=Path("/work/runs/default"))
     ap.add_argument("--stage", choices=list(STAGES), help="prepare/shards: which stage")
     ap.add_argument("--steps", type=int, default=1000, help="optimiser steps (the most, with --fit-minutes)")
@@ -291,6 +344,8 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=1, help="prepare: passes over the files, each with new FIM splits")
     ap.add_argument("--workers", type=int, default=0, help="prepare: tokeniser processes (default: every core)")
     ap.add_argument("--from-shards", type=Path, default=None, help="export, or a stage's start: DIR/STAGE written by `shards`")
+    ap.add_argument("--from-model", type=Path, default=None,
+                    help="a stage's start: an exported model directory (e.g. models/default)")
     ap.add_argument("--out", type=Path, default=Path("models/default"))
     a = ap.parse_args()
     if a.action == "export":

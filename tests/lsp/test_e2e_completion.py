@@ -35,6 +35,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "physics.py": f"def {SECRET_WORD}(mass, speed):\n    return mass * speed * speed\n",
         "geometry.py": "def rectangle_area(width, height):\n    return width * height\n\n\nGRID_SPACING = 4821\n",
         "app.py": "from geometry import rectangle_area\n\n\ndef main():\n    total = \n    return total\n",
+        # A package that re-exports a constant defined in one of its modules.
+        "wholesale/__init__.py": "from .pricing import WHOLESALE_MARGIN\n",
+        "wholesale/pricing.py": '"""Prices for bulk orders."""\n\nWHOLESALE_MARGIN = 0.35\n',
         ".env": f"{SECRET_WORD.upper()}=hunter2-password\n",
         "config/id_rsa": PRIVATE_KEY,
         "keys.py": f"{SECRET_WORD}_key = '''\n{PRIVATE_KEY}'''\n",
@@ -134,9 +137,10 @@ async def test_imported_file_is_in_the_prompt_under_its_path(client, repo):
     assert prompt["prefix"].endswith("# Path: app.py\n" + text[: offset(text, 4, 12)])
     assert text[offset(text, 4, 12):].startswith(prompt["suffix"])
     assert item.insert_text == prompt["completion"]
-    # geometry.py is imported by app.py: its code is in the prompt, commented, under its path.
+    # geometry.py is imported by app.py: its code (the imported name's definition) is in the prompt,
+    # commented, under its path.
     assert "# Path: geometry.py\n# def rectangle_area(width, height):" in prompt["prefix"]
-    assert any(s["path"] == "geometry.py" and s["source"] == "import" for s in prompt["snippets"])
+    assert any(s["path"] == "geometry.py" and s["source"] in ("import", "definition") for s in prompt["snippets"])
 
 
 async def test_repository_context_brings_a_value_from_another_file_into_the_suggestion(client, repo):
@@ -149,13 +153,36 @@ async def test_repository_context_brings_a_value_from_another_file_into_the_sugg
     item = await suggestion_at(client, uri, 2, end)
     assert re.match(r"\s*4821\b", item.insert_text), item.insert_text
     prompt = await lc.last_prompt(client, uri)
-    assert any(s["path"] == "geometry.py" and s["source"] == "import" for s in prompt["snippets"])
+    assert any(s["path"] == "geometry.py" and s["source"] in ("import", "definition") for s in prompt["snippets"])
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
         settings={"codellama": {"repositoryContext": False}}))
     try:
         alone = await lc.inline(client, uri, 2, end)
         assert (await lc.last_prompt(client, uri))["snippets"] == []
         assert "4821" not in "".join(i.insert_text for i in alone.items)
+    finally:
+        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+            settings={"codellama": {"repositoryContext": True}}))
+
+
+async def test_a_name_imported_through_a_package_re_export_brings_its_value_from_the_defining_module(client, repo):
+    """WHOLESALE_MARGIN is imported from the package `wholesale`, whose __init__ only re-exports it from
+    wholesale/pricing.py: the retrieval follows the import there, and its value (0.35) comes back in
+    the suggestion; with the repository context off it does not."""
+    text = ("from wholesale import WHOLESALE_MARGIN\n\n\ndef price(cost):\n    return cost * (1 + WHOLESALE_MARGIN)\n\n\n"
+            "assert WHOLESALE_MARGIN == ")
+    uri = lc.open_doc(client, repo / "bulk.py", text)
+    line, end = 7, len(text.splitlines()[-1])
+    item = await suggestion_at(client, uri, line, end)
+    assert re.match(r"\s*0\.35\b", item.insert_text), item.insert_text
+    prompt = await lc.last_prompt(client, uri)
+    assert any(s["path"] == "wholesale/pricing.py" and s["source"] == "definition" for s in prompt["snippets"])
+    assert "# Path: wholesale/pricing.py\n# WHOLESALE_MARGIN = 0.35\n" in prompt["prefix"]
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+        settings={"codellama": {"repositoryContext": False}}))
+    try:
+        alone = await lc.inline(client, uri, line, end)
+        assert "0.35" not in "".join(i.insert_text for i in alone.items)
     finally:
         client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
             settings={"codellama": {"repositoryContext": True}}))

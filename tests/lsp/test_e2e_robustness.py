@@ -82,9 +82,13 @@ def hostile_traffic(rng: random.Random) -> tuple[list[bytes], dict[str, int | No
         bodies.append(body)
         null_answers += 1
     # JSON that is no request object: -32600 with id null.
-    for value in [1, "text", None, [], [{"jsonrpc": "2.0", "id": "batch", "method": "codellama/getStatus"}]]:
+    for value in [1, "text", None, []]:
         bodies.append(json.dumps(value).encode())
         null_answers += 1
+    # A batch (LSP has none): each request in it is refused under its own id.
+    bodies.append(json.dumps([{"jsonrpc": "2.0", "id": "batch", "method": "codellama/getStatus"},
+                              {"jsonrpc": "2.0", "method": "$/setTrace", "params": {"value": "off"}}]).encode())
+    expect["batch"] = -32600
     # Requests with ids that cannot be echoed back: -32600 with id null.
     for bad_id in [{"a": 1}, [1], 1.5, True, None]:
         bodies.append(json.dumps({"jsonrpc": "2.0", "id": bad_id, "method": "codellama/getStatus"}).encode())
@@ -236,4 +240,112 @@ def test_tcp_is_loopback_only_unless_allowed():
 
     refused = subprocess.run([sys.executable, "-m", "lsp_server", "--tcp", "0.0.0.0:0"], cwd=REPO, env=server_env(),
                              capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "loopback" in refused.stderr
+    assert refused.returncode == 2 and "loopback" in refused.stderr and "--allow-remote" in refused.stderr
+
+
+EDITOR = """
+import subprocess, sys, time
+server = subprocess.Popen([sys.executable, "-m", "lsp_server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+print(server.pid, flush=True)
+body = b'{"jsonrpc": "2.0", "id": 1, "method": "codellama/getStatus"}'
+server.stdin.write(b"Content-Length: %d\\r\\n\\r\\n" % len(body) + body)
+server.stdin.flush()
+while server.stdout.readline().strip():
+    pass  # the headers of the answer
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def exited(pid: int) -> bool:
+    """Gone, or a zombie nobody reaped (an orphan in a container whose init does not reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_the_server_exits_when_its_editor_is_killed_without_shutdown():
+    import subprocess
+    import sys
+
+    from .lsp_client import REPO, server_env
+
+    editor = subprocess.Popen([sys.executable, "-c", EDITOR], cwd=REPO, env=server_env(), stdout=subprocess.PIPE)
+    try:
+        assert editor.stdout is not None
+        server_pid = int(editor.stdout.readline())
+        assert editor.stdout.readline().strip() == b"ready"  # the server answered the editor
+        editor.kill()  # SIGKILL: no shutdown, no exit; its ends of the pipes close
+        editor.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while not exited(server_pid):
+            assert time.monotonic() < deadline, "the server outlived its editor by a minute"
+            time.sleep(0.2)
+    finally:
+        editor.kill()
+        if not exited(server_pid):
+            import os
+            import signal
+
+            os.kill(server_pid, signal.SIGKILL)
+
+
+def test_the_server_exits_when_the_process_id_it_was_given_dies(tmp_path: Path):
+    """LSP's processId: the editor is gone even when something else still holds the pipes open."""
+    import subprocess
+
+    parent = subprocess.Popen(["sleep", "600"])
+    server = RawServer(direct=True)
+    try:
+        server.request("init", "initialize", {"processId": parent.pid, "rootUri": tmp_path.as_uri(),
+                                              "capabilities": {}})
+        server.notify("initialized", {})
+        parent.kill()
+        parent.wait()
+        assert server.proc.wait(timeout=60) == 0  # the watch checks every few seconds
+    finally:
+        parent.kill()
+        server.close()
+
+
+def test_tcp_on_loopback_serves_requests_and_a_nesting_bomb():
+    import socket
+    import subprocess
+    import sys
+
+    from .lsp_client import REPO, server_env
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lsp_server", "--tcp", f"127.0.0.1:{port}"], cwd=REPO,
+                            env=server_env(), stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=60)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the server never listened"
+                time.sleep(0.2)
+        with conn, conn.makefile("rb") as replies:
+            bomb = b'{"jsonrpc": "2.0", "id": 7, "method": "codellama/getStatus", "params": ' + \
+                b"[" * 100_000 + b"]" * 100_000 + b"}"
+            status = b'{"jsonrpc": "2.0", "id": 8, "method": "codellama/getStatus"}'
+            for body in (bomb, status):
+                conn.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            answers = []
+            for _ in range(2):
+                length = 0
+                while (line := replies.readline()).strip():
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                answers.append(json.loads(replies.read(length)))
+        assert answers[0]["id"] == 7 and answers[0]["error"]["code"] == -32600
+        assert answers[1]["id"] == 8 and answers[1]["result"]["state"] in ("starting", "disabled")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)

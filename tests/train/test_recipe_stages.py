@@ -1,5 +1,6 @@
 """The default model's recipe, stage after stage, on a small corpus: pretraining from random weights, LCFT
-from its checkpoint, LCFT with recall documents from that one, and the export the engine loads."""
+from its checkpoint, LCFT with recall documents from that one, training on the server's own prompts
+from that one, and the export the engine loads."""
 
 from __future__ import annotations
 
@@ -44,8 +45,13 @@ def test_stages_chain_from_random_weights_to_an_exported_model(tmp_path, tiny_mo
     meta = json.loads((run / "streams" / "lcft-recall.json").read_text())
     assert meta["docs"]["recall_windows"] > 0 and meta["docs"]["real_windows"] > 0
 
+    out = stage(run, "served", "--steps", "1", "--micro-batch", "1", *common)
+    assert "lcft-recall/step-0000002" in out
+    meta = json.loads((run / "streams" / "served.json").read_text())
+    assert meta["docs"]["served_windows"] > 0 and meta["docs"]["served_examples"] >= meta["docs"]["served_windows"]
+
     stage(run, "export", "--out", str(tmp_path / "model"))
     state = json.loads((tmp_path / "model" / "training_state.json").read_text())
-    assert state["stage"] == "lcft-recall" and state["step"] == 2
+    assert state["stage"] == "served" and state["step"] == 1
     args, layout = read_args(tmp_path / "model")  # (the tiny test tokenizer has fewer pieces than SHAPE)
     assert layout == "hf" and args.max_seq_len == 4096 and args.rope_theta == 1e6  # LCFT's context, not 2,048

@@ -1,0 +1,101 @@
+"""Repository examples laid out as the language server sends them (recipes/default_model/served.py):
+the prompt a model is trained on for a cursor must be the one the server would build there."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.prompts import spm_prompt
+from engine.tokenizer import Tokenizer
+from engine.train.sources import SourceFile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes" / "default_model"))
+from served import (  # noqa: E402
+    ServedExamples,
+    cross_file_cursors,
+    pack_windows,
+    served_examples,
+    sibling_names,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+GEOMETRY = 'GRID_SPACING = 4821\n\n\ndef rectangle_area(width, height):\n    """Area of a rectangle."""\n    return width * height\n'
+APP = ("from shapes.geometry import rectangle_area, GRID_SPACING\nimport shapes.units as units\n\n\n"
+       "def total(rects):\n    return sum(rectangle_area(w, h) for w, h in rects)\n\n\n"
+       "def spacing():\n    return GRID_SPACING * units.SCALE\n")
+UNITS = "SCALE = 3\n\n\ndef to_mm(x):\n    return x * SCALE\n"
+FILES = [SourceFile("shapes-1.0", "shapes/geometry.py", GEOMETRY), SourceFile("shapes-1.0", "shapes/app.py", APP),
+         SourceFile("shapes-1.0", "shapes/units.py", UNITS)]
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer(ROOT / "models" / "default" / "tokenizer.model")
+
+
+def test_names_imported_from_the_package_and_module_aliases_are_found():
+    names, modules = sibling_names(APP + "from os import path\nfrom . import helpers\n", {"shapes"})
+    assert names == {"rectangle_area", "GRID_SPACING"}
+    assert modules == {"units", "helpers"}  # `path` comes from another package
+
+
+def test_cross_file_cursors_sit_before_uses_not_in_the_import_lines():
+    names, modules = sibling_names(APP, {"shapes"})
+    uses = {APP[at : at + 14] for at in cross_file_cursors(APP, names, modules)}
+    assert uses == {"rectangle_area", "GRID_SPACING *", "SCALE\n"}
+    assert all(at > APP.index("\n\n") for at in cross_file_cursors(APP, names, modules))
+
+
+def test_a_cross_file_example_carries_the_definition_from_the_other_file(tok):
+    ex = ServedExamples(tok, FILES, seed=0, spm_rate=1.0, context_rate=1.0)
+    found = []
+    for _ in range(60):
+        one = ex.example(FILES[1], budget=1024)
+        if one is not None and one.kind == "cross":
+            found.append(one)
+    assert found, "no cross-file example in 60 draws"
+    for one in found:
+        text = tok.decode(one.tokens)
+        assert "# Path: shapes/geometry.py" in text and "GRID_SPACING = 4821" in text  # the server's snippet
+        assert one.tokens[-1] == tok.eot_id and one.with_context and one.spm
+
+
+def test_spm_tokens_are_the_served_prompt_with_the_middle_spelt_after_it(tok):
+    """SPM with token healing: the model is asked from the prompt minus the prefix's last token and
+    spells the rest of the joined text, so training tokens are spm_prompt(prefix + middle)."""
+    ex = ServedExamples(tok, FILES, seed=1, spm_rate=1.0, context_rate=0.0)
+    prefix, suffix, middle = "def f(x):\n    return x.up", "\n", "per()"
+    assert ex._layout(prefix, suffix, middle, spm=True) == spm_prompt(tok, prefix + middle, suffix) + [tok.eot_id]
+
+
+def test_psm_tokens_hold_back_the_last_prefix_token_for_the_middle(tok):
+    ex = ServedExamples(tok, FILES, seed=1)
+    prefix, suffix, middle = "value = compute_tot", "\n", "al(items)"
+    ids = ex._layout(prefix, suffix, middle, spm=False)
+    mid = ids.index(tok.middle_id)
+    assert tok.decode_infill(ids[mid + 1 : -1]).endswith("al(items)")
+    assert tok.decode(ids[2 : ids.index(tok.suffix_id)]) + tok.decode_infill(ids[mid + 1 : -1]) == prefix + middle
+
+
+def test_windows_hold_whole_examples_each_opening_with_one(tok):
+    files = FILES * 2
+    examples = served_examples(tok, [SourceFile(f"p{i // 3}-1", f.path, f.text) for i, f in enumerate(files)],
+                               max_tokens=512, seed=0)
+    filler = np.arange(3000, dtype=np.uint16) % 50 + 100
+    out, counts = pack_windows(examples, 512, 6, filler, seed=0)
+    assert counts["served_windows"] == 6 and counts["served_examples"] >= 6
+    for w in out.reshape(6, 512):
+        assert w[0] == tok.bos_id
+        ends = np.flatnonzero(w == tok.eot_id)
+        assert len(ends) >= 1  # at least one example, ended where it should be
+        assert (w[ends[-1] + 1 :] >= 100).all()  # the rest is filler, no cut example
+
+
+def test_every_package_is_visited_not_only_the_first(tok):
+    files = [SourceFile(f"pkg{k}-1", f.path, f.text) for k in range(4) for f in FILES]
+    gen = served_examples(tok, files, max_tokens=1024, seed=0, per_cycle=8)
+    assert {next(gen).package for _ in range(8)} == {"pkg0-1", "pkg1-1", "pkg2-1", "pkg3-1"}
