@@ -169,10 +169,9 @@ def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers:
     if bin_path.is_file() and meta_path.is_file():
         return load_stream(bin_path, json.loads(meta_path.read_text()))
     t = time.time()
-    files = read_corpus(run)
+    all_files = read_corpus(run)  # served examples draw on every file, the windows on a sample
     limit = max_chars or st["max_chars"]
-    if limit > 0:
-        files = sample_files(files, limit, seed=0)
+    files = sample_files(all_files, limit, seed=0) if limit > 0 else all_files
     workers = workers or os.cpu_count() or 1
     groups = contiguous_groups(files, workers * 4)
     tok_path = str(run / "tokenizer.model")
@@ -188,7 +187,7 @@ def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers:
         stream, counts = mix_windows(stream, recall, st["seq_len"], n_windows, share, seed=passes)
         docs.update(counts)
     if "served_share" in st:  # repository examples laid out by the server, beside the windows above
-        stream, counts = add_served_windows(stream, st, run, tok_path, seed=passes)
+        stream, counts = add_served_windows(stream, st, all_files, tok_path, seed=passes)
         docs.update(counts)
     h = hashlib.sha256(f"{stage}:{st['seq_len']}:{passes}:{len(groups)}:{st.get('recall_share')}:"
                        f"{st.get('served_share')}\n".encode())
@@ -217,14 +216,14 @@ def manifest_files(files: list[SourceFile], run_manifest: Path) -> list[SourceFi
     return [f for f in files if f.repo.rsplit("-", 1)[0] not in unrecorded]
 
 
-def add_served_windows(stream: np.ndarray, st: dict, run: Path, tok_path: str, seed: int):
+def add_served_windows(stream: np.ndarray, st: dict, files: list[SourceFile], tok_path: str, seed: int):
     """The stream with served-example windows appended (served_share of all windows; the sampler
-    draws windows in a random order, so where they sit does not matter)."""
+    draws windows in a random order, so where they sit does not matter), drawn from `files`: the whole
+    corpus, not the stage's sample, so that each package keeps all its files."""
     from served import pack_windows, served_examples
 
     seq_len, share = st["seq_len"], st["served_share"]
     n_served = int(stream.size // seq_len * share / (1 - share))
-    files = read_corpus(run)
     # About 1.3 examples fill a window (a prompt at the full budget fills one alone).
     examples = served_examples(Tokenizer(tok_path), files, seq_len, seed=seed, per_cycle=int(n_served * 1.4))
     served, counts = pack_windows(examples, seq_len, n_served, stream, seed=seed)
@@ -285,7 +284,8 @@ def write_shards(run: Path, stage: str, out: Path) -> None:
             tmp = stack.enter_context(atomic_file(out / f"{stage}-{i}.safetensors"))
             save_file(shard, str(tmp), metadata=meta)
     for stale in out.glob(f"{stage}-*.safetensors"):  # a previous, longer set's extra shards
-        if stale.stem.removeprefix(f"{stage}-").isdigit() and int(stale.stem.removeprefix(f"{stage}-")) >= len(shards):
+        index = stale.stem.removeprefix(f"{stage}-")
+        if index.isdigit() and int(index) >= len(shards):
             stale.unlink()
     print(f"{ckpt} (step {state['step']}) -> {len(shards)} files {out}/{stage}-*.safetensors", flush=True)
 
