@@ -83,10 +83,13 @@ class Gatherer:
             body = "\n".join(lines)
             if body.strip():
                 out.append(Snippet(path, body.rstrip("\n") + "\n", start, start + len(lines), "edit"))
-        if (index is not None or req.others) and (req.language in PY_LANGS or req.path.endswith(".py")):
-            out += self._definition_snippets(req, index, texts)
         if index is not None or req.others:
-            out += self._import_snippets(req, index, texts)
+            # The import lines and the file list serve both the definitions and the imports.
+            import_lines = "\n".join(_IMPORT_LINE.findall(req.text[:200_000]))
+            files = self._workspace_files(index, frozenset(texts))
+            if req.language in PY_LANGS or req.path.endswith(".py"):
+                out += self._definition_snippets(req, index, texts, import_lines, files)
+            out += self._import_snippets(req, index, texts, import_lines, files)
         if len(req.text) <= MAX_LOCAL_CHARS:
             out += self._cached_windows(req.path, req.text, req.version, "local")
         if index is not None and similar_limit > 0:
@@ -107,16 +110,18 @@ class Gatherer:
         self._windows[key] = (version, wins)
         return wins
 
-    def _definition_snippets(self, req: Request, index: WorkspaceIndex | None,
-                             open_docs: dict[str, OpenDoc]) -> list[Snippet]:
+    def _workspace_files(self, index: WorkspaceIndex | None, open_paths: frozenset[str]) -> set[str]:
+        """The indexed files and the open documents, rebuilt only when either changes."""
+        key = (index.generation if index is not None else 0, open_paths)
+        if self._files is None or self._files[0] != key:
+            self._files = (key, (index.paths() if index is not None else set()) | set(open_paths))
+        return self._files[1]
+
+    def _definition_snippets(self, req: Request, index: WorkspaceIndex | None, open_docs: dict[str, OpenDoc],
+                             import_lines: str, files: set[str]) -> list[Snippet]:
         generation = index.generation if index is not None else 0
-        open_paths = frozenset(open_docs)
-        if self._files is None or self._files[0] != (generation, open_paths):
-            files = (index.paths() if index is not None else set()) | set(open_paths)
-            self._files = ((generation, open_paths), files)
         if self._module_memo[0] != generation:
             self._module_memo = (generation, {})
-        import_lines = "\n".join(_IMPORT_LINE.findall(req.text[:200_000]))
         if self._buffer_imports is None or self._buffer_imports[:2] != (req.path, import_lines):
             self._buffer_imports = (req.path, import_lines, buffer_imports(req.text))
 
@@ -124,19 +129,17 @@ class Gatherer:
             doc = open_docs.get(path)
             return doc.text if doc is not None else index.text(path) if index is not None else None
 
-        return definition_snippets(req.path, req.text, req.cursor, self._files[1], read, self._outlines,
+        return definition_snippets(req.path, req.text, req.cursor, files, read, self._outlines,
                                    self._buffer_imports[2], self._module_memo[1])
 
-    def _import_snippets(self, req: Request, index: WorkspaceIndex | None,
-                         open_docs: dict[str, OpenDoc]) -> list[Snippet]:
+    def _import_snippets(self, req: Request, index: WorkspaceIndex | None, open_docs: dict[str, OpenDoc],
+                         import_lines: str, files: set[str]) -> list[Snippet]:
         # Resolving imports scans the file list: do it again only when the import lines or the
         # set of files change.
-        import_lines = "\n".join(_IMPORT_LINE.findall(req.text[:200_000]))
         digest = hashlib.blake2b(import_lines.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
         key = (req.path, digest, index.generation if index is not None else 0)
         targets = self._imports.get(key)
         if targets is None:
-            files = (index.paths() if index is not None else set()) | set(open_docs)
             targets = resolve_imports(req.path, import_lines, req.language, files)
             self._imports.drop_where(lambda k: k[0] == req.path)  # one entry per file
             self._imports[key] = targets
