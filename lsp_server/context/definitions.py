@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from ..lru import LRU
 from .imports import python_module_file
 from .refs import Binding, buffer_imports, cursor_chain, enclosing_class, names_near
 from .snippets import Snippet
@@ -74,19 +74,14 @@ class OutlineCache:
     files (least recently used dropped first)."""
 
     def __init__(self, max_entries: int = 256) -> None:
-        self._entries: OrderedDict[str, tuple[str, ModuleOutline | None]] = OrderedDict()
-        self._max = max_entries
+        self._entries: LRU[str, tuple[str, ModuleOutline | None]] = LRU(max_entries)
 
     def get(self, path: str, text: str) -> ModuleOutline | None:
         hit = self._entries.get(path)
         if hit is not None and (hit[0] is text or hit[0] == text):
-            self._entries.move_to_end(path)
             return hit[1]
         outline = outline_module(text) if len(text) <= MAX_OUTLINE_CHARS else None
         self._entries[path] = (text, outline)
-        self._entries.move_to_end(path)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
         return outline
 
     def __len__(self) -> int:
