@@ -41,6 +41,8 @@ from typing import Any
 from crossfile_cases import PACKAGES, Case, Package, build_cases, sample_cases
 from lsp_session import REPO, Editor, configure, percentile, start_server, stop_server, wait_ready
 
+from engine.atomic import atomic_directory  # importable: lsp_session put the repository on the path
+
 CACHE = REPO / ".cache" / "crossfile"
 
 
@@ -68,12 +70,9 @@ def workspace(pkg: Package) -> Path:
         subprocess.run([*pip_command(), "download", "--no-deps", "--only-binary", ":all:", "-q",
                         f"{pkg.name}=={pkg.version}", "-d", str(wheels)], check=True)
     wheel = next(wheels.glob(f"{pkg.name}-{pkg.version}-*.whl"))
-    tmp = root.with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with zipfile.ZipFile(wheel) as zf:
+    with atomic_directory(root) as tmp, zipfile.ZipFile(wheel) as zf:
         zf.extractall(tmp, [n for n in zf.namelist() if ".dist-info/" not in n and n.endswith(".py")])
-    subprocess.run(["git", "init", "-q", str(tmp)], check=True)
-    tmp.rename(root)
+        subprocess.run(["git", "init", "-q", str(tmp)], check=True)
     return root
 
 
