@@ -124,14 +124,6 @@ class WorkspaceIndex:
             hits = self.bm25.search(query, limit + len(exclude or ()) * 4)
         return [h for h in hits if not exclude or h.path not in exclude][:limit]
 
-    def relative(self, path: str | os.PathLike[str]) -> str | None:
-        """Workspace-relative "/" path of an absolute path, or None when outside the workspace."""
-        try:
-            rel = Path(path).resolve().relative_to(self.root)
-        except (ValueError, OSError):
-            return None
-        return rel.as_posix()
-
     # ---- watching -----------------------------------------------------------------------------
 
     def start_watching(self) -> bool:
