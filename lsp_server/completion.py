@@ -344,8 +344,7 @@ class CompletionService:
     def gather_candidates(self, snap: Request, budget: int) -> list[Snippet]:
         """Snippets from open documents, recent edits, imports and the index (worker thread)."""
         query = query_words(snap.text, snap.cursor)
-        index = None if snap.isolated else self.get_index()
-        return self._gatherer.gather(snap, index, query, similar_limit=similar_limit(budget))
+        return self._gatherer.gather(snap, self.get_index(), query, similar_limit=similar_limit(budget))
 
     def _run_then_trim(self, *args: Any) -> Suggestion | None:
         try:

@@ -67,6 +67,8 @@ class Gatherer:
 
     def gather(self, req: Request, index: WorkspaceIndex | None, query: set[str],
                similar_limit: int = 32) -> list[Snippet]:
+        if req.isolated:  # a file outside the workspace: no other file's content joins it
+            index = None
         out: list[Snippet] = []
         open_paths = {d.path for d in req.others} | {req.path}
         texts = {d.path: d for d in req.others}

@@ -33,8 +33,6 @@ def build_prompt(req: Request, index: WorkspaceIndex | None, gatherer: Gatherer,
     """Prefix and suffix for the cursor of `req`: repository context gathered (unless turned off)
     and packed with the file into `budget` tokens. `previous` is the document's last layout, which
     keeps the prompt stable from one keystroke to the next."""
-    if req.isolated:  # a file outside the workspace: no other file's content joins it
-        index = None
     candidates = (gatherer.gather(req, index, query_words(req.text, req.cursor), similar_limit(budget))
                   if repository_context else [])
     return build_context(text=req.text, cursor=req.cursor, path=req.path, language=req.language,
