@@ -97,8 +97,7 @@ def adapter_state(model: Transformer) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: Transformer, out_dir: str | Path, cfg: LoRAConfig, meta: dict) -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)  # atomic_file creates it
     state = {k: v.float() if v.dtype != torch.float32 else v for k, v in adapter_state(model).items()}
     info = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
             "train_embeddings": cfg.train_embeddings, "train_norms": cfg.train_norms, **meta}
