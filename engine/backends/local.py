@@ -86,14 +86,11 @@ class CachePool:
             # Nothing shared: an empty cache (its request was cancelled before prefill) serves, else
             # a new one (the least recently used goes when the pool is full).
             best = next((c for c in self.caches if not c.tokens), None)
-            if best is None:
-                best = KVCache(self.loaded.args, capacity, self.device, self.dtype)
-            else:
-                self.caches.remove(best)
-            self.caches.append(best)
+        if best is None:
+            best = KVCache(self.loaded.args, capacity, self.device, self.dtype)
         else:
             self.caches.remove(best)
-            self.caches.append(best)
+        self.caches.append(best)  # most recently used last
         best.ensure_capacity(capacity)
         self._recent_needs.append(capacity)
         peak = max(self._recent_needs)
