@@ -11,13 +11,12 @@ files, which are parsed once per file text and kept in a bounded cache.
 
 from __future__ import annotations
 
-import posixpath
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from ..lru import LRU
-from .imports import python_module_file
+from .imports import python_module_file, relative_stem
 from .refs import Binding, buffer_imports, cursor_chain, enclosing_class, names_near
 from .snippets import Snippet
 from .symbols import Definition, ModuleOutline, outline_module
@@ -58,11 +57,7 @@ def module_file(from_path: str, level: int, module: str, files: Collection[str],
                 memo.clear()
             memo[key] = found
         return found
-    base = posixpath.dirname(from_path)
-    for _ in range(level - 1):
-        base = posixpath.dirname(base)
-    stem = posixpath.join(base, module.replace(".", "/")) if module else base
-    stem = stem.lstrip("/")
+    stem = relative_stem(from_path, level, module)
     for cand in (stem + ".py", stem + "/__init__.py", stem + ".pyi"):
         if cand in files:
             return cand

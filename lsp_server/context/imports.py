@@ -34,9 +34,18 @@ def python_module_file(module: str, files: Collection[str]) -> str | None:
     return _by_suffix(files, [base + ".py", base + "/__init__.py", base + ".pyi"])
 
 
+def relative_stem(from_path: str, level: int, module: str) -> str:
+    """The path, without extension, of a relative import (`level` dots, then `module`) in `from_path`:
+    one dot is this package, each further dot one level up."""
+    base = posixpath.dirname(from_path)
+    for _ in range(level - 1):
+        base = posixpath.dirname(base)
+    stem = posixpath.join(base, module.replace(".", "/")) if module else base
+    return stem.lstrip("/")
+
+
 def python_imports(path: str, text: str, files: Collection[str]) -> list[str]:
     out: list[str] = []
-    here = posixpath.dirname(path)
     for m in _PY_IMPORT.finditer(text):
         for part in m.group(1).split(","):
             name = part.strip().split(" ")[0]
@@ -45,12 +54,7 @@ def python_imports(path: str, text: str, files: Collection[str]) -> list[str]:
     for m in _PY_FROM.finditer(text):
         dots, module, names = m.group(1), m.group(2), m.group(3)
         if dots:
-            # Relative import: one dot is this package, each further dot one level up.
-            base = here
-            for _ in range(len(dots) - 1):
-                base = posixpath.dirname(base)
-            stem = posixpath.join(base, module.replace(".", "/")) if module else base
-            stem = stem.lstrip("/")
+            stem = relative_stem(path, len(dots), module)
             candidates = [f"{stem}/{n.strip()}.py" for n in names.split(",") if n.strip().isidentifier()]
             candidates += [stem + ".py", stem + "/__init__.py"]
             hit = next((c for c in candidates if c in files), None)
