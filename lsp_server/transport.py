@@ -32,20 +32,21 @@ async def read_loop(read_some: Callable[[], Awaitable[bytes]], receive: Callable
             stalled = frames.take_stalled()
             if stalled is not None:
                 log.warning("a message is shorter than its Content-Length said; handling it anyway")
-                try:
-                    receive(stalled)
-                except Exception:
-                    log.exception("a message could not be handled")
+                _hand_over(receive, stalled)
             continue
         data, pending = pending.result(), None
         if not data:
             log.info("the client closed the connection")
             return
         for body in frames.feed(data):
-            try:
-                receive(body)
-            except Exception:  # never let one message end the connection (and so the server)
-                log.exception("a message could not be handled")
+            _hand_over(receive, body)
+
+
+def _hand_over(receive: Callable[[bytes], Any], body: bytes) -> None:
+    try:
+        receive(body)
+    except Exception:  # never let one message end the connection (and so the server)
+        log.exception("a message could not be handled")
 
 
 def stdin_reader(stdin: BinaryIO, executor: Any) -> Callable[[], Awaitable[bytes]]:
