@@ -41,20 +41,11 @@ from lsprotocol import types as T
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.client import LanguageClient
 
+from lsp_server.memory import resident_bytes
+
 REQUEST_CANCELLED = -32800
 PAUSE_AFTER = set(" .(,:=[{")
 SCRATCH_FILES = 12  # names of files the session writes on disk (rewritten and deleted in turn)
-
-
-def rss_bytes(pid: int) -> int | None:
-    """Resident memory of a process, from /proc (Linux)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 def copy_package(name: str, dest: Path) -> tuple[Path, str]:
@@ -234,7 +225,7 @@ class Session:
 
 async def sample_memory(pid: int, samples: list[tuple[float, int]], every: float, t0: float) -> None:
     while True:
-        rss = rss_bytes(pid)
+        rss = resident_bytes(pid)
         if rss is None:
             return
         samples.append((time.monotonic() - t0, rss))
@@ -260,7 +251,7 @@ async def main_async(args: argparse.Namespace) -> int:
     session = Session(client, workspace, rng, args.budget)
     print(f"# Soak: {args.minutes} min, {package} ({len(session.files)} files, {ready['indexedFiles']} indexed), "
           f"budget {args.budget} tokens, {ready['description']}, seed {args.seed}; RSS when ready "
-          f"{mb(rss_bytes(pid))} MB\n", flush=True)
+          f"{mb(resident_bytes(pid))} MB\n", flush=True)
     print("| minute | RSS MB | status: resident MB | KV cache MB | index files | index MB | requests sent "
           "| answered | cancelled | errors | slowest answer s |")
     print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)

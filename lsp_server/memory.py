@@ -20,10 +20,11 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def resident_bytes() -> int | None:
-    """This process's resident memory (VmRSS), or None where /proc is not available."""
+def resident_bytes(pid: int | str = "self") -> int | None:
+    """A process's resident memory (VmRSS; this process by default), or None where /proc is not
+    available or the process is gone."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) * 1024
