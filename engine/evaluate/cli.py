@@ -237,8 +237,8 @@ def _command_line() -> str | None:
 
 
 def _first_max_seq_len(args: argparse.Namespace) -> int:
-    from engine import default_model_dir
     from engine.checkpoints import read_args
+    from engine.paths import default_model_dir
 
     model_args, _ = read_args(args.model[0] if args.model else default_model_dir())
     return model_args.max_seq_len
