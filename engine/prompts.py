@@ -11,14 +11,14 @@ def psm_prompt(tok: Tokenizer, prefix: str, suffix: str) -> list[int]:
     The prefix is encoded like the start of a document (implicit leading space, which the
     `▁<PRE>` piece's own space stands for); the suffix continues mid-stream.
     """
-    _require_infill(tok)
+    ids = tok.infill_ids()
     return (
-        [tok.bos_id, tok.prefix_id]
+        [tok.bos_id, ids.prefix]
         + tok.encode(prefix)
-        + [tok.suffix_id]
+        + [ids.suffix]
         + tok.encode_infill(suffix)
-        + [tok.middle_id]
-    )  # type: ignore[list-item]
+        + [ids.middle]
+    )
 
 
 def spm_prompt(tok: Tokenizer, prefix: str, suffix: str) -> list[int]:
@@ -27,13 +27,13 @@ def spm_prompt(tok: Tokenizer, prefix: str, suffix: str) -> list[int]:
     As in Meta's reference, the prefix keeps its implicit leading space here too. It comes last, so
     typing at the cursor only appends tokens to the prompt (the KV cache of what is before stays valid).
     """
-    _require_infill(tok)
+    ids = tok.infill_ids()
     return (
-        [tok.bos_id, tok.prefix_id, tok.suffix_id]
+        [tok.bos_id, ids.prefix, ids.suffix]
         + tok.encode_infill(suffix)
-        + [tok.middle_id]
+        + [ids.middle]
         + tok.encode(prefix)
-    )  # type: ignore[list-item]
+    )
 
 
 def infill_prompt(tok: Tokenizer, prefix: str, suffix: str, fim_format: str) -> list[int]:
@@ -102,7 +102,3 @@ def fim_prompt_text(prefix: str, suffix: str, fim_format: str, markers: str = PL
         return f"<PRE>{spaced} <SUF>{suffix} <MID>"
     return f"<PRE> <SUF>{suffix} <MID>{spaced}"
 
-
-def _require_infill(tok: Tokenizer) -> None:
-    if not tok.can_infill:
-        raise ValueError(f"{tok.path}: this model has no infilling pieces; use left_to_right_prompt")

@@ -42,6 +42,7 @@ from engine.backends.base import (
     InstructRequest,
     OnText,
     ShouldStop,
+    StopReason,
     Timings,
 )
 from engine.backends.connection import EOF, POLL_S, Client, Exchange, Transient, error_text, parse_server_url
@@ -310,7 +311,8 @@ class RemoteBackend:
         """One try. Raises Transient for a failure before any text arrived (worth retrying)."""
         exchange = Exchange(self.http, "POST", endpoint, payload)
         self._active.add(exchange)
-        text, reason = "", None
+        text = ""
+        reason: StopReason | None = None
         timings = Timings()
         try:
             for raw in self._payloads(exchange, endpoint, should_stop):

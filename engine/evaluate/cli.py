@@ -137,18 +137,8 @@ def _load(system: System, args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        backend = engine.load_local_backend(system.model, device=args.device, dtype=args.dtype,
-                                            adapter=system.adapter)
-    except ModuleNotFoundError as exc:
-        if exc.name != "engine.adapters":
-            raise
-        # The engine's adapter loader is not in this tree yet: apply with the training module's.
-        from engine.train.lora import apply_adapter
-
-        backend = engine.load_local_backend(system.model, device=args.device, dtype=args.dtype)
-        apply_adapter(backend.model, system.adapter)
-        backend.adapter = Path(system.adapter)
+    backend = engine.load_local_backend(system.model, device=args.device, dtype=args.dtype,
+                                        adapter=system.adapter)
     if args.rope_theta:
         backend.model.args.rope_theta = args.rope_theta
     return backend
