@@ -10,8 +10,7 @@ Public API (what the language server, the training module and the CLI use):
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from engine.backends.base import (
     Backend,
@@ -21,20 +20,19 @@ from engine.backends.base import (
     InstructRequest,
     Timings,
 )
+from engine.paths import default_model_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def default_model_dir() -> Path:
-    """The embedded default model shipped in the repository (override: CODELLAMA_DEFAULT_MODEL)."""
-    override = os.environ.get("CODELLAMA_DEFAULT_MODEL")
-    return Path(override) if override else REPO_ROOT / "models" / "default"
+if TYPE_CHECKING:
+    from engine.backends.local import load_local_backend
 
 
-def load_local_backend(*args, **kwargs):  # noqa: ANN002, ANN003 - thin re-export, see LocalBackend
-    from engine.backends.local import load_local_backend as _load
+def __getattr__(name: str) -> Any:
+    # load_local_backend imports torch (seconds): only when asked for, so `import engine` stays light.
+    if name == "load_local_backend":
+        from engine.backends.local import load_local_backend
 
-    return _load(*args, **kwargs)
+        return load_local_backend
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
 
 
 __all__ = [

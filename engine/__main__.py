@@ -74,8 +74,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from engine import default_model_dir
     from engine.checkpoints import read_args
+    from engine.paths import default_model_dir
     from engine.tokenizer import Tokenizer
 
     path = Path(args.model) if args.model else default_model_dir()

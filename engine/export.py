@@ -268,7 +268,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, adapter: str | Path
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from engine import default_model_dir
+    from engine.paths import default_model_dir
 
     model_dir = Path(args.model) if args.model else default_model_dir()
     if args.format == "gguf":

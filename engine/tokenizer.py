@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from sentencepiece import SentencePieceProcessor, sentencepiece_model_pb2
 
@@ -17,6 +18,13 @@ def encodable(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return text
+
+
+class InfillIds(NamedTuple):
+    prefix: int
+    suffix: int
+    middle: int
+    eot: int
 
 
 class TokenizerError(ValueError):
@@ -35,7 +43,7 @@ class Tokenizer:
             raise TokenizerError(f"{self.path}: not a readable sentencepiece model ({exc})") from exc
         # A second processor without the implicit leading space, for text that continues mid-stream
         # (the suffix, the generated middle). Same vocabulary and merges, one normaliser flag changed.
-        proto = sentencepiece_model_pb2.ModelProto()
+        proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # generated protobuf code
         proto.ParseFromString(proto_bytes)
         proto.normalizer_spec.add_dummy_prefix = False
         proto.denormalizer_spec.add_dummy_prefix = False
@@ -56,6 +64,12 @@ class Tokenizer:
     @property
     def can_infill(self) -> bool:
         return None not in (self.prefix_id, self.suffix_id, self.middle_id, self.eot_id)
+
+    def infill_ids(self) -> InfillIds:
+        """The four infilling pieces' ids; ValueError for a model without them (Code Llama – Python)."""
+        if self.prefix_id is None or self.suffix_id is None or self.middle_id is None or self.eot_id is None:
+            raise ValueError(f"{self.path}: this model has no infilling pieces; use left_to_right_prompt")
+        return InfillIds(self.prefix_id, self.suffix_id, self.middle_id, self.eot_id)
 
     def stop_ids(self) -> set[int]:
         """Ids that end a generation: EOS, and <EOT> where the model has it."""

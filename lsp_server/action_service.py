@@ -61,7 +61,8 @@ class ActionArgs:
     def parse(cls, raw: Any) -> ActionArgs:
         if not isinstance(raw, dict):
             raise ActionError(f"{RUN_ACTION} takes one object argument {{action, uri, range}}")
-        action, uri, rng = raw.get("action"), raw.get("uri"), raw.get("range")
+        action, uri = raw.get("action"), raw.get("uri")
+        rng: Any = raw.get("range")
         if action not in A.ACTIONS:
             raise ActionError(f"unknown action {action!r}; one of {', '.join(A.ACTIONS)}")
         if not isinstance(uri, str):

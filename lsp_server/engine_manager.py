@@ -28,13 +28,9 @@ Loader = Callable[[Settings], Backend]
 def load_backend(settings: Settings) -> Backend:
     """The backend the settings ask for. Raises BackendError with a user-facing message."""
     if settings.backend != "local":
-        try:
-            from engine.backends.remote import RemoteBackend  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise BackendError(
-                f"codellama.backend = {settings.backend!r}: remote backends are not available in this "
-                "build; use \"local\"") from exc
-        return RemoteBackend(  # type: ignore[no-any-return]
+        from engine.backends.remote import RemoteBackend
+
+        return RemoteBackend(
             settings.backend, api_key=settings.api_key or os.environ.get("CODELLAMA_API_KEY"),
             model=settings.remote_model)
     from engine import load_local_backend

@@ -200,7 +200,9 @@ def _trim_line(lines: list[str], at_cursor: _Open) -> list[str]:
         return lines[:-1]
     end = ends[-1]
     if text[end : end + 1] in OPENERS:
-        end -= len(_CALLEE.search(text[line_start:end]).group())  # `len(` goes with `len`
+        callee = _CALLEE.search(text[line_start:end])
+        assert callee is not None  # the pattern matches any text (at least its empty end)
+        end -= len(callee.group())  # `len(` goes with `len`
     last = _strip_dangling(text[line_start:end])
     return lines[:-1] + ["" if keyword.iskeyword(last.strip()) else last]  # a lone `return`: nothing
 

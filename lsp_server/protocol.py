@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from typing import Any
 
 import attrs
@@ -122,8 +123,9 @@ class RobustProtocol(LanguageServerProtocol):
         if isinstance(message, list):
             # A JSON-RPC batch, which LSP does not allow: refuse each request in it under its own id
             # (its sender waits for those), or the whole batch once when it holds none.
-            for msg_id in batch_request_ids(message) or [None]:
-                self._reply_error(msg_id, INVALID_REQUEST, "LSP does not allow batches: send each message alone")
+            ids: list[int | str | None] = [*batch_request_ids(message)] or [None]
+            for batch_id in ids:
+                self._reply_error(batch_id, INVALID_REQUEST, "LSP does not allow batches: send each message alone")
             return
         if not hasattr(message, "jsonrpc") or message.jsonrpc != self.VERSION:
             # Not a JSON-RPC 2.0 message: answer it when it looks like a request (or is no object
@@ -162,8 +164,11 @@ class RobustProtocol(LanguageServerProtocol):
         super()._run_generator(future, gen=gen, result_future=result_future)
         for key in self._request_futures.keys() - before:
             child = self._request_futures[key]
-            child.add_done_callback(lambda _, key=key: self._request_futures.pop(key, None))
+            child.add_done_callback(partial(self._forget_future, key))
             result_future.add_done_callback(lambda f, child=child: child.cancel() if f.cancelled() else None)
+
+    def _forget_future(self, key: Any, _done: Any) -> None:
+        self._request_futures.pop(key, None)
 
     def _execute_handler(self, msg_id: Any, handler: Any, callback: Any, args: Any = None,
                          kwargs: Any = None) -> None:

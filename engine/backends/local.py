@@ -23,6 +23,7 @@ from engine.cache import KVCache
 from engine.checkpoints import CheckpointError, LoadedModel, load_model
 from engine.generate import Sampling, common_prefix_length, generate, prefill
 from engine.healing import TokenHealer
+from engine.paths import default_model_dir
 from engine.prompts import infill_prompt, instruct_prompt, left_to_right_prompt
 
 
@@ -275,8 +276,6 @@ def load_local_backend(
 
     Raises BackendError with a user-facing message for anything the user must fix.
     """
-    from engine import default_model_dir
-
     path = Path(model_dir) if model_dir else default_model_dir()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)

@@ -137,18 +137,8 @@ def _load(system: System, args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        backend = engine.load_local_backend(system.model, device=args.device, dtype=args.dtype,
-                                            adapter=system.adapter)
-    except ModuleNotFoundError as exc:
-        if exc.name != "engine.adapters":
-            raise
-        # The engine's adapter loader is not in this tree yet: apply with the training module's.
-        from engine.train.lora import apply_adapter
-
-        backend = engine.load_local_backend(system.model, device=args.device, dtype=args.dtype)
-        apply_adapter(backend.model, system.adapter)
-        backend.adapter = Path(system.adapter)
+    backend = engine.load_local_backend(system.model, device=args.device, dtype=args.dtype,
+                                        adapter=system.adapter)
     if args.rope_theta:
         backend.model.args.rope_theta = args.rope_theta
     return backend
@@ -237,8 +227,8 @@ def _command_line() -> str | None:
 
 
 def _first_max_seq_len(args: argparse.Namespace) -> int:
-    from engine import default_model_dir
     from engine.checkpoints import read_args
+    from engine.paths import default_model_dir
 
     model_args, _ = read_args(args.model[0] if args.model else default_model_dir())
     return model_args.max_seq_len

@@ -83,4 +83,4 @@ def evaluate(cases: Sequence[LineCase], complete: Completer, fim_format: str, pr
         if progress:
             progress(n, len(cases))
     n = len(results)
-    return {"cases": n, "exact_match": sum(r["exact"] for r in results) / n if n else 0.0, "results": results}
+    return {"cases": n, "exact_match": sum(bool(r["exact"]) for r in results) / n if n else 0.0, "results": results}

@@ -68,11 +68,13 @@ def plot_curve(xs: list[float], ys: list[float], out: str | Path) -> Path:
     _text(px, 2, H - MARGIN - 2, f"{lo:.2f}", (0, 0, 0))
     _text(px, MARGIN, H - MARGIN + 8, f"{x0:.0f}", (0, 0, 0))
     _text(px, W - MARGIN - 24, H - MARGIN + 8, f"{x1:.0f}", (0, 0, 0))
-    ema, prev_raw, prev_ema = ys[0], None, None
+    ema = ys[0]
+    prev_raw: tuple[int, int] | None = None
+    prev_ema: tuple[int, int] | None = None
     for x, y in zip(xs, ys, strict=True):
         ema = 0.9 * ema + 0.1 * y
         p, q = to_px(x, y), to_px(x, ema)
-        if prev_raw:
+        if prev_raw is not None and prev_ema is not None:
             _line(px, *prev_raw, *p, (170, 200, 240))
             _line(px, *prev_ema, *q, (20, 60, 160))
         prev_raw, prev_ema = p, q

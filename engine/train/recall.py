@@ -141,8 +141,9 @@ class RecallDocuments:
             lines = self.filler.lines
             # Each line from its own random place (the draw, offset by i, is what the shipped model saw).
             suffix = "".join(lines[(r.randrange(len(lines)) + i) % len(lines)] for i in range(3))
-            head = [tok.bos_id, tok.prefix_id, tok.suffix_id] + tok.encode_infill(suffix) + [tok.middle_id]
-            tail = tok.encode_infill(last.answer + "\n") + [tok.eot_id]
+            ids = tok.infill_ids()
+            head = [tok.bos_id, ids.prefix, ids.suffix] + tok.encode_infill(suffix) + [ids.middle]
+            tail = tok.encode_infill(last.answer + "\n") + [ids.eot]
         else:
             head, tail = [tok.bos_id], [tok.eos_id]
         fixed = len(head) + sum(map(len, qa)) + sum(map(len, defs)) + len(tail)

@@ -228,8 +228,8 @@ def definition_snippets(path: str, text: str, cursor: int, files: Collection[str
     owner, partial = cursor_chain(text, cursor)
     cls = enclosing_class(text, cursor)
     if owner in ("self", "cls") and cls is not None:
-        for i, found in enumerate(_class_bases(resolver, path, cls.bases, bindings)):
-            add([_snippet(found, BOOST_AT_CURSOR - 0.01 * i)])  # nearest base first
+        for i, base in enumerate(_class_bases(resolver, path, cls.bases, bindings)):
+            add([_snippet(base, BOOST_AT_CURSOR - 0.01 * i)])  # nearest base first
     elif owner in bindings:
         found = resolver.binding(path, bindings[owner])
         if found is not None and found.definition is None:
@@ -255,8 +255,8 @@ def definition_snippets(path: str, text: str, cursor: int, files: Collection[str
 
     # 3. The enclosing class's bases, when the cursor is in a class.
     if cls is not None:
-        for i, found in enumerate(_class_bases(resolver, path, cls.bases, bindings)):
-            add([_snippet(found, BOOST_BASES - 0.01 * i)])
+        for i, base in enumerate(_class_bases(resolver, path, cls.bases, bindings)):
+            add([_snippet(base, BOOST_BASES - 0.01 * i)])
 
     # 4. Everything else the file imports from the workspace, in import order.
     for i, bound in enumerate(bindings.values()):

@@ -77,11 +77,11 @@ class Gatherer:
             if len(doc.text) <= MAX_OPEN_CHARS:
                 out += self._cached_windows(doc.path, doc.text, doc.version, "open")
         for path, line in req.edits[:8]:
-            doc = texts.get(path)
-            if doc is None:
+            edited = texts.get(path)
+            if edited is None:
                 continue
             start = max(0, (line // 10) * 10 - 10)  # aligned so the key stays put while typing
-            lines = doc.text.split("\n")[start : start + EDIT_WINDOW]
+            lines = edited.text.split("\n")[start : start + EDIT_WINDOW]
             body = "\n".join(lines)
             if body.strip():
                 out.append(Snippet(path, body.rstrip("\n") + "\n", start, start + len(lines), "edit"))

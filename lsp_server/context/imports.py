@@ -98,8 +98,7 @@ def resolve_imports(path: str, text: str, language: str, files: Collection[str])
         found = js_imports(path, text, files)
     else:
         return []
-    seen: set[str] = set()
-    return [f for f in found if f != path and not (f in seen or seen.add(f))]
+    return [f for f in dict.fromkeys(found) if f != path]  # first occurrences, in order
 
 
 _OUTLINE = {

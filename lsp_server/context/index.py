@@ -15,10 +15,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.sourcefiles import SourceFilter, iter_source_files, read_source_text
 
 from .snippets import BM25, Snippet, windows
+
+if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ class WorkspaceIndex:
         self._bytes: dict[str, int] = {}  # per file: its text and its windows' texts, in memory
         self.total_bytes = 0
         self.generation = 0  # bumped on every change, so callers can cache per generation
-        self._observer = None
+        self._observer: BaseObserver | None = None
         self.on_change: Callable[[str, str], None] | None = None  # (event, rel path)
         # Paths changed on disk (absolute -> whether an event called it a directory), for the updater.
         self._pending: dict[str, bool] = {}
@@ -149,9 +153,10 @@ class WorkspaceIndex:
                     log.exception("index update failed for %s", event)
 
         try:
-            self._observer = Observer()
-            self._observer.schedule(Handler(), str(self.root), recursive=True)
-            self._observer.start()
+            observer = Observer()
+            observer.schedule(Handler(), str(self.root), recursive=True)
+            observer.start()
+            self._observer = observer
         except Exception as exc:  # e.g. out of inotify watches
             log.warning("cannot watch %s: %s", self.root, exc)
             self._observer = None

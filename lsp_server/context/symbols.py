@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 MAX_SIGNATURE_LINES = 6
 MAX_VALUE_CHARS = 160
@@ -130,7 +131,7 @@ def _render_class(lines: list[str], node: ast.ClassDef) -> tuple[list[str], list
     seen = set(members)
     for func in sorted(functions, key=lambda f: f.name != "__init__"):
         for stmt in _self_assignments(func):
-            for target in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:  # type: ignore[attr-defined]
+            for target in stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]:
                 if _is_self_attr(target) and target.attr not in seen and len(seen) < 200:
                     seen.add(target.attr)
                     members.append(target.attr)
@@ -144,7 +145,7 @@ def _render_class(lines: list[str], node: ast.ClassDef) -> tuple[list[str], list
     return out, members
 
 
-def _is_self_attr(target: ast.expr) -> bool:
+def _is_self_attr(target: ast.expr) -> TypeGuard[ast.Attribute]:
     return isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"
 
 

@@ -23,13 +23,10 @@ import pytest
 import sentencepiece as spm
 
 from engine.backends.base import BackendError, CompletionRequest, InstructRequest
-from engine.backends.remote import (
-    RemoteBackend,
-    cut_at_stop,
-    fim_prompt_text,
-    instruct_prompt_text,
-    parse_server_url,
-)
+from engine.backends.connection import parse_server_url
+from engine.backends.remote import RemoteBackend
+from engine.backends.sse import cut_at_stop
+from engine.prompts import fim_prompt_text, instruct_prompt_text
 
 Route = Callable[["Handler", Any], None]
 

@@ -21,8 +21,7 @@ import torch  # noqa: E402
 
 from benchmarks.gguf_parity import PROMPTS, TEXTS, llama_greedy  # noqa: E402
 from engine.backends.base import CompletionRequest  # noqa: E402
-from engine.backends.remote import PIECE_MARKERS, fim_prompt_text  # noqa: E402
-from engine.prompts import infill_prompt  # noqa: E402
+from engine.prompts import PIECE_MARKERS, fim_prompt_text, infill_prompt  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

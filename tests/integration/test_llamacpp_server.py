@@ -20,7 +20,8 @@ import pytest_asyncio
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make test-integration)")
 
 from engine.backends.base import CompletionRequest  # noqa: E402
-from engine.backends.remote import PIECE_MARKERS, RemoteBackend, fim_prompt_text  # noqa: E402
+from engine.backends.remote import RemoteBackend  # noqa: E402
+from engine.prompts import PIECE_MARKERS, fim_prompt_text  # noqa: E402
 from tests.lsp import lsp_client as lc  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

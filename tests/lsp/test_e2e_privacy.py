@@ -106,7 +106,7 @@ def test_a_secret_typed_into_the_document_is_redacted_and_a_secret_file_gets_no_
 
 
 def test_a_code_action_on_code_holding_a_secret_is_refused(server: RawServer, workspace: Path):
-    uri = (workspace / "deploy.py").as_uri()
+    uri = open_doc(server, workspace / "deploy.py", f'ACCESS_KEY = "{AWS_KEY}"\n')
     answer = server.request("action", "workspace/executeCommand", {"command": "codellama.runAction", "arguments": [
         {"action": "explain", "uri": uri, "range": {"start": {"line": 0, "character": 0},
                                                    "end": {"line": 1, "character": 0}}}]})
