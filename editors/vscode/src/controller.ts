@@ -9,7 +9,7 @@ import * as vscode from "vscode";
 import { CrashPolicy } from "./crashes";
 import { resolvePython, serverCommand, ResolvedPython, ServerCommand, missingServerHint } from "./python";
 import { describeExit, spawnServer, ServerProcess } from "./serverProcess";
-import { affectsServer, affectsServerProcess, initializationOptions, serverSettings } from "./settings";
+import { affectsServer, affectsServerProcess, initializationOptions, serverSchema, ServerSchema, serverSettings } from "./settings";
 import { mergeStatus, ProcessState, renderStatus, ServerStatus } from "./status";
 
 export const STATUS_NOTIFICATION = "codellama/status";
@@ -54,12 +54,17 @@ export class ServerController implements vscode.Disposable {
   private readonly disposables: vscode.Disposable[] = [];
   /** Set while stop() runs, so a deliberate stop is not reported as a crash. */
   private stopping = false;
+  /** The server's settings keys, read from this extension's package.json (the one source). */
+  readonly schema: ServerSchema;
+  /** The API key from secret storage ('Code Llama: Set API key'); wins over the setting. */
+  private apiKey: string | undefined;
 
   constructor(
     private readonly extensionPath: string,
     private readonly createClient: ClientFactory,
     readonly output: vscode.LogOutputChannel,
   ) {
+    this.schema = serverSchema(JSON.parse(fs.readFileSync(`${extensionPath}/package.json`, "utf8")));
     this.statusItem = vscode.window.createStatusBarItem("codellama.status", vscode.StatusBarAlignment.Right, 100);
     this.statusItem.name = "Code Llama";
     this.statusItem.command = "codellama.toggle";
@@ -169,8 +174,8 @@ export class ServerController implements vscode.Disposable {
       command,
       outputChannel: this.output,
       spawn: () => this.spawn(command),
-      initializationOptions: () => initializationOptions(this.config()),
-      serverSection: () => serverSettings(this.config()),
+      initializationOptions: () => initializationOptions(this.config(), this.schema, this.apiKey),
+      serverSection: () => this.serverSection(),
       isEnabled: () => this.enabled,
       onClosed: () => this.onClosed(),
     };
@@ -236,13 +241,29 @@ export class ServerController implements vscode.Disposable {
       await this.restart();
       return;
     }
-    if (affectsServer(affects)) {
+    if (affectsServer(affects, this.schema)) {
       this.render();
-      const client = this.languageClient;
-      if (client) {
-        await client.sendNotification("workspace/didChangeConfiguration", { settings: { codellama: serverSettings(this.config()) } });
-      }
+      await this.pushSettings();
     }
+  }
+
+  /** The `codellama` section as the server gets it. */
+  serverSection(): Record<string, unknown> {
+    return serverSettings(this.config(), this.schema, this.apiKey);
+  }
+
+  private async pushSettings(): Promise<void> {
+    const client = this.languageClient;
+    if (client) {
+      await client.sendNotification("workspace/didChangeConfiguration", { settings: { codellama: this.serverSection() } });
+    }
+  }
+
+  /** A new API key from secret storage (undefined: none): the server gets it at once. */
+  async setApiKey(apiKey: string | undefined): Promise<void> {
+    if ((apiKey || undefined) === this.apiKey) return;
+    this.apiKey = apiKey || undefined;
+    await this.pushSettings();
   }
 
   private render(): void {

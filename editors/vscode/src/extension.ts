@@ -13,6 +13,7 @@ import {
 } from "vscode-languageclient/node";
 import { askQuestion, runCodeActionCommand, withQuestion } from "./codeActions";
 import { ClientHooks, ClientLike, ServerController } from "./controller";
+import { API_KEY_SECRET } from "./settings";
 import { runTrainCommand } from "./trainCommand";
 
 let controller: ServerController | undefined;
@@ -30,8 +31,28 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("codellama.showOutput", () => output.show(true)),
     vscode.commands.registerCommand("codellama.codeAction", () => runCodeActionCommand(ctl)),
     vscode.commands.registerCommand("codellama.trainAdapter", () => runTrainCommand(ctl)),
+    vscode.commands.registerCommand("codellama.setApiKey", () => setApiKey(context.secrets)),
+    // Set from this window or another one: the server gets the new key either way.
+    context.secrets.onDidChange(async (e) => {
+      if (e.key === API_KEY_SECRET) await ctl.setApiKey(await context.secrets.get(API_KEY_SECRET));
+    }),
   );
+  await ctl.setApiKey(await context.secrets.get(API_KEY_SECRET));
   await ctl.start();
+}
+
+/** 'Code Llama: Set API key': kept in VS Code's secret storage, never written to settings.json. */
+async function setApiKey(secrets: vscode.SecretStorage): Promise<void> {
+  const key = await vscode.window.showInputBox({
+    title: "Code Llama: API key for the remote backend",
+    prompt: "Sent as 'Authorization: Bearer' to the codellama.backend host only. Kept in VS Code's secret storage. Empty: remove the stored key.",
+    password: true,
+    ignoreFocusOut: true,
+  });
+  if (key === undefined) return; // cancelled
+  if (key.trim()) await secrets.store(API_KEY_SECRET, key.trim());
+  else await secrets.delete(API_KEY_SECRET);
+  void vscode.window.showInformationMessage(key.trim() ? "Code Llama: API key stored." : "Code Llama: stored API key removed.");
 }
 
 export async function deactivate(): Promise<void> {
