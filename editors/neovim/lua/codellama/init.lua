@@ -329,6 +329,9 @@ function M.setup(opts)
       M.attach(ev.buf)
     end,
   })
+  require('codellama.retry').setup(group, function(bufnr)
+    M.trigger(bufnr)
+  end)
   api.nvim_create_autocmd('LspDetach', {
     group = group,
     callback = function(ev)

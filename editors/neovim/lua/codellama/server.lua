@@ -129,11 +129,27 @@ local function capabilities()
   return caps
 end
 
+--- Called with a client id when its server's model becomes ready (set by init.lua).
+---@type fun(client_id: integer)?
+M.on_ready = nil
+
 local function on_status(_, params, ctx)
   if type(params) == 'table' then
-    M.status[ctx.client_id] = vim.tbl_extend('force', M.status[ctx.client_id] or {}, params)
+    local previous = M.status[ctx.client_id] or {}
+    M.status[ctx.client_id] = vim.tbl_extend('force', previous, params)
     vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false })
+    if previous.state ~= 'ready' and params.state == 'ready' and M.on_ready then
+      M.on_ready(ctx.client_id)
+    end
   end
+end
+
+--- Is the client's model loaded (its last status says "ready")?
+---@param client_id integer
+---@return boolean
+function M.ready(client_id)
+  local s = M.status[client_id]
+  return s ~= nil and s.state == 'ready'
 end
 
 --- Starts (or reuses) the client for the buffer's root and attaches the buffer.
