@@ -10,6 +10,7 @@ import { CrashPolicy } from "./crashes";
 import { resolvePython, serverCommand, ResolvedPython, ServerCommand, missingServerHint } from "./python";
 import { describeExit, spawnServer, ServerProcess } from "./serverProcess";
 import { affectsServer, affectsServerProcess, initializationOptions, serverSchema, ServerSchema, serverSettings } from "./settings";
+import { AskAgainWhenReady, Spot } from "./retry";
 import { mergeStatus, ProcessState, renderStatus, ServerStatus } from "./status";
 
 export const STATUS_NOTIFICATION = "codellama/status";
@@ -34,6 +35,8 @@ export interface ClientHooks {
   serverSection(): Record<string, unknown>;
   /** Client-side switch: when false, inline completion requests are not even sent. */
   isEnabled(): boolean;
+  /** An inline suggestion is being asked for at `spot`. */
+  onInlineRequest(spot: Spot): void;
   /** Called when the connection closes; resolves to true when the client should restart the server. */
   onClosed(): Promise<boolean>;
   outputChannel: vscode.LogOutputChannel;
@@ -58,6 +61,7 @@ export class ServerController implements vscode.Disposable {
   readonly schema: ServerSchema;
   /** The API key from secret storage ('Code Llama: Set API key'); wins over the setting. */
   private apiKey: string | undefined;
+  private readonly askAgain = new AskAgainWhenReady();
 
   constructor(
     private readonly extensionPath: string,
@@ -177,6 +181,7 @@ export class ServerController implements vscode.Disposable {
       initializationOptions: () => initializationOptions(this.config(), this.schema, this.apiKey),
       serverSection: () => this.serverSection(),
       isEnabled: () => this.enabled,
+      onInlineRequest: (spot) => this.askAgain.requested(spot, this.server?.state === "ready"),
       onClosed: () => this.onClosed(),
     };
   }
@@ -229,9 +234,13 @@ export class ServerController implements vscode.Disposable {
 
   onStatus(params: ServerStatus | null | undefined): void {
     if (!params) return;
+    const wasReady = this.server?.state === "ready";
     this.server = mergeStatus(this.server, params);
     if (this.processState === "starting" && this.client) this.processState = "running";
     this.render();
+    if (!wasReady && this.server.state === "ready" && this.askAgain.becameReady(activeSpot())) {
+      void vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
+    }
   }
 
   private async onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promise<void> {
@@ -292,6 +301,14 @@ export function canImportServer(python: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** Where the cursor of the active editor is (undefined with a selection: nobody waits for a suggestion). */
+function activeSpot(): Spot | undefined {
+  const editor = vscode.window.activeTextEditor;
+  if (!editor || !editor.selection.isEmpty) return undefined;
+  const { line, character } = editor.selection.active;
+  return { uri: editor.document.uri.toString(), version: editor.document.version, line, character };
 }
 
 function errorText(err: unknown): string {

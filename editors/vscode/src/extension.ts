@@ -80,8 +80,11 @@ export function createLanguageClient(hooks: ClientHooks): ClientLike {
         const withArgs = await withQuestion(command, args, askQuestion);
         return withArgs ? next(command, withArgs) : undefined;
       },
-      provideInlineCompletionItems: (document, position, context, token, next) =>
-        hooks.isEnabled() ? next(document, position, context, token) : null,
+      provideInlineCompletionItems: (document, position, context, token, next) => {
+        if (!hooks.isEnabled()) return null;
+        hooks.onInlineRequest({ uri: document.uri.toString(), version: document.version, line: position.line, character: position.character });
+        return next(document, position, context, token);
+      },
       workspace: {
         // The server pulls section `codellama`: answer it with the server keys only (pythonPath and
         // the other client-side settings stay here), other sections as VS Code would.

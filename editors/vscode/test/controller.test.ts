@@ -1,6 +1,6 @@
 // The controller with the `vscode` module stubbed and a fake language client: what the user sees in the
 // status bar and in messages, and what the server is sent, for the common lifecycle events.
-import { installVscodeStub, setUserSetting, shown, statusItems, userSettings, workspace } from "./vscodeStub";
+import { installVscodeStub, setUserSetting, shown, statusItems, userSettings, window, workspace } from "./vscodeStub";
 installVscodeStub();
 
 import { test, beforeEach } from "node:test";
@@ -93,6 +93,43 @@ test("the status bar follows codellama/status notifications", async () => {
   assert.equal(item.text, "$(sparkle) default-model · cpu");
   client.notify("codellama/status", { lastLatencyMs: 87.4 });
   assert.equal(item.text, "$(sparkle) default-model · cpu · 87 ms");
+  controller.dispose();
+});
+
+/** An active editor in the stub, its cursor at (line, character) with nothing selected. */
+function activeEditor(uri: string, version: number, line: number, character: number) {
+  (window as any).activeTextEditor = {
+    document: { uri: { toString: () => uri }, version },
+    selection: { isEmpty: true, active: { line, character } },
+  };
+}
+
+test("a suggestion asked for while the model loads is asked for again, once, when it is ready", async () => {
+  const { controller, clients } = makeController();
+  await controller.start();
+  const client = clients[clients.length - 1];
+  const triggers = () => shown.commands.filter((c) => c.command === "editor.action.inlineSuggest.trigger").length;
+  client.notify("codellama/status", { state: "loading", model: "default" });
+  client.hooks.onInlineRequest({ uri: "file:///p/a.py", version: 3, line: 4, character: 4 });
+  activeEditor("file:///p/a.py", 3, 4, 4);
+  client.notify("codellama/status", { state: "ready" });
+  assert.equal(triggers(), 1, "asked again where the user waits");
+  client.notify("codellama/status", { state: "ready", lastLatencyMs: 80 });
+  assert.equal(triggers(), 1, "only once");
+
+  // Reloaded (a model change), asked while loading, but the user typed on: nothing is asked for.
+  client.notify("codellama/status", { state: "loading" });
+  client.hooks.onInlineRequest({ uri: "file:///p/a.py", version: 4, line: 4, character: 5 });
+  activeEditor("file:///p/a.py", 5, 4, 6);
+  client.notify("codellama/status", { state: "ready" });
+  assert.equal(triggers(), 1, "the document moved on");
+
+  // Asked while ready: nothing to ask again.
+  client.hooks.onInlineRequest({ uri: "file:///p/a.py", version: 5, line: 4, character: 6 });
+  client.notify("codellama/status", { state: "loading" });
+  client.notify("codellama/status", { state: "ready" });
+  assert.equal(triggers(), 1);
+  (window as any).activeTextEditor = undefined;
   controller.dispose();
 });
 
