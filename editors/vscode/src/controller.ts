@@ -39,6 +39,8 @@ export interface ClientHooks {
   onInlineRequest(spot: Spot): void;
   /** Called when the connection closes; resolves to true when the client should restart the server. */
   onClosed(): Promise<boolean>;
+  /** A transport failure the client only logged (the controller shows what the user needs to know). */
+  onTransportError(message: string): void;
   outputChannel: vscode.LogOutputChannel;
 }
 
@@ -123,6 +125,7 @@ export class ServerController implements vscode.Disposable {
       this.fail(reason);
       return;
     }
+    if ((this.processState as ProcessState) === "failed") return; // closed during initialize (see onClosed)
     this.processState = "running";
     this.render();
     try {
@@ -183,6 +186,7 @@ export class ServerController implements vscode.Disposable {
       isEnabled: () => this.enabled,
       onInlineRequest: (spot) => this.askAgain.requested(spot, this.server?.state === "ready"),
       onClosed: () => this.onClosed(),
+      onTransportError: (message) => void this.onTransportError(message),
     };
   }
 
@@ -202,7 +206,14 @@ export class ServerController implements vscode.Disposable {
 
   private async onClosed(): Promise<boolean> {
     if (this.stopping) return false;
+    const neverRan = this.processState !== "running";
     const reason = this.exited ? await withTimeout(this.exited, 3000, "the connection closed") : "the connection closed";
+    if (neverRan) {
+      // No Python, no language server in it, a crash on import: restarting would only repeat the
+      // failure. One message (the client then resolves start() as if nothing happened).
+      this.fail(reason);
+      return false;
+    }
     const decision = this.crashes.onCrash(reason);
     this.output.appendLine(decision.message);
     if (decision.restart) {
@@ -216,7 +227,18 @@ export class ServerController implements vscode.Disposable {
     return decision.restart;
   }
 
+  /** A restart after a crash that could not even start the process: say so, once. (A failed first
+   *  start rejects start(), which reports it; a broken connection ends in onClosed.) */
+  private async onTransportError(message: string): Promise<void> {
+    if (!/^Restarting server failed/.test(message) || this.processState === "failed") return;
+    const reason = this.exited ? await withTimeout(this.exited, 2000, message) : message;
+    this.fail(reason);
+  }
+
+  /** Stops with one message that says why and how to fix it (once per start: the client may report
+   *  the same failure on several paths). */
   private fail(reason: string, message?: string): void {
+    if (this.processState === "failed") return;
     this.processState = "failed";
     this.failure = reason;
     this.render();

@@ -67,8 +67,15 @@ export function createLanguageClient(hooks: ClientHooks): ClientLike {
     documentSelector: [{ scheme: "file" }, { scheme: "untitled" }],
     outputChannel: hooks.outputChannel,
     initializationOptions: () => hooks.initializationOptions(),
+    // Without this handler the client would show the failed initialize's raw error in a toast.
+    initializationFailedHandler: () => false,
     errorHandler: {
-      error: (_error, _message, count) => ({ action: (count ?? 0) <= 3 ? ErrorAction.Continue : ErrorAction.Shutdown }),
+      // Logged, never a toast: a write to a dead server (EPIPE) is followed by `closed`, where the
+      // controller says once, readably, what happened.
+      error: (_error, _message, count) => ({
+        action: (count ?? 0) <= 3 ? ErrorAction.Continue : ErrorAction.Shutdown,
+        handled: true,
+      }),
       closed: async () => ({
         action: (await hooks.onClosed()) ? CloseAction.Restart : CloseAction.DoNotRestart,
         handled: true, // the controller has shown its own message
@@ -99,5 +106,23 @@ export function createLanguageClient(hooks: ClientHooks): ClientLike {
       },
     },
   };
-  return new LanguageClient("codellama", "Code Llama", serverOptions, clientOptions);
+  return new CodeLlamaClient(serverOptions, clientOptions, hooks);
+}
+
+/**
+ * vscode-languageclient shows its own toasts for transport failures ("couldn't create connection to
+ * server", "connection to server is erroring. write EPIPE"), beside the controller's one message that
+ * says what happened and how to fix it. Those go to the log only, and the controller hears of them.
+ */
+class CodeLlamaClient extends LanguageClient {
+  constructor(serverOptions: ServerOptions, clientOptions: LanguageClientOptions, private readonly hooks: ClientHooks) {
+    super("codellama", "Code Llama", serverOptions, clientOptions);
+  }
+
+  override error(message: string, data?: unknown, showNotification: boolean | "force" = true): void {
+    const transport = showNotification === "force" || message === "Server initialization failed.";
+    if (!transport) return super.error(message, data, showNotification);
+    super.error(message, data, false);
+    this.hooks.onTransportError(message);
+  }
 }

@@ -180,6 +180,7 @@ test("a crashing server is restarted with a message, then given up on with the r
   hooks.command.args.splice(0, hooks.command.args.length, "-e", "console.error(\"ModuleNotFoundError: No module named 'lsp_server'\"); process.exit(1)");
   let restarts = 0;
   for (let i = 0; i < 5; i++) {
+    clients[0].notify("codellama/status", { state: "ready" }); // it ran (a restarted server says so first)
     const child = await hooks.spawn();
     await new Promise((r) => child.once("exit", r));
     if (await hooks.onClosed()) restarts++;
@@ -192,6 +193,32 @@ test("a crashing server is restarted with a message, then given up on with the r
   assert.match(shown.errors[0], /codellama\.pythonPath/);
   assert.match(item.text, /stopped/);
   assert.equal(item.tooltip?.includes("No module named"), true);
+  controller.dispose();
+});
+
+test("a restart that dies before it runs is reported once, not restarted again", async () => {
+  setUserSetting("codellama.pythonPath", process.execPath);
+  const { controller, clients, item } = makeController();
+  await controller.start();
+  const hooks = clients[0].hooks;
+  hooks.command.args.splice(0, hooks.command.args.length, "-e", "console.error(\"ModuleNotFoundError: No module named 'lsp_server'\"); process.exit(1)");
+  let child = await hooks.spawn();
+  await new Promise((r) => child.once("exit", r));
+  assert.equal(await hooks.onClosed(), true, "a server that ran is restarted after a crash");
+  assert.equal(shown.warnings.length, 1);
+  // The restart's process dies during initialize: the client reports "Restarting server failed".
+  child = await hooks.spawn();
+  await new Promise((r) => child.once("exit", r));
+  assert.equal(await hooks.onClosed(), false, "not restarted again");
+  hooks.onTransportError("Restarting server failed");
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(shown.warnings.length, 1);
+  assert.equal(shown.errors.length, 1, "one message");
+  assert.match(shown.errors[0], /could not start: .*No module named 'lsp_server'/);
+  hooks.onTransportError("Restarting server failed");
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(shown.errors.length, 1, "still one message");
+  assert.match(item.text, /stopped/);
   controller.dispose();
 });
 
