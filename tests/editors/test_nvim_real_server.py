@@ -177,6 +177,15 @@ def test_real_server_suggestion_dismiss_type_through_and_accept(fork_server_read
     assert ed.cursor() == (end_row, end_col)
     assert ed.mode() == "i"
 
+    # The server counted what became of its suggestions (kept for the session, shown by :CodellamaStatus).
+    counts = ed.wait_for("the accept counted by the server", lambda: (lambda a: a and a["accepted"] == 1 and a)(
+        ed.lua("local c = vim.lsp.get_clients({bufnr = 0, name = 'codellama'})[1] "
+               "return require('codellama.server').status[c.id].acceptance")))
+    assert counts["dismissed"] == 1 and counts["acceptedWord"] == 0 and counts["acceptedLine"] == 0, counts
+    assert counts["shown"] >= 2, counts  # the first suggestion, and again after Alt-backslash
+    ed.command("CodellamaStatus")
+    assert "1 accepted (1 whole, 0 word, 0 line), 1 dismissed" in ed.messages()
+
     # :checkhealth reports the running server with the default model.
     ed.stopinsert()
     ed.wait_for("Normal mode", lambda: ed.mode() == "n")

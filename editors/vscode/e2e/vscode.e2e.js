@@ -136,6 +136,7 @@ function codeServerArgs(dirs, port) {
     "--disable-update-check",
     "--disable-workspace-trust",
     "--disable-getting-started-override",
+    ...(process.env.CODELLAMA_E2E_LOG ? ["--log", process.env.CODELLAMA_E2E_LOG] : []),
   ];
 }
 
@@ -216,6 +217,7 @@ async function inVSCode(name, settings, scenario) {
     }, READY_MS, 250);
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"] });
     page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+    await page.bringToFront();
     await page.goto(`http://127.0.0.1:${port}/?folder=${encodeURIComponent(project)}`);
     await page.waitForSelector(".monaco-workbench", { timeout: READY_MS });
     await scenario(page);
@@ -258,9 +260,19 @@ async function editingSession(page) {
   await page.keyboard.type("5");
   await page.keyboard.press("Enter");
   await page.keyboard.press("End");
-  await page.keyboard.type("r");
-  await waitFor("the request made while loading to be answered (server log)", () =>
-    /no model loaded yet: a suggestion at calc\.py:5:6/.test(serverLogText()), SUGGEST_MS);
+  // In a headless browser VS Code now and then does not ask after the first keystroke (about one run in
+  // four, the request never leaves the extension host): then the user types a second letter, still while
+  // the model loads.
+  let typed = "";
+  for (const letter of "re") {
+    await page.keyboard.type(letter);
+    typed += letter;
+    const asked = new RegExp(`no model loaded yet: a suggestion at calc\\.py:5:${5 + typed.length}`);
+    const seen = await waitFor("the request made while loading to be answered (server log)", () => asked.test(serverLogText()),
+      typed.length === 1 ? 10_000 : SUGGEST_MS).catch((err) => (typed.length === 1 ? false : Promise.reject(err)));
+    if (seen) break;
+  }
+  const line5 = `    ${typed}`;
   assert.match(await statusBarText(page), /loading/, "still loading");
   assert.equal(await ghostText(page), "", "no ghost text while the model loads");
 
@@ -274,12 +286,12 @@ async function editingSession(page) {
   const suggestion = await waitFor("the ghost text once the model is ready", () => ghostText(page), SUGGEST_MS);
   step(`ghost text: ${JSON.stringify(suggestion)}`);
   assert.ok(suggestion.trim(), "a visible suggestion is not blank");
-  assert.equal((await editorLines(page))[4], "    r", "ghost text is not buffer text");
+  assert.equal((await editorLines(page))[4], line5, "ghost text is not buffer text");
 
   step("Esc dismisses");
   await page.keyboard.press("Escape");
   await waitFor("the ghost text to go", async () => (await ghostText(page)) === "");
-  assert.equal((await editorLines(page))[4], "    r");
+  assert.equal((await editorLines(page))[4], line5);
 
   step("Alt+\\ asks again");
   await page.keyboard.press("Alt+Backslash");
@@ -290,16 +302,16 @@ async function editingSession(page) {
   await page.keyboard.press("Control+ArrowRight");
   const afterWord = await waitFor("part of the suggestion in the buffer", async () => {
     const line = (await editorLines(page))[4];
-    return line !== "    r" && line;
+    return line !== line5 && line;
   });
-  const accepted = afterWord.slice("    r".length);
+  const accepted = afterWord.slice(line5.length);
   assert.ok(suggestion.startsWith(accepted), `the accepted word ${JSON.stringify(accepted)} starts the suggestion`);
   assert.ok(accepted.length < suggestion.split("\n")[0].length || suggestion.includes("\n"), "only a word was accepted");
 
   step("Tab accepts the rest");
   await waitFor("the rest of the suggestion", async () => (await ghostText(page)) !== "");
   await page.keyboard.press("Tab");
-  const firstLine = "    r" + suggestion.split("\n")[0];
+  const firstLine = line5 + suggestion.split("\n")[0];
   await waitFor("the whole suggestion in the buffer", async () => (await editorLines(page))[4] === firstLine);
   assert.equal(await ghostText(page), "", "nothing left to accept");
 
@@ -338,6 +350,16 @@ async function editingSession(page) {
   assert.match(message, /instruct/i, "the message says why (the model does not follow instructions)");
   assert.deepEqual(await editorLines(page), before, "nothing was run on the code");
 
+  step("the session's acceptance statistics in the status bar's tooltip");
+  const item = page.locator(".statusbar-item", { hasText: "default ·" }).first();
+  await item.hover();
+  const tooltip = await waitFor("the tooltip", () =>
+    page.$$eval(".workbench-hover, .monaco-hover", (hovers) => hovers.map((h) => h.textContent ?? "").join(" ")).then((t) =>
+      /Suggestions this session/.test(t) && t));
+  step(`tooltip: ${tooltip}`);
+  assert.match(tooltip, /accepted \(1 whole, 1 word, 0 line\) · 1 dismissed/, "Tab, Ctrl+Right and Esc were counted");
+  assert.match(tooltip, /Suggestions this session: ([2-9]|\d\d+) shown/, "the suggestions shown were counted");
+
   step("checking the server log");
   const log = serverLogText();
   assert.ok(log.includes("model ready"), "the server log is this session's");
@@ -366,8 +388,8 @@ async function pythonWithoutServer(page) {
 async function main() {
   writeProject();
   step(`temporary folder ${tmp}`);
-  await inVSCode("session", { "codellama.pythonPath": gatedPython() }, editingSession);
-  await inVSCode("no-server", { "codellama.pythonPath": "/usr/bin/python3" }, pythonWithoutServer);
+  if (!process.env.CODELLAMA_E2E_ONLY_NO_SERVER) await inVSCode("session", { "codellama.pythonPath": gatedPython(), "codellama.trace.server": "messages" }, editingSession);
+  if (!process.env.CODELLAMA_E2E_ONLY_SESSION) await inVSCode("no-server", { "codellama.pythonPath": "/usr/bin/python3" }, pythonWithoutServer);
   fs.rmSync(tmp, { recursive: true, force: true });
 }
 

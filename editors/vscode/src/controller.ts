@@ -15,6 +15,7 @@ import { mergeStatus, ProcessState, renderStatus, ServerStatus } from "./status"
 
 export const STATUS_NOTIFICATION = "codellama/status";
 export const GET_STATUS_REQUEST = "codellama/getStatus";
+export const SUGGESTION_EVENT = "codellama.suggestionEvent";
 
 /** The subset of vscode-languageclient's LanguageClient the controller uses. */
 export interface ClientLike {
@@ -260,8 +261,12 @@ export class ServerController implements vscode.Disposable {
     this.server = mergeStatus(this.server, params);
     if (this.processState === "starting" && this.client) this.processState = "running";
     this.render();
-    if (!wasReady && this.server.state === "ready" && this.askAgain.becameReady(activeSpot())) {
-      void vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
+    if (!wasReady && this.server.state === "ready") {
+      const spot = activeSpot();
+      if (this.askAgain.becameReady(spot)) {
+        this.output.appendLine(`The model is ready: asking again for the suggestion at ${spot?.line}:${spot?.character}.`);
+        void askAgain();
+      }
     }
   }
 
@@ -287,6 +292,17 @@ export class ServerController implements vscode.Disposable {
     const client = this.languageClient;
     if (client) {
       await client.sendNotification("workspace/didChangeConfiguration", { settings: { codellama: this.serverSection() } });
+    }
+  }
+
+  /** Tells the server what became of its suggestion ("word", "line", "dismissed"): the session's
+   *  acceptance statistics (shown in the tooltip, sent nowhere else). A whole accept runs the item's own
+   *  command instead. */
+  async suggestionEvent(event: "word" | "line" | "dismissed"): Promise<void> {
+    try {
+      await this.languageClient?.sendRequest("workspace/executeCommand", { command: SUGGESTION_EVENT, arguments: [{ event }] });
+    } catch {
+      // an older server, or it is restarting: only a count is lost
     }
   }
 
@@ -323,6 +339,14 @@ export function canImportServer(python: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Asks VS Code for the inline suggestion at the cursor again (an explicit trigger: VS Code asks the
+ * server again after an automatic request at the same place, but keeps an explicit one's answer).
+ */
+async function askAgain(): Promise<void> {
+  await vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
 }
 
 /** Where the cursor of the active editor is (undefined with a selection: nobody waits for a suggestion). */

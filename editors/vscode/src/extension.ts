@@ -32,6 +32,11 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("codellama.codeAction", () => runCodeActionCommand(ctl)),
     vscode.commands.registerCommand("codellama.trainAdapter", () => runTrainCommand(ctl)),
     vscode.commands.registerCommand("codellama.setApiKey", () => setApiKey(context.secrets)),
+    // VS Code's own accept-word/line and hide, bound to the same keys while a suggestion shows, and
+    // counted for the session's statistics (a whole accept runs the item's command, counted by the server).
+    vscode.commands.registerCommand("codellama.acceptWord", () => withEvent("editor.action.inlineSuggest.acceptNextWord", "word")),
+    vscode.commands.registerCommand("codellama.acceptLine", () => withEvent("editor.action.inlineSuggest.acceptNextLine", "line")),
+    vscode.commands.registerCommand("codellama.dismiss", () => withEvent("editor.action.inlineSuggest.hide", "dismissed")),
     // Set from this window or another one: the server gets the new key either way.
     context.secrets.onDidChange(async (e) => {
       if (e.key === API_KEY_SECRET) await ctl.setApiKey(await context.secrets.get(API_KEY_SECRET));
@@ -39,6 +44,11 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
   );
   await ctl.setApiKey(await context.secrets.get(API_KEY_SECRET));
   await ctl.start();
+
+  async function withEvent(command: string, event: "word" | "line" | "dismissed"): Promise<void> {
+    await vscode.commands.executeCommand(command);
+    await ctl.suggestionEvent(event);
+  }
 }
 
 /** 'Code Llama: Set API key': kept in VS Code's secret storage, never written to settings.json. */

@@ -189,6 +189,26 @@ function M.start(bufnr, opts, on_attach)
   }, { bufnr = bufnr })
 end
 
+--- Runs a server command (an LSP `Command`) for the buffer, ignoring the answer.
+---@param bufnr integer
+---@param command { command: string, arguments?: any[] }
+---@param client_id? integer default: the buffer's codellama client
+function M.execute(bufnr, command, client_id)
+  local client = client_id and vim.lsp.get_client_by_id(client_id) or M.clients(bufnr)[1]
+  if client then
+    local params = { command = command.command, arguments = command.arguments }
+    pcall(M.request, client, 'workspace/executeCommand', params, function() end, bufnr)
+  end
+end
+
+--- Tells the server what became of its suggestion ("word", "line", "dismissed"), for the session's
+--- acceptance statistics (kept by the server, shown by :CodellamaStatus, sent nowhere else).
+---@param bufnr integer
+---@param event string
+function M.suggestion_event(bufnr, event)
+  M.execute(bufnr, { command = 'codellama.suggestionEvent', arguments = { { event = event } } })
+end
+
 --- Sends new settings to every running client (and keeps them for clients started later).
 ---@param opts codellama.Options
 function M.push_settings(opts)
