@@ -7,14 +7,19 @@
 //
 // Environment: CODELLAMA_E2E_MODULES (the folder whose node_modules hold code-server and playwright-core),
 // CODELLAMA_E2E_PYTHON (the Python with the server installed), CODELLAMA_E2E_VSIX, CHROMIUM (default
-// /usr/bin/chromium). What it does, as a user would:
+// /usr/bin/chromium); for diagnosis CODELLAMA_E2E_LOG=trace (code-server's log level, the LSP trace
+// included), CODELLAMA_E2E_ONLY_SESSION or CODELLAMA_E2E_ONLY_NO_SERVER (one scenario).
+// What it does, as a user would:
 //   1. opens calc.py while the model is still loading (the load is held by tests/gated_server.py), types
 //      where a suggestion is due, and does nothing more: the ghost text appears once the status bar says
 //      the model is ready;
 //   2. Esc dismisses it, Alt+\ asks again, Ctrl+Right accepts one word, Tab accepts the rest;
 //   3. the code actions of the selection are offered greyed out with their reason (the default model
 //      does not follow instructions), and choosing one runs nothing and shows the reason;
-//   4. the server log of the session has no deserialisation or invalid-params errors.
+//   4. the tooltip of the status bar counts what became of the suggestions (1 whole, 1 word, 1 dismissed);
+//   5. the server log of the session has no deserialisation or invalid-params errors;
+//   6. with a Python that lacks the language server: one message that says how to fix it, and none of
+//      vscode-languageclient's raw transport errors (EPIPE, "connection to server is erroring").
 // On failure the temporary folder with a screenshot, the server log and code-server's log is kept.
 "use strict";
 const assert = require("node:assert/strict");
