@@ -171,13 +171,18 @@ test("a settings change is pushed to the server with every server key", async ()
   controller.dispose();
 });
 
-test("a crashing server is restarted with a message, then given up on with the reason", async () => {
+/** A started controller whose "server", when spawned, dies like a broken install would. */
+async function startWithBrokenServer() {
   setUserSetting("codellama.pythonPath", process.execPath);
   const { controller, clients, item } = makeController();
   await controller.start();
   const hooks = clients[0].hooks;
-  // Make the "server" a process that dies like a broken install would.
   hooks.command.args.splice(0, hooks.command.args.length, "-e", "console.error(\"ModuleNotFoundError: No module named 'lsp_server'\"); process.exit(1)");
+  return { controller, clients, item, hooks };
+}
+
+test("a crashing server is restarted with a message, then given up on with the reason", async () => {
+  const { controller, clients, item, hooks } = await startWithBrokenServer();
   let restarts = 0;
   for (let i = 0; i < 5; i++) {
     clients[0].notify("codellama/status", { state: "ready" }); // it ran (a restarted server says so first)
@@ -197,11 +202,7 @@ test("a crashing server is restarted with a message, then given up on with the r
 });
 
 test("a restart that dies before it runs is reported once, not restarted again", async () => {
-  setUserSetting("codellama.pythonPath", process.execPath);
-  const { controller, clients, item } = makeController();
-  await controller.start();
-  const hooks = clients[0].hooks;
-  hooks.command.args.splice(0, hooks.command.args.length, "-e", "console.error(\"ModuleNotFoundError: No module named 'lsp_server'\"); process.exit(1)");
+  const { controller, clients, item, hooks } = await startWithBrokenServer();
   let child = await hooks.spawn();
   await new Promise((r) => child.once("exit", r));
   assert.equal(await hooks.onClosed(), true, "a server that ran is restarted after a crash");
