@@ -2,7 +2,9 @@
 //
 // Inline suggestions come from the client's built-in LSP 3.18 inline completion feature, so VS Code's
 // own commands work on them: Tab accepts, Ctrl+Right accepts a word, Alt+] / Alt+[ switch suggestions,
-// Esc dismisses; this extension adds a key for "accept line".
+// Esc dismisses; this extension adds a key for "accept line", and binds Ctrl+Right, Ctrl+Alt+Right and
+// Esc to the same commands followed by a note to the server for the session's acceptance counts (if
+// another extension's suggestion is showing, it is counted too).
 import * as vscode from "vscode";
 import {
   CloseAction,
