@@ -8,7 +8,8 @@
 // Environment: CODELLAMA_E2E_MODULES (the folder whose node_modules hold code-server and playwright-core),
 // CODELLAMA_E2E_PYTHON (the Python with the server installed), CODELLAMA_E2E_VSIX, CHROMIUM (default
 // /usr/bin/chromium); for diagnosis CODELLAMA_E2E_LOG=trace (code-server's log level, the LSP trace
-// included), CODELLAMA_E2E_ONLY_SESSION or CODELLAMA_E2E_ONLY_NO_SERVER (one scenario).
+// included), CODELLAMA_E2E_ONLY_SESSION or CODELLAMA_E2E_ONLY_NO_SERVER (the session only, or the
+// broken-Python scenarios only).
 // What it does, as a user would:
 //   1. opens calc.py while the model is still loading (the load is held by tests/gated_server.py), types
 //      where a suggestion is due, and does nothing more: the ghost text appears once the status bar says
@@ -18,7 +19,7 @@
 //      does not follow instructions), and choosing one runs nothing and shows the reason;
 //   4. the tooltip of the status bar counts what became of the suggestions (1 whole, 1 word, 1 dismissed);
 //   5. the server log of the session has no deserialisation or invalid-params errors;
-//   6. with a Python that lacks the language server: one message that says how to fix it, and none of
+//   6. with a Python that lacks the language server, or none at all: one message that says how to fix it, and none of
 //      vscode-languageclient's raw transport errors (EPIPE, "connection to server is erroring").
 // On failure the temporary folder with a screenshot, the server log and code-server's log is kept.
 "use strict";
@@ -373,28 +374,35 @@ async function editingSession(page) {
   assert.deepEqual(toasts.filter((n) => /EPIPE|erroring|Code Llama/.test(n)), [], "no other Code Llama toasts");
 }
 
-/** A Python without the language server: one clear message with the fix, no raw transport errors. */
-async function pythonWithoutServer(page) {
-  await waitFor("the status bar to say the server stopped", async () => /stopped/.test(await statusBarText(page)), READY_MS);
-  // Every notification of the session, toasts that were shown and hidden included.
-  await runCommand(page, "Notifications: Show Notifications");
-  const all = await waitFor("the message that the server could not start", async () => {
-    const shown = await notifications(page);
-    return shown.some((n) => /could not start/.test(n)) && shown;
-  }, 30_000);
-  step(`notifications: ${JSON.stringify(all)}`);
-  const ours = all.filter((n) => /Code Llama|codellama|lsp_server/.test(n));
-  assert.equal(ours.length, 1, "one message");
-  assert.match(ours[0], /does not have the language server installed/, "it says what is wrong");
-  assert.match(ours[0], /make install/, "and how to fix it");
-  assert.deepEqual(all.filter((n) => /EPIPE|erroring|couldn't create connection|Pending response/.test(n)), [], "no raw transport errors");
+/** A Python that is missing, or lacks the language server: one clear message that says what is wrong
+ *  (`problem`) and how to fix it, and no raw transport errors. */
+function brokenPython(problem) {
+  return async (page) => {
+    await waitFor("the status bar to say the server stopped", async () => /stopped/.test(await statusBarText(page)), READY_MS);
+    // Every notification of the session, toasts that were shown and hidden included.
+    await runCommand(page, "Notifications: Show Notifications");
+    const all = await waitFor("the message that the server could not start", async () => {
+      const shown = await notifications(page);
+      return shown.some((n) => /could not start/.test(n)) && shown;
+    }, 30_000);
+    step(`notifications: ${JSON.stringify(all)}`);
+    const ours = all.filter((n) => /Code Llama|codellama|lsp_server/.test(n));
+    assert.equal(ours.length, 1, "one message");
+    assert.match(ours[0], problem, "it says what is wrong");
+    assert.match(ours[0], /make install|pythonPath/, "and how to fix it");
+    assert.deepEqual(all.filter((n) => /EPIPE|erroring|couldn't create connection|Pending response/.test(n)), [], "no raw transport errors");
+  };
 }
 
 async function main() {
   writeProject();
   step(`temporary folder ${tmp}`);
   if (!process.env.CODELLAMA_E2E_ONLY_NO_SERVER) await inVSCode("session", { "codellama.pythonPath": gatedPython(), "codellama.trace.server": "messages" }, editingSession);
-  if (!process.env.CODELLAMA_E2E_ONLY_SESSION) await inVSCode("no-server", { "codellama.pythonPath": "/usr/bin/python3" }, pythonWithoutServer);
+  if (!process.env.CODELLAMA_E2E_ONLY_SESSION) {
+    const lacking = brokenPython(/does not have the language server installed/);
+    await inVSCode("no-server", { "codellama.pythonPath": "/usr/bin/python3" }, lacking);
+    await inVSCode("no-python", { "codellama.pythonPath": path.join(tmp, "no-such-python") }, brokenPython(/was not found/));
+  }
   fs.rmSync(tmp, { recursive: true, force: true });
 }
 

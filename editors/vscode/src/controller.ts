@@ -7,7 +7,7 @@ import * as fs from "fs";
 import { execFileSync, ChildProcess } from "child_process";
 import * as vscode from "vscode";
 import { CrashPolicy } from "./crashes";
-import { resolvePython, serverCommand, ResolvedPython, ServerCommand, missingServerHint } from "./python";
+import { resolvePython, serverCommand, ResolvedPython, ServerCommand, missingPythonHint, missingServerHint } from "./python";
 import { describeExit, spawnServer, ServerProcess } from "./serverProcess";
 import { affectsServer, affectsServerProcess, initializationOptions, serverSchema, ServerSchema, serverSettings } from "./settings";
 import { AskAgainWhenReady, Spot } from "./retry";
@@ -246,6 +246,8 @@ export class ServerController implements vscode.Disposable {
     let text = message ?? `Code Llama language server could not start: ${reason}`;
     if (/does not have the language server installed|No module named/.test(reason) && this.python) {
       text += " " + missingServerHint(this.python);
+    } else if (/was not found\.$/.test(reason) && this.python) {
+      text += " " + missingPythonHint(this.python);
     }
     this.output.appendLine(text);
     void vscode.window.showErrorMessage(text, "Show log", "Open settings", "Restart").then((choice) => {

@@ -229,6 +229,7 @@ test("a Python that cannot be started is reported, not silently ignored", async 
   await controller.start();
   assert.equal(shown.errors.length, 1);
   assert.match(shown.errors[0], /could not start: Could not start `\/nonexistent\/bin\/python -m lsp_server`: \/nonexistent\/bin\/python was not found/);
+  assert.match(shown.errors[0], /Check codellama\.pythonPath: .*make install/, "and how to fix it");
   assert.match(item.text, /stopped/);
   controller.dispose();
 });
