@@ -15,7 +15,7 @@ NODE_STAMP := $(VSCODE)/node_modules/.installed
 CHECK_NODE = command -v $(NPM) >/dev/null 2>&1 || { echo "make editors: '$(NPM)' not found. The VS Code extension needs Node.js 20 or newer with npm (https://nodejs.org); install it, or set NPM=/path/to/npm." >&2; exit 1; }; \
 	node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || { echo "make editors: Node.js 20 or newer is required (found $$(node --version))." >&2; exit 1; }
 
-.PHONY: install test test-integration editors demo lint clean
+.PHONY: install test test-integration test-vscode editors demo lint clean
 
 install: $(STAMP)
 
@@ -66,6 +66,32 @@ $(NODE_STAMP): $(VSCODE)/package.json $(VSCODE)/package-lock.json
 	cd $(VSCODE) && $(NPM) ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The packaged extension in a real VS Code (editors/vscode/e2e/vscode.e2e.js): code-server from npm
+# (VS Code 1.100) in Debian's headless chromium, driven by playwright-core (no browser download), with
+# the real server and default model; about 30 s. code-server and playwright-core go into
+# .cache/vscode-e2e once (about a minute). Needs Debian's chromium, ripgrep and libkrb5-dev (.ci/run
+# installs them): code-server's kerberos module compiles against gssapi.h, and @vscode/ripgrep would
+# download rg from GitHub unless its download cache already holds the same version (Debian's rg 13.0.0).
+E2E_DIR := .cache/vscode-e2e
+E2E_STAMP := $(E2E_DIR)/.installed
+CHROMIUM ?= /usr/bin/chromium
+RG_CACHE := $(E2E_DIR)/tmp/vscode-ripgrep-cache-1.15.11
+
+test-vscode: $(STAMP) editors $(E2E_STAMP)
+	CODELLAMA_E2E_MODULES=$(abspath $(E2E_DIR)) CODELLAMA_E2E_PYTHON=$(abspath $(PY)) CHROMIUM=$(CHROMIUM) \
+		node $(VSCODE)/e2e/vscode.e2e.js
+
+$(E2E_STAMP): $(VSCODE)/e2e/package.json $(VSCODE)/e2e/package-lock.json
+	@$(CHECK_NODE)
+	@{ test -x $(CHROMIUM) && command -v rg >/dev/null && test -e /usr/include/gssapi/gssapi.h; } || { echo "make test-vscode needs Debian's chromium, ripgrep and libkrb5-dev: apt-get install chromium ripgrep libkrb5-dev (or set CHROMIUM=/path/to/chromium)" >&2; exit 1; }
+	mkdir -p $(RG_CACHE)
+	d=$$(mktemp -d) && cp "$$(command -v rg)" $$d/rg && tar -czf $(RG_CACHE)/ripgrep-v13.0.0-10-x86_64-unknown-linux-musl.tar.gz -C $$d rg && rm -r $$d
+	cp $(VSCODE)/e2e/package.json $(VSCODE)/e2e/package-lock.json $(E2E_DIR)/
+	# As root, code-server's postinstall needs unsafe-perm; node-pty's runs `npx node-gyp`, which needs yes.
+	cd $(E2E_DIR) && npm_config_unsafe_perm=true npm_config_yes=true TMPDIR=$(abspath $(E2E_DIR))/tmp \
+		$(NPM) ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 demo: $(STAMP)
 	$(PY) -m engine demo
 
@@ -73,4 +99,4 @@ lint: $(STAMP)
 	$(PY) -m ruff check engine lsp_server tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache $(VSCODE)/node_modules $(VSCODE)/out $(VSCODE)/*.vsix
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(VSCODE)/node_modules $(VSCODE)/out $(VSCODE)/*.vsix $(E2E_DIR)

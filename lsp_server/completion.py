@@ -243,6 +243,8 @@ class CompletionService:
 
         backend = self.engine.backend
         if backend is None:
+            log.info("no model loaded yet: a suggestion at %s:%d:%d is answered with nothing", self.path_of(uri),
+                     line + 1, character + 1)
             return None
         job = Job(uri)
         self.jobs[uri] = job

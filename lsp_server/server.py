@@ -32,11 +32,12 @@ from pygls.lsp.server import LanguageServer
 from engine.backends.base import Backend
 
 from . import __version__, capability
+from .acceptance import ACCEPTED, SUGGESTION_EVENT, AcceptanceStats
 from .action_service import RUN_ACTION, ActionArgs, ActionError, ActionOutcome, ActionService, Refused
 from .actions import ACTIONS
 from .completion import CompletionResult, CompletionService
 from .context.index import WorkspaceIndex
-from .documents import UTF8, UTF16, UTF32, DocumentStore
+from .documents import UTF8, UTF16, UTF32, DocumentStore, PositionError
 from .engine_manager import EngineManager, Loader, backend_device, load_backend
 from .memory import resident_bytes
 from .protocol import RobustProtocol, robust_converter
@@ -118,6 +119,7 @@ class CodeLlamaServer(LanguageServer):
         self.actions = ActionService(self.service, lambda: self.settings, lambda: self.root,
                                      lambda: self.can_create_files, lambda: self.can_show_disabled)
         self.action_runs: dict[str, threading.Event] = {}  # progress token -> cancel flag
+        self.acceptance = AcceptanceStats()  # this session's, for the status only
 
     # ---- plumbing -----------------------------------------------------------------------------
 
@@ -226,7 +228,8 @@ class CodeLlamaServer(LanguageServer):
             requestedModel=engine.requested_name, backend=self.settings.backend,
             description=backend.description if backend is not None else None, device=device, dtype=dtype,
             message=message, indexing=self.indexing,
-            indexedFiles=len(self.index) if self.index is not None else 0, memory=self.memory_figures())
+            indexedFiles=len(self.index) if self.index is not None else 0, memory=self.memory_figures(),
+            acceptance=self.acceptance.as_status())
         return dict(self.status)
 
     def memory_figures(self) -> dict[str, int | None]:
@@ -425,6 +428,27 @@ class CodeLlamaServer(LanguageServer):
         self.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"{title}\n\n{text}"))
         return None
 
+    # ---- acceptance statistics (lsp_server/acceptance.py) ---------------------------------------
+
+    def offset(self, uri: str, position: tuple[int, int]) -> int | None:
+        doc = self.docs.get(uri)
+        try:
+            return doc.offset_at(*position) if doc is not None else None
+        except PositionError:
+            return None
+
+    def note_inline_request(self, uri: str, position: tuple[int, int]) -> None:
+        """Typed through: the text between the last suggestion's start and this cursor is part of it."""
+        last, cursor = self.acceptance.last, self.offset(uri, position)
+        doc = self.docs.get(uri)
+        if last is not None and last.uri == uri and doc is not None and cursor is not None and cursor > last.start:
+            self.acceptance.record_request(uri, doc.text[last.start:cursor])
+
+    def note_shown(self, uri: str, result: CompletionResult | None) -> None:
+        start = self.offset(uri, result.start) if result is not None and result.text.strip() else None
+        if result is not None and start is not None:
+            self.acceptance.record_shown(uri, start, result.text)
+
     # ---- settings, model, index ---------------------------------------------------------------
 
     def apply_settings(self, raw: Any) -> None:
@@ -529,8 +553,10 @@ def _client_has(caps: types.ClientCapabilities, path: str) -> bool:
 def _inline_items(result: CompletionResult | None) -> types.InlineCompletionList:
     if result is None or not result.text.strip():  # an empty item would be a suggestion of nothing
         return types.InlineCompletionList(items=[])
+    # The editor runs the item's command when the user accepts it whole (LSP 3.18): counted as accepted.
     return types.InlineCompletionList(items=[
-        types.InlineCompletionItem(insert_text=result.text, range=lsp_range(result.start, result.end))])
+        types.InlineCompletionItem(insert_text=result.text, range=lsp_range(result.start, result.end),
+                                   command=types.Command(title="Accept suggestion", command=ACCEPTED))])
 
 
 def _completion_items(result: CompletionResult | None, language: str) -> types.CompletionList:
@@ -618,8 +644,10 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList:
         invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
-        result = await ls.service.complete(params.text_document.uri, params.position.line,
-                                           params.position.character, invoked)
+        uri, position = params.text_document.uri, (params.position.line, params.position.character)
+        ls.note_inline_request(uri, position)
+        result = await ls.service.complete(uri, *position, invoked)
+        ls.note_shown(uri, result)
         return _inline_items(result)
 
     @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
@@ -680,6 +708,18 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         uri = params.get("uri") if isinstance(params, dict) else None
         uri = uri if isinstance(uri, str) else ls.service.last_uri
         return ls.service.last_prompt.get(uri) if uri else None
+
+    @server.command(ACCEPTED)
+    def accepted(ls: CodeLlamaServer, *args: Any) -> None:
+        ls.acceptance.record_accepted()
+        ls.send_status()
+
+    @server.command(SUGGESTION_EVENT)
+    def suggestion_event(ls: CodeLlamaServer, *args: Any) -> None:
+        event = args[0].get("event") if args and isinstance(args[0], dict) else None
+        if not isinstance(event, str) or not ls.acceptance.record_event(event):
+            raise RequestFailed(f"{SUGGESTION_EVENT} takes one argument {{\"event\": \"word\" | \"line\" | \"dismissed\"}}")
+        ls.send_status()
 
     @server.command(CMD_RELOAD)
     def reload_model(ls: CodeLlamaServer, *args: Any) -> None:

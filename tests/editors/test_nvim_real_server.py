@@ -59,13 +59,14 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
-def open_editor(project: Path, mode: str) -> Editor:
+def start_editor(project: Path, mode: str, cmd: list[str]) -> Editor:
+    """Neovim with the plugin set up to start `cmd`, editing calc.py, attached to the server."""
     # The server runs on one thread and yields the CPU while idle (the machine is shared).
     ed = Editor(NVIM, project, env={"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(REPO)})  # type: ignore[arg-type]
     ed.lua(
         "require('codellama').setup(...)",
         {
-            "cmd": forkserver.command("lsp_server", "--log-level", "info"),
+            "cmd": cmd,
             # No model: the server loads the default one.
             "init_options": {"maxNewTokens": 64},
             "ghost_text": mode,
@@ -78,6 +79,18 @@ def open_editor(project: Path, mode: str) -> Editor:
         lambda: ed.lua("local c = vim.lsp.get_clients({bufnr = 0, name = 'codellama'})[1] return c and c.root_dir"),
     )
     assert root == str(project)
+    return ed
+
+
+def server_state(ed: Editor) -> str | None:
+    return ed.lua(
+        "local c = vim.lsp.get_clients({bufnr = 0, name = 'codellama'})[1] "
+        "local s = c and require('codellama.server').status[c.id] return s and s.state"
+    )
+
+
+def open_editor(project: Path, mode: str) -> Editor:
+    ed = start_editor(project, mode, forkserver.command("lsp_server", "--log-level", "info"))
     ed.wait_for(
         "the server to load the model and index the project",
         lambda: ed.lua(
@@ -164,6 +177,15 @@ def test_real_server_suggestion_dismiss_type_through_and_accept(fork_server_read
     assert ed.cursor() == (end_row, end_col)
     assert ed.mode() == "i"
 
+    # The server counted what became of its suggestions (kept for the session, shown by :CodellamaStatus).
+    counts = ed.wait_for("the accept counted by the server", lambda: (lambda a: a and a["accepted"] == 1 and a)(
+        ed.lua("local c = vim.lsp.get_clients({bufnr = 0, name = 'codellama'})[1] "
+               "return require('codellama.server').status[c.id].acceptance")))
+    assert counts["dismissed"] == 1 and counts["acceptedWord"] == 0 and counts["acceptedLine"] == 0, counts
+    assert counts["shown"] >= 2, counts  # the first suggestion, and again after Alt-backslash
+    ed.command("CodellamaStatus")
+    assert "1 accepted (1 whole, 0 word, 0 line), 1 dismissed" in ed.messages()
+
     # :checkhealth reports the running server with the default model.
     ed.stopinsert()
     ed.wait_for("Normal mode", lambda: ed.mode() == "n")
@@ -171,3 +193,42 @@ def test_real_server_suggestion_dismiss_type_through_and_accept(fork_server_read
     report = "\n".join(ed.lines())
     assert "ready, model default" in report, report
     assert "ERROR" not in report, report
+
+
+# Counts the inline completion requests the client sends (pending) and gets answered (complete).
+COUNT_REQUESTS = """
+_G.inline_requests = { pending = 0, complete = 0 }
+vim.api.nvim_create_autocmd('LspRequest', { callback = function(ev)
+  local r = ev.data.request
+  if r.method == 'textDocument/inlineCompletion' and _G.inline_requests[r.type] then
+    _G.inline_requests[r.type] = _G.inline_requests[r.type] + 1
+  end
+end })
+"""
+
+
+@pytest.mark.parametrize("mode", ["builtin", "virtual_text"])
+def test_suggestion_asked_for_while_the_model_loads_appears_once_it_is_ready(fork_server_ready, project, editors, mode, tmp_path):
+    # The real server and model; the load is held until `gate` exists (tests/gated_server.py).
+    gate = tmp_path / "load-gate"
+    ed = start_editor(project, mode, forkserver.command("tests.gated_server", str(gate), "--log-level", "info"))
+    editors.append(ed)
+    ed.lua(COUNT_REQUESTS)
+    ed.wait_for("the server to report the model loading", lambda: server_state(ed) == "loading", timeout=READY_S)
+
+    # The user types where a suggestion is due, while the model loads: asked, answered with nothing.
+    ed.set_cursor(HEADER_ROW, 4)
+    ed.input("A")
+    ed.wait_for("the request made while loading to be answered", lambda: ed.lua("return _G.inline_requests.complete") >= 1,
+                timeout=SUGGEST_S)
+    assert ed.suggestion() is None and server_state(ed) == "loading"
+    asked_while_loading = ed.lua("return _G.inline_requests.pending")
+
+    # The model becomes ready; the user does nothing more: the suggestion appears, asked for once.
+    gate.touch()
+    suggestion = ed.wait_for("the suggestion once the model is ready", ed.suggestion, timeout=READY_S)
+    assert suggestion.strip(), f"a visible suggestion is not blank: {suggestion!r}"
+    assert ed.lines() == SOURCE.splitlines(), "ghost text is not buffer text"
+    assert ed.mode() == "i" and ed.cursor() == (HEADER_ROW, 4)
+    assert ed.lua("return _G.inline_requests.pending") == asked_while_loading + 1, "asked again exactly once"
+    assert last_prompt(ed)["position"] == {"line": HEADER_ROW - 1, "character": 4}

@@ -83,18 +83,28 @@ export async function runCodeActionCommand(controller: ServerController): Promis
     context: { diagnostics: [], triggerKind: 1 },
   };
   const result = (await client.sendRequest<Array<LspCodeAction | LspCommand> | null>("textDocument/codeAction", params)) ?? [];
-  const usable = result.filter((a) => !(a as LspCodeAction).disabled);
-  if (usable.length === 0) {
+  if (result.length === 0) {
     void vscode.window.showInformationMessage("Code Llama has no actions for this selection.");
     return;
   }
+  // Actions the model cannot serve are listed too, with the server's reason (as the light bulb greys them out).
   const picked = await vscode.window.showQuickPick(
-    usable.map((action) => ({ label: action.title, action })),
-    { placeHolder: "Ask Code Llama…" },
+    result.map((action) => {
+      const reason = (action as LspCodeAction).disabled?.reason;
+      return reason
+        ? { label: `$(circle-slash) ${action.title}`, description: "unavailable", detail: reason, action }
+        : { label: action.title, action };
+    }),
+    { placeHolder: "Ask Code Llama…", matchOnDetail: false },
   );
+  const reason = picked && (picked.action as LspCodeAction).disabled?.reason;
+  if (reason) {
+    void vscode.window.showWarningMessage(`${picked.action.title}: ${reason}`);
+    return;
+  }
   if (!picked) return;
   await vscode.window.withProgress(
-    { location: vscode.ProgressLocation.Notification, title: `Code Llama: ${picked.label}` },
+    { location: vscode.ProgressLocation.Notification, title: picked.action.title },
     async () => {
       let action = picked.action;
       if (isCommand(action)) {

@@ -7,13 +7,15 @@ import * as fs from "fs";
 import { execFileSync, ChildProcess } from "child_process";
 import * as vscode from "vscode";
 import { CrashPolicy } from "./crashes";
-import { resolvePython, serverCommand, ResolvedPython, ServerCommand, missingServerHint } from "./python";
+import { resolvePython, serverCommand, ResolvedPython, ServerCommand, missingPythonHint, missingServerHint } from "./python";
 import { describeExit, spawnServer, ServerProcess } from "./serverProcess";
-import { affectsServer, affectsServerProcess, initializationOptions, serverSettings } from "./settings";
+import { affectsServer, affectsServerProcess, initializationOptions, serverSchema, ServerSchema, serverSettings } from "./settings";
+import { AskAgainWhenReady, Spot } from "./retry";
 import { mergeStatus, ProcessState, renderStatus, ServerStatus } from "./status";
 
 export const STATUS_NOTIFICATION = "codellama/status";
 export const GET_STATUS_REQUEST = "codellama/getStatus";
+export const SUGGESTION_EVENT = "codellama.suggestionEvent";
 
 /** The subset of vscode-languageclient's LanguageClient the controller uses. */
 export interface ClientLike {
@@ -34,8 +36,12 @@ export interface ClientHooks {
   serverSection(): Record<string, unknown>;
   /** Client-side switch: when false, inline completion requests are not even sent. */
   isEnabled(): boolean;
+  /** An inline suggestion is being asked for at `spot`. */
+  onInlineRequest(spot: Spot): void;
   /** Called when the connection closes; resolves to true when the client should restart the server. */
   onClosed(): Promise<boolean>;
+  /** A transport failure the client only logged (the controller shows what the user needs to know). */
+  onTransportError(message: string): void;
   outputChannel: vscode.LogOutputChannel;
 }
 
@@ -54,12 +60,18 @@ export class ServerController implements vscode.Disposable {
   private readonly disposables: vscode.Disposable[] = [];
   /** Set while stop() runs, so a deliberate stop is not reported as a crash. */
   private stopping = false;
+  /** The server's settings keys, read from this extension's package.json (the one source). */
+  readonly schema: ServerSchema;
+  /** The API key from secret storage ('Code Llama: Set API key'); wins over the setting. */
+  private apiKey: string | undefined;
+  private readonly askAgain = new AskAgainWhenReady();
 
   constructor(
     private readonly extensionPath: string,
     private readonly createClient: ClientFactory,
     readonly output: vscode.LogOutputChannel,
   ) {
+    this.schema = serverSchema(JSON.parse(fs.readFileSync(`${extensionPath}/package.json`, "utf8")));
     this.statusItem = vscode.window.createStatusBarItem("codellama.status", vscode.StatusBarAlignment.Right, 100);
     this.statusItem.name = "Code Llama";
     this.statusItem.command = "codellama.toggle";
@@ -114,6 +126,7 @@ export class ServerController implements vscode.Disposable {
       this.fail(reason);
       return;
     }
+    if ((this.processState as ProcessState) === "failed") return; // closed during initialize (see onClosed)
     this.processState = "running";
     this.render();
     try {
@@ -169,10 +182,12 @@ export class ServerController implements vscode.Disposable {
       command,
       outputChannel: this.output,
       spawn: () => this.spawn(command),
-      initializationOptions: () => initializationOptions(this.config()),
-      serverSection: () => serverSettings(this.config()),
+      initializationOptions: () => initializationOptions(this.config(), this.schema, this.apiKey),
+      serverSection: () => this.serverSection(),
       isEnabled: () => this.enabled,
+      onInlineRequest: (spot) => this.askAgain.requested(spot, this.server?.state === "ready"),
       onClosed: () => this.onClosed(),
+      onTransportError: (message) => void this.onTransportError(message),
     };
   }
 
@@ -192,7 +207,14 @@ export class ServerController implements vscode.Disposable {
 
   private async onClosed(): Promise<boolean> {
     if (this.stopping) return false;
+    const neverRan = this.processState !== "running";
     const reason = this.exited ? await withTimeout(this.exited, 3000, "the connection closed") : "the connection closed";
+    if (neverRan) {
+      // No Python, no language server in it, a crash on import: restarting would only repeat the
+      // failure. One message (the client then resolves start() as if nothing happened).
+      this.fail(reason);
+      return false;
+    }
     const decision = this.crashes.onCrash(reason);
     this.output.appendLine(decision.message);
     if (decision.restart) {
@@ -206,13 +228,26 @@ export class ServerController implements vscode.Disposable {
     return decision.restart;
   }
 
+  /** A restart after a crash that could not even start the process: say so, once. (A failed first
+   *  start rejects start(), which reports it; a broken connection ends in onClosed.) */
+  private async onTransportError(message: string): Promise<void> {
+    if (!/^Restarting server failed/.test(message) || this.processState === "failed") return;
+    const reason = this.exited ? await withTimeout(this.exited, 2000, message) : message;
+    this.fail(reason);
+  }
+
+  /** Stops with one message that says why and how to fix it (once per start: the client may report
+   *  the same failure on several paths). */
   private fail(reason: string, message?: string): void {
+    if (this.processState === "failed") return;
     this.processState = "failed";
     this.failure = reason;
     this.render();
     let text = message ?? `Code Llama language server could not start: ${reason}`;
     if (/does not have the language server installed|No module named/.test(reason) && this.python) {
       text += " " + missingServerHint(this.python);
+    } else if (/was not found\.$/.test(reason) && this.python) {
+      text += " " + missingPythonHint(this.python);
     }
     this.output.appendLine(text);
     void vscode.window.showErrorMessage(text, "Show log", "Open settings", "Restart").then((choice) => {
@@ -224,9 +259,17 @@ export class ServerController implements vscode.Disposable {
 
   onStatus(params: ServerStatus | null | undefined): void {
     if (!params) return;
+    const wasReady = this.server?.state === "ready";
     this.server = mergeStatus(this.server, params);
     if (this.processState === "starting" && this.client) this.processState = "running";
     this.render();
+    if (!wasReady && this.server.state === "ready") {
+      const spot = activeSpot();
+      if (this.askAgain.becameReady(spot)) {
+        this.output.appendLine(`The model is ready: asking again for the suggestion at ${spot?.line}:${spot?.character}.`);
+        void askAgain();
+      }
+    }
   }
 
   private async onConfigurationChanged(e: vscode.ConfigurationChangeEvent): Promise<void> {
@@ -236,13 +279,40 @@ export class ServerController implements vscode.Disposable {
       await this.restart();
       return;
     }
-    if (affectsServer(affects)) {
+    if (affectsServer(affects, this.schema)) {
       this.render();
-      const client = this.languageClient;
-      if (client) {
-        await client.sendNotification("workspace/didChangeConfiguration", { settings: { codellama: serverSettings(this.config()) } });
-      }
+      await this.pushSettings();
     }
+  }
+
+  /** The `codellama` section as the server gets it. */
+  serverSection(): Record<string, unknown> {
+    return serverSettings(this.config(), this.schema, this.apiKey);
+  }
+
+  private async pushSettings(): Promise<void> {
+    const client = this.languageClient;
+    if (client) {
+      await client.sendNotification("workspace/didChangeConfiguration", { settings: { codellama: this.serverSection() } });
+    }
+  }
+
+  /** Tells the server what became of its suggestion ("word", "line", "dismissed"): the session's
+   *  acceptance statistics (shown in the tooltip, sent nowhere else). A whole accept runs the item's own
+   *  command instead. */
+  async suggestionEvent(event: "word" | "line" | "dismissed"): Promise<void> {
+    try {
+      await this.languageClient?.sendRequest("workspace/executeCommand", { command: SUGGESTION_EVENT, arguments: [{ event }] });
+    } catch {
+      // an older server, or it is restarting: only a count is lost
+    }
+  }
+
+  /** A new API key from secret storage (undefined: none): the server gets it at once. */
+  async setApiKey(apiKey: string | undefined): Promise<void> {
+    if ((apiKey || undefined) === this.apiKey) return;
+    this.apiKey = apiKey || undefined;
+    await this.pushSettings();
   }
 
   private render(): void {
@@ -271,6 +341,22 @@ export function canImportServer(python: string): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * Asks VS Code for the inline suggestion at the cursor again (an explicit trigger: VS Code asks the
+ * server again after an automatic request at the same place, but keeps an explicit one's answer).
+ */
+async function askAgain(): Promise<void> {
+  await vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
+}
+
+/** Where the cursor of the active editor is (undefined with a selection: nobody waits for a suggestion). */
+function activeSpot(): Spot | undefined {
+  const editor = vscode.window.activeTextEditor;
+  if (!editor || !editor.selection.isEmpty) return undefined;
+  const { line, character } = editor.selection.active;
+  return { uri: editor.document.uri.toString(), version: editor.document.version, line, character };
 }
 
 function errorText(err: unknown): string {

@@ -73,6 +73,15 @@ export function serverCommand(python: string, extraArgs: readonly string[] = [])
   return { command: python, args: ["-m", "lsp_server", ...extraArgs] };
 }
 
+/** What to tell the user when the chosen Python does not exist. */
+export function missingPythonHint(resolved: ResolvedPython): string {
+  const where = resolved.source === "setting" ? "codellama.pythonPath" : `the Python found on ${resolved.source}`;
+  return (
+    `Check ${where}: it must name a Python (or a virtual environment folder) with the language server, ` +
+    "e.g. the .venv that `make install` creates in the codellama-local repository."
+  );
+}
+
 /** What to tell the user when the server cannot be imported by the chosen Python. */
 export function missingServerHint(resolved: ResolvedPython): string {
   const where =

@@ -16,6 +16,29 @@ export interface ServerStatus {
   lastPromptTokens?: number | null;
   lastCachedTokens?: number | null;
   lastFromCache?: boolean | null;
+  /** This session's acceptance statistics, kept by the server (lsp_server/acceptance.py). */
+  acceptance?: Acceptance | null;
+}
+
+export interface Acceptance {
+  shown?: number;
+  accepted?: number;
+  acceptedWord?: number;
+  acceptedLine?: number;
+  dismissed?: number;
+  typedThrough?: number;
+}
+
+/** "Suggestions this session: 12 shown · 5 accepted (3 whole, 1 word, 1 line) · 4 dismissed · 2 typed through". */
+export function formatAcceptance(a: Acceptance | null | undefined): string | undefined {
+  if (!a || !a.shown) return undefined;
+  const whole = a.accepted ?? 0;
+  const word = a.acceptedWord ?? 0;
+  const line = a.acceptedLine ?? 0;
+  return (
+    `Suggestions this session: ${a.shown} shown · ${whole + word + line} accepted (${whole} whole, ${word} word, ${line} line)` +
+    ` · ${a.dismissed ?? 0} dismissed · ${a.typedThrough ?? 0} typed through`
+  );
 }
 
 /** What the client knows on its own: is the process up, and are suggestions switched on. */
@@ -70,6 +93,8 @@ export function renderStatus(input: StatusInput): StatusView {
     }
     details.push(line);
   }
+  const acceptance = formatAcceptance(s.acceptance);
+  if (acceptance) details.push(acceptance);
 
   if (input.process === "failed" || input.process === "stopped") {
     return {

@@ -1,6 +1,6 @@
 // The controller with the `vscode` module stubbed and a fake language client: what the user sees in the
 // status bar and in messages, and what the server is sent, for the common lifecycle events.
-import { installVscodeStub, setUserSetting, shown, statusItems, userSettings, workspace } from "./vscodeStub";
+import { installVscodeStub, setUserSetting, shown, statusItems, userSettings, window, workspace } from "./vscodeStub";
 installVscodeStub();
 
 import { test, beforeEach } from "node:test";
@@ -96,6 +96,43 @@ test("the status bar follows codellama/status notifications", async () => {
   controller.dispose();
 });
 
+/** An active editor in the stub, its cursor at (line, character) with nothing selected. */
+function activeEditor(uri: string, version: number, line: number, character: number) {
+  (window as any).activeTextEditor = {
+    document: { uri: { toString: () => uri }, version },
+    selection: { isEmpty: true, active: { line, character } },
+  };
+}
+
+test("a suggestion asked for while the model loads is asked for again, once, when it is ready", async () => {
+  const { controller, clients } = makeController();
+  await controller.start();
+  const client = clients[clients.length - 1];
+  const triggers = () => shown.commands.filter((c) => c.command === "editor.action.inlineSuggest.trigger").length;
+  client.notify("codellama/status", { state: "loading", model: "default" });
+  client.hooks.onInlineRequest({ uri: "file:///p/a.py", version: 3, line: 4, character: 4 });
+  activeEditor("file:///p/a.py", 3, 4, 4);
+  client.notify("codellama/status", { state: "ready" });
+  assert.equal(triggers(), 1, "asked again where the user waits");
+  client.notify("codellama/status", { state: "ready", lastLatencyMs: 80 });
+  assert.equal(triggers(), 1, "only once");
+
+  // Reloaded (a model change), asked while loading, but the user typed on: nothing is asked for.
+  client.notify("codellama/status", { state: "loading" });
+  client.hooks.onInlineRequest({ uri: "file:///p/a.py", version: 4, line: 4, character: 5 });
+  activeEditor("file:///p/a.py", 5, 4, 6);
+  client.notify("codellama/status", { state: "ready" });
+  assert.equal(triggers(), 1, "the document moved on");
+
+  // Asked while ready: nothing to ask again.
+  client.hooks.onInlineRequest({ uri: "file:///p/a.py", version: 5, line: 4, character: 6 });
+  client.notify("codellama/status", { state: "loading" });
+  client.notify("codellama/status", { state: "ready" });
+  assert.equal(triggers(), 1);
+  (window as any).activeTextEditor = undefined;
+  controller.dispose();
+});
+
 test("clicking the status bar toggles completions: the setting, the server and the bar all change", async () => {
   const { controller, clients, item } = makeController();
   await controller.start();
@@ -134,15 +171,21 @@ test("a settings change is pushed to the server with every server key", async ()
   controller.dispose();
 });
 
-test("a crashing server is restarted with a message, then given up on with the reason", async () => {
+/** A started controller whose "server", when spawned, dies like a broken install would. */
+async function startWithBrokenServer() {
   setUserSetting("codellama.pythonPath", process.execPath);
   const { controller, clients, item } = makeController();
   await controller.start();
   const hooks = clients[0].hooks;
-  // Make the "server" a process that dies like a broken install would.
   hooks.command.args.splice(0, hooks.command.args.length, "-e", "console.error(\"ModuleNotFoundError: No module named 'lsp_server'\"); process.exit(1)");
+  return { controller, clients, item, hooks };
+}
+
+test("a crashing server is restarted with a message, then given up on with the reason", async () => {
+  const { controller, clients, item, hooks } = await startWithBrokenServer();
   let restarts = 0;
   for (let i = 0; i < 5; i++) {
+    clients[0].notify("codellama/status", { state: "ready" }); // it ran (a restarted server says so first)
     const child = await hooks.spawn();
     await new Promise((r) => child.once("exit", r));
     if (await hooks.onClosed()) restarts++;
@@ -158,12 +201,35 @@ test("a crashing server is restarted with a message, then given up on with the r
   controller.dispose();
 });
 
+test("a restart that dies before it runs is reported once, not restarted again", async () => {
+  const { controller, clients, item, hooks } = await startWithBrokenServer();
+  let child = await hooks.spawn();
+  await new Promise((r) => child.once("exit", r));
+  assert.equal(await hooks.onClosed(), true, "a server that ran is restarted after a crash");
+  assert.equal(shown.warnings.length, 1);
+  // The restart's process dies during initialize: the client reports "Restarting server failed".
+  child = await hooks.spawn();
+  await new Promise((r) => child.once("exit", r));
+  assert.equal(await hooks.onClosed(), false, "not restarted again");
+  hooks.onTransportError("Restarting server failed");
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(shown.warnings.length, 1);
+  assert.equal(shown.errors.length, 1, "one message");
+  assert.match(shown.errors[0], /could not start: .*No module named 'lsp_server'/);
+  hooks.onTransportError("Restarting server failed");
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(shown.errors.length, 1, "still one message");
+  assert.match(item.text, /stopped/);
+  controller.dispose();
+});
+
 test("a Python that cannot be started is reported, not silently ignored", async () => {
   setUserSetting("codellama.pythonPath", "/nonexistent/bin/python");
   const { controller, item } = makeController(true);
   await controller.start();
   assert.equal(shown.errors.length, 1);
   assert.match(shown.errors[0], /could not start: Could not start `\/nonexistent\/bin\/python -m lsp_server`: \/nonexistent\/bin\/python was not found/);
+  assert.match(shown.errors[0], /Check codellama\.pythonPath: .*make install/, "and how to fix it");
   assert.match(item.text, /stopped/);
   controller.dispose();
 });

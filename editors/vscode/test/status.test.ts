@@ -54,3 +54,11 @@ test("a notification updates only the keys it carries", () => {
   assert.equal(formatLatency(2500), "2.5 s");
   assert.equal(formatLatency(null), undefined);
 });
+
+test("the session's acceptance statistics are in the tooltip once something was shown", () => {
+  const acceptance = { shown: 12, accepted: 3, acceptedWord: 1, acceptedLine: 1, dismissed: 4, typedThrough: 2 };
+  const view = renderStatus({ process: "running", enabled: true, server: { ...ready, acceptance } });
+  assert.match(view.tooltip, /Suggestions this session: 12 shown · 5 accepted \(3 whole, 1 word, 1 line\) · 4 dismissed · 2 typed through/);
+  const none = renderStatus({ process: "running", enabled: true, server: { ...ready, acceptance: { ...acceptance, shown: 0 } } });
+  assert.doesNotMatch(none.tooltip, /Suggestions this session/);
+});

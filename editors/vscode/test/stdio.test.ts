@@ -13,12 +13,13 @@ import * as path from "path";
 import { createMessageConnection, MessageConnection, StreamMessageReader, StreamMessageWriter } from "vscode-jsonrpc/node";
 import { resolvePython, serverCommand } from "../src/python";
 import { describeExit, spawnServer } from "../src/serverProcess";
-import { ConfigReader, initializationOptions, serverSettings } from "../src/settings";
+import { ConfigReader, initializationOptions, serverSchema, serverSettings } from "../src/settings";
 import { renderStatus, ServerStatus } from "../src/status";
 
 const extensionPath = path.resolve(__dirname, "..", "..");
 const repo = path.resolve(extensionPath, "..", "..");
 const manifest = JSON.parse(fs.readFileSync(path.join(extensionPath, "package.json"), "utf8"));
+const schema = serverSchema(manifest);
 const properties = manifest.contributes.configuration.properties as Record<string, { default?: unknown }>;
 
 /** Like VS Code's configuration: the contributed defaults with the user's values on top. */
@@ -74,7 +75,7 @@ test("talks to the real language server over stdio: initialize, status, inline c
   connection.onRequest("client/registerCapability", () => null);
   // What extension.ts's configuration middleware answers: the server keys of the `codellama` section.
   connection.onRequest("workspace/configuration", (params: { items: Array<{ section?: string }> }) => {
-    const answer = params.items.map((item) => (item.section === "codellama" ? serverSettings(config(user)) : null));
+    const answer = params.items.map((item) => (item.section === "codellama" ? serverSettings(config(user), schema) : null));
     pulled.push(answer[0]);
     return answer;
   });
@@ -94,7 +95,7 @@ test("talks to the real language server over stdio: initialize, status, inline c
         workspace: { configuration: true, didChangeConfiguration: { dynamicRegistration: false } },
         window: { workDoneProgress: true },
       },
-      initializationOptions: initializationOptions(config(user)),
+      initializationOptions: initializationOptions(config(user), schema),
     });
     assert.ok(init.capabilities.inlineCompletionProvider, "the server offers inline completion");
     await connection.sendNotification("initialized", {});
@@ -113,7 +114,7 @@ test("talks to the real language server over stdio: initialize, status, inline c
     assert.ok(statuses.some((s) => s.state === "ready"), "codellama/status notifications arrive");
     assert.equal(renderStatus({ process: "running", enabled: true, server: status }).text, `$(sparkle) default · ${status.device}`);
     assert.ok(pulled.length >= 1, "the server pulled workspace/configuration");
-    assert.deepEqual(pulled[0], serverSettings(config(user)));
+    assert.deepEqual(pulled[0], serverSettings(config(user), schema));
 
     const uri = `file://${workspace}/calc.py`;
     await connection.sendNotification("textDocument/didOpen", { textDocument: { uri, languageId: "python", version: 1, text: source } });
@@ -134,7 +135,7 @@ test("talks to the real language server over stdio: initialize, status, inline c
 
     // Switching suggestions off (the status-bar click) is pushed as didChangeConfiguration.
     user = { ...user, enable: false };
-    await connection.sendNotification("workspace/didChangeConfiguration", { settings: { codellama: serverSettings(config(user)) } });
+    await connection.sendNotification("workspace/didChangeConfiguration", { settings: { codellama: serverSettings(config(user), schema) } });
     const off = await request<{ items: unknown[] }>("textDocument/inlineCompletion", { textDocument: { uri }, position, context: { triggerKind: 1 } });
     assert.deepEqual(off.items, [], "a disabled server suggests nothing");
 

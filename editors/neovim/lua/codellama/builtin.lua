@@ -95,11 +95,8 @@ function M.apply(bufnr, item, part)
   api.nvim_buf_set_text(bufnr, row, col, row, math.min(col + replace, #line), text.lines(chunk))
   local new_row, new_col = text.end_position(row, col, chunk)
   api.nvim_win_set_cursor(win, { new_row + 1, new_col })
-  if chunk == rest and item.command then
-    local client = vim.lsp.get_client_by_id(item.client_id)
-    if client then
-      pcall(require('codellama.server').request, client, 'workspace/executeCommand', item.command, function() end, bufnr)
-    end
+  if chunk == rest and item.command then -- LSP 3.18: run on accept (the server counts it as accepted)
+    require('codellama.server').execute(bufnr, item.command, item.client_id)
   end
 end
 

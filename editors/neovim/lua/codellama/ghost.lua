@@ -155,7 +155,7 @@ local function to_suggestions(bufnr, items, row, col, encoding)
       local typed = start_col < col and line:sub(start_col + 1, col) or ''
       local rest = text.advance(insert, typed)
       if rest and rest ~= '' then
-        table.insert(out, { text = rest, replace = replace })
+        table.insert(out, { text = rest, replace = replace, command = item.command })
       end
     end
   end
@@ -280,6 +280,9 @@ function M.accept(bufnr, part)
   end
   if whole then
     M.dismiss(bufnr)
+    if item.command then -- LSP 3.18: run on accept (the server counts the suggestion as accepted)
+      server.execute(bufnr, item.command)
+    end
   else
     -- The rest stays on screen, anchored after the inserted text.
     item.text = item.text:sub(#chunk + 1)

@@ -49,23 +49,37 @@ function M.accept(bufnr)
   return g ~= nil and g.accept(resolve_buf(bufnr)) or false
 end
 
+--- Accepts part of the suggestion and tells the server (acceptance statistics).
+local function accept_part(bufnr, part)
+  local g = ghost()
+  bufnr = resolve_buf(bufnr)
+  local accepted = g ~= nil and g.accept(bufnr, part) or false
+  if accepted then
+    server.suggestion_event(bufnr, part)
+  end
+  return accepted
+end
+
 --- Inserts the next word of the suggestion; the rest stays.
 function M.accept_word(bufnr)
-  local g = ghost()
-  return g ~= nil and g.accept(resolve_buf(bufnr), 'word') or false
+  return accept_part(bufnr, 'word')
 end
 
 --- Inserts the next line of the suggestion; the rest stays.
 function M.accept_line(bufnr)
-  local g = ghost()
-  return g ~= nil and g.accept(resolve_buf(bufnr), 'line') or false
+  return accept_part(bufnr, 'line')
 end
 
 --- Hides the suggestion until the next keystroke.
 function M.dismiss(bufnr)
   local g = ghost()
+  bufnr = resolve_buf(bufnr)
   if g then
-    g.dismiss(resolve_buf(bufnr))
+    local shown = g.suggestion(bufnr) ~= nil
+    g.dismiss(bufnr)
+    if shown then
+      server.suggestion_event(bufnr, 'dismissed')
+    end
   end
 end
 
@@ -123,6 +137,21 @@ function M.status(bufnr)
     table.insert(parts, 'indexing')
   end
   return table.concat(parts, ' ')
+end
+
+--- This session's acceptance statistics, kept by the server (never sent anywhere), e.g.
+--- "suggestions: 12 shown, 5 accepted (3 whole, 1 word, 1 line), 4 dismissed, 2 typed through".
+---@param bufnr? integer
+---@return string?
+function M.statistics(bufnr)
+  local client = server.clients(resolve_buf(bufnr))[1]
+  local a = client and server.status[client.id] and server.status[client.id].acceptance
+  if type(a) ~= 'table' then
+    return nil
+  end
+  local whole, word, line = a.accepted or 0, a.acceptedWord or 0, a.acceptedLine or 0
+  return ('suggestions: %d shown, %d accepted (%d whole, %d word, %d line), %d dismissed, %d typed through'):format(
+    a.shown or 0, whole + word + line, whole, word, line, a.dismissed or 0, a.typedThrough or 0)
 end
 
 --- Changes server settings at run time (camelCase keys as in lsp_server/README.md), e.g.
@@ -329,6 +358,9 @@ function M.setup(opts)
       M.attach(ev.buf)
     end,
   })
+  require('codellama.retry').setup(group, function(bufnr)
+    M.trigger(bufnr)
+  end)
   api.nvim_create_autocmd('LspDetach', {
     group = group,
     callback = function(ev)

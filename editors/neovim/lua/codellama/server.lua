@@ -129,11 +129,27 @@ local function capabilities()
   return caps
 end
 
+--- Called with a client id when its server's model becomes ready (set by init.lua).
+---@type fun(client_id: integer)?
+M.on_ready = nil
+
 local function on_status(_, params, ctx)
   if type(params) == 'table' then
-    M.status[ctx.client_id] = vim.tbl_extend('force', M.status[ctx.client_id] or {}, params)
+    local previous = M.status[ctx.client_id] or {}
+    M.status[ctx.client_id] = vim.tbl_extend('force', previous, params)
     vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false })
+    if previous.state ~= 'ready' and params.state == 'ready' and M.on_ready then
+      M.on_ready(ctx.client_id)
+    end
   end
+end
+
+--- Is the client's model loaded (its last status says "ready")?
+---@param client_id integer
+---@return boolean
+function M.ready(client_id)
+  local s = M.status[client_id]
+  return s ~= nil and s.state == 'ready'
 end
 
 --- Starts (or reuses) the client for the buffer's root and attaches the buffer.
@@ -171,6 +187,26 @@ function M.start(bufnr, opts, on_attach)
       end
     end,
   }, { bufnr = bufnr })
+end
+
+--- Runs a server command (an LSP `Command`) for the buffer, ignoring the answer.
+---@param bufnr integer
+---@param command { command: string, arguments?: any[] }
+---@param client_id? integer default: the buffer's codellama client
+function M.execute(bufnr, command, client_id)
+  local client = client_id and vim.lsp.get_client_by_id(client_id) or M.clients(bufnr)[1]
+  if client then
+    local params = { command = command.command, arguments = command.arguments }
+    pcall(M.request, client, 'workspace/executeCommand', params, function() end, bufnr)
+  end
+end
+
+--- Tells the server what became of its suggestion ("word", "line", "dismissed"), for the session's
+--- acceptance statistics (kept by the server, shown by :CodellamaStatus, sent nowhere else).
+---@param bufnr integer
+---@param event string
+function M.suggestion_event(bufnr, event)
+  M.execute(bufnr, { command = 'codellama.suggestionEvent', arguments = { { event = event } } })
 end
 
 --- Sends new settings to every running client (and keeps them for clients started later).
