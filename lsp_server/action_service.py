@@ -191,6 +191,7 @@ class ActionService:
         span = span or (start, start)
         settings = self.get_settings()
         snapshot = self.completion.snapshot(doc, span[0])
+        self.completion.cancel_prefetch()
         future = self.completion.worker.submit(
             lambda: self._generate(args, backend, settings, snapshot, span, cancelled, on_text))
         try:

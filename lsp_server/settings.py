@@ -50,6 +50,9 @@ class Settings:
     # served model's name (default: the first one the server lists).
     api_key: str | None = field(default=None, repr=False)
     remote_model: str | None = None
+    # Accept-then-next: while the editor shows a suggestion, compute the one it will ask for once the
+    # user accepts it (the engine is idle then), so the next ghost text comes from the cache.
+    prefetch_after_accept: bool = True
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
