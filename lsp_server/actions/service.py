@@ -21,15 +21,15 @@ from lsprotocol import types
 
 from engine.backends.base import Backend, InstructRequest
 
-from . import actions as A
-from . import capability as C
-from .completion import CompletionService
-from .context.builder import render_snippets, snippets_for_span
-from .context.languages import language_of
-from .context.privacy import holds_secret
-from .documents import Document, PositionError
-from .engine_manager import backend_device
-from .settings import Settings
+from .. import capability as C
+from ..completion import CompletionService
+from ..context.builder import render_snippets, snippets_for_span
+from ..context.languages import language_of
+from ..context.privacy import holds_secret
+from ..documents import Document, PositionError
+from ..engine_manager import backend_device
+from ..settings import Settings
+from . import prompts as A
 
 RUN_ACTION = "codellama.runAction"
 log = logging.getLogger(__name__)
