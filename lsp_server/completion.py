@@ -32,7 +32,7 @@ from .context.privacy import may_share, redact_secrets
 from .context.prompt import build_prompt, similar_limit
 from .context.snippets import Snippet
 from .documents import Document, DocumentStore, PositionError
-from .engine_manager import EngineManager, backend_device
+from .engine_manager import EngineManager
 from .lru import LRU
 from .memory import HeapTrimmer
 from .postprocess import Cursor, Suggestion, is_finished, pointless, postprocess, wants_multiline
@@ -412,8 +412,7 @@ class CompletionService:
             return None  # superseded while queued
         count = self.counter(backend)
         context_version = self._context_version()
-        on_gpu = backend_device(backend)[0] == "cuda"
-        budget = settings.context_budget(backend.context_length, on_gpu)
+        budget = settings.prompt_budget(backend)
         built = build_prompt(snap, self.get_index(), self._gatherer, budget=budget, count=count,
                              repository_context=settings.repository_context, previous=self._layouts.get(job.uri))
         self._layouts[job.uri] = built.layout

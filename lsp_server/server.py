@@ -32,7 +32,7 @@ from .actions.service import RUN_ACTION, ActionArgs, ActionError, ActionService
 from .completion import CompletionResult, CompletionService
 from .context.index import WorkspaceIndex
 from .documents import UTF8, UTF16, UTF32, DocumentStore, PositionError
-from .engine_manager import EngineManager, Loader, backend_device, load_backend
+from .engine_manager import EngineManager, Loader, load_backend
 from .memory import resident_bytes
 from .progress import Progress
 from .protocol import RobustProtocol, robust_converter
@@ -211,11 +211,9 @@ class CodeLlamaServer(LanguageServer):
         else:
             state = "starting"
         message = engine.error
-        remote_state = getattr(backend, "state", None)  # a remote backend: how its last request went
-        if isinstance(remote_state, str) and state == "ready":
-            if remote_state.startswith(("error", "retrying")):
-                state, message = "error", f"remote server: {remote_state}"
-        device, dtype = backend_device(backend) if backend is not None else (None, None)
+        if backend is not None and state == "ready" and backend.state.startswith(("error", "retrying")):
+            state, message = "error", f"remote server: {backend.state}"  # how its last request went
+        device, dtype = backend.placement if backend is not None else (None, None)
         self.status.update(
             # The model serving; while none is yet, the one being loaded (or that failed to load).
             state=state, model=engine.model_name if backend is not None else engine.requested_name,
@@ -230,19 +228,19 @@ class CodeLlamaServer(LanguageServer):
         """What the status says about memory: the process's resident size, the KV caches of the
         completion model, and the workspace index (its files, and the bytes of their texts and
         windows)."""
-        cache_bytes = getattr(self.engine.backend, "cache_bytes", None)
+        backend = self.engine.backend
         index = self.index
         return {"residentBytes": resident_bytes(),
-                "kvCacheBytes": cache_bytes() if callable(cache_bytes) else None,
+                "kvCacheBytes": backend.cache_bytes() if backend is not None else None,
                 "indexFiles": len(index) if index is not None else 0,
                 "indexBytes": index.total_bytes if index is not None else 0}
 
     def on_engine_change(self) -> None:
         """A backend was swapped in (or failed to load): tell the client."""
         backend = self.engine.backend
-        if getattr(backend, "on_state", False) is None:
+        if backend is not None and backend.on_state is None:
             # A remote backend reports how each request went: an outage shows in the status bar.
-            backend.on_state = lambda _: self.threadsafe(self.send_status)  # type: ignore[union-attr]
+            backend.on_state = lambda _: self.threadsafe(self.send_status)
         self.status_changed()
 
     def status_changed(self) -> None:
@@ -293,10 +291,7 @@ class CodeLlamaServer(LanguageServer):
         for problem in problems:
             self.show_problem(problem, types.MessageType.Warning)
         old, self.settings = self.settings, settings
-        if (settings.fim_format, settings.max_new_tokens, settings.temperature, settings.max_context_tokens,
-                settings.repository_context, settings.multiline) != (
-                old.fim_format, old.max_new_tokens, old.temperature, old.max_context_tokens,
-                old.repository_context, old.multiline):
+        if settings.suggestion_key() != old.suggestion_key():
             self.service.cache.clear()  # cached suggestions were made under other settings
         if self.loop is not None and settings.enable:
             self.engine.ensure(settings)
