@@ -17,7 +17,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.backends.base import Backend, BackendError, CompletionRequest
@@ -32,7 +32,7 @@ from .context.privacy import may_share, redact_secrets
 from .context.prompt import build_prompt, similar_limit
 from .context.snippets import Snippet
 from .documents import Document, DocumentStore, PositionError
-from .engine_manager import EngineManager, backend_device
+from .engine_manager import EngineManager
 from .lru import LRU
 from .memory import HeapTrimmer
 from .postprocess import Cursor, Suggestion, is_finished, pointless, postprocess, wants_multiline
@@ -83,6 +83,15 @@ class Job:
 
     def should_stop(self) -> bool:
         return self.finished or self.cancelled.is_set()
+
+
+@dataclass
+class Prefetch:
+    """An accept-then-next run: the suggestion for (uri, text, cursor) as they will be after an accept."""
+
+    job: Job
+    future: concurrent.futures.Future[Any]
+    key: tuple[str, str, int]
 
 
 @dataclass
@@ -186,6 +195,14 @@ def cursor_info(doc: Document, cursor: int, line: int, multiline_mode: str) -> C
                   wants_multiline(line_prefix, line_suffix, multiline_mode))
 
 
+def accepted_snapshot(snap: Request, suggestion: Suggestion, line_suffix: str) -> Request:
+    """The request as it will be once `suggestion` is accepted: its text inserted at the cursor (over
+    the rest of the line where it replaces it), the cursor after it."""
+    end = snap.cursor + (len(line_suffix.rstrip()) if suggestion.replaces_line_suffix else 0)
+    text = snap.text[: snap.cursor] + suggestion.text + snap.text[end:]
+    return replace(snap, text=text, cursor=snap.cursor + len(suggestion.text), version=snap.version + 1)
+
+
 def _prompt_chars(uri: str, record: dict[str, Any]) -> int:
     return len(record.get("prefix") or "") + len(record.get("suffix") or "")
 
@@ -216,6 +233,7 @@ class CompletionService:
         self._gatherer = Gatherer()
         self._counter: tuple[Backend, TokenCounter] | None = None
         self._trim_heap = HeapTrimmer()
+        self._prefetch: Prefetch | None = None  # the accept-then-next run queued or running, if any
 
     # ---- event-loop side ----------------------------------------------------------------------
 
@@ -235,6 +253,13 @@ class CompletionService:
         if not invoked and pointless(cur.line_suffix):
             return None
         self._supersede(uri)
+        pending = self._prefetch
+        if pending is not None and pending.key == (uri, doc.text, cursor):
+            # The user accepted before the prefetch was done: it is computing this very answer.
+            await asyncio.wrap_future(pending.future)
+            self._prefetch = None
+        else:
+            self.cancel_prefetch()  # a request the user waits for goes first
 
         hit = self.cache.get(uri, doc.text, cursor, self._context_version())
         if hit is not None:
@@ -262,15 +287,40 @@ class CompletionService:
                 del self.jobs[uri]
         if suggestion is None or job.cancelled.is_set():
             return None
+        if settings.prefetch_after_accept and suggestion:
+            self._prefetch_after_accept(uri, backend, settings, snapshot, cur, suggestion)
         return self._result(doc, cursor, cur, suggestion, from_cache=False, text=snapshot.text)
 
+    def _prefetch_after_accept(self, uri: str, backend: Backend, settings: Settings, snap: Request, cur: Cursor,
+                               suggestion: Suggestion) -> None:
+        """Queue the suggestion for the cursor after `suggestion` is accepted (llama.vim's speculative
+        FIM): the editor asks for it right after an accept, and finds it in the cache. It runs only
+        while nothing else waits (any request cancels it within a decode step), records no status."""
+        accepted = accepted_snapshot(snap, suggestion, cur.line_suffix)
+        doc = Document("", accepted.text)
+        line = doc.position_at(accepted.cursor)[0]
+        next_cur = cursor_info(doc, accepted.cursor, line, settings.multiline)
+        if pointless(next_cur.line_suffix):
+            return  # the editor would not ask there
+        job = Job(uri)
+        future = self.worker.submit(lambda: self._run_then_trim(job, backend, settings, accepted, next_cur,
+                                                                time.perf_counter(), (line, 0), False))
+        self._prefetch = Prefetch(job, future, (uri, accepted.text, accepted.cursor))
+
+    def cancel_prefetch(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.job.cancelled.set()
+            self._prefetch = None
+
     def cancel_all(self) -> None:
+        self.cancel_prefetch()
         for job in list(self.jobs.values()):
             job.cancelled.set()
 
     def forget(self, uri: str) -> None:
         """A document was closed: drop everything kept for it."""
         self._supersede(uri)
+        self.cancel_prefetch()
         self.last_prompt.pop(uri, None)
         self._shareable.pop(uri, None)
         self._layouts.pop(uri, None)
@@ -355,13 +405,14 @@ class CompletionService:
             self._trim_heap()  # give the engine's freed buffers back to the system now and then
 
     def _run(self, job: Job, backend: Backend, settings: Settings, snap: Request, cur: Cursor,
-             started: float, position: tuple[int, int]) -> Suggestion | None:
+             started: float, position: tuple[int, int], shown: bool = True) -> Suggestion | None:
+        """The suggestion for one cursor, cached; `shown` (a request the user waits for, not a
+        prefetch) also records the prompt, the status and any failure."""
         if job.cancelled.is_set():
             return None  # superseded while queued
         count = self.counter(backend)
         context_version = self._context_version()
-        on_gpu = backend_device(backend)[0] == "cuda"
-        budget = settings.context_budget(backend.context_length, on_gpu)
+        budget = settings.prompt_budget(backend)
         built = build_prompt(snap, self.get_index(), self._gatherer, budget=budget, count=count,
                              repository_context=settings.repository_context, previous=self._layouts.get(job.uri))
         self._layouts[job.uri] = built.layout
@@ -381,6 +432,9 @@ class CompletionService:
         try:
             completion = backend.complete(request, should_stop=job.should_stop, on_text=on_text)
         except Exception as exc:
+            if not shown:
+                log.info("accept-then-next prefetch failed: %s", exc)
+                return None
             # No error answer: the editor asks on every keystroke and would show one each time. The
             # request gets no suggestion; the user sees why once (a message, the status), and the
             # next request runs the engine again (its KV cache only ever holds finished steps).
@@ -395,6 +449,9 @@ class CompletionService:
         # output's last line is unfinished: post-processing trims it.
         truncated = completion.stop_reason == "max_tokens" or job.finished
         suggestion = postprocess(completion.text, cur, truncated=truncated)
+        self.cache.put(job.uri, snap.text, snap.cursor, suggestion, context_version)
+        if not shown:
+            return suggestion
         latency = 1000 * (time.perf_counter() - started)
         timings = completion.timings
         self.last_prompt[job.uri] = {
@@ -408,7 +465,6 @@ class CompletionService:
             "stopReason": completion.stop_reason, "fromCache": False, "latencyMs": round(latency, 2),
         }
         self.last_uri = job.uri
-        self.cache.put(job.uri, snap.text, snap.cursor, suggestion, context_version)
         self.on_done({"lastLatencyMs": round(latency, 2), "lastFromCache": False, "lastError": None,
                       "lastPromptTokens": timings.prompt_tokens, "lastCachedTokens": timings.cached_tokens})
         return suggestion

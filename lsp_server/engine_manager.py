@@ -58,15 +58,6 @@ def model_label(settings: Settings) -> str:
     return Path(settings.model).name if settings.model else "default"
 
 
-def backend_device(backend: Backend) -> tuple[str | None, str | None]:
-    """(device, dtype) of a backend when it says; parsed from its description otherwise."""
-    device = getattr(backend, "device", None)
-    dtype = getattr(backend, "dtype", None)
-    dev = getattr(device, "type", None) or (str(device) if device is not None else None)
-    dt = str(dtype).removeprefix("torch.") if dtype is not None else None
-    return dev, dt
-
-
 class EngineManager:
     def __init__(self, on_change: Callable[[], None], on_problem: Callable[[str], None],
                  loader: Loader = load_backend,
@@ -152,7 +143,7 @@ class EngineManager:
         else:
             log.info("model ready in %.1f s: %s", time.perf_counter() - started,
                      backend.description if backend else None)
-            for warning in getattr(backend, "warnings", ()):  # e.g. a remote backend over plain http
+            for warning in backend.warnings if backend is not None else ():  # e.g. plain http to a server
                 self._on_problem(warning)
         self._on_change()
 

@@ -10,16 +10,11 @@ ever written from the loop's thread.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 import sys
-import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -29,17 +24,17 @@ from pygls.exceptions import JsonRpcException
 from pygls.io_ import StdoutWriter
 from pygls.lsp.server import LanguageServer
 
-from engine.backends.base import Backend
-
-from . import __version__, capability
+from . import __version__
 from .acceptance import ACCEPTED, SUGGESTION_EVENT, AcceptanceStats
-from .action_service import RUN_ACTION, ActionArgs, ActionError, ActionOutcome, ActionService, Refused
-from .actions import ACTIONS
+from .actions.delivery import ActionRunner
+from .actions.prompts import ACTIONS
+from .actions.service import RUN_ACTION, ActionArgs, ActionError, ActionService
 from .completion import CompletionResult, CompletionService
 from .context.index import WorkspaceIndex
 from .documents import UTF8, UTF16, UTF32, DocumentStore, PositionError
-from .engine_manager import EngineManager, Loader, backend_device, load_backend
+from .engine_manager import EngineManager, Loader, load_backend
 from .memory import resident_bytes
+from .progress import Progress
 from .protocol import RobustProtocol, robust_converter
 from .settings import Settings, parse_settings
 from .transport import read_loop, stdin_reader, stream_reader
@@ -87,10 +82,9 @@ class CodeLlamaServer(LanguageServer):
         self.index: WorkspaceIndex | None = None
         self.indexing = False
         self.shutdown_requested = False
-        self._progress_begun: dict[str, concurrent.futures.Future[None]] = {}  # token -> its begin
+        self.progress = Progress(self)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.can_pull_config = False
-        self.can_progress = False
         self.can_apply_edit = False
         self.can_show_document = False
         self.can_create_files = False
@@ -105,7 +99,7 @@ class CodeLlamaServer(LanguageServer):
         }
         self.engine = EngineManager(on_change=self.on_engine_change,
                                     on_problem=lambda m: self.threadsafe(self.show_problem, m),
-                                    loader=loader, progress=self._engine_progress)
+                                    loader=loader, progress=self.progress.for_loads())
         self.engine.retire = lambda old: self.service.worker.submit(old.close)
         self.service = CompletionService(
             self.docs, self.engine, lambda: self.settings, lambda: self.index, self.path_of,
@@ -114,11 +108,11 @@ class CodeLlamaServer(LanguageServer):
         # Code actions use the completion model unless `instructModel` names another one.
         self.instruct_engine = EngineManager(on_change=self.status_changed,
                                              on_problem=lambda m: self.threadsafe(self.show_problem, m),
-                                             loader=loader, progress=self._instruct_progress)
+                                             loader=loader, progress=self.progress.for_loads(" (code actions)"))
         self.instruct_engine.retire = lambda old: self.service.worker.submit(old.close)
         self.actions = ActionService(self.service, lambda: self.settings, lambda: self.root,
                                      lambda: self.can_create_files, lambda: self.can_show_disabled)
-        self.action_runs: dict[str, threading.Event] = {}  # progress token -> cancel flag
+        self.action_runner = ActionRunner(self)
         self.acceptance = AcceptanceStats()  # this session's, for the status only
 
     # ---- plumbing -----------------------------------------------------------------------------
@@ -217,11 +211,9 @@ class CodeLlamaServer(LanguageServer):
         else:
             state = "starting"
         message = engine.error
-        remote_state = getattr(backend, "state", None)  # a remote backend: how its last request went
-        if isinstance(remote_state, str) and state == "ready":
-            if remote_state.startswith(("error", "retrying")):
-                state, message = "error", f"remote server: {remote_state}"
-        device, dtype = backend_device(backend) if backend is not None else (None, None)
+        if backend is not None and state == "ready" and backend.state.startswith(("error", "retrying")):
+            state, message = "error", f"remote server: {backend.state}"  # how its last request went
+        device, dtype = backend.placement if backend is not None else (None, None)
         self.status.update(
             # The model serving; while none is yet, the one being loaded (or that failed to load).
             state=state, model=engine.model_name if backend is not None else engine.requested_name,
@@ -236,19 +228,19 @@ class CodeLlamaServer(LanguageServer):
         """What the status says about memory: the process's resident size, the KV caches of the
         completion model, and the workspace index (its files, and the bytes of their texts and
         windows)."""
-        cache_bytes = getattr(self.engine.backend, "cache_bytes", None)
+        backend = self.engine.backend
         index = self.index
         return {"residentBytes": resident_bytes(),
-                "kvCacheBytes": cache_bytes() if callable(cache_bytes) else None,
+                "kvCacheBytes": backend.cache_bytes() if backend is not None else None,
                 "indexFiles": len(index) if index is not None else 0,
                 "indexBytes": index.total_bytes if index is not None else 0}
 
     def on_engine_change(self) -> None:
         """A backend was swapped in (or failed to load): tell the client."""
         backend = self.engine.backend
-        if getattr(backend, "on_state", False) is None:
+        if backend is not None and backend.on_state is None:
             # A remote backend reports how each request went: an outage shows in the status bar.
-            backend.on_state = lambda _: self.threadsafe(self.send_status)  # type: ignore[union-attr]
+            backend.on_state = lambda _: self.threadsafe(self.send_status)
         self.status_changed()
 
     def status_changed(self) -> None:
@@ -270,163 +262,6 @@ class CodeLlamaServer(LanguageServer):
             self.protocol.notify(STATUS, self.status_payload())
         except Exception:  # the client may be gone
             log.debug("could not send status", exc_info=True)
-
-    # ---- progress -----------------------------------------------------------------------------
-
-    def begin_progress(self, title: str, cancellable: bool = False) -> str | None:
-        """Start a work-done progress (from any thread); returns its token."""
-        if not self.can_progress or self.loop is None:
-            return None
-        token = f"codellama-{uuid.uuid4().hex[:8]}"
-
-        async def begin() -> None:
-            try:
-                # No time limit: on a loaded machine the client's answer can take many seconds, and a
-                # progress given up on would never begin (nor end).
-                await self.work_done_progress.create_async(token)
-                self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=cancellable))
-            except Exception:
-                log.debug("progress not accepted", exc_info=True)
-
-        self._progress_begun[token] = asyncio.run_coroutine_threadsafe(begin(), self.loop)
-        return token
-
-    def report_progress(self, token: str | None, message: str, percentage: int | None = None) -> None:
-        self._after_begin(token, lambda: self.work_done_progress.report(
-            token, types.WorkDoneProgressReport(message=message, percentage=percentage)))
-
-    def end_progress(self, token: str | None, message: str | None = None) -> None:
-        self._after_begin(token, lambda: self.work_done_progress.end(
-            token, types.WorkDoneProgressEnd(message=message)), last=True)
-
-    def _after_begin(self, token: str | None, send: Callable[[], None], last: bool = False) -> None:
-        """Send a report or the end of progress `token` once its begin went out. A fast model load
-        ends before the client has answered `window/workDoneProgress/create`: sent at once, the end
-        would be dropped and the editor would show the load in progress forever."""
-        begun = self._progress_begun.pop(token, None) if last else self._progress_begun.get(token)
-        if token is None or begun is None or self.loop is None or self.loop.is_closed():
-            return
-
-        async def after() -> None:
-            await asyncio.wrap_future(begun)
-            if token in self.work_done_progress.tokens:
-                send()
-
-        try:
-            asyncio.run_coroutine_threadsafe(after(), self.loop)
-        except RuntimeError:
-            pass  # the loop is shutting down
-
-    def _engine_progress(self, phase: str, title: str | None) -> None:
-        if phase == "begin":
-            self._load_token = self.begin_progress(title or "Loading model")
-        else:
-            self.end_progress(getattr(self, "_load_token", None))
-
-    def _instruct_progress(self, phase: str, title: str | None) -> None:
-        if phase == "begin":
-            self._instruct_load_token = self.begin_progress(f"{title or 'Loading model'} (code actions)")
-        else:
-            self.end_progress(getattr(self, "_instruct_load_token", None))
-
-    # ---- code actions -------------------------------------------------------------------------
-
-    async def instruct_backend(self) -> Backend:
-        """The model code actions run on: `instructModel` when set and loadable, else the completion
-        model. Raises ActionError when there is none."""
-        settings = self.settings
-        if settings.instruct_model:
-            self.instruct_engine.ensure(replace(settings, model=settings.instruct_model, adapter=None))
-            while self.instruct_engine.loading:
-                await asyncio.sleep(0.2)
-            if self.instruct_engine.backend is not None:
-                return self.instruct_engine.backend
-            fallback = capability.for_actions(replace(settings, instruct_model=None), self.engine.loaded_settings)
-            if not fallback.capable:
-                raise Refused(f"the instruct model could not be loaded ({self.instruct_engine.error}), and "
-                              f"{capability.refusal(fallback)}")
-            self.show_problem(f"the instruct model could not be loaded ({self.instruct_engine.error}); code "
-                              "actions use the completion model", types.MessageType.Warning)
-        if self.engine.backend is None:
-            reason = f": {self.engine.error}" if self.engine.error else " (still loading)"
-            raise ActionError(f"no model is loaded{reason}")
-        return self.engine.backend
-
-    async def run_action(self, args: ActionArgs) -> dict[str, Any]:
-        title = ACTIONS[args.action].title
-        try:
-            self.actions.check_capable(f'"{title.removeprefix("Code Llama: ")}"')
-            backend = await self.instruct_backend()
-        except Refused as exc:
-            # Not an error answer: the client would show it as well, beside this message.
-            self.show_problem(str(exc), types.MessageType.Warning)
-            return {"action": args.action, "answer": "", "stopReason": "refused", "generatedTokens": 0,
-                    "message": str(exc), "applied": False, "shownIn": None}
-        cancelled = threading.Event()
-        token = self.begin_progress(title, cancellable=True)
-        if token is not None:
-            self.action_runs[token] = cancelled
-        last_report = [0.0]
-
-        def on_text(text: str) -> None:  # engine thread, after each decode step
-            now = time.monotonic()
-            if now - last_report[0] >= 0.5:
-                last_report[0] = now
-                self.report_progress(token, f"{len(text)} characters written")
-
-        try:
-            outcome = await self.actions.run(args, backend, cancelled, on_text)
-        finally:
-            if token is not None:
-                self.action_runs.pop(token, None)
-            self.end_progress(token)
-        return await self.deliver(outcome, title)
-
-    async def deliver(self, outcome: ActionOutcome, title: str) -> dict[str, Any]:
-        """Apply the edit (workspace/applyEdit) or show the answer; what happened, for the caller."""
-        result = outcome.summary()
-        result.update(applied=False, shownIn=None)
-        if outcome.stop_reason == "cancelled":
-            return result
-        if outcome.edit is not None and self.can_apply_edit:
-            try:
-                applied = await asyncio.wait_for(self.workspace_apply_edit_async(
-                    types.ApplyWorkspaceEditParams(edit=outcome.edit, label=title)), 60)
-                result["applied"] = bool(applied.applied)
-                if not applied.applied:
-                    result["message"] = applied.failure_reason or "the editor did not apply the edit"
-            except Exception as exc:
-                result["message"] = f"applying the edit failed: {exc}"
-            if result["applied"]:
-                return result
-        if outcome.rejected:
-            # The user expected their code to change: say so where they look, and show the proposal.
-            self.show_problem(f'"{title.removeprefix("Code Llama: ")}" {outcome.message}; the proposal is '
-                              "shown instead", types.MessageType.Warning)
-        if ACTIONS[outcome.action].result == "answer" or outcome.answer.strip():
-            note = f"_{result['message']}_\n\n" if result.get("message") else ""
-            result["shownIn"] = await self.show_answer(title, outcome.preview or note + outcome.answer)
-        elif result.get("message"):
-            self.show_problem(str(result["message"]), types.MessageType.Warning)
-        return result
-
-    async def show_answer(self, title: str, text: str) -> str | None:
-        """A markdown document with the answer (window/showDocument) when the client can show one,
-        else a window/showMessage. Returns the document's URI, if any."""
-        if self.can_show_document:
-            folder = Path(tempfile.gettempdir()) / f"codellama-answers-{os.getuid() if hasattr(os, 'getuid') else 0}"
-            folder.mkdir(mode=0o700, exist_ok=True)
-            path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.md"
-            path.write_text(f"# {title}\n\n{text.strip()}\n", encoding="utf-8")
-            try:
-                shown = await asyncio.wait_for(self.window_show_document_async(
-                    types.ShowDocumentParams(uri=path.as_uri(), take_focus=True)), 30)
-                if shown.success:
-                    return path.as_uri()
-            except Exception:
-                log.debug("showDocument failed", exc_info=True)
-        self.window_show_message(types.ShowMessageParams(type=types.MessageType.Info, message=f"{title}\n\n{text}"))
-        return None
 
     # ---- acceptance statistics (lsp_server/acceptance.py) ---------------------------------------
 
@@ -456,10 +291,7 @@ class CodeLlamaServer(LanguageServer):
         for problem in problems:
             self.show_problem(problem, types.MessageType.Warning)
         old, self.settings = self.settings, settings
-        if (settings.fim_format, settings.max_new_tokens, settings.temperature, settings.max_context_tokens,
-                settings.repository_context, settings.multiline) != (
-                old.fim_format, old.max_new_tokens, old.temperature, old.max_context_tokens,
-                old.repository_context, old.multiline):
+        if settings.suggestion_key() != old.suggestion_key():
             self.service.cache.clear()  # cached suggestions were made under other settings
         if self.loop is not None and settings.enable:
             self.engine.ensure(settings)
@@ -493,13 +325,13 @@ class CodeLlamaServer(LanguageServer):
         threading.Thread(target=self._build_index, args=(index,), name="indexer", daemon=True).start()
 
     def _build_index(self, index: WorkspaceIndex) -> None:
-        token = self.begin_progress("Indexing workspace")
+        token = self.progress.begin("Indexing workspace")
         try:
             # Watching starts first: what changes on disk while the build runs is applied after it.
             index.on_change = lambda what, rel: log.debug("index: %s %s", what, rel)
             if self.index is index:
                 index.start_watching()
-            index.build(progress=lambda done, total: self.report_progress(
+            index.build(progress=lambda done, total: self.progress.report(
                 token, f"{done}/{total} files", int(100 * done / max(total, 1))),
                 should_stop=lambda: self.index is not index)
             if self.index is not index:  # replaced while building (a reindex)
@@ -507,7 +339,7 @@ class CodeLlamaServer(LanguageServer):
         except Exception:
             log.exception("indexing failed")
         finally:
-            self.end_progress(token, f"{len(index)} files")
+            self.progress.end(token, f"{len(index)} files")
             if self.index is index:
                 self.indexing = False
             self.threadsafe(self.send_status)
@@ -591,7 +423,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         ls.pending_problems = problems
         caps = params.capabilities
         ls.can_pull_config = _client_has(caps, "workspace.configuration")
-        ls.can_progress = _client_has(caps, "window.work_done_progress")
+        ls.progress.enabled = _client_has(caps, "window.work_done_progress")
         ls.can_apply_edit = _client_has(caps, "workspace.apply_edit")
         ls.can_show_document = _client_has(caps, "window.show_document.support")
         ls.can_show_disabled = _client_has(caps, "text_document.code_action.disabled_support")
@@ -666,15 +498,13 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
     @server.command(RUN_ACTION)
     async def run_action(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
         try:
-            return await ls.run_action(ActionArgs.parse(args[0] if args else None))
+            return await ls.action_runner.run(ActionArgs.parse(args[0] if args else None))
         except ActionError as exc:
             raise RequestFailed(str(exc)) from None
 
     @server.feature(types.WINDOW_WORK_DONE_PROGRESS_CANCEL)
     def progress_cancel(ls: CodeLlamaServer, params: types.WorkDoneProgressCancelParams) -> None:
-        cancelled = ls.action_runs.get(str(params.token))
-        if cancelled is not None:
-            cancelled.set()
+        ls.action_runner.cancel(str(params.token))
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
@@ -688,8 +518,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
     def shutdown(ls: CodeLlamaServer, params: Any) -> None:
         ls.shutdown_requested = True
         ls.service.cancel_all()
-        for cancelled in ls.action_runs.values():
-            cancelled.set()
+        ls.action_runner.cancel_all()
         if ls.index is not None:
             ls.index.stop_watching()
 

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from engine.backends.base import Backend
+
 DEVICES = ("auto", "cpu", "cuda")
 DTYPE_ALIASES = {
     "auto": "auto",
@@ -50,10 +52,22 @@ class Settings:
     # served model's name (default: the first one the server lists).
     api_key: str | None = field(default=None, repr=False)
     remote_model: str | None = None
+    # Accept-then-next: while the editor shows a suggestion, compute the one it will ask for once the
+    # user accepts it (the engine is idle then), so the next ghost text comes from the cache.
+    prefetch_after_accept: bool = True
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
         return (self.model, self.adapter, self.device, self.dtype, self.backend, self.api_key, self.remote_model)
+
+    def suggestion_key(self) -> tuple[Any, ...]:
+        """The settings besides the model's that shape a suggestion: cached ones are stale when they change."""
+        return (self.fim_format, self.max_new_tokens, self.temperature, self.max_context_tokens,
+                self.repository_context, self.multiline)
+
+    def prompt_budget(self, backend: Backend) -> int:
+        """context_budget for this backend (its context length; the larger default on a GPU)."""
+        return self.context_budget(backend.context_length, backend.placement[0] == "cuda")
 
     def context_budget(self, context_length: int, on_gpu: bool) -> int:
         """Prompt budget in tokens: the setting (or the automatic default) capped by what the model

@@ -81,9 +81,28 @@ class BackendError(RuntimeError):
 
 @runtime_checkable
 class Backend(Protocol):
+    # Called with the new `state` whenever it changes (from any thread); set by the language server.
+    on_state: Callable[[str], None] | None
+    # Messages to show the user once, after loading (e.g. a remote server over plain http).
+    warnings: list[str]
+
     @property
     def description(self) -> str:
         """Short human-readable name, e.g. 'local: default-model (cpu, bfloat16)'."""
+        ...
+
+    @property
+    def placement(self) -> tuple[str, str | None]:
+        """Where it computes, for the status: ("cpu" | "cuda" | "remote", its dtype's name or None)."""
+        ...
+
+    @property
+    def state(self) -> str:
+        """How the last request went: "ready", or "retrying: ..." / "error: ..." (a remote server)."""
+        ...
+
+    def cache_bytes(self) -> int | None:
+        """Bytes its KV caches hold in this process (None: they live elsewhere)."""
         ...
 
     @property

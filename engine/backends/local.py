@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -132,6 +133,8 @@ class LocalBackend:
         self.pool = CachePool(loaded, device, dtype, cache_budget_mb * 2**20)
         self.healer = TokenHealer(self.tok.piece_texts())
         self.lock = threading.Lock()
+        self.on_state: Callable[[str], None] | None = None  # never called: a local model has no outage
+        self.warnings: list[str] = []
 
     # ---- Backend properties -------------------------------------------------------------------
 
@@ -140,6 +143,14 @@ class LocalBackend:
         name = self.loaded.path.name
         extra = f" + adapter {self.adapter.name}" if self.adapter else ""
         return f"local: {name}{extra} ({self.device.type}, {str(self.dtype).removeprefix('torch.')})"
+
+    @property
+    def placement(self) -> tuple[str, str | None]:
+        return self.device.type, str(self.dtype).removeprefix("torch.")
+
+    @property
+    def state(self) -> str:
+        return "ready"
 
     @property
     def context_length(self) -> int:

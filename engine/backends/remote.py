@@ -86,8 +86,7 @@ class RemoteBackend:
     when set, is called with it whenever it changes.
     """
 
-    device = "remote"  # engine_manager.backend_device reads these for the status bar
-    dtype = None
+    placement = ("remote", None)
 
     def __init__(
         self,
@@ -155,6 +154,9 @@ class RemoteBackend:
     @property
     def can_infill(self) -> bool:
         return True  # Code Llama base models; a server cannot tell us otherwise
+
+    def cache_bytes(self) -> int | None:
+        return None  # the server's own
 
     def count_tokens(self, text: str) -> int:
         """Through the server's tokenizer when it has one (llama.cpp, vLLM, llama-cpp-python), on one

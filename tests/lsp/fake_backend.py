@@ -19,6 +19,8 @@ _TOKEN = re.compile(r"\w+|\s|[^\w\s]")
 
 class FakeBackend:
     description = "fake: scripted (cpu, float32)"
+    placement = ("cpu", "float32")
+    state = "ready"
     context_length = 16384
     can_infill = True
 
@@ -33,6 +35,11 @@ class FakeBackend:
         self.results: list[Completion] = []
         self.started = threading.Event()
         self.closed = False
+        self.on_state: Callable[[str], None] | None = None
+        self.warnings: list[str] = []
+
+    def cache_bytes(self) -> int | None:
+        return None
 
     def count_tokens(self, text: str) -> int:
         return len(_TOKEN.findall(text))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from lsprotocol import types
 
-from lsp_server.action_service import ActionArgs, ActionService
+from lsp_server.actions.service import ActionArgs, ActionService
 from lsp_server.completion import CompletionService
 from lsp_server.documents import DocumentStore
 from lsp_server.engine_manager import EngineManager

@@ -4,7 +4,7 @@ that start mid-line, non-ASCII."""
 
 from __future__ import annotations
 
-from lsp_server import actions as A
+from lsp_server.actions import prompts as A
 
 
 def apply(text: str, start: int, end: int, new: str) -> str:

@@ -17,12 +17,14 @@ URI = "file:///w/main.py"
 
 
 def make_service(backend, text="def area(w, h):\n    return \n", settings=None):
+    """The service with `settings` (default: no accept-then-next prefetch, so model calls are countable)."""
+    settings = settings or Settings(prefetch_after_accept=False)
     docs = DocumentStore()
     docs.open(URI, text, 1, "python")
     engine = EngineManager(on_change=lambda: None, on_problem=lambda m: None)
     engine.backend = backend
     done = []
-    service = CompletionService(docs, engine, lambda: settings or Settings(), lambda: None,
+    service = CompletionService(docs, engine, lambda: settings, lambda: None,
                                 lambda uri: uri.rsplit("/", 1)[-1], on_done=done.append, on_problem=print)
     return service, docs, done
 
@@ -150,3 +152,39 @@ def test_cache_lru_and_suffix_check():
     cache.put("u", "a\n", 1, Suggestion("1"))
     cache.put("u", "b\n", 1, Suggestion("2"))
     assert cache.get("u", text, 4) is None  # evicted
+
+
+def after_return(request):
+    """What a model would say: the expression after `return`, then a comment after it."""
+    return "  # area" if request.prefix.endswith("w * h") else "w * h"
+
+
+async def test_accepting_a_suggestion_finds_the_next_one_already_computed():
+    backend = FakeBackend(after_return)
+    service, docs, _ = make_service(backend, settings=Settings(prefetch_after_accept=True))
+    first = await service.complete(URI, 1, 11, invoked=False)
+    assert first.text == "w * h"
+    service.worker.submit(lambda: None).result(timeout=10)  # the prefetch has run on the worker
+    assert len(backend.requests) == 2
+    # The prefetch asked about the document as it is once the suggestion is accepted.
+    assert backend.requests[1].prefix.endswith("    return w * h") and backend.requests[1].suffix == "\n"
+    docs.change(URI, 2, [("w * h", (1, 11), (1, 11))])  # the editor inserts the accepted text
+    second = await service.complete(URI, 1, 16, invoked=False)
+    assert second.from_cache and second.text == "  # area"
+    assert len(backend.requests) == 2  # no model call for it
+
+
+async def test_a_new_request_cancels_an_unneeded_prefetch():
+    backend = FakeBackend(after_return, step_s=0.05)
+    service, docs, _ = make_service(backend, settings=Settings(prefetch_after_accept=True))
+    await service.complete(URI, 1, 11, invoked=False)
+    type_text(docs, 1, 11, "x")  # the user typed on instead of accepting
+    prefetch = service._prefetch
+    assert prefetch is not None and not prefetch.job.cancelled.is_set()
+    result = await service.complete(URI, 1, 12, invoked=False)
+    assert prefetch.job.cancelled.is_set() and result is not None
+    # It never reached the engine, or stopped within a step (the worker runs one call at a time, so
+    # requests and results pair up in order).
+    for request, outcome in zip(backend.requests, backend.results, strict=False):
+        if request.prefix.endswith("return w * h"):
+            assert outcome.stop_reason == "cancelled"

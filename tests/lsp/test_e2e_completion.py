@@ -239,6 +239,21 @@ async def test_typing_through_a_suggestion_answers_from_the_cache(client, repo):
     assert status["lastFromCache"] is True
 
 
+async def test_accepting_a_suggestion_finds_the_next_one_ready(client, repo):
+    """Accept-then-next: while the first suggestion shows, the server computes the one for the cursor
+    after it; accepting it gets that one from the cache, with no model call."""
+    text = "def total_price(items):\n    total = 0\n    for item in \n    return total\n"
+    uri = lc.open_doc(client, repo / "accept.py", text)
+    first = (await suggestion_at(client, uri, 2, 16)).insert_text
+    assert first.rstrip().endswith(":"), first  # a block opener: the loop's body comes next
+    lc.insert(client, uri, 2, 2, 16, first)  # the editor inserts what the user accepted
+    after = 16 + lc.utf16_len(first)
+    nxt = await suggestion_at(client, uri, 2, after)
+    assert "item" in nxt.insert_text, nxt.insert_text  # the loop's body, using its variable
+    prompt = await lc.last_prompt(client, uri)
+    assert prompt["fromCache"] is True
+
+
 async def test_utf16_positions_with_emoji_and_cjk(client, repo):
     line0 = 's = "😀漢字😀"'
     text = f"{line0}\nt = s + \n"

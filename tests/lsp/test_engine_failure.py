@@ -12,7 +12,7 @@ import pytest
 
 import engine.generate
 from engine import load_local_backend
-from lsp_server.action_service import ActionArgs, ActionError, ActionService
+from lsp_server.actions.service import ActionArgs, ActionError, ActionService
 from lsp_server.completion import CompletionService
 from lsp_server.documents import DocumentStore
 from lsp_server.engine_manager import EngineManager

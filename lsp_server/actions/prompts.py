@@ -17,7 +17,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from .context.languages import LINE_COMMENT
+from ..context.languages import LINE_COMMENT
 
 # ---- the actions --------------------------------------------------------------------------------
 

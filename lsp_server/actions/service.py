@@ -21,15 +21,14 @@ from lsprotocol import types
 
 from engine.backends.base import Backend, InstructRequest
 
-from . import actions as A
-from . import capability as C
-from .completion import CompletionService
-from .context.builder import render_snippets, snippets_for_span
-from .context.languages import language_of
-from .context.privacy import holds_secret
-from .documents import Document, PositionError
-from .engine_manager import backend_device
-from .settings import Settings
+from .. import capability as C
+from ..completion import CompletionService
+from ..context.builder import render_snippets, snippets_for_span
+from ..context.languages import language_of
+from ..context.privacy import holds_secret
+from ..documents import Document, PositionError
+from ..settings import Settings
+from . import prompts as A
 
 RUN_ACTION = "codellama.runAction"
 log = logging.getLogger(__name__)
@@ -191,6 +190,7 @@ class ActionService:
         span = span or (start, start)
         settings = self.get_settings()
         snapshot = self.completion.snapshot(doc, span[0])
+        self.completion.cancel_prefetch()
         future = self.completion.worker.submit(
             lambda: self._generate(args, backend, settings, snapshot, span, cancelled, on_text))
         try:
@@ -235,8 +235,7 @@ class ActionService:
             raise ActionError(f"the selection is {code_tokens} tokens; the model takes about {max(room, 0)} "
                               "here: select less")
         context = ""
-        on_gpu = backend_device(backend)[0] == "cuda"
-        context_room = min(settings.context_budget(backend.context_length, on_gpu) // 2, room - code_tokens)
+        context_room = min(settings.prompt_budget(backend) // 2, room - code_tokens)
         if settings.repository_context and context_room >= 64:
             candidates = self.completion.gather_candidates(snap, context_room)
             chosen, _ = snippets_for_span(candidates, snap.text, span[0], span[1], snap.path, snap.language,
