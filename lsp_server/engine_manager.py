@@ -75,7 +75,7 @@ class EngineManager:
         self._progress = progress  # (phase "begin"/"end", title) -> None
         self._lock = threading.Lock()
         self._generation = 0
-        self.retire: Callable[[Backend], None] = lambda b: b.close()
+        self.retire: Callable[[Backend], object] = lambda b: b.close()  # the server: on its worker
 
     @property
     def loading(self) -> bool:

@@ -82,7 +82,7 @@ class CodeLlamaServer(LanguageServer):
         self.index: WorkspaceIndex | None = None
         self.indexing = False
         self.shutdown_requested = False
-        self.progress = Progress(self)
+        self.progress_reporter = Progress(self)  # not `progress`: pygls names a method so
         self.loop: asyncio.AbstractEventLoop | None = None
         self.can_pull_config = False
         self.can_apply_edit = False
@@ -99,7 +99,7 @@ class CodeLlamaServer(LanguageServer):
         }
         self.engine = EngineManager(on_change=self.on_engine_change,
                                     on_problem=lambda m: self.threadsafe(self.show_problem, m),
-                                    loader=loader, progress=self.progress.for_loads())
+                                    loader=loader, progress=self.progress_reporter.for_loads())
         self.engine.retire = lambda old: self.service.worker.submit(old.close)
         self.service = CompletionService(
             self.docs, self.engine, lambda: self.settings, lambda: self.index, self.path_of,
@@ -108,7 +108,7 @@ class CodeLlamaServer(LanguageServer):
         # Code actions use the completion model unless `instructModel` names another one.
         self.instruct_engine = EngineManager(on_change=self.status_changed,
                                              on_problem=lambda m: self.threadsafe(self.show_problem, m),
-                                             loader=loader, progress=self.progress.for_loads(" (code actions)"))
+                                             loader=loader, progress=self.progress_reporter.for_loads(" (code actions)"))
         self.instruct_engine.retire = lambda old: self.service.worker.submit(old.close)
         self.actions = ActionService(self.service, lambda: self.settings, lambda: self.root,
                                      lambda: self.can_create_files, lambda: self.can_show_disabled)
@@ -116,6 +116,12 @@ class CodeLlamaServer(LanguageServer):
         self.acceptance = AcceptanceStats()  # this session's, for the status only
 
     # ---- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def robust_protocol(self) -> RobustProtocol:
+        """The protocol as the class it is (pygls types it as its base)."""
+        assert isinstance(self.protocol, RobustProtocol)
+        return self.protocol
 
     def threadsafe(self, fn: Any, *args: Any) -> None:
         """Run `fn(*args)` on the event loop (from any thread)."""
@@ -137,7 +143,7 @@ class CodeLlamaServer(LanguageServer):
         self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
         read_some = stdin_reader(stdin or sys.stdin.buffer, self.thread_pool)
         try:
-            asyncio.run(read_loop(read_some, self.protocol.receive, self._stop_event))
+            asyncio.run(read_loop(read_some, self.robust_protocol.receive, self._stop_event))
         except BrokenPipeError:
             log.error("the connection to the client is lost; shutting down")
         except (KeyboardInterrupt, SystemExit):
@@ -150,7 +156,7 @@ class CodeLlamaServer(LanguageServer):
 
         async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             self.protocol.set_writer(writer)  # type: ignore[arg-type]
-            await read_loop(stream_reader(reader), self.protocol.receive, stop)
+            await read_loop(stream_reader(reader), self.robust_protocol.receive, stop)
             self.shutdown()
 
         async def serve() -> None:
@@ -325,13 +331,13 @@ class CodeLlamaServer(LanguageServer):
         threading.Thread(target=self._build_index, args=(index,), name="indexer", daemon=True).start()
 
     def _build_index(self, index: WorkspaceIndex) -> None:
-        token = self.progress.begin("Indexing workspace")
+        token = self.progress_reporter.begin("Indexing workspace")
         try:
             # Watching starts first: what changes on disk while the build runs is applied after it.
             index.on_change = lambda what, rel: log.debug("index: %s %s", what, rel)
             if self.index is index:
                 index.start_watching()
-            index.build(progress=lambda done, total: self.progress.report(
+            index.build(progress=lambda done, total: self.progress_reporter.report(
                 token, f"{done}/{total} files", int(100 * done / max(total, 1))),
                 should_stop=lambda: self.index is not index)
             if self.index is not index:  # replaced while building (a reindex)
@@ -339,7 +345,7 @@ class CodeLlamaServer(LanguageServer):
         except Exception:
             log.exception("indexing failed")
         finally:
-            self.progress.end(token, f"{len(index)} files")
+            self.progress_reporter.end(token, f"{len(index)} files")
             if self.index is index:
                 self.indexing = False
             self.threadsafe(self.send_status)
@@ -423,7 +429,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         ls.pending_problems = problems
         caps = params.capabilities
         ls.can_pull_config = _client_has(caps, "workspace.configuration")
-        ls.progress.enabled = _client_has(caps, "window.work_done_progress")
+        ls.progress_reporter.enabled = _client_has(caps, "window.work_done_progress")
         ls.can_apply_edit = _client_has(caps, "workspace.apply_edit")
         ls.can_show_document = _client_has(caps, "window.show_document.support")
         ls.can_show_disabled = _client_has(caps, "text_document.code_action.disabled_support")
@@ -454,7 +460,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:
-        changes = []
+        changes: list[tuple[str, tuple[int, int] | None, tuple[int, int] | None]] = []
         for change in params.content_changes:
             if isinstance(change, types.TextDocumentContentChangePartial):
                 r = change.range

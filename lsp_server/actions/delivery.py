@@ -77,7 +77,7 @@ class ActionRunner:
             return {"action": args.action, "answer": "", "stopReason": "refused", "generatedTokens": 0,
                     "message": str(exc), "applied": False, "shownIn": None}
         cancelled = threading.Event()
-        token = self.server.progress.begin(title, cancellable=True)
+        token = self.server.progress_reporter.begin(title, cancellable=True)
         if token is not None:
             self.runs[token] = cancelled
         last_report = [0.0]
@@ -86,14 +86,14 @@ class ActionRunner:
             now = time.monotonic()
             if now - last_report[0] >= 0.5:
                 last_report[0] = now
-                self.server.progress.report(token, f"{len(text)} characters written")
+                self.server.progress_reporter.report(token, f"{len(text)} characters written")
 
         try:
             outcome = await self.server.actions.run(args, backend, cancelled, on_text)
         finally:
             if token is not None:
                 self.runs.pop(token, None)
-            self.server.progress.end(token)
+            self.server.progress_reporter.end(token)
         return await self.deliver(outcome, title)
 
     async def deliver(self, outcome: ActionOutcome, title: str) -> dict[str, Any]:
