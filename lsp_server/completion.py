@@ -267,6 +267,12 @@ class CompletionService:
             return self._result(doc, cursor, cur, hit, from_cache=True)
 
         backend = self.engine.backend
+        if backend is None and invoked and self.engine.loading:
+            # Asked for explicitly (Alt+\\): the editor will not ask again at this position, so the
+            # answer waits for the model (the request stays cancellable meanwhile).
+            while self.engine.loading and self.engine.backend is None:
+                await asyncio.sleep(0.1)
+            return await self.complete(uri, line, character, invoked)
         if backend is None:
             log.info("no model loaded yet: a suggestion at %s:%d:%d is answered with nothing", self.path_of(uri),
                      line + 1, character + 1)

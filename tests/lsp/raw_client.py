@@ -20,10 +20,11 @@ from .lsp_client import REPO, server_env
 
 
 class RawServer:
-    def __init__(self, *args: str, direct: bool = False) -> None:
-        """`direct`: run `python -m lsp_server` itself rather than a child of the fork server."""
+    def __init__(self, *args: str, direct: bool = False, module: str = "lsp_server") -> None:
+        """`direct`: run `python -m lsp_server` itself rather than a child of the fork server; `module`:
+        another entry point that takes the server's arguments (tests.gated_server)."""
         self.stderr = tempfile.TemporaryFile()
-        command = [sys.executable, "-m", "lsp_server", *args] if direct else forkserver.command("lsp_server", *args)
+        command = [sys.executable, "-m", module, *args] if direct else forkserver.command(module, *args)
         self.proc = subprocess.Popen(command, cwd=REPO, env=server_env(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
         self.inbox: queue.Queue[dict[str, Any]] = queue.Queue()
