@@ -1,31 +1,21 @@
-"""Whether a model follows instructions. Code actions send Code Llama – Instruct prompts; a completion
-model (the embedded default model, CodeLlama-7b-hf, CodeLlama-7b-Python-hf) answers them with noise, so
-the server does not run them there (lsp_server/README.md, "Code actions").
+"""Which model serves code actions, and whether it follows instructions. Code actions send Code Llama –
+Instruct prompts; a completion model (the embedded default model, CodeLlama-7b-hf) answers them with
+noise, so the server does not run them there (lsp_server/README.md, "Code actions").
 
-The signal, first match wins:
-1. the setting `codellama.instructCapable` (true/false; null: detect);
-2. the model directory's configuration (`config.json` for Hugging Face checkpoints, `params.json` for
-   Meta's) or an adapter's `adapter.json`: a top-level `"instruct": true|false` (the adapter's wins);
-3. the directory's name: "Instruct" (Meta's and Hugging Face's CodeLlama-*-Instruct*) or "chat"
-   (Llama 2 chat, same prompt format), in any case;
-4. a remote backend is assumed to follow instructions (its model is the server's choice);
-5. anything else is a completion model.
+First match wins: the setting `codellama.instructCapable` (true/false; null: detect); a remote backend
+is assumed to follow instructions (its model is the server's choice); else what the model directory
+says about itself (engine.instruct.follows_instructions: its configuration's `"instruct"`, its name).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import Settings
+from engine.instruct import follows_instructions
+from engine.paths import default_model_dir
 
-INSTRUCT_KEY = "instruct"
-_CONFIG_FILES = ("config.json", "params.json")
-_ADAPTER_FILE = "adapter.json"
-_INSTRUCT_NAME = re.compile(r"instruct|chat", re.IGNORECASE)
-_marker_cache: dict[Path, tuple[int, bool | None]] = {}
+from .settings import Settings
 
 
 @dataclass(frozen=True)
@@ -35,46 +25,13 @@ class Capability:
     why: str  # what decided it, a clause for the user: "its config.json says \"instruct\": false"
 
 
-def read_marker(path: Path) -> bool | None:
-    """The `"instruct"` value in a JSON file (None when absent, not a bool, or unreadable); cached by
-    modification time, as code actions are asked for at every cursor move."""
-    try:
-        mtime = path.stat().st_mtime_ns
-    except OSError:
-        return None
-    cached = _marker_cache.get(path)
-    if cached is not None and cached[0] == mtime:
-        return cached[1]
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")).get(INSTRUCT_KEY)
-    except (OSError, ValueError, AttributeError):
-        value = None
-    marker = value if isinstance(value, bool) else None
-    _marker_cache[path] = (mtime, marker)
-    return marker
-
-
 def detect(model: str | None, adapter: str | None = None, backend: str = "local") -> Capability:
     """What the model directory (None: the embedded default model) says about itself."""
     if backend != "local":
         return Capability(True, backend, "it is a remote backend (assumed to follow instructions)")
-    from engine import default_model_dir
-
     directory = Path(model) if model else default_model_dir()
-    name = directory.name if model else "default"
-    if adapter:
-        marker = read_marker(Path(adapter) / _ADAPTER_FILE)
-        if marker is not None:
-            return Capability(marker, name, f"its adapter's {_ADAPTER_FILE} says \"{INSTRUCT_KEY}\": "
-                                            f"{str(marker).lower()}")
-    for file in _CONFIG_FILES:
-        marker = read_marker(directory / file)
-        if marker is not None:
-            return Capability(marker, name, f"its {file} says \"{INSTRUCT_KEY}\": {str(marker).lower()}")
-    if _INSTRUCT_NAME.search(directory.name):
-        return Capability(True, name, f"its name, {directory.name}, says it is instruction-tuned")
-    return Capability(False, name, f"it is a completion model (no \"{INSTRUCT_KEY}\": true in its configuration "
-                                   "and no \"Instruct\" in its name)")
+    capable, why = follows_instructions(directory, Path(adapter) if adapter else None)
+    return Capability(capable, directory.name if model else "default", why)
 
 
 def for_actions(settings: Settings, serving: Settings | None) -> Capability:
