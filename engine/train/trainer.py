@@ -231,7 +231,7 @@ def train(
         drop_metrics_after(metrics_path, step)  # steps a killed run logged after its last checkpoint
     write_text_atomic(run_dir / "config.json", json.dumps(asdict(cfg), indent=1))
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    stop = {"signal": None}
+    stop: dict[str, int | None] = {"signal": None}
 
     def _on_signal(signum, frame) -> None:  # finish the step in flight, checkpoint, return
         stop["signal"] = signum
@@ -244,8 +244,8 @@ def train(
         print(f"training in process {os.getpid()}: SIGINT or SIGTERM stops it after the step in flight, "
               "with a checkpoint to resume from", flush=True)
     try:
-        record = _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_limit_s,
-                       metrics_path, on_log)
+        run = _Run(model, sampler, cfg, run_dir, opt, trainable, metrics_path, on_log, stop, time_limit_s)
+        record = _loop(run, step, end)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -304,7 +304,69 @@ class _StepsFitter:
         return True
 
 
-def _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_limit_s, metrics_path, on_log):
+@dataclass
+class _Run:
+    """What one training run's steps work on (train() builds it)."""
+
+    model: Transformer
+    sampler: WindowSampler
+    cfg: TrainConfig
+    run_dir: Path
+    opt: torch.optim.Optimizer
+    trainable: dict[str, torch.nn.Parameter]
+    metrics_path: Path
+    on_log: Callable[[dict], None] | None
+    stop: dict[str, int | None]  # {"signal": n} once SIGINT/SIGTERM asked the run to stop
+    time_limit_s: float | None
+
+    def step(self, step: int, lr: float) -> tuple[float, float]:
+        """One optimiser step (all its micro-batches) at `lr`; its loss and gradient norm."""
+        cfg = self.cfg
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = self.sampler.batch(step * cfg.grad_accum + micro).to(cfg.device)
+            loss = batch_loss(self.model, batch, cfg) / cfg.grad_accum
+            loss.backward()
+            step_loss += float(loss.detach())
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), cfg.grad_clip))
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return step_loss, grad_norm
+
+    def log(self, record: dict) -> None:
+        """Print a step's line, append it to metrics.jsonl, hand it to on_log."""
+        cfg = self.cfg
+        eta = (cfg.steps - record["step"]) * cfg.tokens_per_step / max(record["tok_per_s"], 1e-9)
+        print(
+            f"step {record['step']}/{cfg.steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
+            f"{record['tok_per_s']:,.0f} tok/s | ETA {_fmt_time(eta)} | mem {record['rss_gb']:.2f} GB | "
+            f"epoch {record['epoch']:.3f}",
+            flush=True,
+        )
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.on_log:
+            self.on_log(record)
+
+    def checkpoint(self, step: int) -> None:
+        path = save_checkpoint(self.run_dir, step, self.model, self.opt, self.trainable, self.cfg,
+                               self.cfg.keep_checkpoints)
+        print(f"checkpoint {path}", flush=True)
+        try:
+            from engine.train.plot import save_loss_curve
+
+            if self.metrics_path.is_file():
+                save_loss_curve(self.metrics_path, self.run_dir / "loss.png")
+        except Exception as exc:  # a plot must never stop a training run
+            print(f"(loss curve not written: {exc})", flush=True)
+
+
+def _loop(run: _Run, step: int, end: int) -> dict:
+    """Steps from `step` to `end` (fewer when stopped by a signal or the time limit), with logs and
+    checkpoints; the last logged record."""
+    cfg = run.cfg
     last_ckpt = time.monotonic()
     first = step + 1  # logged too, so a curve starts where the run starts and a short run has two points
     t0, tokens_done, window_loss, window_n = time.monotonic(), 0, 0.0, 0
@@ -312,17 +374,7 @@ def _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_li
     fit = _StepsFitter(cfg, step) if cfg.fit_to_seconds > 0 else None
     while step < end:
         lr = lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        step_loss = 0.0
-        for micro in range(cfg.grad_accum):
-            batch = sampler.batch(step * cfg.grad_accum + micro).to(cfg.device)
-            loss = batch_loss(model, batch, cfg) / cfg.grad_accum
-            loss.backward()
-            step_loss += float(loss.detach())
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(list(trainable.values()), cfg.grad_clip))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        step_loss, grad_norm = run.step(step, lr)
         step += 1
         if fit is not None and fit.observe(step, t0):
             end = min(end, cfg.steps)
@@ -331,38 +383,19 @@ def _loop(model, sampler, cfg, run_dir, opt, trainable, step, end, stop, time_li
         window_loss += step_loss
         window_n += 1
         if step % cfg.log_every == 0 or step in (first, end):
-            elapsed = time.monotonic() - t0
-            tps = tokens_done / elapsed
             record = {
                 "step": step, "loss": window_loss / window_n, "lr": lr, "grad_norm": grad_norm,
-                "tokens": step * cfg.tokens_per_step, "tok_per_s": tps, "rss_gb": _rss_gb(),
-                "epoch": sampler.epochs(step * cfg.grad_accum), "time": time.time(),
+                "tokens": step * cfg.tokens_per_step, "tok_per_s": tokens_done / (time.monotonic() - t0),
+                "rss_gb": _rss_gb(), "epoch": run.sampler.epochs(step * cfg.grad_accum), "time": time.time(),
             }
-            eta = (cfg.steps - step) * cfg.tokens_per_step / max(tps, 1e-9)
-            print(
-                f"step {step}/{cfg.steps} | loss {record['loss']:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s"
-                f" | ETA {_fmt_time(eta)} | mem {record['rss_gb']:.2f} GB | epoch {record['epoch']:.3f}",
-                flush=True,
-            )
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            if on_log:
-                on_log(record)
+            run.log(record)
             window_loss, window_n = 0.0, 0
         due_time = time.monotonic() - last_ckpt >= cfg.checkpoint_every_s
         due_step = cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0
-        out_of_time = time_limit_s is not None and time.monotonic() - t0 >= time_limit_s
-        if stop["signal"] is not None or out_of_time:
+        out_of_time = run.time_limit_s is not None and time.monotonic() - t0 >= run.time_limit_s
+        if run.stop["signal"] is not None or out_of_time:
             end = step  # checkpoint below, then leave the loop
         if due_time or due_step or step == end:
-            path = save_checkpoint(run_dir, step, model, opt, trainable, cfg, cfg.keep_checkpoints)
+            run.checkpoint(step)
             last_ckpt = time.monotonic()
-            print(f"checkpoint {path}", flush=True)
-            try:
-                from engine.train.plot import save_loss_curve
-
-                if metrics_path.is_file():
-                    save_loss_curve(metrics_path, run_dir / "loss.png")
-            except Exception as exc:  # a plot must never stop a training run
-                print(f"(loss curve not written: {exc})", flush=True)
     return record
