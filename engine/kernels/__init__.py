@@ -97,3 +97,22 @@ def quantized_matmul(layer: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
 
         return quant_cpu.quantized_matmul(layer, x)
     return torch.nn.functional.linear(x, layer.dequantized(x.dtype))
+
+
+def int4_unavailable_reason(device: torch.device, group_size: int) -> str | None:
+    """Why int4 weights cannot run fast on `device` with this build (None: they can)."""
+    if device.type == "cuda":
+        if _quant_triton_module() is None:
+            return "int4 on CUDA needs Triton, which is not installed"
+        if group_size % 16:
+            return f"the Triton int4 kernel needs a group size that is a multiple of 16, not {group_size}"
+        return None
+    if device.type == "cpu":
+        from engine.kernels import quant_cpu
+
+        if not hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu"):
+            return f"this PyTorch build ({torch.__version__}) has no CPU int4 matmul"
+        if group_size not in quant_cpu.CPU_INT4_GROUP_SIZES:
+            return f"the CPU int4 matmul takes group sizes {quant_cpu.CPU_INT4_GROUP_SIZES}, not {group_size}"
+        return None
+    return f"no int4 kernel for device {device.type!r}"
