@@ -33,6 +33,7 @@ class Settings:
     adapter: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    quantization: str = "none"  # weight quantization of the local engine: "none", "int8", "int4"
     fim_format: str = "spm"
     max_context_tokens: int | None = None  # None: automatic
     max_new_tokens: int = 128
@@ -53,7 +54,8 @@ class Settings:
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
-        return (self.model, self.adapter, self.device, self.dtype, self.backend, self.api_key, self.remote_model)
+        return (self.model, self.adapter, self.device, self.dtype, self.quantization, self.backend, self.api_key,
+                self.remote_model)
 
     def context_budget(self, context_length: int, on_gpu: bool) -> int:
         """Prompt budget in tokens: the setting (or the automatic default) capped by what the model
@@ -166,6 +168,7 @@ PARSERS = {
     "adapter": _optional_path,
     "device": _device,
     "dtype": _dtype,
+    "quantization": _choice("none", "int8", "int4"),
     "fim_format": _choice("spm", "psm"),
     "max_context_tokens": _int_range(MIN_CONTEXT_TOKENS, MAX_CONTEXT_TOKENS, allow_none=True),
     "max_new_tokens": _int_range(1, 2048),

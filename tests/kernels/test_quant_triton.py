@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from engine import kernels
-from engine.quant import QuantizedLinear, QuantSpec, dequantize_int4, dequantize_int8, quantize_int4, quantize_int8
+from engine.quant import (
+    QuantizedLinear,
+    QuantSpec,
+    dequantize_int4,
+    dequantize_int8,
+    quantize_int4,
+    quantize_int8,
+)
 
 qt = pytest.importorskip("engine.kernels.quant_triton", reason="triton is not installed (pip install triton)")
 
