@@ -8,8 +8,9 @@ decode (1 row) and prefill (--rows, 512 by default), it times:
   int8  torch.ao dynamic quantized Linear (fbgemm; quantizes the activations too, float32 only)
   int4  aten._weight_int4pack_mm_for_cpu  (weight repacked once by _convert_weight_to_int4pack_for_cpu)
   int4  dequantize then bf16 matmul
-and prints each time as a ratio to bf16 nn.Linear (below 1.0: faster). The engine uses the fastest per
-case (engine/kernels/quant_cpu.py).
+and the engine's QuantizedLinear (engine/kernels/quant_cpu.py: the packed ops for a few rows,
+dequantize into a reused buffer and the bf16 matmul for many), and prints each time as a ratio to bf16
+nn.Linear (below 1.0: faster).
 
     .venv/bin/python benchmarks/quant_matmul.py [--rows 512] [--repeats 20] [--no-7b]
 """
@@ -31,7 +32,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from engine.kernels import quant_cpu  # noqa: E402
-from engine.quant import QuantSpec, dequantize_int4, dequantize_int8, quantize_int4, quantize_int8  # noqa: E402
+from engine.quant import (  # noqa: E402
+    QuantizedLinear,
+    QuantSpec,
+    dequantize_int4,
+    dequantize_int8,
+    quantize_int4,
+    quantize_int8,
+)
 
 DEFAULT_SHAPES = [(320, 320), (864, 320), (320, 864), (8192, 320)]  # (out, in) of the default model
 SEVEN_B_SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
@@ -65,6 +73,8 @@ def candidates(w: torch.Tensor, group: int) -> dict[str, Callable[[torch.Tensor]
         "int8 torch.ao dynamic (fp32)": lambda x: ao(x.float()),
         "int4 _weight_int4pack_mm_for_cpu": lambda x: quant_cpu.int4_matmul(x, packed4, spec4, w.shape[1], w.shape[0]),
         "int4 dequant+matmul": lambda x: F.linear(x, dequantize_int4(q4, s4, group, torch.bfloat16)),
+        "engine int8": QuantizedLinear.from_weight(w, QuantSpec(8)),
+        "engine int4": QuantizedLinear.from_weight(w, spec4),
     }
 
 

@@ -137,7 +137,7 @@ def load_model(
         if is_quantized_tensor(name):
             if tensor.dtype != want_dtype:
                 raise CheckpointError(f"{source}: quantized tensor {name!r} is {tensor.dtype}, "
-                                      f"the {spec.name if spec else ''} format needs {want_dtype}")
+                                      f"its format needs {want_dtype}")
             converted = tensor.to(device=device)
         else:
             converted = tensor.to(device=device, dtype=dtype)

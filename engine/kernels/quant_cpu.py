@@ -4,7 +4,9 @@ benchmarks/quant_matmul.py and benchmarks/RESULTS.md).
 Measured (2 cores, AMX): for a few rows (decode) these ops take 0.3-0.8x the time of the bf16 matmul
 of the same shape; for hundreds of rows (prefill) 12-30x, where converting the weight to x's dtype
 and using the dense matmul costs 1.5x (int8) and 3x (int4) bf16's. So: the packed ops up to
-PACKED_OP_MAX_ROWS rows, dequantize-then-matmul above.
+PACKED_OP_MAX_ROWS rows, dequantize-then-matmul above. The dequantized weight goes into one scratch
+buffer per thread, reused by every layer (the size of the largest one: 90 MB of bf16 for 7B's MLP):
+a fresh 32 MB tensor per call cost more in page faults (~40 ms at 4096x4096 here) than the conversion.
 
 int8: aten._weight_int8pack_mm takes our format as is (int8 [out, in], scales [out] in x's dtype).
 int4: aten._weight_int4pack_mm_for_cpu wants its own layout, built once per layer by
@@ -15,6 +17,8 @@ it also needs the output width in multiples of 16 (padded rows, sliced off the r
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -67,12 +71,41 @@ def int4_matmul(
     return y.reshape(*shape[:-1], out_features)
 
 
+_scratch = threading.local()
+
+
+def _weight_buffer(rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
+    buf: torch.Tensor | None = getattr(_scratch, "buf", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < rows * cols:
+        buf = _scratch.buf = torch.empty(rows * cols, dtype=dtype)
+    return buf[: rows * cols].view(rows, cols)
+
+
+def dequantize_into_scratch(layer: QuantizedLinear, dtype: torch.dtype) -> torch.Tensor:
+    """The layer's weight in `dtype`, without its int8 scales (the caller multiplies the output by
+    them), or with its int4 group scales, in the thread's scratch buffer: valid until the next call."""
+    if layer.spec.bits == 8:
+        return _weight_buffer(layer.out_features, layer.in_features, dtype).copy_(layer.qweight)
+    n_groups, group = layer.scales.shape[1], layer.spec.group_size
+    if n_groups * group != layer.in_features:  # a short last group: the plain way
+        return layer.dequantized(dtype)
+    w = _weight_buffer(layer.out_features, layer.in_features, dtype)
+    pairs = w.view(layer.out_features, -1, 2)
+    pairs[..., 0].copy_(layer.qweight & 0xF)
+    pairs[..., 1].copy_(layer.qweight >> 4)
+    grouped = w.view(layer.out_features, n_groups, group)
+    scales = layer.scales.to(dtype)[..., None]
+    grouped.sub_(8).mul_(scales)
+    return w
+
+
 def quantized_matmul(layer: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
-    if rows > PACKED_OP_MAX_ROWS or x.requires_grad:
-        if layer.spec.bits == 8:  # the scales multiply the output: one conversion of the weight, no multiply
-            return F.linear(x, layer.qweight.to(x.dtype)) * layer.scales.to(x.dtype)
+    if x.requires_grad:
         return F.linear(x, layer.dequantized(x.dtype))
+    if rows > PACKED_OP_MAX_ROWS:
+        y = F.linear(x, dequantize_into_scratch(layer, x.dtype))
+        return y * layer.scales.to(x.dtype) if layer.spec.bits == 8 else y
     if layer.spec.bits == 8:
         return int8_matmul(x, layer.qweight, layer.scales)
     if not int4_supported(layer.spec):

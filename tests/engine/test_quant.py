@@ -52,9 +52,14 @@ def test_int4_groups_nibbles_and_partial_last_group(group: int) -> None:
     assert nibbles.max() <= 15
     # The low nibble holds the even column: column 0 of row 0 is q[0, 0] & 0xF.
     assert (q[0, 0] & 0xF) == nibbles[0, 0] and (q[0, 0] >> 4) == nibbles[0, 1]
-    err = (dequantize_int4(q, s, group) - w).abs()
-    per_column_scale = s.float().repeat_interleave(group, dim=1)[:, :160]
-    assert (err <= per_column_scale * 0.5 + 1e-6).all()
+    w_hat = dequantize_int4(q, s, group)
+    step = s.float().abs().repeat_interleave(group, dim=1)[:, :160]
+    assert ((w_hat - w).abs() <= step * 1.02).all()  # half a step; a whole one where +8 clamps to 7
+    # Q4_0's rule: each group's weight of largest magnitude is exactly -8 steps, so it comes back exact.
+    largest = w.abs().argmax(dim=1)
+    rows = torch.arange(6)
+    assert (nibbles[rows, largest] == 0).all()
+    torch.testing.assert_close(w_hat[rows, largest], w[rows, largest], rtol=1e-2, atol=0)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 40])  # decode (the packed aten ops) and prefill (dequantize + matmul)
@@ -87,6 +92,7 @@ def test_quantize_on_load_replaces_every_linear_and_keeps_the_embedding(tiny_mod
     linears = [m for m in loaded.model.modules() if isinstance(m, torch.nn.Linear)]
     quantized = [m for m in loaded.model.modules() if isinstance(m, QuantizedLinear)]
     assert not linears and len(quantized) == 7 * loaded.args.n_layers + 1  # + the output head
+    assert loaded.model.output.spec == QuantSpec(8)  # int8 under int4: measured, see engine/quant.py
     assert loaded.model.tok_embeddings.weight.dtype == torch.float32
     assert loaded.quantization == QuantSpec(4, 32)
 
@@ -109,7 +115,8 @@ def quantized_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 def test_quantize_command_writes_a_checkpoint_that_loads_quantized(tiny_model_dir: Path, quantized_dir: Path) -> None:
     config = json.loads((quantized_dir / "config.json").read_text())
-    assert config["quantization"] == {"bits": 4, "format": "codellama-local", "group_size": 32}
+    assert config["quantization"] == {"bits": 4, "format": "codellama-local", "group_size": 32,
+                                      "output_head_bits": 8}
     tensors = load_file(quantized_dir / "model.safetensors")
     assert tensors["model.layers.0.self_attn.q_proj.qweight"].dtype == torch.uint8
     assert "model.layers.0.self_attn.q_proj.weight" not in tensors
@@ -151,10 +158,10 @@ def test_mismatched_scales_name_the_tensor(quantized_dir: Path, tmp_path: Path) 
 
 def test_wrong_dtype_of_a_quantized_weight_names_the_tensor(quantized_dir: Path, tmp_path: Path) -> None:
     def as_int8(t: dict) -> None:
-        t["lm_head.qweight"] = t["lm_head.qweight"].view(torch.int8)
+        t["model.layers.0.mlp.up_proj.qweight"] = t["model.layers.0.mlp.up_proj.qweight"].view(torch.int8)
 
     d = _rewrite(quantized_dir, tmp_path, as_int8)
-    with pytest.raises(CheckpointError, match=r"'output\.qweight' is torch\.int8, the int4 format needs torch\.uint8"):
+    with pytest.raises(CheckpointError, match=r"'layers\.0\.feed_forward\.w3\.qweight' is torch\.int8, its format needs torch\.uint8"):
         load_model(d)
 
 
