@@ -16,8 +16,8 @@ The format (in memory, and as saved by `python -m engine quantize`; one per Quan
 
 Scales are bf16: the CPU kernels want them in the activations' dtype, and measured on the default
 model fp32 scales changed neither perplexity nor greedy tokens (benchmarks/RESULTS.md, Quantization).
-Group size 32 is the default: it is llama.cpp's Q4_0 block, and the only power of two that divides
-the default model's widths (320, 864); 128 halves the scales' bytes for models where it divides.
+Group size 32 is the default: it is llama.cpp's Q4_0 block, and the largest power of two that divides
+the default model's widths (320, 864); 128 halves the scales' bytes, and costs quality (measured).
 
 What is quantized: every nn.Linear of the blocks and the output head; with int4 the output head is
 int8 (as llama.cpp keeps it above 4 bits): measured on the default model it halves int4's perplexity
@@ -50,6 +50,8 @@ class QuantSpec:
     group_size: int = DEFAULT_GROUP_SIZE  # int4 only
 
     def __post_init__(self) -> None:
+        if self.bits == 8:  # per channel: no groups, so every int8 spec is the same one
+            object.__setattr__(self, "group_size", DEFAULT_GROUP_SIZE)
         if self.bits not in BITS:
             raise QuantizationError(f"bits must be 8 or 4, not {self.bits}")
         if self.bits == 4 and not (self.group_size >= 2 and self.group_size % 2 == 0):

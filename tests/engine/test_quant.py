@@ -97,6 +97,20 @@ def test_quantize_on_load_replaces_every_linear_and_keeps_the_embedding(tiny_mod
     assert loaded.quantization == QuantSpec(4, 32)
 
 
+def test_meta_layout_quantizes_on_load_like_hugging_face(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # The same weights as two Meta shards (q/k rows permuted, tensors concatenated while loading) give
+    # the same quantized model as the Hugging Face layout.
+    from engine.checkpoints import save_meta_checkpoint
+
+    hf = load_model(tiny_model_dir, dtype=torch.float32)
+    meta_dir = save_meta_checkpoint(hf.model, tiny_model_dir / "tokenizer.model", tmp_path / "meta", n_shards=2,
+                                    dtype=torch.float32)
+    x = torch.tensor([[1, 4, 8, 15, 16, 23, 42]])
+    spec = QuantSpec(4, 32)
+    torch.testing.assert_close(load_model(meta_dir, dtype=torch.float32, quantization=spec).model(x),
+                               load_model(tiny_model_dir, dtype=torch.float32, quantization=spec).model(x))
+
+
 def test_int8_default_model_keeps_greedy_tokens() -> None:
     bf16 = load_model("models/default")
     int8 = load_model("models/default", quantization=QuantSpec(8))
