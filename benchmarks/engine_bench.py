@@ -174,13 +174,13 @@ GGUF_TYPES = {"int8": "q8_0", "int4": "q4_0"}  # llama.cpp's types at the same b
 
 
 def weight_bytes(loaded: LoadedModel) -> int:
-    """Bytes of every weight the model holds, the CPU int4 kernel's own copy (built at first use) included."""
+    """Bytes of every weight the model holds (int4 layers on CPU: in the kernel's layout, once used)."""
     from engine.quant import QuantizedLinear
 
     model = loaded.model
     tensors = [*model.parameters(), *model.buffers()]
-    tensors += [t for m in model.modules() if isinstance(m, QuantizedLinear) for t in (m._cpu_packed or ())]
-    return sum(t.numel() * t.element_size() for t in tensors)
+    cpu_int4 = sum(m._cpu.nbytes() for m in model.modules() if isinstance(m, QuantizedLinear) and m._cpu)
+    return sum(t.numel() * t.element_size() for t in tensors) + cpu_int4
 
 
 def quantized_gguf(path: Path, out: Path, mode: str) -> Path | None:

@@ -62,7 +62,7 @@ def candidates(w: torch.Tensor, group: int) -> dict[str, Callable[[torch.Tensor]
     q8, s8 = quantize_int8(w)
     q4, s4 = quantize_int4(w, group)
     spec4 = QuantSpec(4, group)
-    packed4 = quant_cpu.pack_int4_for_cpu(q4, s4, spec4, torch.bfloat16)
+    packed4 = quant_cpu.CpuInt4.from_canonical(q4, s4, group, torch.bfloat16)
     ao = torch.ao.nn.quantized.dynamic.Linear(w.shape[1], w.shape[0], bias_=False)
     ao.set_weight_bias(torch.quantize_per_channel(w.float(), s8.float(), torch.zeros_like(s8, dtype=torch.long),
                                                   0, torch.qint8), None)
@@ -71,7 +71,7 @@ def candidates(w: torch.Tensor, group: int) -> dict[str, Callable[[torch.Tensor]
         "int8 dequant+matmul": lambda x: F.linear(x, dequantize_int8(q8, s8, torch.bfloat16)),
         "int8 matmul*scales": lambda x: F.linear(x, q8.to(torch.bfloat16)) * s8,
         "int8 torch.ao dynamic (fp32)": lambda x: ao(x.float()),
-        "int4 _weight_int4pack_mm_for_cpu": lambda x: quant_cpu.int4_matmul(x, packed4, spec4, w.shape[1], w.shape[0]),
+        "int4 _weight_int4pack_mm_for_cpu": lambda x: quant_cpu.int4_matmul(x, packed4, group),
         "int4 dequant+matmul": lambda x: F.linear(x, dequantize_int4(q4, s4, group, torch.bfloat16)),
         "engine int8": QuantizedLinear.from_weight(w, QuantSpec(8)),
         "engine int4": QuantizedLinear.from_weight(w, spec4),

@@ -30,10 +30,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from engine.kernels.quant_cpu import CpuInt4
 
 BITS = (8, 4)
 DEFAULT_GROUP_SIZE = 32
@@ -181,7 +185,7 @@ class QuantizedLinear(nn.Module):
         for name, (shape, dtype) in expected_shapes(out_features, in_features, spec).items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype, device=device))
         self.lora: tuple[torch.Tensor, torch.Tensor, float] | None = None  # (A [r, in], B [out, r], scale)
-        self._cpu_packed: tuple[torch.Tensor, ...] | None = None  # the CPU kernel's own layout, built once
+        self._cpu: CpuInt4 | None = None  # int4 on CPU: the kernel's layout, then the only copy
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, spec: QuantSpec) -> QuantizedLinear:
@@ -198,14 +202,39 @@ class QuantizedLinear(nn.Module):
         group = f", group_size={self.spec.group_size}" if self.spec.bits == 4 else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.spec.bits}{group}"
 
+    def canonical(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(qweight, scales) in the format above, wherever the layer keeps its weight."""
+        return self._cpu.canonical() if self._cpu is not None else (self.qweight, self.scales)
+
     def dequantized(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        qweight, scales = self.canonical()
         if self.spec.bits == 8:
-            return dequantize_int8(self.qweight, self.scales, dtype)
-        return dequantize_int4(self.qweight, self.scales, self.spec.group_size, dtype)
+            return dequantize_int8(qweight, scales, dtype)
+        return dequantize_int4(qweight, scales, self.spec.group_size, dtype)
+
+    def cpu_int4(self, dtype: torch.dtype) -> CpuInt4:
+        """The int4 weight in the CPU kernel's layout (engine/kernels/quant_cpu.py), built at first
+        use. It then replaces the canonical tensors, which are rebuilt from it where needed (saving,
+        a move to another device), so int4 on CPU holds half a byte per weight, not one."""
+        if self._cpu is None or self._cpu.scales_and_zeros.dtype != dtype:
+            from engine.kernels.quant_cpu import CpuInt4
+
+            qweight, scales = self.canonical()
+            self._cpu = CpuInt4.from_canonical(qweight, scales, self.spec.group_size, dtype)
+            self.qweight = torch.empty(0, dtype=torch.uint8)
+            self.scales = torch.empty(0, dtype=torch.bfloat16)
+        return self._cpu
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
-        self._cpu_packed = None  # a move or cast invalidates the CPU layout
+        if self._cpu is not None:  # a move or cast starts again from the canonical tensors
+            self.qweight, self.scales = self._cpu.canonical()
+            self._cpu = None
         return super()._apply(fn, recurse)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001 - nn.Module's signature
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._cpu is not None:
+            destination[prefix + "qweight"], destination[prefix + "scales"] = self._cpu.canonical()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._matmul(x)

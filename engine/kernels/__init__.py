@@ -89,7 +89,8 @@ def quantized_matmul(layer: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
     if use_triton:
         mod = _quant_triton_module()
         if mod is not None:
-            return mod.quantized_matmul(x, layer.qweight, layer.scales, layer.spec.bits, layer.spec.group_size)
+            qweight, scales = layer.canonical()
+            return mod.quantized_matmul(x, qweight, scales, layer.spec.bits, layer.spec.group_size)
         if _backend_name == "triton":
             raise RuntimeError("Triton kernels requested but triton is not installed")
     if _backend_name == "auto" and x.device.type == "cpu":

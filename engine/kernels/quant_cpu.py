@@ -9,21 +9,26 @@ buffer per thread, reused by every layer (the size of the largest one: 90 MB of 
 a fresh 32 MB tensor per call cost more in page faults (~40 ms at 4096x4096 here) than the conversion.
 
 int8: aten._weight_int8pack_mm takes our format as is (int8 [out, in], scales [out] in x's dtype).
-int4: aten._weight_int4pack_mm_for_cpu wants its own layout, built once per layer by
+
+int4: aten._weight_int4pack_mm_for_cpu wants its own layout, built by
 _convert_weight_to_int4pack_for_cpu from values 0..15, and (scale, zero) pairs [groups, out, 2] with
-w = (q - 8) * scale + zero: our symmetric format is zero = 0. It needs whole groups: when the group
-does not divide the input width, the weight is padded with zero columns and x with zeros to match;
-it also needs the output width in multiples of 16 (padded rows, sliced off the result).
+w = (q - 8) * scale + zero: our symmetric format is zero = 0. It needs whole groups (the weight is
+padded with zero columns, x with zeros) and, here, the output width in multiples of 64: then its
+layout is simple (found by probing it; test_quant.py checks it): per block of 64 output rows, per input
+column, 32 bytes, byte j holding row j in its low nibble and row j + 32 in its high one. The layer
+keeps only that layout once it has run on CPU (`CpuInt4`): prefill dequantizes from it, and the
+canonical tensors are rebuilt from it for saving or a move to another device.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from engine.quant import QuantizedLinear, QuantSpec, unpack_int4
+from engine.quant import QuantizedLinear, QuantSpec, pack_int4, unpack_int4
 
 CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
 PACKED_OP_MAX_ROWS = 8
@@ -39,36 +44,68 @@ def int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) ->
     return y.view(*shape[:-1], qweight.shape[0])
 
 
-def pack_int4_for_cpu(
-    qweight: torch.Tensor, scales: torch.Tensor, spec: QuantSpec, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Our int4 tensors -> (packed weight, scales-and-zeros) in the layout of the CPU kernel."""
-    nibbles = unpack_int4(qweight)
-    in_f = nibbles.shape[1]
-    padded = scales.shape[1] * spec.group_size
-    # Padding columns hold nibble 8, i.e. q = 0: they add nothing whatever x's padding holds.
-    out_padded = -(-nibbles.shape[0] // 16) * 16
-    nibbles = F.pad(nibbles, (0, padded - in_f, 0, out_padded - nibbles.shape[0]), value=8)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles.to(torch.int32), 1)
-    scale_t = F.pad(scales.t(), (0, out_padded - scales.shape[0])).to(dtype)
-    scales_and_zeros = torch.stack((scale_t, torch.zeros_like(scale_t)), dim=-1).contiguous()
-    return packed, scales_and_zeros
+OUT_BLOCK = 64  # output rows per block of the CPU int4 layout, with the output width padded to it
 
 
-def int4_matmul(
-    x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor], spec: QuantSpec, in_features: int,
-    out_features: int,
-) -> torch.Tensor:
-    weight, scales_and_zeros = packed
+@dataclass
+class CpuInt4:
+    """A layer's int4 weight in the CPU kernel's layout: packed [out_padded, in_padded/2] uint8 and
+    scales_and_zeros [groups, out_padded, 2] in the activations' dtype."""
+
+    packed: torch.Tensor
+    scales_and_zeros: torch.Tensor
+    out_features: int
+    in_features: int
+
+    @classmethod
+    def from_canonical(cls, qweight: torch.Tensor, scales: torch.Tensor, group_size: int,
+                       dtype: torch.dtype) -> CpuInt4:
+        nibbles = unpack_int4(qweight)
+        out_f, in_f = nibbles.shape
+        out_p, in_p = -(-out_f // OUT_BLOCK) * OUT_BLOCK, scales.shape[1] * group_size
+        # Padding holds nibble 8, i.e. q = 0: it adds nothing whatever x's padding holds.
+        nibbles = F.pad(nibbles, (0, in_p - in_f, 0, out_p - out_f), value=8)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(nibbles.to(torch.int32), 1)
+        scale_t = F.pad(scales.t(), (0, out_p - out_f)).to(dtype)
+        scales_and_zeros = torch.stack((scale_t, torch.zeros_like(scale_t)), dim=-1).contiguous()
+        return cls(packed, scales_and_zeros, out_f, in_f)
+
+    def nibbles(self) -> torch.Tensor:
+        """The values 0..15 [out_padded, in_padded], read back from the kernel's layout."""
+        out_p, in_p = self.packed.shape[0], self.packed.shape[1] * 2
+        blocks = self.packed.view(out_p // OUT_BLOCK, in_p, OUT_BLOCK // 2)
+        rows = torch.cat((blocks & 0xF, blocks >> 4), dim=2)  # [block, in, 64]: rows j and j + 32
+        return rows.transpose(1, 2).reshape(out_p, in_p)
+
+    def canonical(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(qweight, scales) in engine/quant.py's format."""
+        nibbles = self.nibbles()[: self.out_features, : self.in_features]
+        scales = self.scales_and_zeros[:, : self.out_features, 0].t().to(torch.bfloat16).contiguous()
+        return pack_int4(nibbles.contiguous()), scales
+
+    def dequantize_into(self, w: torch.Tensor, group_size: int) -> torch.Tensor:
+        """The weight [out_padded, in_padded] in w's dtype, written into w."""
+        out_p, in_p = w.shape
+        blocks = self.packed.view(out_p // OUT_BLOCK, in_p, OUT_BLOCK // 2)
+        halves = w.view(out_p // OUT_BLOCK, 2, OUT_BLOCK // 2, in_p)
+        halves[:, 0].copy_((blocks & 0xF).transpose(1, 2))
+        halves[:, 1].copy_((blocks >> 4).transpose(1, 2))
+        scales = self.scales_and_zeros[..., 0].t().to(w.dtype)[..., None]  # [out_p, groups, 1]
+        w.view(out_p, -1, group_size).sub_(8).mul_(scales)
+        return w
+
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scales_and_zeros.nbytes
+
+
+def int4_matmul(x: torch.Tensor, weight: CpuInt4, group_size: int) -> torch.Tensor:
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
-    padded = scales_and_zeros.shape[0] * spec.group_size
-    if padded != in_features:
-        x2 = F.pad(x2, (0, padded - in_features))
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, weight, spec.group_size, scales_and_zeros)
-    if y.shape[1] != out_features:
-        y = y[:, :out_features]
-    return y.reshape(*shape[:-1], out_features)
+    in_p = weight.packed.shape[1] * 2
+    if in_p != weight.in_features:
+        x2 = F.pad(x2, (0, in_p - weight.in_features))
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, weight.packed, group_size, weight.scales_and_zeros)
+    return y[:, : weight.out_features].reshape(*shape[:-1], weight.out_features)
 
 
 _scratch = threading.local()
@@ -81,36 +118,21 @@ def _weight_buffer(rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
     return buf[: rows * cols].view(rows, cols)
 
 
-def dequantize_into_scratch(layer: QuantizedLinear, dtype: torch.dtype) -> torch.Tensor:
-    """The layer's weight in `dtype`, without its int8 scales (the caller multiplies the output by
-    them), or with its int4 group scales, in the thread's scratch buffer: valid until the next call."""
-    if layer.spec.bits == 8:
-        return _weight_buffer(layer.out_features, layer.in_features, dtype).copy_(layer.qweight)
-    n_groups, group = layer.scales.shape[1], layer.spec.group_size
-    if n_groups * group != layer.in_features:  # a short last group: the plain way
-        return layer.dequantized(dtype)
-    w = _weight_buffer(layer.out_features, layer.in_features, dtype)
-    pairs = w.view(layer.out_features, -1, 2)
-    pairs[..., 0].copy_(layer.qweight & 0xF)
-    pairs[..., 1].copy_(layer.qweight >> 4)
-    grouped = w.view(layer.out_features, n_groups, group)
-    scales = layer.scales.to(dtype)[..., None]
-    grouped.sub_(8).mul_(scales)
-    return w
-
-
 def quantized_matmul(layer: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
-    if x.requires_grad:
+    if x.requires_grad or (layer.spec.bits == 4 and not int4_supported(layer.spec)):
         return F.linear(x, layer.dequantized(x.dtype))
-    if rows > PACKED_OP_MAX_ROWS:
-        y = F.linear(x, dequantize_into_scratch(layer, x.dtype))
-        return y * layer.scales.to(x.dtype) if layer.spec.bits == 8 else y
     if layer.spec.bits == 8:
-        return int8_matmul(x, layer.qweight, layer.scales)
-    if not int4_supported(layer.spec):
-        return F.linear(x, layer.dequantized(x.dtype))
-    packed = layer._cpu_packed
-    if packed is None or packed[1].dtype != x.dtype:
-        packed = layer._cpu_packed = pack_int4_for_cpu(layer.qweight, layer.scales, layer.spec, x.dtype)
-    return int4_matmul(x, packed, layer.spec, layer.in_features, layer.out_features)  # type: ignore[arg-type]
+        if rows <= PACKED_OP_MAX_ROWS:
+            return int8_matmul(x, layer.qweight, layer.scales)
+        # The scales multiply the output: one conversion of the weight, no multiply.
+        w = _weight_buffer(layer.out_features, layer.in_features, x.dtype).copy_(layer.qweight)
+        return F.linear(x, w) * layer.scales.to(x.dtype)
+    cpu = layer.cpu_int4(x.dtype)
+    if rows <= PACKED_OP_MAX_ROWS:
+        return int4_matmul(x, cpu, layer.spec.group_size)
+    out_p, in_p = cpu.packed.shape[0], cpu.packed.shape[1] * 2
+    w = cpu.dequantize_into(_weight_buffer(out_p, in_p, x.dtype), layer.spec.group_size)
+    if in_p != layer.in_features:
+        x = F.pad(x, (0, in_p - layer.in_features))
+    return F.linear(x, w)[..., : layer.out_features]

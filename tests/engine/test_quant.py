@@ -75,6 +75,31 @@ def test_cpu_matmul_matches_the_dequantize_reference(rows: int, spec: QuantSpec,
     torch.testing.assert_close(got.float(), expect, **tol)
 
 
+@pytest.mark.parametrize("out_f,in_f,group", [(50, 192, 32), (864, 320, 32), (64, 160, 128)])
+def test_cpu_int4_layout_reads_back_exactly(out_f: int, in_f: int, group: int) -> None:
+    # The CPU kernel's layout (probed, not documented by PyTorch) must give back our tensors bit for
+    # bit: the layer keeps only that layout once it has run, and saves what it reads back.
+    from engine.kernels.quant_cpu import CpuInt4
+
+    q, s = quantize_int4(randn(out_f, in_f, seed=3), group)
+    cpu = CpuInt4.from_canonical(q, s, group, torch.bfloat16)
+    q2, s2 = cpu.canonical()
+    assert torch.equal(q2, q) and torch.equal(s2, s)
+
+
+def test_int4_layer_on_cpu_keeps_one_copy_and_still_saves_the_canonical_format() -> None:
+    layer = QuantizedLinear.from_weight(randn(96, 128, seed=4), QuantSpec(4, 32))
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    x = randn(1, 128).bfloat16()
+    expect = x.float() @ layer.dequantized().t()
+    torch.testing.assert_close(layer(x).float(), expect, atol=0.05, rtol=0.02)
+    assert layer.qweight.numel() == 0 and layer._cpu is not None  # the kernel's layout is the only copy
+    after = layer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    torch.testing.assert_close(layer(randn(20, 128).bfloat16()).float(),  # prefill reads the same layout
+                               randn(20, 128).bfloat16().float() @ layer.dequantized().t(), atol=0.05, rtol=0.02)
+
+
 # ---- loading, saving, errors ---------------------------------------------------------------------
 
 
