@@ -83,12 +83,14 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from engine import default_model_dir
-    from engine.checkpoints import read_args
+    from engine.checkpoints import read_args, stored_quantization
     from engine.tokenizer import Tokenizer
 
     path = Path(args.model) if args.model else default_model_dir()
     model_args, layout = read_args(path)
-    info = {"path": str(path), "layout": layout, **model_args.to_dict(), "head_dim": model_args.head_dim}
+    stored = stored_quantization(path)
+    info = {"path": str(path), "layout": layout, **model_args.to_dict(), "head_dim": model_args.head_dim,
+            "quantization": stored.to_config() if stored else None}
     tok_path = path / "tokenizer.model"
     if tok_path.is_file():
         tok = Tokenizer(tok_path)

@@ -169,6 +169,11 @@ def test_quantize_command_writes_a_checkpoint_that_loads_quantized(tiny_model_di
         load_model(quantized_dir, quantization=QuantSpec(8))
 
 
+def test_info_reports_the_stored_quantization(quantized_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert engine_main(["info", "--model", str(quantized_dir)]) == 0
+    assert json.loads(capsys.readouterr().out)["quantization"]["bits"] == 4
+
+
 def _rewrite(src: Path, tmp_path: Path, edit) -> Path:  # noqa: ANN001 - edit(tensors) mutates the dict
     import shutil
 
