@@ -96,15 +96,15 @@ def main() -> None:
         fns = candidates(w, args.group_size)
         if header is None:
             header = ["shape (out x in)", "rows", "bf16 ms"] + list(fns)
-            print(" | ".join(header))
-            print(" | ".join("---" for _ in header))
+            print("| " + " | ".join(header) + " |")
+            print("|" + "---|" * len(header))
         for rows in rows_list:
             x = torch.randn(rows, in_f, dtype=torch.bfloat16)
             repeats = args.repeats if rows == 1 or out_f * in_f < 2**22 else max(3, args.repeats // 4)
             calls = [lambda f=f: f(x) for f in [lambda x: F.linear(x, w), *fns.values()]]  # noqa: B023
             base, *others = interleaved_medians(calls, repeats)
             cells = [f"{out_f} x {in_f}", str(rows), f"{base:.3f}"] + [f"{t / base:.2f}" for t in others]
-            print(" | ".join(cells), flush=True)
+            print("| " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def _quant_matmul_kernel(
     x_ptr, w_ptr, s_ptr, out_ptr,
     M, N, K, n_groups,
     stride_xm, stride_wn, stride_om,
-    BITS: tl.constexpr, GROUP: tl.constexpr,
+    BITS: tl.constexpr, GROUP: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -40,7 +40,7 @@ def _quant_matmul_kernel(
         if BITS == 8:
             q = tl.load(w_ptr + rn[:, None].to(tl.int64) * stride_wn + rk[None, :],
                         mask=n_ok[:, None] & (rk[None, :] < K), other=0)
-            acc += tl.dot(x, tl.trans(q.to(x.dtype)))
+            acc += tl.dot(x, tl.trans(q.to(x.dtype)), input_precision=PRECISION)
         else:
             rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
             # Byte 0x88 is two zero weights: what a masked-off column must contribute.
@@ -50,7 +50,7 @@ def _quant_matmul_kernel(
             high = (packed >> 4) - 8
             q = tl.reshape(tl.join(low, high), (BLOCK_N, BLOCK_K))  # low nibble = even column
             scale = tl.load(s_ptr + rn.to(tl.int64) * n_groups + k0 // GROUP, mask=n_ok, other=0.0)
-            acc += tl.dot(x, tl.trans(q.to(x.dtype))) * scale.to(tl.float32)[None, :]
+            acc += tl.dot(x, tl.trans(q.to(x.dtype)), input_precision=PRECISION) * scale.to(tl.float32)[None, :]
     if BITS == 8:
         acc *= tl.load(s_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     out = out_ptr + rm[:, None].to(tl.int64) * stride_om + rn[None, :]
@@ -86,6 +86,9 @@ def quantized_matmul(
         x2, qweight, scales, out,
         rows, n, k, n_groups,
         x2.stride(0), qweight.stride(0), out.stride(0),
-        BITS=bits, GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        BITS=bits, GROUP=group_size,
+        # float32 activations: a true float32 product (the default would round them to tf32 on GPUs).
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
     )
     return out.view(*x.shape[:-1], n)
