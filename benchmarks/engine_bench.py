@@ -12,6 +12,14 @@ dtype, and gets the same keystroke (its own prefix reuse). No assertions: number
 
     .venv/bin/python benchmarks/engine_bench.py                 # default model + a larger random model
     .venv/bin/python benchmarks/engine_bench.py --contexts 1024 4096 16384 --large-contexts 1024 4096
+
+With --quant, a second table: ours in bf16, int8 and int4 weights (engine/quant.py) on the same
+prompts (cold latency, decode tok/s, weight bytes), on the default model and a 7B-shaped model cut to
+--seven-b-layers of its 32 layers (random weights; per-layer costs are the 7B's), and beside them
+llama.cpp at the same bits (Q8_0, Q4_0) where llama-cpp-python is installed and engine.export can
+write those GGUF types:
+
+    .venv/bin/python benchmarks/engine_bench.py --quant --contexts 1024 4096
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from engine.checkpoints import LoadedModel, load_model, save_hf_checkpoint  # no
 from engine.config import ModelArgs  # noqa: E402
 from engine.generate import generate  # noqa: E402
 from engine.model import Transformer, init_weights  # noqa: E402
+from engine.quant import QuantSpec, spec_for_mode  # noqa: E402
+from engine.tokenizer import Tokenizer  # noqa: E402
 
 NEW_TOKENS = 32
 KEYSTROKE_TOKENS = 2  # tokens a keystroke adds at the cursor
@@ -63,19 +73,25 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(elapsed_ms(fn) for _ in range(repeats))
 
 
-def bench_ours(loaded: LoadedModel, prompt: list[int], repeats: int) -> dict[str, float]:
+def bench_cold(loaded: LoadedModel, prompt: list[int], repeats: int) -> tuple[dict[str, float], KVCache]:
+    """Cold completion time, its time to first token and decode tok/s; and the cache it left."""
     model, args, dtype = loaded.model, loaded.args, next(loaded.model.parameters()).dtype
-    out: dict[str, float] = {}
 
     def cold() -> None:
         cache = KVCache(args, len(prompt) + NEW_TOKENS, "cpu", dtype)
         generate(model, cache, prompt, NEW_TOKENS, stop_ids=set())
 
-    out["cold_ms"] = timed(cold, repeats)
+    out = {"cold_ms": timed(cold, repeats)}
     cache = KVCache(args, len(prompt) + NEW_TOKENS, "cpu", dtype)
     r = generate(model, cache, prompt, NEW_TOKENS, stop_ids=set())
     out["ttft_cold_ms"] = r.first_token_ms
     out["decode_tok_s"] = 1000 * (NEW_TOKENS - 1) / max(r.decode_ms, 1e-6)
+    return out, cache
+
+
+def bench_ours(loaded: LoadedModel, prompt: list[int], repeats: int) -> dict[str, float]:
+    model, args, dtype = loaded.model, loaded.args, next(loaded.model.parameters()).dtype
+    out, cache = bench_cold(loaded, prompt, repeats)
 
     # SPM keystroke: previous prompt = this prompt minus the last tokens typed.
     prev = prompt[:-KEYSTROKE_TOKENS]
@@ -151,6 +167,88 @@ def random_model_dir(args: ModelArgs, tokenizer_model: Path, out: Path) -> Path:
     return save_hf_checkpoint(model, tokenizer_model, out, dtype=torch.bfloat16)
 
 
+# ---- quantized weights: ours in bf16 / int8 / int4, llama.cpp at Q8_0 / Q4_0 -------------------------
+
+QUANT_MODES = ("none", "int8", "int4")
+GGUF_TYPES = {"int8": "q8_0", "int4": "q4_0"}  # llama.cpp's types at the same bits
+
+
+def weight_bytes(loaded: LoadedModel) -> int:
+    """Bytes of every weight the model holds (int4 layers on CPU: in the kernel's layout, once used)."""
+    from engine.quant import QuantizedLinear
+
+    model = loaded.model
+    tensors = [*model.parameters(), *model.buffers()]
+    cpu_int4 = sum(m._cpu.nbytes() for m in model.modules() if isinstance(m, QuantizedLinear) and m._cpu)
+    return sum(t.numel() * t.element_size() for t in tensors) + cpu_int4
+
+
+def quantized_gguf(path: Path, out: Path, mode: str) -> Path | None:
+    """The model exported to llama.cpp's type at `mode`'s bits; None while engine.export cannot."""
+    from engine.export import export_gguf
+
+    try:
+        return export_gguf(path, out, quant=GGUF_TYPES[mode])  # type: ignore[call-arg]
+    except TypeError:  # an export_gguf without `quant` (the GGUF quantized export is another change)
+        print(f"engine.export cannot write {GGUF_TYPES[mode]}: no llama.cpp column for {mode}", file=sys.stderr)
+        return None
+
+
+def seven_b_dir(tokenizer_model: Path, layers: int, out: Path) -> Path:
+    """Code Llama 7B's shape cut to `layers` layers, random bf16 weights (saved, then loaded like any model)."""
+    vocab = Tokenizer(tokenizer_model).vocab_size
+    args = ModelArgs(dim=4096, n_layers=layers, n_heads=32, vocab_size=vocab, rope_theta=1e6, max_seq_len=16384)
+    return random_model_dir(args, tokenizer_model, out)
+
+
+def bench_quantized(models: list[tuple[str, Path]], contexts: dict[str, list[int]], opts: argparse.Namespace,
+                    tmp: Path) -> None:
+    rows = []
+    use_llama_cpp = not opts.no_llama_cpp and _has_llama_cpp()
+    for name, path in models:
+        results: dict[tuple[str, str, int], dict[str, float]] = {}
+        sizes: dict[str, float] = {}
+        n_params = 1
+        for mode in QUANT_MODES:  # "none" first: its parameter count is the model's
+            loaded = load_model(path, dtype=torch.bfloat16, quantization=spec_for_mode(mode))
+            n_params = loaded.model.num_parameters() if mode == "none" else n_params
+            for ctx in contexts[name]:
+                results[("ours", mode, ctx)] = bench_cold(loaded, code_tokens(loaded, ctx), opts.repeats)[0]
+                print(f"done: {name} ours {mode} ctx={ctx}", file=sys.stderr, flush=True)
+            sizes[mode] = weight_bytes(loaded) / n_params
+            del loaded
+            gguf = quantized_gguf(path, tmp / f"{name}-{mode}.gguf", mode) if use_llama_cpp and mode != "none" else None
+            if gguf is not None:
+                prompt_model = load_model(path, dtype=torch.bfloat16)
+                for ctx in contexts[name]:
+                    results[("llama.cpp", mode, ctx)] = bench_llama_cpp(
+                        gguf, code_tokens(prompt_model, ctx), opts.threads, opts.repeats)
+        rows.append((name, sizes, results))
+
+    nan = float("nan")
+    print(f"\nQuantized weights: ours bf16 / int8 / int4 (group {QuantSpec(4).group_size}) and llama.cpp "
+          f"Q8_0 / Q4_0 (when available), CPU, {opts.threads} threads, {NEW_TOKENS} new tokens, median of "
+          f"{opts.repeats}; cold in ms; 'x' columns: how many times faster than the column they name\n")
+    print("| model | context | bytes/param bf16, int8, int4 | cold bf16 | cold int8 | int8 vs bf16 | "
+          "cold int4 | int4 vs bf16 | decode tok/s bf16, int8, int4 | llama.cpp Q8_0 cold | ours int8 vs Q8_0 | "
+          "llama.cpp Q4_0 cold | ours int4 vs Q4_0 | decode tok/s Q8_0, Q4_0 |")
+    print("|" + "---|" * 14)
+    for name, sizes, r in rows:
+        for ctx in contexts[name]:
+            o = {m: r[("ours", m, ctx)] for m in QUANT_MODES}
+            lc = {m: r.get(("llama.cpp", m, ctx), {}) for m in ("int8", "int4")}
+            print(
+                f"| {name} | {ctx} | {sizes['none']:.2f}, {sizes['int8']:.2f}, {sizes['int4']:.2f} | "
+                f"{o['none']['cold_ms']:.0f} | {o['int8']['cold_ms']:.0f} | "
+                f"{o['none']['cold_ms'] / o['int8']['cold_ms']:.2f}x | {o['int4']['cold_ms']:.0f} | "
+                f"{o['none']['cold_ms'] / o['int4']['cold_ms']:.2f}x | "
+                + ", ".join(f"{o[m]['decode_tok_s']:.1f}" for m in QUANT_MODES) + " | "
+                f"{lc['int8'].get('cold_ms', nan):.0f} | {lc['int8'].get('cold_ms', nan) / o['int8']['cold_ms']:.2f}x | "
+                f"{lc['int4'].get('cold_ms', nan):.0f} | {lc['int4'].get('cold_ms', nan) / o['int4']['cold_ms']:.2f}x | "
+                f"{lc['int8'].get('decode_tok_s', nan):.1f}, {lc['int4'].get('decode_tok_s', nan):.1f} |"
+            )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096])
@@ -164,6 +262,9 @@ def main() -> int:
     ap.add_argument("--no-large", action="store_true", help="skip the larger random-weight model")
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--quant", action="store_true", help="only the quantized-weights table (see above)")
+    ap.add_argument("--seven-b-layers", type=int, default=2,
+                    help="layers of the 7B-shaped model in the --quant table (0: none)")
     opts = ap.parse_args()
     torch.set_num_threads(opts.threads)
     dtype = getattr(torch, opts.dtype)
@@ -182,6 +283,14 @@ def main() -> int:
         shape = ModelArgs(dim=256, n_layers=6, n_heads=4, n_kv_heads=4, vocab_size=Tokenizer(tok).vocab_size,
                           multiple_of=16, max_seq_len=32768)
         models.append(("default-shaped (random)", random_model_dir(shape, tok, tmp / "small")))
+    if opts.quant:
+        if opts.seven_b_layers:
+            models.append((f"7B-shaped, {opts.seven_b_layers} of 32 layers (random)",
+                           seven_b_dir(models[0][1] / "tokenizer.model", opts.seven_b_layers, tmp / "7b")))
+        # The 7B-shaped model at the first context only: its prefill takes minutes on 2 cores.
+        contexts = {name: opts.contexts if i == 0 else opts.contexts[:1] for i, (name, _) in enumerate(models)}
+        bench_quantized(models, contexts, opts, tmp)
+        return 0
     if not opts.no_large:
         tok_path = models[0][1] / "tokenizer.model"
         vocab = load_model(models[0][1], dtype=dtype).tokenizer.vocab_size

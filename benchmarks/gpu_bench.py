@@ -10,6 +10,8 @@ Measures, each on the same weights (built directly on the device, no checkpoint 
   far) over the HBM bandwidth;
 - warm-keystroke latency: a cached prefix extended by a few tokens, first logits, vs a cold prefill;
 - Hugging Face transformers' LlamaForCausalLM sharing the same weight tensors: decode tok/s;
+- decode tok/s with int8 and int4 weights (engine/quant.py, Triton kernels on CUDA) against the
+  bandwidth limit of the quantized bytes;
 - peak memory. Also checks that the graph decode and the eager decode give the same logits.
 Writes a markdown table (and prints it).
 """
@@ -17,6 +19,7 @@ Writes a markdown table (and prints it).
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import sys
 import time
@@ -33,6 +36,7 @@ from engine.cache import KVCache  # noqa: E402
 from engine.config import ModelArgs  # noqa: E402
 from engine.generate import PREFILL_CHUNK, decode_step, prefill  # noqa: E402
 from engine.model import Transformer  # noqa: E402
+from engine.quant import QuantSpec, quantize_model  # noqa: E402
 
 CODELLAMA_7B = ModelArgs(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, vocab_size=32016, rope_theta=1e6)
 TINY = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=256, multiple_of=32, rope_theta=1e6)
@@ -95,11 +99,13 @@ def random_tokens(n: int, vocab: int, seed: int = 0) -> list[int]:
 
 
 def decode_bytes_per_token(model: Transformer, context: int, dtype: torch.dtype) -> float:
-    """Bytes a batch-1 decode step must read: every weight but the embedding table, and the KV cache."""
+    """Bytes a batch-1 decode step must read: every weight but the embedding table (quantized weights
+    at their own size), and the KV cache."""
     a = model.args
-    weights = sum(p.numel() for p in model.parameters()) - model.tok_embeddings.weight.numel()
-    kv = 2 * a.n_layers * a.kv_dim * context
-    return (weights + kv) * torch.tensor([], dtype=dtype).element_size()
+    tensors = [*model.parameters(), *model.buffers()]
+    weights = sum(t.numel() * t.element_size() for t in tensors) - model.tok_embeddings.weight.nbytes
+    kv = 2 * a.n_layers * a.kv_dim * context * torch.tensor([], dtype=dtype).element_size()
+    return weights + kv
 
 
 def measured_copy_bandwidth(device: torch.device, clock: Clock) -> float:
@@ -204,6 +210,23 @@ def bench_decode(
         report.add(
             f"static decode step @ {context} ctx vs eager", f"{err:.2g}", "max |logit diff| (CPU check)"
         )
+
+
+def bench_quantized_decode(
+    model: Transformer, spec: QuantSpec, context: int, steps: int, opts: argparse.Namespace, report: Report,
+    clock: Clock,
+) -> None:
+    """Decode tok/s with every linear layer quantized (a copy of the model; the original is kept)."""
+    qmodel = quantize_model(copy.deepcopy(model), spec)
+    cache = KVCache(qmodel.args, context + steps + 8, opts.device, opts.dtype)
+    logits = prefill(qmodel, cache, random_tokens(context, qmodel.args.vocab_size))
+    greedy_decode(lambda token: decode_step(qmodel, cache, token), logits, 2)  # compiles the kernels
+    cache.truncate(context)
+    t = clock.time(lambda: greedy_decode(lambda token: decode_step(qmodel, cache, token), logits, steps))
+    limit = opts.bandwidth / decode_bytes_per_token(qmodel, context, opts.dtype)
+    group = f", group {spec.group_size}" if spec.bits == 4 else ""
+    report.add(f"decode tok/s @ {context} ctx, {spec.name} weights{group}", f"{steps / t:.1f}",
+               f"{100 * steps / t / limit:.0f}% of the bandwidth limit {limit:.0f} tok/s of the quantized bytes")
 
 
 def bench_keystroke(
@@ -343,7 +366,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hf-context", type=int, help="default 1024; 0 skips transformers")
     p.add_argument("--steps", type=int, help="decode steps timed (default 64)")
     p.add_argument("--chunk", type=int, help=f"prefill chunk length (default: the engine's, {PREFILL_CHUNK})")
-    p.add_argument("--skip", nargs="*", default=[], choices=["decode", "keystroke", "hf"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["decode", "keystroke", "hf", "quant"])
     opts = p.parse_args(argv)
     if opts.smoke:
         defaults = dict(decode_contexts=[70], keystroke_contexts=[60], hf_context=24, steps=3, chunk=32)  # fmt: skip
@@ -389,6 +412,15 @@ def main(argv: list[str] | None = None) -> str:
                 "hf",
                 f"transformers @ {opts.hf_context}",
                 lambda: bench_hf(model, opts.hf_context, opts.steps, opts, report, clock),
+            )
+        )
+    for spec in (QuantSpec(8), QuantSpec(4, 32)):
+        phases.append(
+            (
+                "quant",
+                f"{spec.name} decode @ {opts.decode_contexts[0]}",
+                lambda spec=spec: bench_quantized_decode(
+                    model, spec, opts.decode_contexts[0], opts.steps, opts, report, clock),
             )
         )
     for ctx in opts.decode_contexts:

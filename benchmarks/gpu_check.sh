@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One prepared GPU check for a session that draws a CUDA machine (H100/H200; 8 minutes at most).
 # Installs nothing: the machine's python3 has torch, triton, transformers and pytest.
-#   1. the kernel tests on CUDA (Triton kernels vs the PyTorch reference in fp32 and bf16, and the
-#      CUDA-graph decode vs the eager forward);
+#   1. the kernel tests on CUDA (Triton kernels vs the PyTorch reference in fp32 and bf16, the
+#      int8/int4 quantized matmul vs the dequantize reference, and the CUDA-graph decode vs eager);
 #   2. benchmarks/gpu_bench.py: 7B-shaped random bf16 weights, decode tok/s at 1K/16K/100K vs the
 #      HBM limit (eager and CUDA graph), prefill 16K/100K (chunked), warm-keystroke latency,
-#      transformers on the same weights, peak memory.
+#      transformers on the same weights, decode tok/s with int8 and int4 weights, peak memory.
 # Everything lands in $OUT (the device tool's folder; ./gpu_out when unset): tests.log (the machine,
 # then the tests), bench.log, gpu_bench.md (the table). Extra arguments go to gpu_bench.py.
 #

@@ -20,6 +20,13 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default=None, help="auto, bfloat16, float32 (default: bf16 where fast)")
     p.add_argument("--adapter", help="LoRA adapter directory to apply")
+    add_quant_options(p)
+
+
+def add_quant_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quant", choices=("none", "int8", "int4"), default="none",
+                   help="quantize the weights as they load (int8: per channel; int4: group-wise)")
+    p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
 
 
 def _read(path: str | None) -> str:
@@ -33,7 +40,8 @@ def _read(path: str | None) -> str:
 def cmd_complete(args: argparse.Namespace) -> int:
     from engine import CompletionRequest, load_local_backend
 
-    backend = load_local_backend(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+    backend = load_local_backend(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
+                                 quantization=args.quant, group_size=args.group_size)
     request = CompletionRequest(
         prefix=_read(args.prefix_file) if args.prefix is None else args.prefix,
         suffix=_read(args.suffix_file) if args.suffix is None else args.suffix,
@@ -74,13 +82,15 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from engine.checkpoints import read_args
+    from engine.checkpoints import read_args, stored_quantization
     from engine.paths import default_model_dir
     from engine.tokenizer import Tokenizer
 
     path = Path(args.model) if args.model else default_model_dir()
     model_args, layout = read_args(path)
-    info = {"path": str(path), "layout": layout, **model_args.to_dict(), "head_dim": model_args.head_dim}
+    stored = stored_quantization(path)
+    info = {"path": str(path), "layout": layout, **model_args.to_dict(), "head_dim": model_args.head_dim,
+            "quantization": stored.to_config() if stored else None}
     tok_path = path / "tokenizer.model"
     if tok_path.is_file():
         tok = Tokenizer(tok_path)
@@ -111,7 +121,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         model = build_tiny_model(Path(".cache") / "demo-tiny-model")
         print(f"note: {default_model_dir()} is missing; using a random-weight model at {model}")
-    backend = load_local_backend(model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+    backend = load_local_backend(model, device=args.device, dtype=args.dtype, adapter=args.adapter,
+                                 quantization=args.quant, group_size=args.group_size)
     print(f"model: {backend.description}")
     for fmt in ("spm", "psm"):
         result = backend.complete(
@@ -122,6 +133,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"{t.total_ms:.0f} ms, stop: {result.stop_reason}) ---")
         print(DEMO_PREFIX + "\033[1m" + result.text + "\033[0m" + DEMO_SUFFIX)
     return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from engine.checkpoints import load_model, save_hf_checkpoint
+    from engine.quant import QuantSpec
+
+    spec = QuantSpec(args.bits, args.group_size)
+    loaded = load_model(args.model, device="cpu", dtype=torch_dtype(args.dtype), quantization=spec)
+    out = save_hf_checkpoint(loaded.model, loaded.path / "tokenizer.model", args.out,
+                             dtype=torch_dtype(args.dtype), config_extra={"quantization": spec.to_config()})
+    size = sum(f.stat().st_size for f in Path(out).iterdir())
+    print(f"{out}: {spec.name}{f' (group size {spec.group_size})' if spec.bits == 4 else ''}, {size / 1e6:.1f} MB")
+    return 0
+
+
+def torch_dtype(name: str):  # noqa: ANN201 - torch.dtype, without importing torch at module import
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the resolved model configuration as JSON")
     p.add_argument("--model", help="model directory (default: the embedded default model)")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("quantize", help="write a quantized copy of a checkpoint (safetensors with scales)")
+    p.add_argument("--model", required=True, help="model directory (Meta or Hugging Face layout)")
+    p.add_argument("--out", required=True, help="output directory (Hugging Face layout)")
+    p.add_argument("--bits", type=int, choices=(8, 4), required=True)
+    p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16",
+                   help="dtype of the tensors left unquantized (embedding, norms)")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("demo", help="complete a small example with the default model")
     _add_model_options(p)

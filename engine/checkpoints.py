@@ -5,6 +5,11 @@ device, converted to the target dtype and device on the way, so no second full c
 is ever held in host memory. A loaded model never keeps the files mapped: it survives them being
 deleted, truncated or rewritten while it serves. Renames and the q/k row permutation between layouts
 live here only.
+
+Quantization (engine/quant.py) happens here too, tensor by tensor: a linear weight is quantized on
+the target device as it is read, so a quantized model never holds its bf16 weights in full. A
+directory written by `python -m engine quantize` (config.json's "quantization" entry) loads straight
+into its quantized form.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from safetensors.torch import save_file
 from engine.atomic import atomic_directory
 from engine.config import ModelArgs
 from engine.model import Transformer
+from engine.quant import QuantizationError, QuantizedLinear, QuantSpec, is_quantized_tensor, replace_linears
 from engine.tokenizer import Tokenizer, TokenizerError
 
 
@@ -37,6 +43,7 @@ class LoadedModel:
     args: ModelArgs
     path: Path
     layout: str  # "meta" or "hf"
+    quantization: QuantSpec | None = None  # the weights' quantization; None: the model's dtype
 
 
 def detect_layout(model_dir: Path) -> str:
@@ -65,9 +72,26 @@ def read_args(model_dir: str | Path) -> tuple[ModelArgs, str]:
     return args, layout
 
 
+def stored_quantization(model_dir: str | Path) -> QuantSpec | None:
+    """The quantization a checkpoint was saved with (config.json's "quantization"), None when none."""
+    config = Path(model_dir) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        raw = json.loads(config.read_text()).get("quantization")
+        return None if raw is None else QuantSpec.from_config(raw)
+    except (OSError, json.JSONDecodeError, AttributeError, QuantizationError) as exc:
+        raise CheckpointError(f"{config}: unreadable quantization entry ({exc})") from exc
+
+
 def load_model(
-    model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16
+    model_dir: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    quantization: QuantSpec | None = None,
 ) -> LoadedModel:
+    """Load a checkpoint; with `quantization`, every linear layer is quantized as it is read. A
+    quantized checkpoint loads in the quantization it was saved with (asking for another is an error)."""
     model_dir = Path(model_dir)
     args, layout = read_args(model_dir)
     tok_path = model_dir / "tokenizer.model"
@@ -78,6 +102,14 @@ def load_model(
     except TokenizerError as exc:
         raise CheckpointError(str(exc)) from exc
 
+    stored = stored_quantization(model_dir) if layout == "hf" else None
+    if stored is not None and quantization is not None and quantization != stored:
+        raise CheckpointError(
+            f"{model_dir}: the checkpoint is quantized to {stored.name}"
+            f"{f' (group size {stored.group_size})' if stored.bits == 4 else ''}; it cannot be loaded as "
+            f"{quantization.name}{f' (group size {quantization.group_size})' if quantization.bits == 4 else ''}"
+            " (quantize the original checkpoint instead)")
+    spec = stored or quantization
     tensors = _meta_tensors(model_dir, args) if layout == "meta" else _hf_tensors(model_dir)
     if args.vocab_size <= 0:  # Meta params.json may say -1: the embedding decides
         args.vocab_size = _peek_vocab(model_dir, layout)
@@ -85,17 +117,30 @@ def load_model(
 
     with torch.device("meta"):
         model = Transformer(args)
-    expected = {name: p.shape for name, p in model.state_dict().items()}
+        if spec is not None:
+            replace_linears(model, spec)
+    expected = {name: (p.shape, p.dtype) for name, p in model.state_dict().items()}
+    quantize_on_load = {f"{n}.weight": m for n, m in model.named_modules()
+                        if isinstance(m, QuantizedLinear)} if stored is None else {}
     state: dict[str, torch.Tensor] = {}
     for name, source, tensor in tensors:
+        if name in quantize_on_load:
+            layer = quantize_on_load[name]
+            _check_shape(source, name, tensor, (layer.out_features, layer.in_features))
+            prefix = name.removesuffix("weight")
+            state[prefix + "qweight"], state[prefix + "scales"] = layer.quantize(tensor.to(device))
+            continue
         if name not in expected:
             raise CheckpointError(f"{source}: unexpected tensor {name!r}")
-        if tuple(tensor.shape) != tuple(expected[name]):
-            raise CheckpointError(
-                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
-                f"the configuration needs {tuple(expected[name])}"
-            )
-        converted = tensor.to(device=device, dtype=dtype)
+        shape, want_dtype = expected[name]
+        _check_shape(source, name, tensor, tuple(shape))
+        if is_quantized_tensor(name):
+            if tensor.dtype != want_dtype:
+                raise CheckpointError(f"{source}: quantized tensor {name!r} is {tensor.dtype}, "
+                                      f"its format needs {want_dtype}")
+            converted = tensor.to(device=device)
+        else:
+            converted = tensor.to(device=device, dtype=dtype)
         if converted.data_ptr() == tensor.data_ptr():
             # Still the memory-mapped file: a model served from it would die (SIGBUS) the moment the
             # file is truncated or rewritten in place. One tensor at a time, so no second full copy.
@@ -104,10 +149,19 @@ def load_model(
     missing = sorted(set(expected) - set(state))
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise CheckpointError(f"{model_dir}: missing tensors: {shown}")
+        hint = " (a quantized checkpoint holds qweight and scales for every linear layer)" if stored else ""
+        raise CheckpointError(f"{model_dir}: missing tensors: {shown}{hint}")
     model.load_state_dict(state, strict=True, assign=True)
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, args=args, path=model_dir, layout=layout)
+    return LoadedModel(model=model, tokenizer=tokenizer, args=args, path=model_dir, layout=layout,
+                       quantization=spec)
+
+
+def _check_shape(source: Path, name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise CheckpointError(
+            f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, the configuration needs {tuple(shape)}"
+        )
 
 
 def _check_tokenizer(tok: Tokenizer, args: ModelArgs, path: Path) -> None:
@@ -144,22 +198,33 @@ _OURS_LAYER = {v: k for k, v in _HF_LAYER.items()}
 _HF_IGNORED = re.compile(r"rotary_emb\.inv_freq$")
 
 
+# A linear layer's tensors: its weight, or (quantized) its qweight and scales.
+_SUFFIX = re.compile(r"\.(weight|qweight|scales)$")
+
+
 def hf_to_ours(name: str) -> str | None:
-    if name in _HF_GLOBAL:
-        return _HF_GLOBAL[name]
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", name)
+    base, suffix = _split_suffix(name)
+    if base + ".weight" in _HF_GLOBAL:
+        return _HF_GLOBAL[base + ".weight"].removesuffix(".weight") + suffix
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", base)
     if m and m.group(2) in _HF_LAYER:
-        return f"layers.{m.group(1)}.{_HF_LAYER[m.group(2)]}.weight"
+        return f"layers.{m.group(1)}.{_HF_LAYER[m.group(2)]}{suffix}"
     return None
 
 
 def ours_to_hf(name: str) -> str:
-    if name in _OURS_GLOBAL:
-        return _OURS_GLOBAL[name]
-    m = re.fullmatch(r"layers\.(\d+)\.(.+)\.weight", name)
+    base, suffix = _split_suffix(name)
+    if base + ".weight" in _OURS_GLOBAL:
+        return _OURS_GLOBAL[base + ".weight"].removesuffix(".weight") + suffix
+    m = re.fullmatch(r"layers\.(\d+)\.(.+)", base)
     if m and m.group(2) in _OURS_LAYER:
-        return f"model.layers.{m.group(1)}.{_OURS_LAYER[m.group(2)]}.weight"
+        return f"model.layers.{m.group(1)}.{_OURS_LAYER[m.group(2)]}{suffix}"
     raise KeyError(f"no Hugging Face name for {name!r}")
+
+
+def _split_suffix(name: str) -> tuple[str, str]:
+    m = _SUFFIX.search(name)
+    return (name[: m.start()], m.group(0)) if m else (name, "")
 
 
 def _hf_shard_files(model_dir: Path) -> list[Path]:
@@ -301,7 +366,9 @@ def save_hf_checkpoint(
     directory appears complete or not at all (engine/atomic.py): a failed save leaves the previous one."""
     out = Path(out_dir)
     _check_replaceable(out)
-    state = {ours_to_hf(k): v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    # Quantized tensors keep their own dtypes (int8/uint8 weights, bf16 scales).
+    state = {ours_to_hf(k): v.detach().to("cpu", v.dtype if is_quantized_tensor(k) else dtype).contiguous()
+             for k, v in model.state_dict().items()}
     dtype_name = str(dtype).removeprefix("torch.")
     config = {**model.args.to_hf_config(dtype_name), **(config_extra or {})}
     with atomic_directory(out) as tmp:

@@ -93,7 +93,7 @@ class CodeLlamaServer(LanguageServer):
         self._last_problem: tuple[str, float] = ("", 0.0)
         self.status: dict[str, Any] = {
             "state": "starting", "model": None, "requestedModel": None, "backend": "local", "description": None, "device": None,
-            "dtype": None, "message": None, "indexing": False, "indexedFiles": 0, "lastLatencyMs": None,
+            "dtype": None, "quantization": None, "message": None, "indexing": False, "indexedFiles": 0, "lastLatencyMs": None,
             "lastPromptTokens": None, "lastCachedTokens": None, "lastFromCache": False,
             "lastError": None,  # why the last completion failed (the engine raised), until one succeeds
         }
@@ -225,6 +225,7 @@ class CodeLlamaServer(LanguageServer):
             state=state, model=engine.model_name if backend is not None else engine.requested_name,
             requestedModel=engine.requested_name, backend=self.settings.backend,
             description=backend.description if backend is not None else None, device=device, dtype=dtype,
+            quantization=getattr(backend, "quantization", None) if backend is not None else None,
             message=message, indexing=self.indexing,
             indexedFiles=len(self.index) if self.index is not None else 0, memory=self.memory_figures(),
             acceptance=self.acceptance.as_status())

@@ -35,6 +35,7 @@ class Settings:
     adapter: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    quantization: str = "none"  # weight quantization of the local engine: "none", "int8", "int4"
     fim_format: str = "spm"
     max_context_tokens: int | None = None  # None: automatic
     max_new_tokens: int = 128
@@ -58,7 +59,8 @@ class Settings:
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
-        return (self.model, self.adapter, self.device, self.dtype, self.backend, self.api_key, self.remote_model)
+        return (self.model, self.adapter, self.device, self.dtype, self.quantization, self.backend, self.api_key,
+                self.remote_model)
 
     def suggestion_key(self) -> tuple[Any, ...]:
         """The settings besides the model's that shape a suggestion: cached ones are stale when they change."""
@@ -180,6 +182,7 @@ PARSERS = {
     "adapter": _optional_path,
     "device": _device,
     "dtype": _dtype,
+    "quantization": _choice("none", "int8", "int4"),
     "fim_format": _choice("spm", "psm"),
     "max_context_tokens": _int_range(MIN_CONTEXT_TOKENS, MAX_CONTEXT_TOKENS, allow_none=True),
     "max_new_tokens": _int_range(1, 2048),

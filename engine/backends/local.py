@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from engine.generate import Sampling, common_prefix_length, generate, prefill
 from engine.healing import TokenHealer
 from engine.paths import default_model_dir
 from engine.prompts import infill_prompt, instruct_prompt, left_to_right_prompt
+from engine.quant import DEFAULT_GROUP_SIZE, QuantizationError, QuantSpec, spec_for_mode
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -56,6 +58,27 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     if dtype not in table:
         raise BackendError(f"unknown dtype {dtype!r} (use auto, bfloat16, float32 or float16)")
     return table[dtype]
+
+
+class QuantizationFallbackWarning(UserWarning):
+    """int4 was asked for where it cannot run; the model is loaded with int8 weights instead."""
+
+
+def resolve_quantization(mode: str | None, group_size: int, device: torch.device) -> QuantSpec | None:
+    """The quantization to load with: int4 falls back to int8, with a warning, where it cannot run."""
+    try:
+        spec = spec_for_mode(mode, group_size)
+    except QuantizationError as exc:
+        raise BackendError(str(exc)) from exc
+    if spec is not None and spec.bits == 4:
+        from engine import kernels
+
+        reason = kernels.int4_unavailable_reason(device, spec.group_size)
+        if reason is not None:
+            warnings.warn(f"int4 weights are not available here ({reason}); using int8 weights instead",
+                          QuantizationFallbackWarning, stacklevel=2)
+            return QuantSpec(8)
+    return spec
 
 
 class CachePool:
@@ -139,10 +162,17 @@ class LocalBackend:
     # ---- Backend properties -------------------------------------------------------------------
 
     @property
+    def quantization(self) -> str:
+        """The weights' quantization: "none", "int8" or "int4"."""
+        spec = self.loaded.quantization
+        return spec.name if spec is not None else "none"
+
+    @property
     def description(self) -> str:
         name = self.loaded.path.name
         extra = f" + adapter {self.adapter.name}" if self.adapter else ""
-        return f"local: {name}{extra} ({self.device.type}, {str(self.dtype).removeprefix('torch.')})"
+        quant = "" if self.loaded.quantization is None else f", {self.quantization} weights"
+        return f"local: {name}{extra} ({self.device.type}, {str(self.dtype).removeprefix('torch.')}{quant})"
 
     @property
     def placement(self) -> tuple[str, str | None]:
@@ -282,16 +312,21 @@ def load_local_backend(
     dtype: str | None = None,
     adapter: str | Path | None = None,
     cache_budget_mb: int = 1024,
+    quantization: str | None = None,
+    group_size: int = DEFAULT_GROUP_SIZE,
 ) -> LocalBackend:
     """Load a model directory (default: the embedded model) into a ready backend.
 
-    Raises BackendError with a user-facing message for anything the user must fix.
+    `quantization` ("none", "int8", "int4") quantizes the weights as they load (engine/quant.py); a
+    checkpoint saved quantized loads quantized whatever it says. Raises BackendError with a
+    user-facing message for anything the user must fix.
     """
     path = Path(model_dir) if model_dir else default_model_dir()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    spec = resolve_quantization(quantization, group_size, dev)
     try:
-        loaded = load_model(path, device=dev, dtype=dt)
+        loaded = load_model(path, device=dev, dtype=dt, quantization=spec)
     except CheckpointError as exc:
         raise BackendError(str(exc)) from exc
     except torch.cuda.OutOfMemoryError as exc:

@@ -6,8 +6,9 @@
     python -m engine eval infill --heldout adapters/proj/heldout.json --repo ~/src/proj \\
         --adapter adapters/proj
 
-Systems evaluated: every --model (default: the embedded model), then the first model with each
---adapter; `--model before/ --model after/` compares two checkpoints (e.g. before and after LCFT).
+Systems evaluated: every --model (default: the embedded model) in each --quant (e.g. `--quant none
+int8 int4`), then the first model with each --adapter; `--model before/ --model after/` compares two
+checkpoints (e.g. before and after LCFT).
 Results print as markdown tables; --json-out FILE keeps everything, per case.
 """
 
@@ -30,6 +31,7 @@ class System:
     name: str
     model: str | None
     adapter: str | None
+    quant: str = "none"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,6 +91,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "also evaluated with it applied (repeatable)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None, help="auto, bfloat16, float32")
+    p.add_argument("--quant", nargs="+", choices=("none", "int8", "int4"), default=["none"],
+                   help="weight quantization(s): each model is evaluated in each")
+    p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
     p.add_argument("--rope-theta", type=float, default=None, help="override the rotary base of every system")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -123,9 +128,14 @@ def _systems(args: argparse.Namespace) -> list[System]:
     labels = [Path(m).name if m else "default" for m in models]
     if len(set(labels)) < len(labels):  # same folder names: show the parent too
         labels = [f"{Path(m).parent.name}/{Path(m).name}" if m else "default" for m in models]
-    systems = [System(label, m, None) for label, m in zip(labels, models, strict=True)]
+    quants = list(dict.fromkeys(args.quant))
+
+    def named(label: str, quant: str) -> str:
+        return label if quants == ["none"] else f"{label} {'bf16' if quant == 'none' else quant}"
+
+    systems = [System(named(label, q), m, None, q) for label, m in zip(labels, models, strict=True) for q in quants]
     for a in args.adapter:
-        systems.append(System(f"{labels[0]} + {Path(a).name}", models[0], a))
+        systems.append(System(named(f"{labels[0]} + {Path(a).name}", quants[0]), models[0], a, quants[0]))
     return systems
 
 
@@ -138,7 +148,8 @@ def _load(system: System, args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     backend = engine.load_local_backend(system.model, device=args.device, dtype=args.dtype,
-                                        adapter=system.adapter)
+                                        adapter=system.adapter, quantization=system.quant,
+                                        group_size=args.group_size)
     if args.rope_theta:
         backend.model.args.rope_theta = args.rope_theta
     return backend
@@ -211,7 +222,8 @@ def _finish(args: argparse.Namespace, title: str, tables: str, runs: list[tuple[
             "task": args.eval_task,
             "command": _command_line(),
             "settings": settings,
-            "systems": [{"name": s.name, "model": s.model, "adapter": s.adapter, **r} for s, r in runs],
+            "systems": [{"name": s.name, "model": s.model, "adapter": s.adapter, "quant": s.quant, **r}
+                        for s, r in runs],
         }
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(doc, indent=1, default=str) + "\n")

@@ -5,6 +5,11 @@ An adapter directory holds `adapter.safetensors` (per target Linear: `<name>.lor
 model names) and `adapter.json` (rank, alpha, targets, base model, rope base, sequence length, data
 hash). The engine calls `apply_adapter(model, adapter_dir)` to use one; `AppliedAdapter.remove()`
 restores the base weights exactly, so adapters can be switched without reloading the model.
+
+On a quantized model (engine/quant.py) the low-rank update cannot be merged into int8/int4 weights
+without losing it to rounding, so each target QuantizedLinear adds it at run time instead
+(`QuantizedLinear.lora`), as QLoRA does; whole tensors trained alongside a quantized layer's weight
+(the output head with train_embeddings) are quantized into it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import nn
 
 from engine.atomic import atomic_file
 from engine.model import Transformer
+from engine.quant import QuantizedLinear
 
 ATTENTION = ("wq", "wk", "wv", "wo")
 MLP = ("w1", "w2", "w3")
@@ -136,13 +142,21 @@ class AppliedAdapter:
     meta: dict
     originals: dict[str, torch.Tensor]
     original_rope_theta: float
+    unmerged: list[QuantizedLinear] = field(default_factory=list)  # layers carrying the update at run time
 
     def remove(self) -> None:
-        params = dict(self.model.named_parameters())
+        tensors = _tensors(self.model)
         with torch.no_grad():
             for n, t in self.originals.items():
-                params[n].copy_(t)
+                tensors[n].copy_(t)
+        for layer in self.unmerged:
+            layer.lora = None
         self.model.args.rope_theta = self.original_rope_theta
+
+
+def _tensors(model: Transformer) -> dict[str, torch.Tensor]:
+    """Parameters and buffers by name (a quantized layer's weights are buffers)."""
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
 def apply_adapter(model: Transformer, adapter_dir: str | Path) -> AppliedAdapter:
@@ -151,24 +165,40 @@ def apply_adapter(model: Transformer, adapter_dir: str | Path) -> AppliedAdapter
     path = Path(adapter_dir)
     meta = read_adapter_meta(path)
     tensors = load_file(str(path / ADAPTER_WEIGHTS))
-    params = dict(model.named_parameters())
+    params = _tensors(model)
+    modules = dict(model.named_modules())
     scale = float(meta["alpha"]) / int(meta["rank"])
     originals: dict[str, torch.Tensor] = {}
+    unmerged: list[QuantizedLinear] = []
+
+    def replace(name: str, value: torch.Tensor) -> None:
+        w = params[name]
+        originals.setdefault(name, w.detach().clone())
+        w.copy_(value.to(w.device, w.dtype))
+
     with torch.no_grad():
         for key, t in tensors.items():
             if key.endswith(".lora_A"):
-                target = key[: -len(".lora_A")] + ".weight"
-                w = params[target]
-                delta = (tensors[key[: -len("lora_A")] + "lora_B"].float() @ t.float()) * scale
-                originals.setdefault(target, w.detach().clone())
-                w.copy_((w.float() + delta.to(w.device)).to(w.dtype))
+                module_name = key[: -len(".lora_A")]
+                b = tensors[module_name + ".lora_B"]
+                layer = modules.get(module_name)
+                if isinstance(layer, QuantizedLinear):
+                    device = layer.qweight.device
+                    layer.lora = (t.float().to(device), b.float().to(device), scale)
+                    unmerged.append(layer)
+                    continue
+                w = params[module_name + ".weight"]
+                delta = (b.float() @ t.float()) * scale
+                replace(module_name + ".weight", w.float() + delta.to(w.device))
             elif key.endswith(".lora_B"):
                 continue
+            elif isinstance(layer := modules.get(key.removesuffix(".weight")), QuantizedLinear):
+                qweight, scales = layer.quantize(t.to(layer.qweight.device))
+                replace(key.removesuffix("weight") + "qweight", qweight)
+                replace(key.removesuffix("weight") + "scales", scales)
             else:
-                w = params[key]
-                originals.setdefault(key, w.detach().clone())
-                w.copy_(t.to(w.device, w.dtype))
-    handle = AppliedAdapter(model, path, meta, originals, model.args.rope_theta)
+                replace(key, t)
+    handle = AppliedAdapter(model, path, meta, originals, model.args.rope_theta, unmerged)
     if "rope_theta" in meta:
         model.args.rope_theta = float(meta["rope_theta"])
     return handle

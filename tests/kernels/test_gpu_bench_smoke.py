@@ -29,6 +29,8 @@ def test_gpu_bench_smoke_writes_the_table(tmp_path: Path, monkeypatch: pytest.Mo
     for row in (
         "| prefill 70 tokens |",  # three chunks of 32: the masked chunked-prefill path too
         "| decode tok/s @ 70 ctx, eager |",
+        "| decode tok/s @ 70 ctx, int8 weights |",
+        "| decode tok/s @ 70 ctx, int4 weights, group 32 |",
         "| static decode step @ 70 ctx vs eager |",
         "| keystroke @ 60 ctx (+4 tokens), warm |",
         "| transformers decode tok/s @ 24 ctx |",

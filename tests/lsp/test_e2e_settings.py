@@ -138,3 +138,19 @@ async def test_model_change_reloads_in_the_background_and_no_model_goes_back_to_
     assert status["description"].startswith(f"local: {DEFAULT} ")
     result = await lc.inline(client, uri, 1, 11)
     assert result.items and result.items[0].insert_text.strip()
+
+
+async def test_quantization_change_reloads_the_model_with_int8_weights(client, workspace):
+    assert (await lc.request(client, "codellama/getStatus", {}))["quantization"] == "none"
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+        settings={"codellama": {"model": None, "quantization": "int8"}}))
+    status = await lc.wait_for(client, lambda s: s["quantization"] == "int8" and s["state"] == "ready")
+    assert status["model"] == DEFAULT and status["description"].endswith("int8 weights)")
+    (workspace / "quantized.py").write_text("def add(a, b):\n    return \n")  # a new document: no cached answer
+    uri = lc.open_doc(client, workspace / "quantized.py")
+    result = await lc.inline(client, uri, 1, 11)
+    assert result.items and result.items[0].insert_text.strip()  # the int8 model suggests
+    assert not (await lc.last_prompt(client, uri))["fromCache"]
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+        settings={"codellama": {"quantization": "none"}}))
+    await lc.wait_for(client, lambda s: s["quantization"] == "none" and s["state"] == "ready")

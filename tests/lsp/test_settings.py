@@ -51,3 +51,12 @@ def test_engine_key_changes_only_with_model_settings():
     assert a.engine_key() == Settings(max_new_tokens=3, fim_format="psm").engine_key()
     assert a.engine_key() != Settings(model="/x").engine_key()
     assert a.engine_key() != Settings(device="cpu").engine_key()
+
+
+def test_quantization_is_validated_and_a_change_needs_a_reload():
+    s, problems = parse_settings({"quantization": "INT4"})
+    assert s.quantization == "int4" and not problems
+    assert s.engine_key() != Settings().engine_key()
+    s, problems = parse_settings({"quantization": "q4_0"})
+    assert s.quantization == "none" and problems == [
+        "Setting codellama.quantization = 'q4_0' must be one of none, int8, int4; using the default."]
