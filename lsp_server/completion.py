@@ -427,7 +427,7 @@ class CompletionService:
         # A key typed or pasted into the document stays out of the prompt (and out of lastPrompt).
         prefix, suffix = redact_secrets(built.prefix), redact_secrets(built.suffix)
         request = CompletionRequest(
-            prefix=prefix, suffix=suffix, fim_format=settings.fim_format,  # type: ignore[arg-type]
+            prefix=prefix, suffix=suffix, fim_format=settings.fim_format,
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
             stop=[] if cur.multiline else ["\n"])
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from engine.backends.base import Backend
+from engine.backends.base import Backend, FimFormat
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPE_ALIASES = {
@@ -36,7 +36,7 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     quantization: str = "none"  # weight quantization of the local engine: "none", "int8", "int4"
-    fim_format: str = "spm"
+    fim_format: FimFormat = "spm"
     max_context_tokens: int | None = None  # None: automatic
     max_new_tokens: int = 128
     temperature: float = 0.0
