@@ -275,8 +275,8 @@ def main() -> int:
     if (default_dir / "tokenizer.model").is_file():
         models.append(("default", default_dir))
     else:
-        from engine.testing import build_tokenizer
         from engine.tokenizer import Tokenizer
+        from tests.tiny_models import build_tokenizer
 
         tok = opts.tokenizer or build_tokenizer(tmp / "tokenizer.model", vocab_size=2048)
         # The default model's shape (recipes/default_model/stage.py), random weights.

@@ -76,7 +76,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="gguf-parity-"))
     model_dir = Path(args.model) if args.model else default_model_dir()
     if not (model_dir / "tokenizer.model").is_file():
-        from engine.testing import build_tiny_model
+        from tests.tiny_models import build_tiny_model
 
         model_dir = build_tiny_model(work / "tiny-model")
         print(f"(no model at the default path: a random-weight tiny model at {model_dir})")

@@ -111,17 +111,9 @@ DEMO_SUFFIX = "\n\n\ndef main() -> None:\n    print(circle_area(2.0))\n"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from engine import CompletionRequest, default_model_dir, load_local_backend
+    from engine import CompletionRequest, load_local_backend
 
-    model = args.model
-    if model is None and not (default_model_dir() / "tokenizer.model").is_file():
-        # No default model in this checkout yet: a small random-weight model still shows the whole
-        # path (checkpoint loading, tokenizer, FIM prompts, generation), with junk text.
-        from engine.testing import build_tiny_model
-
-        model = build_tiny_model(Path(".cache") / "demo-tiny-model")
-        print(f"note: {default_model_dir()} is missing; using a random-weight model at {model}")
-    backend = load_local_backend(model, device=args.device, dtype=args.dtype, adapter=args.adapter,
+    backend = load_local_backend(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
                                  quantization=args.quant, group_size=args.group_size)
     print(f"model: {backend.description}")
     for fmt in ("spm", "psm"):

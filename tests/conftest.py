@@ -47,6 +47,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight model (Hugging Face layout, float32, grouped-query attention, rope base 1e6)
     with a real sentencepiece tokenizer that has Code Llama's four infilling pieces."""
-    from engine.testing import build_tiny_model
+    from tests.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-hf")

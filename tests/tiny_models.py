@@ -1,4 +1,4 @@
-"""Small real models for tests: random weights, a real sentencepiece tokenizer with the infilling pieces.
+"""Small real models for tests and benchmarks: random weights, a real sentencepiece tokenizer with the infilling pieces.
 
 Not used at run time. The tokenizer is trained in about a second on a few standard-library files, so
 tests exercise the same code paths as a downloaded Code Llama, only smaller.

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.checkpoints import CheckpointError, load_model
-from engine.testing import build_tiny_model
 from tests import forkserver
+from tests.tiny_models import build_tiny_model
 
 
 @pytest.fixture(scope="module")

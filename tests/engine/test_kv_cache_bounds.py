@@ -10,7 +10,7 @@ import torch
 from engine.backends.local import CachePool
 from engine.cache import KVCache
 from engine.generate import cpu_run_length, generate, prefill
-from engine.testing import random_model, tiny_args
+from tests.tiny_models import random_model, tiny_args
 
 
 def test_shrink_keeps_the_tokens_that_fit_and_frees_the_rest():

@@ -11,7 +11,7 @@ import torch
 from engine.cache import KVCache
 from engine.checkpoints import interleaved_to_half, load_model, save_meta_checkpoint
 from engine.generate import Sampling, generate
-from engine.testing import build_tokenizer
+from tests.tiny_models import build_tokenizer
 
 transformers = pytest.importorskip("transformers")
 

@@ -95,7 +95,7 @@ def test_instruct_prompt(char_tok, tiny_model_dir):
 
 
 def test_model_without_infill_pieces_completes_left_to_right(tmp_path):
-    from engine.testing import build_tokenizer
+    from tests.tiny_models import build_tokenizer
 
     tok = Tokenizer(build_tokenizer(tmp_path / "tokenizer.model", infill=False))
     assert not tok.can_infill and tok.eot_id is None
