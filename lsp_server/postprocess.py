@@ -326,85 +326,104 @@ def _process(raw: str, cur: Cursor, truncated: bool = False) -> tuple[Suggestion
     text = raw.replace("\r\n", "\n")
     if not cur.multiline and "\n" in text:
         text, truncated = text.split("\n", 1)[0], False  # the line did end
-    lines = text.split("\n")
-    tail = cur.line_suffix.rstrip()
-    after_cursor = (cur.line_suffix + "\n" + cur.next_lines).lstrip()
-    block = _block_indent(cur)
-    below = _Below.of(cur.next_lines)
-    fresh_line = not cur.line_prefix.strip()  # the suggestion's first line is a whole line
-    # What is open at the cursor (the string or comment it is in, brackets of its line): all of it
-    # opened before the suggestion, whose own brackets are then `brackets`.
-    at_cursor = _open_after(cur.line_prefix).as_outer()
-    line_open = at_cursor  # what is open where the current line starts
-    scope: int | None = None  # the indentation where the suggestion's code begins
-    last_code = (0, "")  # indentation and text of the last line of code kept
-    kept: list[str] = []
-    replaces = False
-    stopped = True
-    looped = False
-    for i, line in enumerate(lines):
-        stripped = line.strip()
-        indent = indentation(cur.line_prefix + line if i == 0 else line)
-        states = _scan(line + "\n", line_open)  # the newline ends a one-quote string or a comment
-        closes_outer = _outer_closers(line, states)  # closers of brackets opened before the cursor
-        if i == 0 and cur.multiline and stripped and fresh_line and stripped == cur.prev_line.strip():
-            break  # the first line only repeats the line above
-        if cur.multiline and stripped and (i > 0 or fresh_line) and _repeats_below(lines, i, below):
-            break  # never suggest what already follows the cursor
-        if i > 0 and stripped:
-            if stripped == below.first:
-                break  # the output starts repeating what follows the cursor
-            if any(stripped == k.strip() for k in kept[-2:] if k.strip()):
-                break  # the model is looping
-            if scope is not None and _new_definition(stripped, indent, scope, last_code):
-                break  # the next definition: this suggestion is one piece of code
-            if indentation(line) < block:
-                # The end of the block. A closing line is kept when it closes what the suggestion
-                # opened, or what the rest of the cursor's line closes (then it replaces it).
-                if stripped[0] in CLOSERS:
-                    if line_open.brackets and not closes_outer:
-                        kept.append(line)
-                    elif tail and stripped.startswith(tail):
-                        kept.append(line)
-                        replaces = True
-                break
-        loop = _loop_end(line, line_open, open_end=truncated and i == len(lines) - 1)
+    walk = _LineWalk(cur, text.split("\n"), truncated)
+    stopped = walk.run()
+    kept = walk.kept
+    if walk.looped:
+        kept = _trim_line(kept, walk.at_cursor)  # the rest of the line is gone: it may have closed brackets
+    elif truncated and not stopped and kept:
+        kept = _trim_to_complete_lines(kept, walk.at_cursor) if len(kept) > 1 else _trim_line(kept, walk.at_cursor)
+    out = "\n".join(line.rstrip() for line in kept).rstrip()
+    replaces = walk.replaces
+    if not replaces and not cur.multiline and walk.tail and out.endswith(walk.tail):
+        out = out[: -len(walk.tail)]  # `"abc|"` -> `def"`: the quote is already there
+    return Suggestion(out if out.strip() else "", replaces and bool(out.strip())), stopped
+
+
+class _LineWalk:
+    """The output's lines, kept one by one until a rule ends the suggestion."""
+
+    def __init__(self, cur: Cursor, lines: list[str], truncated: bool) -> None:
+        self.cur, self.lines, self.truncated = cur, lines, truncated
+        self.tail = cur.line_suffix.rstrip()
+        self.after_cursor = (cur.line_suffix + "\n" + cur.next_lines).lstrip()
+        self.block = _block_indent(cur)
+        self.below = _Below.of(cur.next_lines)
+        self.fresh_line = not cur.line_prefix.strip()  # the suggestion's first line is a whole line
+        # What is open at the cursor (the string or comment it is in, brackets of its line): all of it
+        # opened before the suggestion, whose own brackets are then `brackets`.
+        self.at_cursor = _open_after(cur.line_prefix).as_outer()
+        self.line_open = self.at_cursor  # what is open where the current line starts
+        self.scope: int | None = None  # the indentation where the suggestion's code begins
+        self.last_code = (0, "")  # indentation and text of the last line of code kept
+        self.kept: list[str] = []
+        self.replaces = False  # the suggestion replaces the rest of the cursor's line
+        self.looped = False  # the last kept line was cut where it started repeating itself
+
+    def run(self) -> bool:
+        """Keep lines; True when a rule ended the suggestion before the output's end."""
+        for i, line in enumerate(self.lines):
+            stripped = line.strip()
+            indent = indentation(self.cur.line_prefix + line if i == 0 else line)
+            states = _scan(line + "\n", self.line_open)  # the newline ends a one-quote string or a comment
+            closes_outer = _outer_closers(line, states)  # closers of brackets opened before the cursor
+            if self._ends_before(i, line, stripped, indent, closes_outer):
+                return True
+            if not self._keep(i, line, closes_outer):
+                return True
+            if stripped:
+                self.scope = indent if self.scope is None else self.scope
+                self.last_code = (indent, stripped)
+            self.line_open = states[-1]
+        return False
+
+    def _ends_before(self, i: int, line: str, stripped: str, indent: int, closes_outer: list[int]) -> bool:
+        """Whether the suggestion ends before line i (a closing line may still be kept here)."""
+        cur = self.cur
+        if i == 0 and cur.multiline and stripped and self.fresh_line and stripped == cur.prev_line.strip():
+            return True  # the first line only repeats the line above
+        if cur.multiline and stripped and (i > 0 or self.fresh_line) and _repeats_below(self.lines, i, self.below):
+            return True  # never suggest what already follows the cursor
+        if i == 0 or not stripped:
+            return False
+        if stripped == self.below.first:
+            return True  # the output starts repeating what follows the cursor
+        if any(stripped == k.strip() for k in self.kept[-2:] if k.strip()):
+            return True  # the model is looping
+        if self.scope is not None and _new_definition(stripped, indent, self.scope, self.last_code):
+            return True  # the next definition: this suggestion is one piece of code
+        if indentation(line) >= self.block:
+            return False
+        # The end of the block. A closing line is kept when it closes what the suggestion opened, or
+        # what the rest of the cursor's line closes (then it replaces it).
+        if stripped[0] in CLOSERS:
+            if self.line_open.brackets and not closes_outer:
+                self.kept.append(line)
+            elif self.tail and stripped.startswith(self.tail):
+                self.kept.append(line)
+                self.replaces = True
+        return True
+
+    def _keep(self, i: int, line: str, closes_outer: list[int]) -> bool:
+        """Keep line i, or the part of it before a rule cuts it; whether the walk goes on."""
+        loop = _loop_end(line, self.line_open, open_end=self.truncated and i == len(self.lines) - 1)
         if loop is not None:
-            line, looped = line[:loop], True  # keep the first copy of what repeats
-        cut = None
+            line, self.looped = line[:loop], True  # keep the first copy of what repeats
         for at in closes_outer:
             if at >= len(line):
                 break  # past the end of a line cut where it loops
             # The output closes a bracket opened before the cursor. Fine when the text after the
             # cursor does not close it too; when it does, the suggestion must end there.
-            if after_cursor[:1] != line[at]:
+            if self.after_cursor[:1] != line[at]:
                 continue
             rest_of_line = line[at:].rstrip()
-            if i == 0 and tail and rest_of_line.startswith(tail) and rest_of_line != tail:
-                replaces = True  # `foo(|)` -> `a, b) + 1`: rewrite the `)` as part of the line
-            else:
-                cut = at
-            break
-        if cut is not None:
-            kept.append(line[:cut])
-            break
-        kept.append(line)
-        if replaces or looped:
-            break
-        if stripped:
-            scope = indent if scope is None else scope
-            last_code = (indent, stripped)
-        line_open = states[-1]
-    else:
-        stopped = False
-    if looped:
-        kept = _trim_line(kept, at_cursor)  # the rest of the line is gone: it may have closed brackets
-    elif truncated and not stopped and kept:
-        kept = _trim_to_complete_lines(kept, at_cursor) if len(kept) > 1 else _trim_line(kept, at_cursor)
-    out = "\n".join(line.rstrip() for line in kept).rstrip()
-    if not replaces and not cur.multiline and tail and out.endswith(tail):
-        out = out[: -len(tail)]  # `"abc|"` -> `def"`: the quote is already there
-    return Suggestion(out if out.strip() else "", replaces and bool(out.strip())), stopped
+            if i == 0 and self.tail and rest_of_line.startswith(self.tail) and rest_of_line != self.tail:
+                self.replaces = True  # `foo(|)` -> `a, b) + 1`: rewrite the `)` as part of the line
+                break
+            self.kept.append(line[:at])
+            return False
+        self.kept.append(line)
+        return not (self.replaces or self.looped)
 
 
 def is_finished(partial: str, cur: Cursor) -> bool:
