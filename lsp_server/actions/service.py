@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,22 @@ class ActionArgs:
         return cls(action, uri, start, end, str(question), diagnostics)
 
 
+Range = tuple[tuple[int, int], tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The edit an answer proposes; `edit` is None when it was rejected (`problem` says why, `preview`
+    shows it instead)."""
+
+    target_uri: str
+    edit_range: Range
+    new_text: str
+    edit: types.WorkspaceEdit | None
+    problem: str | None = None
+    preview: str | None = None
+
+
 @dataclass
 class ActionOutcome:
     action: str
@@ -85,12 +101,22 @@ class ActionOutcome:
     stop_reason: str
     generated_tokens: int
     edit: types.WorkspaceEdit | None = None
-    edit_range: tuple[tuple[int, int], tuple[int, int]] | None = None
+    edit_range: Range | None = None
     new_text: str | None = None
     target_uri: str | None = None  # where the edit goes (the document, or a test file)
     message: str | None = None  # why there is no edit, or why the answer stopped early (for the user)
     rejected: bool = False  # the edit was not made: it would have broken the code (message says how)
     preview: str | None = None  # markdown shown instead of the answer: a rejected edit and why
+
+    def with_proposal(self, proposal: Proposal | str | None) -> ActionOutcome:
+        """The outcome with the edit the answer proposes, or with why there is none (a message)."""
+        if proposal is None:
+            return self
+        if isinstance(proposal, str):
+            return replace(self, message=proposal)
+        return replace(self, edit=proposal.edit, edit_range=proposal.edit_range, new_text=proposal.new_text,
+                       target_uri=proposal.target_uri, rejected=proposal.problem is not None,
+                       message=proposal.problem or self.message, preview=proposal.preview)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"action": self.action, "answer": self.answer, "stopReason": self.stop_reason,
@@ -217,9 +243,8 @@ class ActionService:
             if A.ACTIONS[args.action].result in ("replace", "docstring"):
                 outcome.message = "the document changed while Code Llama was working; run the action again"
                 return outcome
-        self._make_edit(outcome, doc.uri, Document(doc.uri, snapshot.text, doc.version, doc.language_id,
-                                                    doc.encoding), snapshot.path, snapshot.language, span)
-        return outcome
+        asked = Document(doc.uri, snapshot.text, doc.version, doc.language_id, doc.encoding)
+        return outcome.with_proposal(self._propose(args.action, answer, asked, snapshot.path, snapshot.language, span))
 
     def _generate(self, args: ActionArgs, backend: Backend, settings: Settings, snap: Any,
                   span: tuple[int, int], cancelled: threading.Event,
@@ -272,68 +297,35 @@ class ActionService:
             return A.finish_answer(completion.text[: cut[0][0]]), cut[0][1], len(completion.tokens)
         return completion.text, completion.stop_reason, len(completion.tokens)
 
-    def _make_edit(self, outcome: ActionOutcome, uri: str, doc: Document, path: str, language: str,
-                   span: tuple[int, int]) -> None:
-        kind = A.ACTIONS[outcome.action].result
+    def _propose(self, action: str, answer: str, doc: Document, path: str, language: str,
+                 span: tuple[int, int]) -> Proposal | str | None:
+        """The edit `answer` makes to `doc` for `action`, or why it makes none (None: it makes none by design)."""
+        kind = A.ACTIONS[action].result
         text = doc.text
         if kind == "replace":
-            code = A.extract_code(outcome.answer, language)
+            code = A.extract_code(answer, language)
             new = A.fit_code(code, text, span[0], ends_with_newline=text[span[0]:span[1]].endswith("\n"))
             if not new.strip():
-                outcome.message = "the model returned no code"
-                return
-            self._set_edit(outcome, uri, doc, span[0], span[1], new, language=language, path=path)
-        elif kind == "docstring":
-            found = A.docstring_edit(text, span, language, A.docstring_text(outcome.answer, language))
+                return "the model returned no code"
+            return _text_edit(doc, span[0], span[1], new, answer, language, path)
+        if kind == "docstring":
+            found = A.docstring_edit(text, span, language, A.docstring_text(answer, language))
             if found is None:
-                outcome.message = f"the model returned no {A.doc_word(language)}"
-                return
-            self._set_edit(outcome, uri, doc, found.start, found.end, found.text, language=language, path=path)
-        elif kind == "tests":
-            self._tests_edit(outcome, path, language)
+                return f"the model returned no {A.doc_word(language)}"
+            return _text_edit(doc, found.start, found.end, found.text, answer, language, path)
+        if kind == "tests":
+            return self._tests_edit(answer, path, language)
+        return None  # an answer-only action proposes nothing
 
-    def _set_edit(self, outcome: ActionOutcome, uri: str, doc: Document, start: int, end: int, new: str,
-                  versioned: bool = True, language: str = "", path: str = "") -> None:
-        """One text edit; `versioned` makes the client refuse it if the document moved on meanwhile.
-        No edit (a preview instead) when it would leave Python code that no longer parses."""
-        rng = (doc.position_at(start), doc.position_at(end))
-        outcome.edit_range, outcome.new_text, outcome.target_uri = rng, new, uri
-        if self._rejected(outcome, doc.text, start, end, new, language, path, rng):
-            return
-        outcome.edit = types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
-            text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=doc.version if versioned else None),
-            edits=[types.TextEdit(range=types.Range(types.Position(*rng[0]), types.Position(*rng[1])),
-                                  new_text=new)])])
-
-    def _rejected(self, outcome: ActionOutcome, text: str, start: int, end: int, new: str, language: str,
-                  path: str, rng: tuple[tuple[int, int], tuple[int, int]]) -> bool:
-        """True (and the outcome says why, with a preview) when the edit would break Python code."""
-        if language != "python":
-            return False  # no cheap check there: the edit goes in as before
-        problem = A.python_edit_problem(text, start, end, new)
-        if problem is None:
-            return False
-        (sl, _), (el, _) = rng
-        where = f"line {sl + 1}" if sl == el else f"lines {sl + 1}–{el + 1}"
-        where = f"the new file {path}" if not text else f"{where} of {path}"
-        outcome.rejected = True
-        outcome.message = f"not applied: with it, {path} would not be valid Python ({problem})"
-        outcome.preview = (f"_{outcome.message[0].upper()}{outcome.message[1:]}._\n\n"
-                           f"What Code Llama proposed for {where}:\n\n{A.fenced(new, language)}\n\n"
-                           f"## The model's answer\n\n{outcome.answer.strip()}\n")
-        return True
-
-    def _tests_edit(self, outcome: ActionOutcome, path: str, language: str) -> None:
+    def _tests_edit(self, answer: str, path: str, language: str) -> Proposal | str:
         """Test code into the test file the language expects: appended when it exists, created when
         the client can create files, else only shown as an answer."""
-        code = A.extract_code(outcome.answer, language)
+        code = A.extract_code(answer, language)
         root = self.root()
         if not code.strip():
-            outcome.message = "the model returned no test code"
-            return
+            return "the model returned no test code"
         if root is None:
-            outcome.message = "no workspace folder to put a test file in; the tests are in the answer"
-            return
+            return "no workspace folder to put a test file in; the tests are in the answer"
         rel = A.tests_path_for(path, language, has_tests_dir=(root / "tests").is_dir())
         target = root / rel
         uri = target.as_uri()
@@ -344,21 +336,51 @@ class ActionService:
             doc = open_doc or Document(uri, existing, 0, language, self.docs.encoding)
             sep = "" if not existing or existing.endswith("\n\n") else ("\n" if existing.endswith("\n") else "\n\n")
             # A file that is not open has no version to check.
-            self._set_edit(outcome, uri, doc, len(existing), len(existing), sep + code + "\n",
-                           versioned=open_doc is not None, language=language, path=rel)
-            return
+            return _text_edit(doc, len(existing), len(existing), sep + code + "\n", answer, language, rel,
+                              versioned=open_doc is not None)
         if not self.can_create_files():
-            outcome.message = f"the client cannot create {rel}; the tests are in the answer"
-            return
+            return f"the client cannot create {rel}; the tests are in the answer"
         new = code + "\n"
-        outcome.edit_range, outcome.new_text, outcome.target_uri = ((0, 0), (0, 0)), new, uri
-        if self._rejected(outcome, "", 0, 0, new, language, rel, ((0, 0), (0, 0))):
-            return
-        outcome.edit = types.WorkspaceEdit(document_changes=[
+        start: Range = ((0, 0), (0, 0))
+        rejected = _rejection(answer, "", 0, 0, new, language, rel, start)
+        if rejected is not None:
+            return Proposal(uri, start, new, None, *rejected)
+        return Proposal(uri, start, new, types.WorkspaceEdit(document_changes=[
             types.CreateFile(uri=uri, options=types.CreateFileOptions(ignore_if_exists=True)),
             types.TextDocumentEdit(
                 text_document=types.OptionalVersionedTextDocumentIdentifier(uri=uri, version=None),
-                edits=[types.TextEdit(range=types.Range(types.Position(0, 0), types.Position(0, 0)), new_text=new)])])
+                edits=[types.TextEdit(range=types.Range(types.Position(0, 0), types.Position(0, 0)), new_text=new)])]))
+
+
+def _text_edit(doc: Document, start: int, end: int, new: str, answer: str, language: str, path: str,
+               versioned: bool = True) -> Proposal:
+    """One text edit; `versioned` makes the client refuse it if the document moved on meanwhile.
+    No edit (a preview instead) when it would leave Python code that no longer parses."""
+    rng = (doc.position_at(start), doc.position_at(end))
+    rejected = _rejection(answer, doc.text, start, end, new, language, path, rng)
+    if rejected is not None:
+        return Proposal(doc.uri, rng, new, None, *rejected)
+    return Proposal(doc.uri, rng, new, types.WorkspaceEdit(document_changes=[types.TextDocumentEdit(
+        text_document=types.OptionalVersionedTextDocumentIdentifier(uri=doc.uri, version=doc.version if versioned else None),
+        edits=[types.TextEdit(range=types.Range(types.Position(*rng[0]), types.Position(*rng[1])), new_text=new)])]))
+
+
+def _rejection(answer: str, text: str, start: int, end: int, new: str, language: str, path: str,
+               rng: Range) -> tuple[str, str] | None:
+    """Why the edit would break Python code, and the preview shown instead; None when it would not."""
+    if language != "python":
+        return None  # no cheap check there: the edit goes in as before
+    problem = A.python_edit_problem(text, start, end, new)
+    if problem is None:
+        return None
+    (sl, _), (el, _) = rng
+    where = f"line {sl + 1}" if sl == el else f"lines {sl + 1}–{el + 1}"
+    where = f"the new file {path}" if not text else f"{where} of {path}"
+    message = f"not applied: with it, {path} would not be valid Python ({problem})"
+    preview = (f"_{message[0].upper()}{message[1:]}._\n\n"
+               f"What Code Llama proposed for {where}:\n\n{A.fenced(new, language)}\n\n"
+               f"## The model's answer\n\n{answer.strip()}\n")
+    return message, preview
 
 
 def lines_around(text: str, offset: int, n: int = 20) -> str:
