@@ -12,6 +12,7 @@ from types import ModuleType
 import torch
 
 from engine.kernels import reference
+from engine.kernels.int8_kv import Int8KV
 
 _backend_name = "auto"
 
@@ -62,6 +63,10 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
+    q: torch.Tensor,
+    k: torch.Tensor | Int8KV,
+    v: torch.Tensor | Int8KV,
+    mask: torch.Tensor | None,
+    is_causal: bool,
 ) -> torch.Tensor:
     return _impl(q).attention(q, k, v, mask, is_causal)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.kernels.int8_kv import Int8KV, int8_attention
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Normalise in float32 as Llama does, then scale in the input dtype.
@@ -35,13 +37,21 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
+    q: torch.Tensor,
+    k: torch.Tensor | Int8KV,
+    v: torch.Tensor | Int8KV,
+    mask: torch.Tensor | None,
+    is_causal: bool,
 ) -> torch.Tensor:
     """q (B, Hq, T, D), k/v (B, Hk, S, D) with Hq a multiple of Hk; returns (B, Hq, T, D).
 
     `mask` is a boolean (T, S) allow-mask, or None with `is_causal` saying whether T == S causal applies.
     PyTorch's SDPA picks a memory-efficient kernel, so no (T, S) score matrix is kept for long prompts.
+    An int8 cache (Int8KV) goes to `int8_attention`, which reads it a chunk of keys at a time.
     """
+    if isinstance(k, Int8KV) or isinstance(v, Int8KV):
+        assert isinstance(k, Int8KV) and isinstance(v, Int8KV), "K and V must both be int8 or neither"
+        return int8_attention(q, k, v, mask, is_causal)
     if q.shape[2] == 1 and mask is None and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
         return _one_query_attention(q, k, v)
     gqa = q.shape[1] != k.shape[1]
