@@ -20,6 +20,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default=None, help="auto, bfloat16, float32 (default: bf16 where fast)")
     p.add_argument("--adapter", help="LoRA adapter directory to apply")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "bfloat16", "int8"),
+                   help="KV cache storage: the model's dtype (auto), bfloat16, or int8 (half of bf16's bytes)")
 
 
 def _read(path: str | None) -> str:
@@ -33,7 +35,8 @@ def _read(path: str | None) -> str:
 def cmd_complete(args: argparse.Namespace) -> int:
     from engine import CompletionRequest, load_local_backend
 
-    backend = load_local_backend(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+    backend = load_local_backend(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
+                                 kv_cache_dtype=args.kv_cache_dtype)
     request = CompletionRequest(
         prefix=_read(args.prefix_file) if args.prefix is None else args.prefix,
         suffix=_read(args.suffix_file) if args.suffix is None else args.suffix,
@@ -111,7 +114,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         model = build_tiny_model(Path(".cache") / "demo-tiny-model")
         print(f"note: {default_model_dir()} is missing; using a random-weight model at {model}")
-    backend = load_local_backend(model, device=args.device, dtype=args.dtype, adapter=args.adapter)
+    backend = load_local_backend(model, device=args.device, dtype=args.dtype, adapter=args.adapter,
+                                 kv_cache_dtype=args.kv_cache_dtype)
     print(f"model: {backend.description}")
     for fmt in ("spm", "psm"):
         result = backend.complete(

@@ -56,6 +56,21 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+KV_CACHE_DTYPES = ("auto", "bfloat16", "int8")
+
+
+def resolve_kv_dtype(kv_cache_dtype: str | None, model_dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's storage: "auto" (or None) is the model's dtype; "int8" stores K/V as int8 with a
+    scale per token and head (about half of bf16's bytes)."""
+    if kv_cache_dtype in (None, "", "auto"):
+        return model_dtype
+    if kv_cache_dtype == "int8":
+        return torch.int8
+    if kv_cache_dtype in ("bfloat16", "bf16"):
+        return torch.bfloat16
+    raise BackendError(f"unknown KV cache dtype {kv_cache_dtype!r} (use {', '.join(KV_CACHE_DTYPES)})")
+
+
 class CachePool:
     """A few KV caches (MAX_CACHES at most), each holding the tokens of a recent prompt; picks the one
     sharing the longest prefix with a new prompt and evicts the least recently used when over the
@@ -69,6 +84,7 @@ class CachePool:
     MAX_CACHES = 4
 
     def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, budget_bytes: int) -> None:
+        # dtype: the caches' storage (the model's dtype, or torch.int8)
         self.loaded, self.device, self.dtype, self.budget = loaded, device, dtype, budget_bytes
         self.caches: list[KVCache] = []  # most recently used last
         self._recent_needs: deque[int] = deque(maxlen=self.SHRINK_WINDOW)
@@ -122,13 +138,15 @@ class LocalBackend:
         dtype: torch.dtype,
         cache_budget_mb: int = 1024,
         adapter: str | Path | None = None,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tok = loaded.tokenizer
         self.device, self.dtype = device, dtype
+        self.kv_dtype = kv_dtype or dtype  # the KV caches' storage: the model's dtype or torch.int8
         self.adapter = Path(adapter) if adapter else None
-        self.pool = CachePool(loaded, device, dtype, cache_budget_mb * 2**20)
+        self.pool = CachePool(loaded, device, self.kv_dtype, cache_budget_mb * 2**20)
         self.healer = TokenHealer(self.tok.piece_texts())
         self.lock = threading.Lock()
 
@@ -138,7 +156,8 @@ class LocalBackend:
     def description(self) -> str:
         name = self.loaded.path.name
         extra = f" + adapter {self.adapter.name}" if self.adapter else ""
-        return f"local: {name}{extra} ({self.device.type}, {str(self.dtype).removeprefix('torch.')})"
+        kv = f", {str(self.kv_dtype).removeprefix('torch.')} KV cache" if self.kv_dtype != self.dtype else ""
+        return f"local: {name}{extra} ({self.device.type}, {str(self.dtype).removeprefix('torch.')}{kv})"
 
     @property
     def context_length(self) -> int:
@@ -270,8 +289,11 @@ def load_local_backend(
     dtype: str | None = None,
     adapter: str | Path | None = None,
     cache_budget_mb: int = 1024,
+    kv_cache_dtype: str | None = None,
 ) -> LocalBackend:
     """Load a model directory (default: the embedded model) into a ready backend.
+
+    `kv_cache_dtype`: "auto" (the model's dtype), "bfloat16" or "int8" (see resolve_kv_dtype).
 
     Raises BackendError with a user-facing message for anything the user must fix.
     """
@@ -280,6 +302,7 @@ def load_local_backend(
     path = Path(model_dir) if model_dir else default_model_dir()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    kv_dt = resolve_kv_dtype(kv_cache_dtype, dt)
     try:
         loaded = load_model(path, device=dev, dtype=dt)
     except CheckpointError as exc:
@@ -290,4 +313,4 @@ def load_local_backend(
         from engine.train.lora import apply_adapter
 
         apply_adapter(loaded.model, Path(adapter))
-    return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter)
+    return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter, kv_dtype=kv_dt)

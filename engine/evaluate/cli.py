@@ -89,6 +89,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "also evaluated with it applied (repeatable)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None, help="auto, bfloat16, float32")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "bfloat16", "int8"),
+                   help="KV cache storage: the model's dtype (auto), bfloat16, or int8")
     p.add_argument("--rope-theta", type=float, default=None, help="override the rotary base of every system")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -139,14 +141,15 @@ def _load(system: System, args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     try:
         backend = engine.load_local_backend(system.model, device=args.device, dtype=args.dtype,
-                                            adapter=system.adapter)
+                                            adapter=system.adapter, kv_cache_dtype=args.kv_cache_dtype)
     except ModuleNotFoundError as exc:
         if exc.name != "engine.adapters":
             raise
         # The engine's adapter loader is not in this tree yet: apply with the training module's.
         from engine.train.lora import apply_adapter
 
-        backend = engine.load_local_backend(system.model, device=args.device, dtype=args.dtype)
+        backend = engine.load_local_backend(system.model, device=args.device, dtype=args.dtype,
+                                            kv_cache_dtype=args.kv_cache_dtype)
         apply_adapter(backend.model, system.adapter)
         backend.adapter = Path(system.adapter)
     if args.rope_theta:
@@ -285,7 +288,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     def one(backend, system: System) -> dict:
         return keys.evaluate(backend.model, backend.tok, files, lengths, positions, args.samples, args.seed,
-                             backend.device, backend.dtype, not args.no_token_healing,
+                             backend.device, backend.kv_dtype, not args.no_token_healing,
                              _progress(args, system.name))
 
     runs = _run(args, one)
@@ -311,7 +314,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
     def one(backend, system: System) -> dict:
         return perplexity.evaluate(backend.model, backend.tok, files, lengths, args.windows, args.score_tokens,
-                                   args.concat, backend.device, backend.dtype, _progress(args, system.name))
+                                   args.concat, backend.device, backend.kv_dtype, _progress(args, system.name))
 
     runs = _run(args, one)
     names = [s.name for s, _ in runs]

@@ -54,6 +54,8 @@ def attention(
         return int8_attention(q, k, v, mask, is_causal)
     if q.shape[2] == 1 and mask is None and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
         return _one_query_attention(q, k, v)
+    if k.dtype != q.dtype:  # a bf16 cache under a float32/float16 model: SDPA needs one dtype
+        k, v = k.to(q.dtype), v.to(q.dtype)
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
 

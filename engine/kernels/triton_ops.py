@@ -386,6 +386,8 @@ def attention(
     chunked int8 attention.
     """
     # One query token, no mask, and not causal (causal with T=1 < S would mean "key 0 only").
+    if isinstance(k, torch.Tensor) and k.dtype != q.dtype:  # a bf16 cache under a float32/float16 model
+        k, v = k.to(q.dtype), v.to(q.dtype)
     decode = q.shape[2] == 1 and mask is None and (not is_causal or k.shape[2] == 1)
     if decode and (isinstance(k, Int8KV) or not _needs_autograd(q, k, v)):
         return decode_attention(q, k, v)
