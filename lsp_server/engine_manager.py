@@ -46,7 +46,7 @@ def load_backend(settings: Settings) -> Backend:
     dtype = None if settings.dtype == "auto" else settings.dtype
     try:
         return load_local_backend(settings.model, device=settings.device, dtype=dtype,
-                                  adapter=settings.adapter)
+                                  adapter=settings.adapter, kv_cache_dtype=settings.kv_cache_dtype)
     except BackendError:
         raise
     except FileNotFoundError as exc:
@@ -62,13 +62,15 @@ def model_label(settings: Settings) -> str:
     return Path(settings.model).name if settings.model else "default"
 
 
-def backend_device(backend: Backend) -> tuple[str | None, str | None]:
-    """(device, dtype) of a backend when it says; parsed from its description otherwise."""
+def backend_device(backend: Backend) -> tuple[str | None, str | None, str | None]:
+    """(device, dtype, KV cache dtype) of a backend when it says; None for what it does not."""
     device = getattr(backend, "device", None)
-    dtype = getattr(backend, "dtype", None)
     dev = getattr(device, "type", None) or (str(device) if device is not None else None)
-    dt = str(dtype).removeprefix("torch.") if dtype is not None else None
-    return dev, dt
+
+    def name(dtype: object) -> str | None:
+        return str(dtype).removeprefix("torch.") if dtype is not None else None
+
+    return dev, name(getattr(backend, "dtype", None)), name(getattr(backend, "kv_dtype", None))
 
 
 class EngineManager:

@@ -98,7 +98,7 @@ class CodeLlamaServer(LanguageServer):
         self._last_problem: tuple[str, float] = ("", 0.0)
         self.status: dict[str, Any] = {
             "state": "starting", "model": None, "requestedModel": None, "backend": "local", "description": None, "device": None,
-            "dtype": None, "message": None, "indexing": False, "indexedFiles": 0, "lastLatencyMs": None,
+            "dtype": None, "kvCacheDtype": None, "message": None, "indexing": False, "indexedFiles": 0, "lastLatencyMs": None,
             "lastPromptTokens": None, "lastCachedTokens": None, "lastFromCache": False,
             "lastError": None,  # why the last completion failed (the engine raised), until one succeeds
         }
@@ -219,12 +219,13 @@ class CodeLlamaServer(LanguageServer):
         if isinstance(remote_state, str) and state == "ready":
             if remote_state.startswith(("error", "retrying")):
                 state, message = "error", f"remote server: {remote_state}"
-        device, dtype = backend_device(backend) if backend is not None else (None, None)
+        device, dtype, kv_dtype = backend_device(backend) if backend is not None else (None, None, None)
         self.status.update(
             # The model serving; while none is yet, the one being loaded (or that failed to load).
             state=state, model=engine.model_name if backend is not None else engine.requested_name,
             requestedModel=engine.requested_name, backend=self.settings.backend,
             description=backend.description if backend is not None else None, device=device, dtype=dtype,
+            kvCacheDtype=kv_dtype,
             message=message, indexing=self.indexing,
             indexedFiles=len(self.index) if self.index is not None else 0, memory=self.memory_figures())
         return dict(self.status)

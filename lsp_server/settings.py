@@ -23,6 +23,7 @@ DTYPE_ALIASES = {
     "fp32": "float32",
     "float": "float32",
 }
+KV_CACHE_DTYPES = ("auto", "bfloat16", "int8")
 MIN_CONTEXT_TOKENS = 256
 MAX_CONTEXT_TOKENS = 100_000
 
@@ -33,6 +34,7 @@ class Settings:
     adapter: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    kv_cache_dtype: str = "auto"  # the KV cache's storage: "auto" (the model's dtype), "bfloat16", "int8"
     fim_format: str = "spm"
     max_context_tokens: int | None = None  # None: automatic
     max_new_tokens: int = 128
@@ -53,7 +55,8 @@ class Settings:
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
-        return (self.model, self.adapter, self.device, self.dtype, self.backend, self.api_key, self.remote_model)
+        return (self.model, self.adapter, self.device, self.dtype, self.kv_cache_dtype, self.backend, self.api_key,
+                self.remote_model)
 
     def context_budget(self, context_length: int, on_gpu: bool) -> int:
         """Prompt budget in tokens: the setting (or the automatic default) capped by what the model
@@ -166,6 +169,7 @@ PARSERS = {
     "adapter": _optional_path,
     "device": _device,
     "dtype": _dtype,
+    "kv_cache_dtype": _choice(*KV_CACHE_DTYPES),
     "fim_format": _choice("spm", "psm"),
     "max_context_tokens": _int_range(MIN_CONTEXT_TOKENS, MAX_CONTEXT_TOKENS, allow_none=True),
     "max_new_tokens": _int_range(1, 2048),

@@ -51,3 +51,11 @@ def test_engine_key_changes_only_with_model_settings():
     assert a.engine_key() == Settings(max_new_tokens=3, fim_format="psm").engine_key()
     assert a.engine_key() != Settings(model="/x").engine_key()
     assert a.engine_key() != Settings(device="cpu").engine_key()
+
+
+def test_kv_cache_dtype_is_parsed_and_reloads_the_engine():
+    s, problems = parse_settings({"kvCacheDtype": "INT8"})
+    assert s.kv_cache_dtype == "int8" and problems == []
+    assert s.engine_key() != Settings().engine_key()  # a change reloads the model, as dtype does
+    s, problems = parse_settings({"kvCacheDtype": "int4"})
+    assert s.kv_cache_dtype == "auto" and len(problems) == 1 and "codellama.kvCacheDtype" in problems[0]

@@ -12,6 +12,7 @@ export const SERVER_KEYS: readonly string[] = [
   "adapter",
   "device",
   "dtype",
+  "kvCacheDtype",
   "fimFormat",
   "maxContextTokens",
   "maxNewTokens",

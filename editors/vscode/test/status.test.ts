@@ -54,3 +54,10 @@ test("a notification updates only the keys it carries", () => {
   assert.equal(formatLatency(2500), "2.5 s");
   assert.equal(formatLatency(null), undefined);
 });
+
+test("an int8 KV cache shows beside the dtype in the tooltip", () => {
+  const server = { ...ready, description: null, kvCacheDtype: "int8" };
+  assert.match(renderStatus({ process: "running", enabled: true, server }).tooltip, /Device: cuda \(bfloat16, int8 KV cache\)/);
+  const same = { ...ready, description: null, kvCacheDtype: "bfloat16" };
+  assert.doesNotMatch(renderStatus({ process: "running", enabled: true, server: same }).tooltip, /KV cache/);
+});

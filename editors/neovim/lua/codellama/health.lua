@@ -93,13 +93,14 @@ function M.check()
         local v = status[key]
         return (v == nil or v == vim.NIL) and '?' or tostring(v)
       end
-      local line = ('Client %d (%s): %s, model %s, device %s, dtype %s, backend %s'):format(
+      local line = ('Client %d (%s): %s, model %s, device %s, dtype %s, KV cache %s, backend %s'):format(
         client.id,
         root_dir,
         field('state'),
         field('model'),
         field('device'),
         field('dtype'),
+        field('kvCacheDtype'),
         field('backend')
       )
       if status.state == 'error' then
