@@ -29,7 +29,8 @@ def _int8(x: torch.Tensor) -> Int8KV:
 
 
 @pytest.mark.parametrize(("n_heads", "n_kv", "queries", "keys", "chunk"),
-                         [(5, 5, 1, 1, 512), (4, 2, 1, 37, 8), (8, 1, 1, 513, 100), (6, 3, 7, 300, 64)])
+                         [(5, 5, 1, 1, 512), (4, 2, 1, 37, 8), (8, 1, 1, 513, 100), (6, 3, 7, 300, 64),
+                          (4, 2, 5, 40, 512)])
 def test_int8_attention_matches_sdpa_on_the_dequantized_cache(n_heads, n_kv, queries, keys, chunk):
     gen = torch.Generator().manual_seed(keys)
     q = torch.randn(2, n_heads, queries, 64, generator=gen)
