@@ -10,8 +10,13 @@ and prints a table of times with ratios (transformers / ours, llama.cpp / ours, 
 (llama-cpp-python, when installed) runs the same weights exported to GGUF by `engine.export` in the same
 dtype, and gets the same keystroke (its own prefix reuse). No assertions: numbers.
 
+With --llama-cpp-quant q8_0 q4_0 a second table puts llama.cpp on the same weights exported at those
+bits (`engine export --quant`) beside ours: cold latency, time to first token and decode tok/s.
+--kv-cache-dtype int8 runs ours with the int8 KV cache.
+
     .venv/bin/python benchmarks/engine_bench.py                 # default model + a larger random model
     .venv/bin/python benchmarks/engine_bench.py --contexts 1024 4096 16384 --large-contexts 1024 4096
+    .venv/bin/python benchmarks/engine_bench.py --llama-cpp-quant q8_0 q4_0 --kv-cache-dtype int8
 """
 
 from __future__ import annotations
@@ -63,8 +68,12 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(elapsed_ms(fn) for _ in range(repeats))
 
 
-def bench_ours(loaded: LoadedModel, prompt: list[int], repeats: int) -> dict[str, float]:
-    model, args, dtype = loaded.model, loaded.args, next(loaded.model.parameters()).dtype
+def bench_ours(
+    loaded: LoadedModel, prompt: list[int], repeats: int, kv_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """`kv_dtype`: the KV caches' storage (default: the model's dtype; torch.int8 for the int8 cache)."""
+    model, args = loaded.model, loaded.args
+    dtype = kv_dtype or next(loaded.model.parameters()).dtype
     out: dict[str, float] = {}
 
     def cold() -> None:
@@ -106,10 +115,12 @@ def bench_ours(loaded: LoadedModel, prompt: list[int], repeats: int) -> dict[str
 def bench_llama_cpp(gguf: Path, prompt: list[int], threads: int, repeats: int) -> dict[str, float]:
     """The same measurements on llama.cpp: greedy decoding of exactly NEW_TOKENS tokens (EOS ignored),
     cold after `reset()`, warm with llama-cpp-python's own longest-prefix reuse."""
-    import llama_cpp
+    from benchmarks.llama_cpp_compat import open_llama
 
-    llm = llama_cpp.Llama(str(gguf), n_ctx=len(prompt) + NEW_TOKENS + 8, n_threads=threads,
-                          n_threads_batch=threads, n_batch=512, verbose=False)
+    llm, note = open_llama(gguf, n_ctx=len(prompt) + NEW_TOKENS + 8, n_threads=threads,
+                           n_threads_batch=threads, n_batch=512, verbose=False)
+    if note:
+        print(f"llama.cpp on {gguf.name}: {note}", file=sys.stderr, flush=True)
 
     def run(tokens: list[int], n: int) -> None:
         for i, _ in enumerate(llm.generate(tokens, temp=0.0, reset=True)):
@@ -121,6 +132,8 @@ def bench_llama_cpp(gguf: Path, prompt: list[int], threads: int, repeats: int) -
         run(prompt, n)
 
     out = {"cold_ms": timed(lambda: cold(NEW_TOKENS), repeats), "ttft_cold_ms": timed(lambda: cold(1), repeats)}
+    out["decode_tok_s"] = 1000 * (NEW_TOKENS - 1) / max(out["cold_ms"] - out["ttft_cold_ms"], 1e-6)
+    out["extra_buffers_off"] = float(bool(note))
     prev = prompt[:-KEYSTROKE_TOKENS]
 
     def warm() -> float:
@@ -164,9 +177,13 @@ def main() -> int:
     ap.add_argument("--no-large", action="store_true", help="skip the larger random-weight model")
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--no-llama-cpp", action="store_true")
+    ap.add_argument("--llama-cpp-quant", nargs="*", default=[], choices=["q8_0", "q4_0"],
+                    help="also run llama.cpp on GGUF exports at these bits (a second table)")
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "int8"], help="our KV cache's storage")
     opts = ap.parse_args()
     torch.set_num_threads(opts.threads)
     dtype = getattr(torch, opts.dtype)
+    kv_dtype = torch.int8 if opts.kv_cache_dtype == "int8" else None
 
     models: list[tuple[str, Path]] = []
     tmp = Path(tempfile.mkdtemp(prefix="engine-bench-"))
@@ -195,27 +212,32 @@ def main() -> int:
         loaded = load_model(path, dtype=dtype)
         params = loaded.model.num_parameters() / 1e6
         gguf = None
+        quantized: dict[str, Path] = {}
         if use_llama_cpp:
             from engine.export import export_gguf
 
             gguf = export_gguf(path, tmp / f"model-{i}.gguf", dtype=opts.dtype)
+            for quant in opts.llama_cpp_quant:
+                quantized[quant] = export_gguf(path, tmp / f"model-{i}-{quant}.gguf", dtype=opts.dtype, quant=quant)
         contexts = opts.large_contexts if i > 0 and opts.large_contexts else opts.contexts
         for ctx in contexts:
             prompt = code_tokens(loaded, ctx)
-            ours = bench_ours(loaded, prompt, opts.repeats)
+            ours = bench_ours(loaded, prompt, opts.repeats, kv_dtype)
             hf = {} if opts.no_transformers else bench_transformers(path, prompt, dtype, opts.repeats)
             lc = bench_llama_cpp(gguf, prompt, opts.threads, opts.repeats) if gguf else {}
-            rows.append((f"{name} {params:.0f}M", ctx, ours, hf, lc))
+            lq = {q: bench_llama_cpp(f, prompt, opts.threads, opts.repeats) for q, f in quantized.items()}
+            rows.append((f"{name} {params:.0f}M", ctx, ours, hf, lc, lq))
             print(f"done: {name} ctx={ctx}", file=sys.stderr, flush=True)
 
     nan = float("nan")
-    print(f"\nCPU, {opts.threads} threads, {opts.dtype}, {NEW_TOKENS} new tokens, median of {opts.repeats}; "
+    kv_note = ", int8 KV cache (ours)" if kv_dtype is not None else ""
+    print(f"\nCPU, {opts.threads} threads, {opts.dtype}{kv_note}, {NEW_TOKENS} new tokens, median of {opts.repeats}; "
           "times in ms; a ratio > 1 means ours is faster\n")
     print("| model | context | ours cold | HF cold | HF/ours | llama.cpp cold | llama.cpp/ours | ours TTFT | "
           "HF TTFT | llama.cpp TTFT | ours warm SPM (TTFT) | llama.cpp warm SPM | cold/warm SPM | cold/warm TTFT SPM | "
           "ours warm PSM | cold/warm PSM | decode tok/s |")
     print("|" + "---|" * 17)
-    for name, ctx, o, h, lc in rows:
+    for name, ctx, o, h, lc, _ in rows:
         print(
             f"| {name} | {ctx} | {o['cold_ms']:.0f} | {h.get('cold_ms', nan):.0f} | "
             f"{h.get('cold_ms', nan) / o['cold_ms']:.2f}x | {lc.get('cold_ms', nan):.0f} | "
@@ -226,7 +248,30 @@ def main() -> int:
             f"{o['warm_psm_ms']:.0f} | "
             f"{o['cold_ms'] / o['warm_psm_ms']:.1f}x | {o['decode_tok_s']:.0f} |"
         )
+    if opts.llama_cpp_quant and use_llama_cpp:
+        print(quant_table(rows, opts.llama_cpp_quant, opts.dtype, kv_note))
     return 0
+
+
+def quant_table(rows: list, quants: list[str], dtype: str, kv_note: str) -> str:
+    """Ours (as run: its weights and KV cache) beside llama.cpp at each of `quants` bits, same prompts."""
+    head = f"| model | context | ours cold | ours TTFT | ours decode tok/s ({dtype} weights{kv_note}) |"
+    rule = "|---|---|---:|---:|---:|"
+    for q in quants:
+        head += f" llama.cpp {q.upper()} cold | /ours | TTFT | /ours | decode tok/s | ours/llama.cpp |"
+        rule += "---:|---:|---:|---:|---:|---:|"
+    lines = ["", "llama.cpp at the same bits (ratios > 1: ours faster; * = llama.cpp's extra CPU buffer types "
+             "(AMX/repack) off, they crash it on this file):", "", head, rule]
+    for name, ctx, o, _, _, lq in rows:
+        line = f"| {name} | {ctx} | {o['cold_ms']:.0f} | {o['ttft_cold_ms']:.0f} | {o['decode_tok_s']:.0f} |"
+        for q in quants:
+            r = lq[q]
+            star = "*" if r["extra_buffers_off"] else ""
+            line += (f" {r['cold_ms']:.0f}{star} | {r['cold_ms'] / o['cold_ms']:.2f}x | {r['ttft_cold_ms']:.0f} | "
+                     f"{r['ttft_cold_ms'] / o['ttft_cold_ms']:.2f}x | {r['decode_tok_s']:.0f} | "
+                     f"{o['decode_tok_s'] / r['decode_tok_s']:.2f}x |")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _has_llama_cpp() -> bool:
