@@ -3,11 +3,13 @@
 - `--format hf`: config.json + model.safetensors + tokenizer.model, for vLLM, TGI and transformers.
 - `--format gguf`: one .gguf file for llama.cpp (its server, llama-cpp-python, Ollama, LM Studio):
   llama architecture metadata, the sentencepiece vocabulary with Code Llama's infilling ids, and the
-  weights in f32, f16 or bf16 (norms always f32), or with `--quant q8_0|q4_0` every matrix (the
-  embedding and the output head too) in llama.cpp's block formats: blocks of 32 weights along a row,
-  each with an fp16 scale d; Q8_0 stores round(w / d) as int8 with d = absmax / 127, Q4_0 stores
-  nibbles q + 8 with d = (the signed value of largest magnitude) / -8. The packing is gguf-py's
-  (`gguf.quants.quantize`), the reference llama.cpp's own converter uses.
+  weights in f32, f16 or bf16 (norms always f32), or with `--quant q8_0|q4_0` every matrix in
+  llama.cpp's block formats: blocks of 32 weights along a row, each with an fp16 scale d; Q8_0 stores
+  round(w / d) as int8 with d = absmax / 127, Q4_0 stores nibbles q + 8 with d = (the signed value of
+  largest magnitude) / -8. The packing is gguf-py's (`gguf.quants.quantize`); on the default model
+  every tensor is byte-identical to what llama.cpp's own `llama_model_quantize` writes from our f32
+  export. As there, Q4_0 keeps the output head at 8 bits (Q8_0; llama-quantize picks Q6_K where the
+  row length is a multiple of 256, else Q8_0): 4-bit logits cost the most quality for the fewest bytes.
 
 Layout notes. Our checkpoints keep wq/wk rows in the "rotate half" order (as Hugging Face does); GGUF
 wants Meta's interleaved order (llama.cpp applies rotary to adjacent pairs), so those two weights go
@@ -244,15 +246,18 @@ def _write_gguf_file(
     def quantized(t: torch.Tensor) -> bool:
         return qtype is not None and t.dim() == 2 and t.shape[1] % GGUF_BLOCK == 0
 
+    def block_type(tname: str):  # noqa: ANN202 - a GGMLQuantizationType
+        return gguf.GGMLQuantizationType.Q8_0 if tname == "output.weight" else qtype
+
     raw_types = {torch.float32: gguf.GGMLQuantizationType.F32, torch.float16: gguf.GGMLQuantizationType.F16,
                  torch.bfloat16: gguf.GGMLQuantizationType.BF16}
     with torch.no_grad():
         for tname, t in gguf_tensors(model):
             if quantized(t):
-                assert qtype is not None
-                block_bytes = gguf.GGML_QUANT_SIZES[qtype][1]
+                block_bytes = gguf.GGML_QUANT_SIZES[block_type(tname)][1]
                 nbytes = t.numel() // GGUF_BLOCK * block_bytes
-                writer.add_tensor_info(tname, tuple(t.shape), _numpy_dtype(torch.float32), nbytes, raw_dtype=qtype)
+                writer.add_tensor_info(tname, tuple(t.shape), _numpy_dtype(torch.float32), nbytes,
+                                       raw_dtype=block_type(tname))
             else:
                 td = target(t)
                 writer.add_tensor_info(tname, tuple(t.shape), _numpy_dtype(td), t.numel() * td.itemsize,
@@ -261,10 +266,10 @@ def _write_gguf_file(
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     with torch.no_grad():
-        for _, t in gguf_tensors(model):
+        for tname, t in gguf_tensors(model):
             if quantized(t):
-                assert qtype is not None
-                writer.write_tensor_data(gguf.quants.quantize(t.detach().to("cpu", torch.float32).numpy(), qtype))
+                data = t.detach().to("cpu", torch.float32).numpy()
+                writer.write_tensor_data(gguf.quants.quantize(data, block_type(tname)))
             else:
                 writer.write_tensor_data(_to_numpy(t.detach().to("cpu", target(t)).contiguous()))
     writer.close()

@@ -159,3 +159,28 @@ def test_quantized_gguf_loads_in_llamacpp_and_follows_our_greedy_tokens(ours, tm
     finally:
         llm.close()
     assert agreed >= min_agreement * total, (agreed, total)
+
+
+@pytest.mark.parametrize("quant", ["q8_0", "q4_0"])
+def test_quantized_export_is_byte_identical_to_llamacpps_own_quantizer(default_gguf, tmp_path, quant):
+    """llama.cpp's `llama_model_quantize` run on our float32 export writes the same blocks, tensor for
+    tensor (with Q4_0's output head at Q8_0, its choice for a row of 320), as `export --quant`."""
+    import ctypes
+
+    import gguf
+
+    from engine import default_model_dir
+    from engine.export import export_gguf
+
+    theirs = tmp_path / f"llama-{quant}.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = {"q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0}[quant]
+    params.nthread = 1
+    assert llama_cpp.llama_model_quantize(str(default_gguf).encode(), str(theirs).encode(), ctypes.byref(params)) == 0
+    ours = export_gguf(default_model_dir(), tmp_path / f"ours-{quant}.gguf", dtype="float32", quant=quant)
+    a = {t.name: t for t in gguf.GGUFReader(ours).tensors}
+    b = {t.name: t for t in gguf.GGUFReader(theirs).tensors}
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name].tensor_type == b[name].tensor_type, name
+        assert np.array_equal(a[name].data, b[name].data), name
