@@ -46,6 +46,19 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 # 5 heads of 64 at 16K keys: bf16 (whole-cache float32 copy) 9.3, int8 chunks of 128/256/512/1024/2048
 # 9.7/5.8/4.8/6.6/5.5; 32 heads of 128 at 4K keys: bf16 64, int8 19.9/17.7/22.1/33.4/58.5.
 KEY_CHUNK = 512
+# On CUDA every chunk costs a dozen kernel launches, so chunks are as large as this many bytes of
+# float32 scores or keys allow (a 7B prefill chunk of 1,024 queries: 2,048 keys; a decode step: 16K).
+# CUDA decode normally takes the Triton kernel instead; this path is the prefill after a cached prefix.
+CUDA_CHUNK_BYTES = 256 * 2**20
+
+
+def key_chunk(q_shape: tuple[int, ...], n_kv: int, cuda: bool) -> int:
+    """Keys per chunk for queries of shape (B, Hq, T, D) over `n_kv` KV heads."""
+    if not cuda:
+        return KEY_CHUNK
+    bsz, n_heads, t, d = q_shape
+    per_key = 4 * bsz * max(n_heads * t, n_kv * d)  # float32 bytes of scores, or of dequantized keys, per key
+    return max(KEY_CHUNK, CUDA_CHUNK_BYTES // per_key)
 
 
 def int8_attention(
@@ -54,16 +67,18 @@ def int8_attention(
     v: Int8KV,
     mask: torch.Tensor | None,
     is_causal: bool,
-    chunk: int = KEY_CHUNK,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Same contract as `reference.attention` with int8 K/V: q (B, Hq, T, D) -> (B, Hq, T, D).
 
     `mask` is a boolean (T, S) allow-mask; `is_causal` means query i sees keys <= i + (S - T).
-    Online softmax over chunks of keys, in float32. Query heads are grouped over their KV head
-    (head h uses KV head h // group), so grouped-query attention copies nothing.
+    Online softmax over chunks of keys (`chunk` keys each; default `key_chunk`), in float32. Query heads
+    are grouped over their KV head (head h uses KV head h // group), so grouped-query attention copies
+    nothing.
     """
     bsz, n_heads, t, d = q.shape
     n_kv, s_len = k.values.shape[1], k.values.shape[2]
+    chunk = chunk or key_chunk(tuple(q.shape), n_kv, q.is_cuda)
     group = n_heads // n_kv
     rows = group * t  # query rows per KV head, ordered (group, T)
     qg = q.reshape(bsz, n_kv, rows, d).float() * d**-0.5

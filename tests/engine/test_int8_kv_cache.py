@@ -92,3 +92,14 @@ def test_generation_with_an_int8_cache_follows_the_float_cache():
     ref = generate(model, KVCache(args, 8, "cpu", torch.float32), prompt, 12, set()).tokens
     got = generate(model, KVCache(args, 8, "cpu", torch.int8), prompt, 12, set()).tokens
     assert common_prefix_length(ref, got) >= 8  # greedy tokens agree at least at the start
+
+
+
+def test_key_chunks_are_small_on_cpu_and_bounded_by_bytes_on_cuda():
+    from engine.kernels.int8_kv import KEY_CHUNK, key_chunk
+
+    assert key_chunk((1, 32, 1024, 128), 32, cuda=False) == KEY_CHUNK
+    # On CUDA (a launch per op per chunk), as many keys as 256 MiB of float32 scores or keys allow:
+    assert key_chunk((1, 32, 1024, 128), 32, cuda=True) == 2048  # a 7B prefill chunk of 1,024 queries
+    assert key_chunk((1, 32, 1, 128), 32, cuda=True) == 16384  # one query: bounded by the keys' copy
+    assert key_chunk((1, 5, 1024, 64), 5, cuda=True) == 13107
