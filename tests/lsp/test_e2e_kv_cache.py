@@ -52,14 +52,18 @@ async def test_int8_kv_cache_serves_and_auto_takes_twice_the_bytes(client, works
     assert status["kvCacheDtype"] == "int8" and "int8 KV cache" in status["description"]
     int8_text, int8_bytes = await suggestion_and_cache_bytes(client, workspace)
     assert int8_text.strip()  # the default model suggests something from its int8 cache
+    prompt_tokens = (await lc.request(client, "codellama/getStatus", {}))["lastPromptTokens"]
 
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
         settings={"codellama": {"kvCacheDtype": "auto"}}))
     status = await lc.wait_for(client, lambda s: s["state"] == "ready" and s["kvCacheDtype"] != "int8")
     assert status["kvCacheDtype"] == status["dtype"] and "KV cache" not in status["description"]
     auto_text, auto_bytes = await suggestion_and_cache_bytes(client, workspace)
+    status = await lc.request(client, "codellama/getStatus", {})
     # The same prompt in a cache of the model's dtype: 2 (bf16) or 4 (float32) bytes per value
     # against 1 plus a 4-byte scale per 64 values.
     assert 1.8 * int8_bytes < auto_bytes
-    # A short prompt: rounding the cached keys and values does not change the greedy suggestion.
-    assert auto_text == int8_text
+    assert auto_text.strip()
+    # Whether the two greedy suggestions agree depends on near-ties in the logits (the rate on held-out
+    # code is in benchmarks/RESULTS.md, "int8 KV cache"); both caches saw the same prompt.
+    assert status["lastPromptTokens"] == prompt_tokens
