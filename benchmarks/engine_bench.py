@@ -131,8 +131,12 @@ def bench_llama_cpp(gguf: Path, prompt: list[int], threads: int, repeats: int) -
         llm.reset()
         run(prompt, n)
 
-    out = {"cold_ms": timed(lambda: cold(NEW_TOKENS), repeats), "ttft_cold_ms": timed(lambda: cold(1), repeats)}
-    out["decode_tok_s"] = 1000 * (NEW_TOKENS - 1) / max(out["cold_ms"] - out["ttft_cold_ms"], 1e-6)
+    pairs = [(elapsed_ms(lambda: cold(1)), elapsed_ms(lambda: cold(NEW_TOKENS))) for _ in range(repeats)]
+    out = {"ttft_cold_ms": statistics.median(p[0] for p in pairs), "cold_ms": statistics.median(p[1] for p in pairs)}
+    # Decode rate from each repeat's own pair (first token, then all of them), so load swings between
+    # repeats do not leak in; nan when every pair was distorted (the longer run came out faster).
+    rates = [1000 * (NEW_TOKENS - 1) / (n - one) for one, n in pairs if n > one]
+    out["decode_tok_s"] = statistics.median(rates) if rates else float("nan")
     out["extra_buffers_off"] = float(bool(note))
     prev = prompt[:-KEYSTROKE_TOKENS]
 
