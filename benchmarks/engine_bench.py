@@ -10,6 +10,10 @@ and prints a table of times with ratios (transformers / ours, llama.cpp / ours, 
 (llama-cpp-python, when installed) runs the same weights exported to GGUF by `engine.export` in the same
 dtype, and gets the same keystroke (its own prefix reuse). No assertions: numbers.
 
+With --llama-cpp-quant q8_0 q4_0 a second table puts llama.cpp on the same weights exported at those
+bits (`engine export --quant`) beside ours: cold latency, time to first token and decode tok/s.
+--kv-cache-dtype int8 runs ours with the int8 KV cache.
+
     .venv/bin/python benchmarks/engine_bench.py                 # default model + a larger random model
     .venv/bin/python benchmarks/engine_bench.py --contexts 1024 4096 16384 --large-contexts 1024 4096
 
@@ -20,6 +24,8 @@ llama.cpp at the same bits (Q8_0, Q4_0) where llama-cpp-python is installed and 
 write those GGUF types:
 
     .venv/bin/python benchmarks/engine_bench.py --quant --contexts 1024 4096
+
+    .venv/bin/python benchmarks/engine_bench.py --llama-cpp-quant q8_0 q4_0 --kv-cache-dtype int8
 """
 
 from __future__ import annotations
@@ -73,9 +79,13 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(elapsed_ms(fn) for _ in range(repeats))
 
 
-def bench_cold(loaded: LoadedModel, prompt: list[int], repeats: int) -> tuple[dict[str, float], KVCache]:
-    """Cold completion time, its time to first token and decode tok/s; and the cache it left."""
-    model, args, dtype = loaded.model, loaded.args, next(loaded.model.parameters()).dtype
+def bench_cold(
+    loaded: LoadedModel, prompt: list[int], repeats: int, kv_dtype: torch.dtype | None = None
+) -> tuple[dict[str, float], KVCache]:
+    """Cold completion time, its time to first token and decode tok/s; and the cache it left.
+    `kv_dtype`: the KV caches' storage (default: the model's dtype; torch.int8 for the int8 cache)."""
+    model, args = loaded.model, loaded.args
+    dtype = kv_dtype or next(loaded.model.parameters()).dtype
 
     def cold() -> None:
         cache = KVCache(args, len(prompt) + NEW_TOKENS, "cpu", dtype)
@@ -89,9 +99,12 @@ def bench_cold(loaded: LoadedModel, prompt: list[int], repeats: int) -> tuple[di
     return out, cache
 
 
-def bench_ours(loaded: LoadedModel, prompt: list[int], repeats: int) -> dict[str, float]:
-    model, args, dtype = loaded.model, loaded.args, next(loaded.model.parameters()).dtype
-    out, cache = bench_cold(loaded, prompt, repeats)
+def bench_ours(
+    loaded: LoadedModel, prompt: list[int], repeats: int, kv_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    model, args = loaded.model, loaded.args
+    dtype = kv_dtype or next(loaded.model.parameters()).dtype
+    out, cache = bench_cold(loaded, prompt, repeats, kv_dtype)
 
     # SPM keystroke: previous prompt = this prompt minus the last tokens typed.
     prev = prompt[:-KEYSTROKE_TOKENS]
@@ -122,10 +135,12 @@ def bench_ours(loaded: LoadedModel, prompt: list[int], repeats: int) -> dict[str
 def bench_llama_cpp(gguf: Path, prompt: list[int], threads: int, repeats: int) -> dict[str, float]:
     """The same measurements on llama.cpp: greedy decoding of exactly NEW_TOKENS tokens (EOS ignored),
     cold after `reset()`, warm with llama-cpp-python's own longest-prefix reuse."""
-    import llama_cpp
+    from benchmarks.llama_cpp_compat import open_llama
 
-    llm = llama_cpp.Llama(str(gguf), n_ctx=len(prompt) + NEW_TOKENS + 8, n_threads=threads,
-                          n_threads_batch=threads, n_batch=512, verbose=False)
+    llm, note = open_llama(gguf, n_ctx=len(prompt) + NEW_TOKENS + 8, n_threads=threads,
+                           n_threads_batch=threads, n_batch=512, verbose=False)
+    if note:
+        print(f"llama.cpp on {gguf.name}: {note}", file=sys.stderr, flush=True)
 
     def run(tokens: list[int], n: int) -> None:
         for i, _ in enumerate(llm.generate(tokens, temp=0.0, reset=True)):
@@ -136,7 +151,13 @@ def bench_llama_cpp(gguf: Path, prompt: list[int], threads: int, repeats: int) -
         llm.reset()
         run(prompt, n)
 
-    out = {"cold_ms": timed(lambda: cold(NEW_TOKENS), repeats), "ttft_cold_ms": timed(lambda: cold(1), repeats)}
+    pairs = [(elapsed_ms(lambda: cold(1)), elapsed_ms(lambda: cold(NEW_TOKENS))) for _ in range(repeats)]
+    out = {"ttft_cold_ms": statistics.median(p[0] for p in pairs), "cold_ms": statistics.median(p[1] for p in pairs)}
+    # Decode rate from each repeat's own pair (first token, then all of them), so load swings between
+    # repeats do not leak in; nan when every pair was distorted (the longer run came out faster).
+    rates = [1000 * (NEW_TOKENS - 1) / (n - one) for one, n in pairs if n > one]
+    out["decode_tok_s"] = statistics.median(rates) if rates else float("nan")
+    out["extra_buffers_off"] = float(bool(note))
     prev = prompt[:-KEYSTROKE_TOKENS]
 
     def warm() -> float:
@@ -183,15 +204,11 @@ def weight_bytes(loaded: LoadedModel) -> int:
     return sum(t.numel() * t.element_size() for t in tensors) + cpu_int4
 
 
-def quantized_gguf(path: Path, out: Path, mode: str) -> Path | None:
-    """The model exported to llama.cpp's type at `mode`'s bits; None while engine.export cannot."""
+def quantized_gguf(path: Path, out: Path, mode: str) -> Path:
+    """The model exported to llama.cpp's type at `mode`'s bits (Q8_0 for int8, Q4_0 for int4)."""
     from engine.export import export_gguf
 
-    try:
-        return export_gguf(path, out, quant=GGUF_TYPES[mode])  # type: ignore[call-arg]
-    except TypeError:  # an export_gguf without `quant` (the GGUF quantized export is another change)
-        print(f"engine.export cannot write {GGUF_TYPES[mode]}: no llama.cpp column for {mode}", file=sys.stderr)
-        return None
+    return export_gguf(path, out, quant=GGUF_TYPES[mode])
 
 
 def seven_b_dir(tokenizer_model: Path, layers: int, out: Path) -> Path:
@@ -265,9 +282,13 @@ def main() -> int:
     ap.add_argument("--quant", action="store_true", help="only the quantized-weights table (see above)")
     ap.add_argument("--seven-b-layers", type=int, default=2,
                     help="layers of the 7B-shaped model in the --quant table (0: none)")
+    ap.add_argument("--llama-cpp-quant", nargs="*", default=[], choices=["q8_0", "q4_0"],
+                    help="also run llama.cpp on GGUF exports at these bits (a second table)")
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "int8"], help="our KV cache's storage")
     opts = ap.parse_args()
     torch.set_num_threads(opts.threads)
     dtype = getattr(torch, opts.dtype)
+    kv_dtype = torch.int8 if opts.kv_cache_dtype == "int8" else None
 
     models: list[tuple[str, Path]] = []
     tmp = Path(tempfile.mkdtemp(prefix="engine-bench-"))
@@ -304,27 +325,32 @@ def main() -> int:
         loaded = load_model(path, dtype=dtype)
         params = loaded.model.num_parameters() / 1e6
         gguf = None
+        quantized: dict[str, Path] = {}
         if use_llama_cpp:
             from engine.export import export_gguf
 
             gguf = export_gguf(path, tmp / f"model-{i}.gguf", dtype=opts.dtype)
+            for quant in opts.llama_cpp_quant:
+                quantized[quant] = export_gguf(path, tmp / f"model-{i}-{quant}.gguf", dtype=opts.dtype, quant=quant)
         contexts = opts.large_contexts if i > 0 and opts.large_contexts else opts.contexts
         for ctx in contexts:
             prompt = code_tokens(loaded, ctx)
-            ours = bench_ours(loaded, prompt, opts.repeats)
+            ours = bench_ours(loaded, prompt, opts.repeats, kv_dtype)
             hf = {} if opts.no_transformers else bench_transformers(path, prompt, dtype, opts.repeats)
             lc = bench_llama_cpp(gguf, prompt, opts.threads, opts.repeats) if gguf else {}
-            rows.append((f"{name} {params:.0f}M", ctx, ours, hf, lc))
+            lq = {q: bench_llama_cpp(f, prompt, opts.threads, opts.repeats) for q, f in quantized.items()}
+            rows.append((f"{name} {params:.0f}M", ctx, ours, hf, lc, lq))
             print(f"done: {name} ctx={ctx}", file=sys.stderr, flush=True)
 
     nan = float("nan")
-    print(f"\nCPU, {opts.threads} threads, {opts.dtype}, {NEW_TOKENS} new tokens, median of {opts.repeats}; "
+    kv_note = ", int8 KV cache (ours)" if kv_dtype is not None else ""
+    print(f"\nCPU, {opts.threads} threads, {opts.dtype}{kv_note}, {NEW_TOKENS} new tokens, median of {opts.repeats}; "
           "times in ms; a ratio > 1 means ours is faster\n")
     print("| model | context | ours cold | HF cold | HF/ours | llama.cpp cold | llama.cpp/ours | ours TTFT | "
           "HF TTFT | llama.cpp TTFT | ours warm SPM (TTFT) | llama.cpp warm SPM | cold/warm SPM | cold/warm TTFT SPM | "
           "ours warm PSM | cold/warm PSM | decode tok/s |")
     print("|" + "---|" * 17)
-    for name, ctx, o, h, lc in rows:
+    for name, ctx, o, h, lc, _ in rows:
         print(
             f"| {name} | {ctx} | {o['cold_ms']:.0f} | {h.get('cold_ms', nan):.0f} | "
             f"{h.get('cold_ms', nan) / o['cold_ms']:.2f}x | {lc.get('cold_ms', nan):.0f} | "
@@ -335,7 +361,30 @@ def main() -> int:
             f"{o['warm_psm_ms']:.0f} | "
             f"{o['cold_ms'] / o['warm_psm_ms']:.1f}x | {o['decode_tok_s']:.0f} |"
         )
+    if opts.llama_cpp_quant and use_llama_cpp:
+        print(quant_table(rows, opts.llama_cpp_quant, opts.dtype, kv_note))
     return 0
+
+
+def quant_table(rows: list, quants: list[str], dtype: str, kv_note: str) -> str:
+    """Ours (as run: its weights and KV cache) beside llama.cpp at each of `quants` bits, same prompts."""
+    head = f"| model | context | ours cold | ours TTFT | ours decode tok/s ({dtype} weights{kv_note}) |"
+    rule = "|---|---|---:|---:|---:|"
+    for q in quants:
+        head += f" llama.cpp {q.upper()} cold | /ours | TTFT | /ours | decode tok/s | ours/llama.cpp |"
+        rule += "---:|---:|---:|---:|---:|---:|"
+    lines = ["", "llama.cpp at the same bits (ratios > 1: ours faster; * = llama.cpp's extra CPU buffer types "
+             "(AMX/repack) off, they crash it on this file):", "", head, rule]
+    for name, ctx, o, _, _, lq in rows:
+        line = f"| {name} | {ctx} | {o['cold_ms']:.0f} | {o['ttft_cold_ms']:.0f} | {o['decode_tok_s']:.0f} |"
+        for q in quants:
+            r = lq[q]
+            star = "*" if r["extra_buffers_off"] else ""
+            line += (f" {r['cold_ms']:.0f}{star} | {r['cold_ms'] / o['cold_ms']:.2f}x | {r['ttft_cold_ms']:.0f} | "
+                     f"{r['ttft_cold_ms'] / o['ttft_cold_ms']:.2f}x | {r['decode_tok_s']:.0f} | "
+                     f"{o['decode_tok_s'] / r['decode_tok_s']:.2f}x |")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _has_llama_cpp() -> bool:

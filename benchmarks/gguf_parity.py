@@ -1,7 +1,8 @@
 """Does our GGUF export run in llama.cpp as the model runs in our engine? One table, no assertions.
 
 Exports a model (default: the embedded default model, or a random-weight tiny one when that is missing)
-to a float32 GGUF, loads it with llama-cpp-python, and for a few prompts compares:
+to a float32 GGUF (or Q8_0 / Q4_0 with --quant), loads it with llama-cpp-python, and for a few prompts
+compares with our engine in float32:
   - tokenisation: llama.cpp's tokenizer on the GGUF vocabulary vs our sentencepiece tokenizer;
   - greedy completions: the same prompt ids (our PSM/SPM layout) decoded greedily by both, token ids
     compared, plus the largest logit difference at the first step.
@@ -11,6 +12,11 @@ names a folder with a wheel) and the gguf package. tests/integration/test_gguf_p
 this prints.
 
     .venv/bin/python benchmarks/gguf_parity.py [--model DIR] [--adapter DIR] [--max-new-tokens 24]
+        [--quant q8_0|q4_0]
+
+With --quant the tokens are not expected to be identical (llama.cpp runs rounded weights): the table
+shows how far the quantized file follows the float model, and a summary line counts the prompts whose
+greedy completion is the same and the tokens generated before the first difference.
 """
 
 from __future__ import annotations
@@ -27,9 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.llama_cpp_compat import open_llama  # noqa: E402
 from engine import default_model_dir, load_local_backend  # noqa: E402
 from engine.backends.base import CompletionRequest  # noqa: E402
 from engine.export import export_gguf  # noqa: E402
+from engine.generate import common_prefix_length  # noqa: E402
 
 PROMPTS = [
     ("def circle_area(radius: float) -> float:\n    return ", "\n\n\ndef main():\n    print(circle_area(2.0))\n"),
@@ -65,9 +73,10 @@ def main() -> int:
     ap.add_argument("--adapter")
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quant", choices=("q8_0", "q4_0"), help="export the GGUF with these weight blocks")
     args = ap.parse_args()
     try:
-        from llama_cpp import Llama
+        import llama_cpp  # noqa: F401
     except ImportError:
         print("llama-cpp-python is not installed: pip install llama-cpp-python", file=sys.stderr)
         return 2
@@ -80,14 +89,15 @@ def main() -> int:
 
         model_dir = build_tiny_model(work / "tiny-model")
         print(f"(no model at the default path: a random-weight tiny model at {model_dir})")
-    gguf_path = export_gguf(model_dir, work / "model.gguf", adapter=args.adapter, dtype="float32")
+    gguf_path = export_gguf(model_dir, work / f"model-{args.quant or 'f32'}.gguf", adapter=args.adapter,
+                            dtype="float32", quant=args.quant)
     ours = load_local_backend(model_dir, device="cpu", dtype="float32", adapter=args.adapter)
     tok = ours.tok
-    llm = Llama(model_path=str(gguf_path), n_ctx=4096, n_threads=args.threads, n_batch=512, logits_all=True,
-                verbose=False)
+    llm, note = open_llama(gguf_path, n_ctx=4096, n_threads=args.threads, n_batch=512, logits_all=True,
+                           verbose=False)
     stop = {tok.eos_id} | ({tok.eot_id} if tok.eot_id is not None else set())
 
-    print(f"\nmodel: {model_dir} -> {gguf_path.name}\n")
+    print(f"\nmodel: {model_dir} -> {gguf_path.name}{'; ' + note if note else ''}\n")
     print("| text | our ids | llama.cpp ids | same |")
     print("|---|---:|---:|---|")
     for text in TEXTS:
@@ -97,6 +107,7 @@ def main() -> int:
 
     print("\n| prompt | format | ours (tokens) | llama.cpp (tokens) | same tokens | max |Δlogit| step 1 |")
     print("|---|---|---:|---:|---|---:|")
+    same_count, agreed, total = 0, 0, 0
     for prefix, suffix in PROMPTS:
         for fmt in ("psm", "spm"):
             request = CompletionRequest(prefix=prefix, suffix=suffix, fim_format=fmt,  # type: ignore[arg-type]
@@ -107,11 +118,16 @@ def main() -> int:
             theirs, first_theirs = llama_greedy(llm, result.prompt_tokens, args.max_new_tokens, stop)
             diff = float(np.abs(first_ours - first_theirs[: first_ours.shape[0]]).max())
             same = "yes" if theirs == result.tokens else "NO"
+            same_count += theirs == result.tokens
+            agreed += common_prefix_length(theirs, result.tokens)
+            total += len(result.tokens)
             print(f"| {prefix.splitlines()[0][:24]!r} | {fmt} | {len(result.tokens)} | {len(theirs)} | {same} "
                   f"| {diff:.2e} |")
             if same == "NO":
                 print(f"|   ours: {tok.decode_infill(result.tokens)!r} | | | | | |")
                 print(f"|   llama.cpp: {tok.decode_infill(theirs)!r} | | | | | |")
+    print(f"\nllama.cpp {args.quant or 'f32'} vs our float32: {same_count} of {2 * len(PROMPTS)} completions identical; "
+          f"{agreed} of {total} of our tokens generated before the first difference")
     return 0
 
 

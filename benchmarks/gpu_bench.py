@@ -98,14 +98,18 @@ def random_tokens(n: int, vocab: int, seed: int = 0) -> list[int]:
     return torch.randint(3, vocab, (n,), generator=gen).tolist()
 
 
-def decode_bytes_per_token(model: Transformer, context: int, dtype: torch.dtype) -> float:
+def kv_bytes_per_token(args: ModelArgs, kv_dtype: torch.dtype) -> float:
+    """K and V of one position over all layers; int8 adds a float32 scale per head."""
+    per_head = args.head_dim * torch.tensor([], dtype=kv_dtype).element_size() + (4 if kv_dtype == torch.int8 else 0)
+    return 2 * args.n_layers * args.n_kv_heads * per_head
+
+
+def decode_bytes_per_token(model: Transformer, context: int, kv_dtype: torch.dtype) -> float:
     """Bytes a batch-1 decode step must read: every weight but the embedding table (quantized weights
     at their own size), and the KV cache."""
-    a = model.args
     tensors = [*model.parameters(), *model.buffers()]
     weights = sum(t.numel() * t.element_size() for t in tensors) - model.tok_embeddings.weight.nbytes
-    kv = 2 * a.n_layers * a.kv_dim * context * torch.tensor([], dtype=dtype).element_size()
-    return weights + kv
+    return weights + kv_bytes_per_token(model.args, kv_dtype) * context
 
 
 def measured_copy_bandwidth(device: torch.device, clock: Clock) -> float:
@@ -132,8 +136,8 @@ def bench_decode(
     model: Transformer, context: int, steps: int, opts: argparse.Namespace, report: Report, clock: Clock
 ) -> None:
     """Prefill `context` tokens (timed), then decode `steps` tokens eagerly and with the CUDA graph."""
-    device, dtype = opts.device, opts.dtype
-    cache = KVCache(model.args, context + steps + 8, device, dtype)
+    device = opts.device
+    cache = KVCache(model.args, context + steps + 8, device, opts.kv_dtype)
     prompt = random_tokens(context, model.args.vocab_size)
     reset_peak(device)
     box: list[torch.Tensor] = []
@@ -152,7 +156,9 @@ def bench_decode(
         f"{context / t:.0f} tok/s, {flops / t / 1e12:.0f} TFLOP/s; chunks of {opts.chunk}; first prefill {first_t:.2f} s",
     )
 
-    limit = opts.bandwidth / decode_bytes_per_token(model, context, dtype)
+    report.add(f"KV cache @ {context} ctx", f"{cache.nbytes() / 2**30:.2f} GiB",
+               f"{cache.nbytes() / cache.capacity:.0f} bytes/token measured, {opts.kv_dtype}")  # fmt: skip
+    limit = opts.bandwidth / decode_bytes_per_token(model, context, opts.kv_dtype)
 
     def eager(token: int) -> torch.Tensor:
         return decode_step(model, cache, token)
@@ -218,12 +224,12 @@ def bench_quantized_decode(
 ) -> None:
     """Decode tok/s with every linear layer quantized (a copy of the model; the original is kept)."""
     qmodel = quantize_model(copy.deepcopy(model), spec)
-    cache = KVCache(qmodel.args, context + steps + 8, opts.device, opts.dtype)
+    cache = KVCache(qmodel.args, context + steps + 8, opts.device, opts.kv_dtype)
     logits = prefill(qmodel, cache, random_tokens(context, qmodel.args.vocab_size))
     greedy_decode(lambda token: decode_step(qmodel, cache, token), logits, 2)  # compiles the kernels
     cache.truncate(context)
     t = clock.time(lambda: greedy_decode(lambda token: decode_step(qmodel, cache, token), logits, steps))
-    limit = opts.bandwidth / decode_bytes_per_token(qmodel, context, opts.dtype)
+    limit = opts.bandwidth / decode_bytes_per_token(qmodel, context, opts.kv_dtype)
     group = f", group {spec.group_size}" if spec.bits == 4 else ""
     report.add(f"decode tok/s @ {context} ctx, {spec.name} weights{group}", f"{steps / t:.1f}",
                f"{100 * steps / t / limit:.0f}% of the bandwidth limit {limit:.0f} tok/s of the quantized bytes")
@@ -235,7 +241,7 @@ def bench_keystroke(
     """Time to the first token's logits after typing: the engine keeps the cached prefix (KV reuse)
     and runs only the new tokens; cold recomputes the whole prompt."""
     new = 4  # a keystroke or two usually adds 1-3 tokens
-    cache = KVCache(model.args, context + new + 8, opts.device, opts.dtype)
+    cache = KVCache(model.args, context + new + 8, opts.device, opts.kv_dtype)
     prompt = random_tokens(context + new, model.args.vocab_size, seed=2)
 
     def cold() -> None:
@@ -327,7 +333,7 @@ def bench_hf(
 
     run()  # warm-up
     run()
-    limit = opts.bandwidth / decode_bytes_per_token(model, context, opts.dtype)
+    limit = opts.bandwidth / decode_bytes_per_token(model, context, opts.kv_dtype)
     tps = run.tps  # type: ignore[attr-defined]
     report.add(
         f"transformers decode tok/s @ {context} ctx",
@@ -341,7 +347,7 @@ def bench_hf(
 
 def warm_up(model: Transformer, opts: argparse.Namespace) -> None:
     """Compile the Triton kernels for prefill (first and later chunks) and decode before timing."""
-    cache = KVCache(opts.args, 200, opts.device, opts.dtype)
+    cache = KVCache(opts.args, 200, opts.device, opts.kv_dtype)
     logits = prefill(model, cache, random_tokens(128, 100), chunk_size=64)
     greedy_decode(lambda token: decode_step(model, cache, token), logits, 2)
 
@@ -367,6 +373,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="decode steps timed (default 64)")
     p.add_argument("--chunk", type=int, help=f"prefill chunk length (default: the engine's, {PREFILL_CHUNK})")
     p.add_argument("--skip", nargs="*", default=[], choices=["decode", "keystroke", "hf", "quant"])
+    p.add_argument("--kv-cache-dtype", choices=("auto", "int8"), default="auto",
+                   help="KV cache storage: the model's dtype (auto) or int8 with per-token, per-head scales")
     opts = p.parse_args(argv)
     if opts.smoke:
         defaults = dict(decode_contexts=[70], keystroke_contexts=[60], hf_context=24, steps=3, chunk=32)  # fmt: skip
@@ -381,6 +389,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(opts, key) is None:
             setattr(opts, key, value)
+    opts.kv_dtype = torch.int8 if opts.kv_cache_dtype == "int8" else opts.dtype
     return opts
 
 
@@ -401,6 +410,8 @@ def main(argv: list[str] | None = None) -> str:
     model = build_model(opts.args, device, opts.dtype)
     weights_gb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e9
     report.add("model", f"{weights_gb:.2f} GB", f"{model.num_parameters() / 1e9:.2f}B params, {opts.dtype}, built in {time.perf_counter() - t0:.0f} s")  # fmt: skip
+    kv_token = kv_bytes_per_token(opts.args, opts.kv_dtype)
+    report.add("KV cache bytes per token", f"{kv_token:.0f}", f"{opts.kv_dtype}; 100K tokens = {kv_token * 1e5 / 2**30:.1f} GiB")  # fmt: skip
 
     # Compile the Triton kernels for prefill (first chunk and later chunks) and decode shapes.
     warm_up(model, opts)
@@ -460,7 +471,7 @@ def main(argv: list[str] | None = None) -> str:
 
     header = (
         f"### Engine forward pass, {opts.args.n_layers}-layer dim-{opts.args.dim} model, random {opts.dtype} "
-        f"weights, on {name}\n\nCommand: `python benchmarks/gpu_bench.py {' '.join(argv or sys.argv[1:])}`; "
+        f"weights, {opts.kv_dtype} KV cache, on {name}\n\nCommand: `python benchmarks/gpu_bench.py {' '.join(argv or sys.argv[1:])}`; "
         f"torch {torch.__version__}."
     )
     text = report.markdown(header)

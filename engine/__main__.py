@@ -27,6 +27,8 @@ def add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", choices=("none", "int8", "int4"), default="none",
                    help="quantize the weights as they load (int8: per channel; int4: group-wise)")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "bfloat16", "int8"),
+                   help="KV cache storage: the model's dtype (auto), bfloat16, or int8 (half of bf16's bytes)")
 
 
 def _read(path: str | None) -> str:
@@ -41,7 +43,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
     from engine import CompletionRequest, load_local_backend
 
     backend = load_local_backend(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
-                                 quantization=args.quant, group_size=args.group_size)
+                                 quantization=args.quant, group_size=args.group_size,
+                                 kv_cache_dtype=args.kv_cache_dtype)
     request = CompletionRequest(
         prefix=_read(args.prefix_file) if args.prefix is None else args.prefix,
         suffix=_read(args.suffix_file) if args.suffix is None else args.suffix,
@@ -114,7 +117,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from engine import CompletionRequest, load_local_backend
 
     backend = load_local_backend(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
-                                 quantization=args.quant, group_size=args.group_size)
+                                 quantization=args.quant, group_size=args.group_size,
+                                 kv_cache_dtype=args.kv_cache_dtype)
     print(f"model: {backend.description}")
     for fmt in ("spm", "psm"):
         result = backend.complete(

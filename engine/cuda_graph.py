@@ -36,15 +36,16 @@ def _triton_ops():  # noqa: ANN202 - module or None
 
 
 def _static_attention(
-    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, length: torch.Tensor, splits: int | None
+    q: torch.Tensor, cache: KVCache, layer: int, length: torch.Tensor, splits: int | None
 ) -> torch.Tensor:
-    """q (B, Hq, 1, D) over the first `length` positions of the cache buffers (B, Hk, capacity, D)."""
+    """q (B, Hq, 1, D) over the first `length` positions of the cache's buffers for `layer`."""
     ops = _triton_ops()
     if ops is not None and (q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        k_buf, v_buf = cache.view(layer)  # (B, Hk, capacity, D), bf16 or int8
         return ops.decode_attention(q, k_buf, v_buf, length=length, splits=splits)
     # Without Triton (CPU): slice on the host. Correct, but this path cannot be captured.
-    n = int(length.item())
-    return reference.attention(q, k_buf[:, :, :n], v_buf[:, :, :n], None, False)
+    k, v = cache.view(layer, int(length.item()))
+    return reference.attention(q, k, v, None, False)
 
 
 @torch.inference_mode()
@@ -73,10 +74,8 @@ def decode_step(
         k = attn.wk(x).view(bsz, 1, attn.n_kv_heads, attn.head_dim)
         v = attn.wv(x).view(bsz, 1, attn.n_kv_heads, attn.head_dim)
         q, k = kernels.apply_rotary(q, k, cos, sin)
-        k_buf, v_buf = cache.k[attn.layer_id], cache.v[attn.layer_id]  # (B, Hk, capacity, D)
-        k_buf.index_copy_(2, pos, k.transpose(1, 2))
-        v_buf.index_copy_(2, pos, v.transpose(1, 2))
-        out = _static_attention(q.transpose(1, 2), k_buf, v_buf, length, splits)  # (B, Hq, 1, D)
+        cache.write_at(attn.layer_id, pos, k.transpose(1, 2), v.transpose(1, 2))
+        out = _static_attention(q.transpose(1, 2), cache, attn.layer_id, length, splits)  # (B, Hq, 1, D)
         h = h + attn.wo(out.transpose(1, 2).reshape(bsz, 1, -1))
         h = h + layer.feed_forward(layer.ffn_norm(h))
     return model.output(model.norm(h))[:, -1]

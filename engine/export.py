@@ -3,7 +3,13 @@
 - `--format hf`: config.json + model.safetensors + tokenizer.model, for vLLM, TGI and transformers.
 - `--format gguf`: one .gguf file for llama.cpp (its server, llama-cpp-python, Ollama, LM Studio):
   llama architecture metadata, the sentencepiece vocabulary with Code Llama's infilling ids, and the
-  weights in f32, f16 or bf16 (norms always f32).
+  weights in f32, f16 or bf16 (norms always f32), or with `--quant q8_0|q4_0` every matrix in
+  llama.cpp's block formats: blocks of 32 weights along a row, each with an fp16 scale d; Q8_0 stores
+  round(w / d) as int8 with d = absmax / 127, Q4_0 stores nibbles q + 8 with d = (the signed value of
+  largest magnitude) / -8. The packing is gguf-py's (`gguf.quants.quantize`); on the default model
+  every tensor is byte-identical to what llama.cpp's own `llama_model_quantize` writes from our f32
+  export. As there, Q4_0 keeps the output head at 8 bits (Q8_0; llama-quantize picks Q6_K where the
+  row length is a multiple of 256, else Q8_0): 4-bit logits cost the most quality for the fewest bytes.
 
 Layout notes. Our checkpoints keep wq/wk rows in the "rotate half" order (as Hugging Face does); GGUF
 wants Meta's interleaved order (llama.cpp applies rotary to adjacent pairs), so those two weights go
@@ -31,6 +37,9 @@ from engine.checkpoints import (
 )
 from engine.model import Transformer
 from engine.tokenizer import Tokenizer
+
+QUANT_TYPES = ("q8_0", "q4_0")
+GGUF_BLOCK = 32  # weights per Q8_0 / Q4_0 block (along a row)
 
 DTYPES = {
     "float32": torch.float32, "f32": torch.float32, "fp32": torch.float32,
@@ -162,18 +171,23 @@ def gguf_vocab(tok: Tokenizer, n_vocab: int) -> tuple[list[str], list[float], li
 
 
 def write_gguf(model: Transformer, tok: Tokenizer, out_path: str | Path, dtype: torch.dtype,
-               name: str = "codellama") -> Path:
+               name: str = "codellama", quant: str | None = None) -> Path:
     """Write `model` and `tok` as one GGUF file (llama architecture). 2D weights in `dtype`
-    (float32, float16 or bfloat16), 1D norms in float32. Tensors are converted one at a time."""
+    (float32, float16 or bfloat16), or in `quant` ("q8_0" / "q4_0") where their rows are whole blocks
+    of 32 (the others stay in `dtype`); 1D norms in float32. Tensors are converted one at a time."""
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"GGUF export supports float32, float16 and bfloat16, not {dtype}")
+    if quant is not None and quant not in QUANT_TYPES:
+        raise ValueError(f"unknown GGUF quantization {quant!r} (use {' or '.join(QUANT_TYPES)})")
     out_path = Path(out_path)
     with atomic_file(out_path) as tmp:  # a failed export never leaves a truncated .gguf behind
-        _write_gguf_file(model, tok, tmp, dtype, name)
+        _write_gguf_file(model, tok, tmp, dtype, name, quant)
     return out_path
 
 
-def _write_gguf_file(model: Transformer, tok: Tokenizer, out_path: Path, dtype: torch.dtype, name: str) -> None:
+def _write_gguf_file(
+    model: Transformer, tok: Tokenizer, out_path: Path, dtype: torch.dtype, name: str, quant: str | None
+) -> None:
     import gguf
 
     args = model.args
@@ -181,6 +195,10 @@ def _write_gguf_file(model: Transformer, tok: Tokenizer, out_path: Path, dtype: 
     writer = gguf.GGUFWriter(str(out_path), "llama")  # writes general.architecture itself
     file_type = {torch.float32: gguf.LlamaFileType.ALL_F32, torch.float16: gguf.LlamaFileType.MOSTLY_F16,
                  torch.bfloat16: gguf.LlamaFileType.MOSTLY_BF16}[dtype]
+    qtype = None
+    if quant is not None:
+        qtype = gguf.GGMLQuantizationType[quant.upper()]
+        file_type = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[quant]
 
     writer.add_name(name)
     writer.add_file_type(int(file_type))
@@ -225,19 +243,35 @@ def _write_gguf_file(model: Transformer, tok: Tokenizer, out_path: Path, dtype: 
     def target(t: torch.Tensor) -> torch.dtype:
         return torch.float32 if t.dim() == 1 else dtype
 
+    def quantized(t: torch.Tensor) -> bool:
+        return qtype is not None and t.dim() == 2 and t.shape[1] % GGUF_BLOCK == 0
+
+    def block_type(tname: str):  # noqa: ANN202 - a GGMLQuantizationType
+        return gguf.GGMLQuantizationType.Q8_0 if tname == "output.weight" else qtype
+
     raw_types = {torch.float32: gguf.GGMLQuantizationType.F32, torch.float16: gguf.GGMLQuantizationType.F16,
                  torch.bfloat16: gguf.GGMLQuantizationType.BF16}
     with torch.no_grad():
         for tname, t in gguf_tensors(model):
-            td = target(t)
-            writer.add_tensor_info(tname, tuple(t.shape), _numpy_dtype(td), t.numel() * td.itemsize,
-                                   raw_dtype=raw_types[td])
+            if quantized(t):
+                block_bytes = gguf.GGML_QUANT_SIZES[block_type(tname)][1]
+                nbytes = t.numel() // GGUF_BLOCK * block_bytes
+                writer.add_tensor_info(tname, tuple(t.shape), _numpy_dtype(torch.float32), nbytes,
+                                       raw_dtype=block_type(tname))
+            else:
+                td = target(t)
+                writer.add_tensor_info(tname, tuple(t.shape), _numpy_dtype(td), t.numel() * td.itemsize,
+                                       raw_dtype=raw_types[td])
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     with torch.no_grad():
-        for _, t in gguf_tensors(model):
-            writer.write_tensor_data(_to_numpy(t.detach().to("cpu", target(t)).contiguous()))
+        for tname, t in gguf_tensors(model):
+            if quantized(t):
+                data = t.detach().to("cpu", torch.float32).numpy()
+                writer.write_tensor_data(gguf.quants.quantize(data, block_type(tname)))
+            else:
+                writer.write_tensor_data(_to_numpy(t.detach().to("cpu", target(t)).contiguous()))
     writer.close()
 
 
@@ -253,7 +287,7 @@ def _to_numpy(t: torch.Tensor):  # noqa: ANN202 - numpy array
 
 
 def export_gguf(model_dir: str | Path, out_path: str | Path, adapter: str | Path | None = None,
-                dtype: str = "auto") -> Path:
+                dtype: str = "auto", quant: str | None = None) -> Path:
     model_dir = Path(model_dir)
     target = resolve_export_dtype(model_dir, dtype)
     loaded = load_for_export(model_dir, adapter, target)
@@ -261,7 +295,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, adapter: str | Path
     if out_path.is_dir():
         out_path = out_path / f"{model_dir.name}.gguf"
     name = model_dir.name + (f"+{Path(adapter).name}" if adapter else "")
-    return write_gguf(loaded.model, loaded.tokenizer, out_path, target, name=name)
+    return write_gguf(loaded.model, loaded.tokenizer, out_path, target, name=name, quant=quant)
 
 
 # ---- command line -------------------------------------------------------------------------------
@@ -278,11 +312,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             print("error: GGUF export needs the gguf package: pip install 'codellama-local[export]'",
                   file=sys.stderr)
             return 2
-        out = export_gguf(model_dir, args.out, args.adapter, args.dtype)
+        out = export_gguf(model_dir, args.out, args.adapter, args.dtype, args.quant)
     else:
+        if args.quant:
+            print("error: --quant applies to --format gguf only", file=sys.stderr)
+            return 2
         out = export_hf(model_dir, args.out, args.adapter, args.dtype)
     print(json.dumps({"format": args.format, "out": str(out), "model": str(model_dir),
-                      "adapter": args.adapter}))
+                      "adapter": args.adapter, "quant": args.quant}))
     return 0
 
 
@@ -294,4 +331,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output file (gguf) or directory (hf)")
     p.add_argument("--dtype", default="auto",
                    help="auto (as stored), float32, float16 or bfloat16; GGUF norms are float32 always")
+    p.add_argument("--quant", choices=QUANT_TYPES, default=None,
+                   help="GGUF only: every matrix in llama.cpp's Q8_0 or Q4_0 blocks (32 weights, fp16 scale)")
     p.set_defaults(func=cmd_export)

@@ -56,7 +56,9 @@ class Attention(nn.Module):
         # (B, H, T, D) for attention
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
-            k, v = cache.write(self.layer_id, start_pos, k, v)
+            cached_k, cached_v = cache.write(self.layer_id, start_pos, k, v)
+            if start_pos > 0:  # from position 0 the keys just computed are the whole sequence,
+                k, v = cached_k, cached_v  # unrounded when the cache stores int8
         # Causal over the whole sequence only when queries and keys are the same positions.
         is_causal = mask is None and seqlen > 1 and k.shape[2] == seqlen
         out = kernels.attention(q, k, v, mask, is_causal)

@@ -42,7 +42,8 @@ def load_backend(settings: Settings) -> Backend:
     dtype = None if settings.dtype == "auto" else settings.dtype
     try:
         return load_local_backend(settings.model, device=settings.device, dtype=dtype,
-                                  adapter=settings.adapter, quantization=settings.quantization)
+                                  adapter=settings.adapter, quantization=settings.quantization,
+                                  kv_cache_dtype=settings.kv_cache_dtype)
     except BackendError:
         raise
     except FileNotFoundError as exc:

@@ -93,7 +93,8 @@ class CodeLlamaServer(LanguageServer):
         self._last_problem: tuple[str, float] = ("", 0.0)
         self.status: dict[str, Any] = {
             "state": "starting", "model": None, "requestedModel": None, "backend": "local", "description": None, "device": None,
-            "dtype": None, "quantization": None, "message": None, "indexing": False, "indexedFiles": 0, "lastLatencyMs": None,
+            "dtype": None, "quantization": None, "kvCacheDtype": None, "message": None, "indexing": False,
+            "indexedFiles": 0, "lastLatencyMs": None,
             "lastPromptTokens": None, "lastCachedTokens": None, "lastFromCache": False,
             "lastError": None,  # why the last completion failed (the engine raised), until one succeeds
         }
@@ -219,13 +220,15 @@ class CodeLlamaServer(LanguageServer):
         message = engine.error
         if backend is not None and state == "ready" and backend.state.startswith(("error", "retrying")):
             state, message = "error", f"remote server: {backend.state}"  # how its last request went
-        device, dtype = backend.placement if backend is not None else (None, None)
+        placement = backend.placement if backend is not None else None
         self.status.update(
             # The model serving; while none is yet, the one being loaded (or that failed to load).
             state=state, model=engine.model_name if backend is not None else engine.requested_name,
             requestedModel=engine.requested_name, backend=self.settings.backend,
-            description=backend.description if backend is not None else None, device=device, dtype=dtype,
-            quantization=getattr(backend, "quantization", None) if backend is not None else None,
+            description=backend.description if backend is not None else None,
+            device=placement.device if placement else None, dtype=placement.dtype if placement else None,
+            quantization=placement.quantization if placement else None,
+            kvCacheDtype=placement.kv_cache_dtype if placement else None,
             message=message, indexing=self.indexing,
             indexedFiles=len(self.index) if self.index is not None else 0, memory=self.memory_figures(),
             acceptance=self.acceptance.as_status())

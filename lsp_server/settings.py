@@ -25,6 +25,7 @@ DTYPE_ALIASES = {
     "fp32": "float32",
     "float": "float32",
 }
+KV_CACHE_DTYPES = ("auto", "bfloat16", "int8")
 MIN_CONTEXT_TOKENS = 256
 MAX_CONTEXT_TOKENS = 100_000
 
@@ -36,6 +37,7 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     quantization: str = "none"  # weight quantization of the local engine: "none", "int8", "int4"
+    kv_cache_dtype: str = "auto"  # the KV cache's storage: "auto" (the model's dtype), "bfloat16", "int8"
     fim_format: FimFormat = "spm"
     max_context_tokens: int | None = None  # None: automatic
     max_new_tokens: int = 128
@@ -59,7 +61,7 @@ class Settings:
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
-        return (self.model, self.adapter, self.device, self.dtype, self.quantization, self.backend, self.api_key,
+        return (self.model, self.adapter, self.device, self.dtype, self.quantization, self.kv_cache_dtype, self.backend, self.api_key,
                 self.remote_model)
 
     def suggestion_key(self) -> tuple[Any, ...]:
@@ -69,7 +71,7 @@ class Settings:
 
     def prompt_budget(self, backend: Backend) -> int:
         """context_budget for this backend (its context length; the larger default on a GPU)."""
-        return self.context_budget(backend.context_length, backend.placement[0] == "cuda")
+        return self.context_budget(backend.context_length, backend.placement.device == "cuda")
 
     def context_budget(self, context_length: int, on_gpu: bool) -> int:
         """Prompt budget in tokens: the setting (or the automatic default) capped by what the model
@@ -183,6 +185,7 @@ PARSERS = {
     "device": _device,
     "dtype": _dtype,
     "quantization": _choice("none", "int8", "int4"),
+    "kv_cache_dtype": _choice(*KV_CACHE_DTYPES),
     "fim_format": _choice("spm", "psm"),
     "max_context_tokens": _int_range(MIN_CONTEXT_TOKENS, MAX_CONTEXT_TOKENS, allow_none=True),
     "max_new_tokens": _int_range(1, 2048),

@@ -75,6 +75,16 @@ ShouldStop = Callable[[], bool]
 OnText = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a backend computes (what the status bar shows)."""
+
+    device: str  # "cpu", "cuda", or "remote"
+    dtype: str | None = None  # "bfloat16", ...; None: not known (a remote server)
+    quantization: str | None = None  # the weights': "none", "int8", "int4"
+    kv_cache_dtype: str | None = None  # "bfloat16", "int8", ...
+
+
 class BackendError(RuntimeError):
     """A problem the user must act on (model missing, server unreachable); message is user-facing."""
 
@@ -92,8 +102,8 @@ class Backend(Protocol):
         ...
 
     @property
-    def placement(self) -> tuple[str, str | None]:
-        """Where it computes, for the status: ("cpu" | "cuda" | "remote", its dtype's name or None)."""
+    def placement(self) -> Placement:
+        """Where and how it computes, for the status."""
         ...
 
     @property

@@ -17,6 +17,7 @@ from engine.backends.base import (
     CompletionRequest,
     InstructRequest,
     OnText,
+    Placement,
     ShouldStop,
     StopReason,
     Timings,
@@ -81,6 +82,21 @@ def resolve_quantization(mode: str | None, group_size: int, device: torch.device
     return spec
 
 
+KV_CACHE_DTYPES = ("auto", "bfloat16", "int8")
+
+
+def resolve_kv_dtype(kv_cache_dtype: str | None, model_dtype: torch.dtype) -> torch.dtype:
+    """The KV cache's storage: "auto" (or None) is the model's dtype; "int8" stores K/V as int8 with a
+    scale per token and head (about half of bf16's bytes)."""
+    if kv_cache_dtype in (None, "", "auto"):
+        return model_dtype
+    if kv_cache_dtype == "int8":
+        return torch.int8
+    if kv_cache_dtype in ("bfloat16", "bf16"):
+        return torch.bfloat16
+    raise BackendError(f"unknown KV cache dtype {kv_cache_dtype!r} (use {', '.join(KV_CACHE_DTYPES)})")
+
+
 class CachePool:
     """A few KV caches (MAX_CACHES at most), each holding the tokens of a recent prompt; picks the one
     sharing the longest prefix with a new prompt and evicts the least recently used when over the
@@ -94,6 +110,7 @@ class CachePool:
     MAX_CACHES = 4
 
     def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, budget_bytes: int) -> None:
+        # dtype: the caches' storage (the model's dtype, or torch.int8)
         self.loaded, self.device, self.dtype, self.budget = loaded, device, dtype, budget_bytes
         self.caches: list[KVCache] = []  # most recently used last
         self._recent_needs: deque[int] = deque(maxlen=self.SHRINK_WINDOW)
@@ -147,13 +164,15 @@ class LocalBackend:
         dtype: torch.dtype,
         cache_budget_mb: int = 1024,
         adapter: str | Path | None = None,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.tok = loaded.tokenizer
         self.device, self.dtype = device, dtype
+        self.kv_dtype = kv_dtype or dtype  # the KV caches' storage: the model's dtype or torch.int8
         self.adapter = Path(adapter) if adapter else None
-        self.pool = CachePool(loaded, device, dtype, cache_budget_mb * 2**20)
+        self.pool = CachePool(loaded, device, self.kv_dtype, cache_budget_mb * 2**20)
         self.healer = TokenHealer(self.tok.piece_texts())
         self.lock = threading.Lock()
         self.on_state: Callable[[str], None] | None = None  # never called: a local model has no outage
@@ -172,11 +191,13 @@ class LocalBackend:
         name = self.loaded.path.name
         extra = f" + adapter {self.adapter.name}" if self.adapter else ""
         quant = "" if self.loaded.quantization is None else f", {self.quantization} weights"
-        return f"local: {name}{extra} ({self.device.type}, {str(self.dtype).removeprefix('torch.')}{quant})"
+        kv = f", {str(self.kv_dtype).removeprefix('torch.')} KV cache" if self.kv_dtype != self.dtype else ""
+        return f"local: {name}{extra} ({self.device.type}, {str(self.dtype).removeprefix('torch.')}{quant}{kv})"
 
     @property
-    def placement(self) -> tuple[str, str | None]:
-        return self.device.type, str(self.dtype).removeprefix("torch.")
+    def placement(self) -> Placement:
+        return Placement(self.device.type, str(self.dtype).removeprefix("torch."), self.quantization,
+                         str(self.kv_dtype).removeprefix("torch."))
 
     @property
     def state(self) -> str:
@@ -314,17 +335,20 @@ def load_local_backend(
     cache_budget_mb: int = 1024,
     quantization: str | None = None,
     group_size: int = DEFAULT_GROUP_SIZE,
+    kv_cache_dtype: str | None = None,
 ) -> LocalBackend:
     """Load a model directory (default: the embedded model) into a ready backend.
 
     `quantization` ("none", "int8", "int4") quantizes the weights as they load (engine/quant.py); a
-    checkpoint saved quantized loads quantized whatever it says. Raises BackendError with a
-    user-facing message for anything the user must fix.
+    checkpoint saved quantized loads quantized whatever it says. `kv_cache_dtype`: "auto" (the model's
+    dtype), "bfloat16" or "int8" (see resolve_kv_dtype). Raises BackendError with a user-facing
+    message for anything the user must fix.
     """
     path = Path(model_dir) if model_dir else default_model_dir()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     spec = resolve_quantization(quantization, group_size, dev)
+    kv_dt = resolve_kv_dtype(kv_cache_dtype, dt)
     try:
         loaded = load_model(path, device=dev, dtype=dt, quantization=spec)
     except CheckpointError as exc:
@@ -335,4 +359,4 @@ def load_local_backend(
         from engine.train.lora import apply_adapter
 
         apply_adapter(loaded.model, Path(adapter))
-    return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter)
+    return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter, kv_dtype=kv_dt)

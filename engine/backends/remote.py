@@ -41,6 +41,7 @@ from engine.backends.base import (
     CompletionRequest,
     InstructRequest,
     OnText,
+    Placement,
     ShouldStop,
     StopReason,
     Timings,
@@ -86,7 +87,7 @@ class RemoteBackend:
     when set, is called with it whenever it changes.
     """
 
-    placement = ("remote", None)
+    placement = Placement("remote")
 
     def __init__(
         self,

@@ -94,6 +94,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", nargs="+", choices=("none", "int8", "int4"), default=["none"],
                    help="weight quantization(s): each model is evaluated in each")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "bfloat16", "int8"),
+                   help="KV cache storage: the model's dtype (auto), bfloat16, or int8")
     p.add_argument("--rope-theta", type=float, default=None, help="override the rotary base of every system")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
@@ -149,7 +151,7 @@ def _load(system: System, args: argparse.Namespace):
         torch.set_num_threads(args.threads)
     backend = engine.load_local_backend(system.model, device=args.device, dtype=args.dtype,
                                         adapter=system.adapter, quantization=system.quant,
-                                        group_size=args.group_size)
+                                        group_size=args.group_size, kv_cache_dtype=args.kv_cache_dtype)
     if args.rope_theta:
         backend.model.args.rope_theta = args.rope_theta
     return backend
@@ -287,7 +289,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     def one(backend, system: System) -> dict:
         return keys.evaluate(backend.model, backend.tok, files, lengths, positions, args.samples, args.seed,
-                             backend.device, backend.dtype, not args.no_token_healing,
+                             backend.device, backend.kv_dtype, not args.no_token_healing,
                              _progress(args, system.name))
 
     runs = _run(args, one)
@@ -313,7 +315,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
     def one(backend, system: System) -> dict:
         return perplexity.evaluate(backend.model, backend.tok, files, lengths, args.windows, args.score_tokens,
-                                   args.concat, backend.device, backend.dtype, _progress(args, system.name))
+                                   args.concat, backend.device, backend.kv_dtype, _progress(args, system.name))
 
     runs = _run(args, one)
     names = [s.name for s, _ in runs]

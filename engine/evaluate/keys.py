@@ -136,7 +136,10 @@ def evaluate(
     token_healing: bool = True,
     progress=None,
 ) -> dict:
-    """Accuracy by context length and key position: {"by_length": {L: {pos: acc}}, "cases": [...]}."""
+    """Accuracy by context length and key position: {"by_length": {L: {pos: acc}}, "cases": [...]}.
+
+    `dtype` is the KV cache's storage: the model's dtype, or torch.int8 for the int8 KV cache.
+    """
     filler = CodeFiller(tok, files)
     healer = TokenHealer(tok.piece_texts()) if token_healing else None
     rng = random.Random(seed)

@@ -66,7 +66,8 @@ def window_nll(
     """NLL (float32, nats) of each of the last `score_tokens` tokens of `tokens`, given all before it.
 
     The window is run through the model in chunks with a KV cache (as the engine prefills), and the
-    output projection is applied only to the positions that predict scored tokens.
+    output projection is applied only to the positions that predict scored tokens. `dtype` is the
+    cache's storage: the model's dtype, or torch.int8 for the int8 KV cache.
     """
     n = len(tokens)
     assert 0 < score_tokens < n, f"score {score_tokens} tokens of a {n}-token window"

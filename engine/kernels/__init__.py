@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.kernels import reference
+from engine.kernels.int8_kv import Int8KV
 
 if TYPE_CHECKING:
     from engine.quant import QuantizedLinear
@@ -66,7 +67,11 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
+    q: torch.Tensor,
+    k: torch.Tensor | Int8KV,
+    v: torch.Tensor | Int8KV,
+    mask: torch.Tensor | None,
+    is_causal: bool,
 ) -> torch.Tensor:
     return _impl(q).attention(q, k, v, mask, is_causal)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.kernels.int8_kv import Int8KV, int8_attention
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # Normalise in float32 as Llama does, then scale in the input dtype.
@@ -35,15 +37,30 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
+    q: torch.Tensor,
+    k: torch.Tensor | Int8KV,
+    v: torch.Tensor | Int8KV,
+    mask: torch.Tensor | None,
+    is_causal: bool,
 ) -> torch.Tensor:
     """q (B, Hq, T, D), k/v (B, Hk, S, D) with Hq a multiple of Hk; returns (B, Hq, T, D).
 
     `mask` is a boolean (T, S) allow-mask, or None with `is_causal` saying whether T == S causal applies.
     PyTorch's SDPA picks a memory-efficient kernel, so no (T, S) score matrix is kept for long prompts.
+    An int8 cache (Int8KV): one query (a decode step) goes to `int8_attention`, which reads the int8
+    cache a chunk of keys at a time; a chunk of queries (prefill after a cached prefix) dequantizes
+    this layer's K/V to q's dtype once and takes SDPA's fused kernel. Measured here (1,024 queries
+    over 4K keys, 5 heads of 64, 2 threads under load): SDPA 156 ms, the chunked int8 path 850-2,470 ms.
     """
+    if isinstance(k, Int8KV) or isinstance(v, Int8KV):
+        assert isinstance(k, Int8KV) and isinstance(v, Int8KV), "K and V must both be int8 or neither"
+        if q.shape[2] == 1:
+            return int8_attention(q, k, v, mask, is_causal)
+        k, v = k.dequantize(q.dtype), v.dequantize(q.dtype)
     if q.shape[2] == 1 and mask is None and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
         return _one_query_attention(q, k, v)
+    if k.dtype != q.dtype:  # a bf16 cache under a float32/float16 model: SDPA needs one dtype
+        k, v = k.to(q.dtype), v.to(q.dtype)
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
 

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from engine.kernels import reference
+from engine.kernels.int8_kv import Int8KV
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _LOG2E = 1.4426950408889634
@@ -204,14 +205,17 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 @triton.jit(do_not_specialize=["len_arg"])  # one compiled kernel for every cache length
 def _decode_partial_kernel(
-    q_ptr, k_ptr, v_ptr, len_arg, o_part_ptr, lse_part_ptr,
-    sqb, sqh, skb, skh, sks, svb, svh, svs,
+    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, len_arg, o_part_ptr, lse_part_ptr,
+    sqb, sqh, skb, skh, sks, svb, svh, svs, sksb, sksh, svsb, svsh,
     n_kv_heads, group, head_dim, n_splits, qk_scale,
     LEN_IS_PTR: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, INT8_KV: tl.constexpr,
 ):  # fmt: skip
     # Program (b * n_kv_heads + kv_head, split): the `group` query heads that share this KV head,
     # over one contiguous slice of the keys. Writes a normalised partial output and its log2-sum-exp.
+    # INT8_KV: K/V are int8 with a float32 scale per position (ks_ptr/vs_ptr, strides sks*/svs* for
+    # batch and head, 1 for position); each block is converted to q's dtype in registers and the
+    # scales multiply the scores (k) and the probabilities (v), so the cache is read at 1 byte/element.
     pid_bh = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     b = pid_bh // n_kv_heads
@@ -241,19 +245,29 @@ def _decode_partial_kernel(
     acc = tl.zeros((BLOCK_G, BLOCK_D), tl.float32)
     k_base = k_ptr + b * skb + kvh * skh
     v_base = v_ptr + b * svb + kvh * svh
+    ks_base = ks_ptr + b * sksb + kvh * sksh
+    vs_base = vs_ptr + b * svsb + kvh * svsh
     for start in range(lo, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         n_mask = n < hi
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_base + n[:, None].to(tl.int64) * sks + d[None, :], mask=kv_mask, other=0.0)  # (N, D)
+        if INT8_KV:
+            k = k.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (G, N), log2 units
+        if INT8_KV:
+            s = s * tl.load(ks_base + n, mask=n_mask, other=0.0)[None, :]
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + n[:, None].to(tl.int64) * svs + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        pv = p
+        if INT8_KV:
+            v = v.to(q.dtype)
+            pv = p * tl.load(vs_base + n, mask=n_mask, other=0.0)[None, :]
+        acc = acc * alpha[:, None] + tl.dot(pv.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
     empty = l_i == 0.0
@@ -306,14 +320,15 @@ def num_splits(batch: int, n_kv_heads: int, max_keys: int, device: torch.device)
 
 def decode_attention(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k: torch.Tensor | Int8KV,
+    v: torch.Tensor | Int8KV,
     length: int | torch.Tensor | None = None,
     splits: int | None = None,
 ) -> torch.Tensor:
     """Attention of one query token over a KV cache, no mask needed (it is the newest position).
 
-    q (B, Hq, 1, D); k/v (B, Hk, S, D) with any strides but a contiguous last dim (cache views).
+    q (B, Hq, 1, D); k/v (B, Hk, S, D) with any strides but a contiguous last dim (cache views), or
+    Int8KV views of an int8 cache (their scales (B, Hk, S) contiguous along S).
     `length`: keys [0, length) are attended; an int, a 1-element int tensor on q's device (read by
     the kernel, so a captured CUDA graph can replay at every position), or None for all S.
     `splits`: number of key slices; fixed by the caller when the graph must not change.
@@ -324,6 +339,14 @@ def decode_attention(
     assert t == 1, f"decode attention takes one query token, got {t}"
     assert v.shape == k.shape and k.shape[0] == bsz and k.shape[3] == d, "q/k/v shapes disagree"
     assert n_q % n_kv == 0, f"{n_q} query heads are not a multiple of {n_kv} kv heads"
+    int8_kv = isinstance(k, Int8KV)
+    assert int8_kv == isinstance(v, Int8KV), "K and V must both be int8 or neither"
+    if int8_kv:
+        assert k.scales.stride(-1) == 1 and v.scales.stride(-1) == 1, "scales must be contiguous along S"
+        k_scales, v_scales = k.scales, v.scales
+        k, v = k.values, v.values
+    else:
+        k_scales, v_scales = q, q  # unused (INT8_KV is off); any tensor stands in for the pointers
     q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
     group = n_q // n_kv
     if splits is None:
@@ -334,11 +357,12 @@ def decode_attention(
     lse_part = torch.empty((bsz, n_q, splits), device=q.device, dtype=torch.float32)
     block_d = max(16, triton.next_power_of_2(d))  # tl.dot needs every dimension >= 16
     _decode_partial_kernel[(bsz * n_kv, splits)](
-        q, k, v, len_arg, o_part, lse_part,
+        q, k, v, k_scales, v_scales, len_arg, o_part, lse_part,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        k_scales.stride(0), k_scales.stride(1), v_scales.stride(0), v_scales.stride(1),
         n_kv, group, d, splits, _LOG2E / d**0.5,
         LEN_IS_PTR=len_is_ptr, BLOCK_N=_BLOCK_N, BLOCK_D=block_d, BLOCK_G=max(16, triton.next_power_of_2(group)),
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", INT8_KV=int8_kv,
         num_warps=4, num_stages=2,
     )  # fmt: skip
     out = torch.empty((bsz, 1, n_q, d), device=q.device, dtype=q.dtype)
@@ -350,12 +374,22 @@ def decode_attention(
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
+    q: torch.Tensor,
+    k: torch.Tensor | Int8KV,
+    v: torch.Tensor | Int8KV,
+    mask: torch.Tensor | None,
+    is_causal: bool,
 ) -> torch.Tensor:
-    """Same contract as `reference.attention`: q (B, Hq, T, D), k/v (B, Hk, S, D) -> (B, Hq, T, D)."""
+    """Same contract as `reference.attention`: q (B, Hq, T, D), k/v (B, Hk, S, D) -> (B, Hq, T, D).
+
+    An int8 cache (Int8KV) decodes in the split-K kernel too; its prefill goes to the reference's
+    chunked int8 attention.
+    """
     # One query token, no mask, and not causal (causal with T=1 < S would mean "key 0 only").
+    if isinstance(k, torch.Tensor) and k.dtype != q.dtype:  # a bf16 cache under a float32/float16 model
+        k, v = k.to(q.dtype), v.to(q.dtype)
     decode = q.shape[2] == 1 and mask is None and (not is_causal or k.shape[2] == 1)
-    if decode and not _needs_autograd(q, k, v):
+    if decode and (isinstance(k, Int8KV) or not _needs_autograd(q, k, v)):
         return decode_attention(q, k, v)
     # Prefill: PyTorch's SDPA (FlashAttention for the causal case, memory-efficient with a mask).
     return reference.attention(q, k, v, mask, is_causal)

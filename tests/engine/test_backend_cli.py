@@ -112,3 +112,27 @@ def test_cli_complete_json_and_info(tiny_model_dir, tmp_path):
     cfg = json.loads(info.stdout)
     assert cfg["layout"] == "hf" and cfg["can_infill"] is True and cfg["n_kv_heads"] == 2
     assert cfg["rope_theta"] == 1e6
+
+
+def test_int8_kv_cache_backend_and_cli_flag(tiny_model_dir, capsys):
+    """`--kv-cache-dtype int8`: the backend's caches store int8 (about half of bf16's bytes) and a
+    completion over a long prompt still follows the float cache's greedy choice at the start."""
+    from engine.__main__ import main
+
+    prefix = "".join(f"def f{i}(x):\n    return x * {i}\n\n" for i in range(40)) + "def g(y):\n    return "
+    req = CompletionRequest(prefix=prefix, suffix="\n", max_new_tokens=8, token_healing=False)
+    exact = load_local_backend(tiny_model_dir, device="cpu", dtype="float32").complete(req)
+    int8 = load_local_backend(tiny_model_dir, device="cpu", dtype="float32", kv_cache_dtype="int8")
+    got = int8.complete(req)
+    assert int8.kv_dtype == torch.int8 and "int8 KV cache" in int8.description
+    (cache,) = int8.pool.caches
+    a = int8.loaded.args  # per position: K and V of every layer and head, int8 values + a float32 scale
+    assert cache.k[0].dtype == torch.int8 and cache.nbytes() == cache.capacity * a.n_layers * 2 * a.n_kv_heads * (
+        a.head_dim + 4)
+    assert got.tokens[:4] == exact.tokens[:4]
+
+    assert main(["complete", "--model", str(tiny_model_dir), "--prefix", prefix, "--suffix", "\n",
+                 "--max-new-tokens", "8", "--no-token-healing", "--dtype", "float32",
+                 "--kv-cache-dtype", "int8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "int8 KV cache" in out["model"] and out["tokens"] == got.tokens

@@ -44,6 +44,15 @@ def test_keys_runs_end_to_end(capsys, tmp_path, tiny_model_dir, heldout_paths):
     assert len(cases) == 4 and all(10 <= c["key"] <= 99 for c in cases)
 
 
+def test_keys_with_the_int8_kv_cache(capsys, tmp_path, tiny_model_dir, heldout_paths):
+    out_json = tmp_path / "keys.json"
+    run_cli(capsys, "keys", "--model", str(tiny_model_dir), "--files", *map(str, heldout_paths),
+            "--lengths", "128", "--positions", "0", "--samples", "1", "--kv-cache-dtype", "int8",
+            "--json-out", str(out_json))
+    (system,) = json.loads(out_json.read_text())["systems"]
+    assert "int8 KV cache" in system["description"] and len(system["cases"]) == 1
+
+
 def test_perplexity_with_adapter_prints_both_systems_and_writes_a_png(capsys, tmp_path, tiny_model_dir,
                                                                       heldout_paths):
     from engine.checkpoints import load_model

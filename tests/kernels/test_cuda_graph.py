@@ -25,16 +25,21 @@ def tiny_model() -> Transformer:
     return model.to(DEVICE).eval()
 
 
-def prefilled(model: Transformer, prompt: torch.Tensor, capacity: int = 64) -> KVCache:
-    cache = KVCache(ARGS, capacity, DEVICE, torch.float32)
+def prefilled(
+    model: Transformer, prompt: torch.Tensor, capacity: int = 64, kv_dtype: torch.dtype = torch.float32
+) -> KVCache:
+    cache = KVCache(ARGS, capacity, DEVICE, kv_dtype)
     with torch.no_grad():
         model(prompt, start_pos=0, cache=cache)
     cache.tokens = prompt[0].tolist()  # forward() leaves the bookkeeping to its caller, as the generator does
     return cache
 
 
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.int8], ids=["float-cache", "int8-cache"])
 @pytest.mark.parametrize("interpret", [False, True], ids=["reference-attention", "triton-attention"])
-def test_decode_step_matches_model_forward(interpret: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decode_step_matches_model_forward(
+    interpret: bool, kv_dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if interpret:
         pytest.importorskip("triton", reason="triton is not installed")
     elif not CUDA:
@@ -42,7 +47,7 @@ def test_decode_step_matches_model_forward(interpret: bool, monkeypatch: pytest.
     model = tiny_model()
     prompt = torch.randint(0, ARGS.vocab_size, (1, 11), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     nxt = torch.tensor([[5]], device=DEVICE)
-    eager_cache, static_cache = prefilled(model, prompt), prefilled(model, prompt)
+    eager_cache, static_cache = prefilled(model, prompt, kv_dtype=kv_dtype), prefilled(model, prompt, kv_dtype=kv_dtype)
     with torch.no_grad():
         expect = model(nxt, start_pos=11, cache=eager_cache)[:, -1]
     rope = model.rope(0, static_cache.capacity, DEVICE)
@@ -51,13 +56,17 @@ def test_decode_step_matches_model_forward(interpret: bool, monkeypatch: pytest.
     torch.testing.assert_close(got, expect, atol=1e-4, rtol=1e-4)
     # The new token's K/V landed at position 11 of the static buffers, like the eager write.
     torch.testing.assert_close(static_cache.k[1][:, :, :12], eager_cache.k[1][:, :, :12])
+    for scales in ("k_scale", "v_scale"):  # int8: the scales too
+        for static, eager in zip(getattr(static_cache, scales), getattr(eager_cache, scales), strict=True):
+            torch.testing.assert_close(static[:, :, :12], eager[:, :, :12])
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
-def test_cuda_graph_decode_matches_eager_over_many_steps() -> None:
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.int8], ids=["float-cache", "int8-cache"])
+def test_cuda_graph_decode_matches_eager_over_many_steps(kv_dtype: torch.dtype) -> None:
     model = tiny_model()
     prompt = torch.randint(0, ARGS.vocab_size, (1, 9), generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    eager_cache, graph_cache = prefilled(model, prompt, 300), prefilled(model, prompt, 300)
+    eager_cache, graph_cache = prefilled(model, prompt, 300, kv_dtype), prefilled(model, prompt, 300, kv_dtype)
     graph = DecodeGraph(model, graph_cache)
     tok = torch.tensor([[3]], device=DEVICE)
     for pos in range(9, 9 + 150):  # crosses several key blocks, so the device-side length matters

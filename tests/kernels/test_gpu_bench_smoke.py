@@ -17,14 +17,15 @@ pytest.importorskip("transformers", reason="the benchmark compares against trans
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_bench.py"
 
 
-def test_gpu_bench_smoke_writes_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kv_cache", ["auto", "int8"])
+def test_gpu_bench_smoke_writes_the_table(kv_cache: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "gpu_bench", bench)  # dataclasses look their module up there
     spec.loader.exec_module(bench)
     out = tmp_path / "gpu.md"
-    text = bench.main(["--smoke", "--out", str(out)])
+    text = bench.main(["--smoke", "--out", str(out), "--kv-cache-dtype", kv_cache])
     assert out.read_text() == text
     for row in (
         "| prefill 70 tokens |",  # three chunks of 32: the masked chunked-prefill path too
@@ -34,5 +35,7 @@ def test_gpu_bench_smoke_writes_the_table(tmp_path: Path, monkeypatch: pytest.Mo
         "| static decode step @ 70 ctx vs eager |",
         "| keystroke @ 60 ctx (+4 tokens), warm |",
         "| transformers decode tok/s @ 24 ctx |",
+        "| KV cache @ 70 ctx |",
     ):
         assert row in text, f"missing row {row!r} in:\n{text}"
+    assert ("torch.int8 KV cache" in text) == (kv_cache == "int8")

@@ -11,6 +11,7 @@ import torch
 
 from engine import kernels
 from engine.kernels import reference
+from engine.kernels.int8_kv import Int8KV, quantize_rows
 
 ops = pytest.importorskip("engine.kernels.triton_ops", reason="triton is not installed (pip install triton)")
 
@@ -116,6 +117,26 @@ def test_decode_attention_length_on_device_ignores_the_rest_of_the_buffer() -> N
     out = ops.decode_attention(q, k_buf, v_buf, length=torch.tensor([length], device=DEVICE), splits=5)
     expect = reference.attention(q, k_buf[:, :, :length], v_buf[:, :, :length], None, False)
     torch.testing.assert_close(out, expect, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kv_len,n_q,n_k,head_dim", [(1, 4, 4, 16), (70, 6, 3, 64), (333, 8, 1, 40)])
+def test_int8_decode_attention_matches_reference(
+    kv_len: int, n_q: int, n_k: int, head_dim: int, dtype: torch.dtype
+) -> None:
+    # Views of an int8 cache's buffers (values and scales longer than the keys in use), as the model passes them.
+    capacity = kv_len + 13
+    k8 = Int8KV(*quantize_rows(randn(2, n_k, capacity, head_dim, seed=1) * 3))
+    v8 = Int8KV(*quantize_rows(randn(2, n_k, capacity, head_dim, seed=2)))
+    k = Int8KV(k8.values[:, :, :kv_len], k8.scales[:, :, :kv_len])
+    v = Int8KV(v8.values[:, :, :kv_len], v8.scales[:, :, :kv_len])
+    q = randn(2, n_q, 1, head_dim, dtype=dtype)
+    out = ops.attention(q, k, v, None, False)
+    assert out.shape == (2, n_q, 1, head_dim) and out.dtype == dtype
+    torch.testing.assert_close(out, reference.attention(q, k, v, None, False), **TOL[dtype])
+    # The CUDA-graph form: whole buffers, the length on the device.
+    whole = ops.decode_attention(q, k8, v8, length=torch.tensor([kv_len], device=DEVICE), splits=3)
+    torch.testing.assert_close(whole, out, **TOL[dtype])
 
 
 def test_prefill_attention_goes_through_sdpa_with_mask() -> None:

@@ -12,14 +12,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from engine.backends.base import Completion, CompletionRequest, InstructRequest, Timings
+from engine.backends.base import Completion, CompletionRequest, InstructRequest, Placement, Timings
 
 _TOKEN = re.compile(r"\w+|\s|[^\w\s]")
 
 
 class FakeBackend:
     description = "fake: scripted (cpu, float32)"
-    placement = ("cpu", "float32")
+    placement = Placement("cpu", "float32")
     state = "ready"
     context_length = 16384
     can_infill = True

@@ -60,3 +60,11 @@ def test_quantization_is_validated_and_a_change_needs_a_reload():
     s, problems = parse_settings({"quantization": "q4_0"})
     assert s.quantization == "none" and problems == [
         "Setting codellama.quantization = 'q4_0' must be one of none, int8, int4; using the default."]
+
+
+def test_kv_cache_dtype_is_parsed_and_reloads_the_engine():
+    s, problems = parse_settings({"kvCacheDtype": "INT8"})
+    assert s.kv_cache_dtype == "int8" and problems == []
+    assert s.engine_key() != Settings().engine_key()  # a change reloads the model, as dtype does
+    s, problems = parse_settings({"kvCacheDtype": "int4"})
+    assert s.kv_cache_dtype == "auto" and len(problems) == 1 and "codellama.kvCacheDtype" in problems[0]

@@ -9,6 +9,7 @@ export interface ServerStatus {
   description?: string | null;
   device?: string | null;
   dtype?: string | null;
+  kvCacheDtype?: string | null;
   message?: string | null;
   indexing?: boolean;
   indexedFiles?: number | null;
@@ -80,7 +81,10 @@ export function renderStatus(input: StatusInput): StatusView {
   const details: string[] = [];
   if (s.description) details.push(s.description);
   else if (model) details.push(`Model: ${model}`);
-  if (s.device) details.push(`Device: ${s.device}${s.dtype ? ` (${s.dtype})` : ""}`);
+  if (s.device) {
+    const kv = s.kvCacheDtype && s.kvCacheDtype !== s.dtype ? `, ${s.kvCacheDtype} KV cache` : "";
+    details.push(`Device: ${s.device}${s.dtype ? ` (${s.dtype}${kv})` : ""}`);
+  }
   if (s.indexing) details.push("Indexing the workspace…");
   else if (typeof s.indexedFiles === "number") details.push(`Workspace index: ${s.indexedFiles} files`);
   const latency = formatLatency(s.lastLatencyMs);

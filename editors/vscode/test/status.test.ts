@@ -62,3 +62,10 @@ test("the session's acceptance statistics are in the tooltip once something was 
   const none = renderStatus({ process: "running", enabled: true, server: { ...ready, acceptance: { ...acceptance, shown: 0 } } });
   assert.doesNotMatch(none.tooltip, /Suggestions this session/);
 });
+
+test("an int8 KV cache shows beside the dtype in the tooltip", () => {
+  const server = { ...ready, description: null, kvCacheDtype: "int8" };
+  assert.match(renderStatus({ process: "running", enabled: true, server }).tooltip, /Device: cuda \(bfloat16, int8 KV cache\)/);
+  const same = { ...ready, description: null, kvCacheDtype: "bfloat16" };
+  assert.doesNotMatch(renderStatus({ process: "running", enabled: true, server: same }).tooltip, /KV cache/);
+});

@@ -93,7 +93,7 @@ function M.check()
         local v = status[key]
         return (v == nil or v == vim.NIL) and '?' or tostring(v)
       end
-      local line = ('Client %d (%s): %s, model %s, device %s, dtype %s, quantization %s, backend %s'):format(
+      local line = ('Client %d (%s): %s, model %s, device %s, dtype %s, quantization %s, KV cache %s, backend %s'):format(
         client.id,
         root_dir,
         field('state'),
@@ -101,6 +101,7 @@ function M.check()
         field('device'),
         field('dtype'),
         field('quantization'),
+        field('kvCacheDtype'),
         field('backend')
       )
       if status.state == 'error' then
