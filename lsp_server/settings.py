@@ -193,6 +193,7 @@ PARSERS = {
     "backend": _backend,
     "enable": _bool,
     "repository_context": _bool,
+    "prefetch_after_accept": _bool,
     "multiline": _choice("auto", "always", "never"),
     "exclude": _patterns,
     "instruct_model": _optional_path,

@@ -1,4 +1,6 @@
-from lsp_server.settings import Settings, parse_settings
+from dataclasses import fields
+
+from lsp_server.settings import CAMEL_KEYS, Settings, parse_settings
 
 
 def test_camel_case_keys_fill_the_dataclass():
@@ -68,3 +70,14 @@ def test_kv_cache_dtype_is_parsed_and_reloads_the_engine():
     assert s.engine_key() != Settings().engine_key()  # a change reloads the model, as dtype does
     s, problems = parse_settings({"kvCacheDtype": "int4"})
     assert s.kv_cache_dtype == "auto" and len(problems) == 1 and "codellama.kvCacheDtype" in problems[0]
+
+
+def test_every_setting_is_parsed_from_what_a_client_sends():
+    # A key without a parser fails the whole `initialize` (a KeyError) when a client sends it.
+    camel = {name: key for key, name in CAMEL_KEYS.items()}
+    defaults = {camel[f.name]: getattr(Settings(), f.name) for f in fields(Settings)}
+    defaults["exclude"] = []  # JSON has lists, not tuples
+    s, problems = parse_settings(defaults)
+    assert problems == [] and s == Settings()
+    s, problems = parse_settings({"prefetchAfterAccept": False})
+    assert s.prefetch_after_accept is False and problems == []
