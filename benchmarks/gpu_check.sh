@@ -39,9 +39,9 @@ if [ "$phase" = all ] || [ "$phase" = tests ]; then
     "$PY" -c 'import torch, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__); print(torch.cuda.get_device_name())'
     "$PY" -c 'import transformers; print("transformers", transformers.__version__)' 2>&1
     echo "== kernel tests on CUDA"
-    # --confcutdir: only tests/kernels/conftest.py, so the rest of the suite's fixtures (and their
+    # --confcutdir: only tests/engine/kernels/conftest.py, so the rest of the suite's fixtures (and their
     # dependencies, which this machine may lack) are not needed here.
-    timeout "${TESTS_TIMEOUT:-240}" "$PY" -m pytest -q -ra -p no:cacheprovider --confcutdir=tests/kernels tests/kernels
+    timeout "${TESTS_TIMEOUT:-240}" "$PY" -m pytest -q -ra -p no:cacheprovider --confcutdir=tests/engine/kernels tests/engine/kernels
   } 2>&1 | tee "$OUT/tests.log" || status=1
 fi
 

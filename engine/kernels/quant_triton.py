@@ -8,7 +8,7 @@ products (per K step for int4, whose BLOCK_K divides the group; once at the end 
 scales), so no dequantized weight is ever written.
 
 Under `TRITON_INTERPRET=1` the kernel runs on CPU tensors (float32 activations: the interpreter has
-no bf16 arithmetic); tests/kernels/test_quant_triton.py compares it with the dequantize reference.
+no bf16 arithmetic); tests/engine/kernels/test_quant_triton.py compares it with the dequantize reference.
 """
 
 from __future__ import annotations

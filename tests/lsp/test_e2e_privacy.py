@@ -2,7 +2,7 @@
 git-ignored file, secret-named file or secret-holding text reaches a completion prompt or a code
 action's prompt, whether it is on disk or open in the editor; a file opened from outside the
 workspace gets no context from anywhere; the remote backend's API key never shows in a debug log or
-in codellama/lastPrompt. (The training side: tests/train/test_sources_privacy.py.)"""
+in codellama/lastPrompt. (The training side: tests/engine/train/test_sources_privacy.py.)"""
 
 from __future__ import annotations
 

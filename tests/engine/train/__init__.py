@@ -1,0 +1,1 @@
+"""Tests of the training module (engine/train/)."""

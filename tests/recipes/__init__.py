@@ -1,0 +1,1 @@
+"""Tests of the default model's training recipe (recipes/default_model/)."""
