@@ -370,7 +370,7 @@ class CompletionService:
         request = CompletionRequest(
             prefix=prefix, suffix=suffix, fim_format=settings.fim_format,  # type: ignore[arg-type]
             max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            stop=[] if cur.multiline else ["\n"])
+            stop=[] if cur.multiline else ["\n"], speculative=settings.speculative_decoding)
 
         def on_text(partial: str) -> None:
             if is_finished(partial, cur):
@@ -404,6 +404,7 @@ class CompletionService:
             "budgetTokens": budget, "promptTokens": timings.prompt_tokens or built.tokens,
             "completion": suggestion.text, "rawCompletion": completion.text,
             "stopReason": completion.stop_reason, "fromCache": False, "latencyMs": round(latency, 2),
+            "generatedTokens": timings.generated_tokens, "decodePasses": timings.decode_passes,
         }
         self.last_uri = job.uri
         self.cache.put(job.uri, snap.text, snap.cursor, suggestion, context_version)

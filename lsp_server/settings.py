@@ -42,6 +42,7 @@ class Settings:
     repository_context: bool = True
     multiline: str = "auto"
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    speculative_decoding: bool = True
     instruct_model: str | None = None  # None: code actions use the completion model
     instruct_max_new_tokens: int = 512
     # Whether the model serving code actions follows instructions; None: detect (lsp_server/capability.py)
@@ -175,6 +176,7 @@ PARSERS = {
     "repository_context": _bool,
     "multiline": _choice("auto", "always", "never"),
     "exclude": _patterns,
+    "speculative_decoding": _bool,
     "instruct_model": _optional_path,
     "instruct_max_new_tokens": _int_range(16, 4096),
     "instruct_capable": _optional_bool,

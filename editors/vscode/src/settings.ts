@@ -21,6 +21,7 @@ export const SERVER_KEYS: readonly string[] = [
   "repositoryContext",
   "multiline",
   "exclude",
+  "speculativeDecoding",
 ];
 
 /** The part of vscode.WorkspaceConfiguration this module needs (so tests can pass a plain object). */

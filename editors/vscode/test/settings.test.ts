@@ -44,6 +44,7 @@ test("with nothing set, the server gets its own defaults for every key", () => {
     repositoryContext: true,
     multiline: "auto",
     exclude: [],
+    speculativeDecoding: true,
   });
 });
 
