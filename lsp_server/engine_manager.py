@@ -46,7 +46,7 @@ def load_backend(settings: Settings) -> Backend:
     dtype = None if settings.dtype == "auto" else settings.dtype
     try:
         return load_local_backend(settings.model, device=settings.device, dtype=dtype,
-                                  adapter=settings.adapter)
+                                  adapter=settings.adapter, cache_budget_mb=settings.kv_cache_mb)
     except BackendError:
         raise
     except FileNotFoundError as exc:

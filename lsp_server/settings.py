@@ -43,6 +43,7 @@ class Settings:
     multiline: str = "auto"
     exclude: tuple[str, ...] = field(default_factory=tuple)
     speculative_decoding: bool = True
+    kv_cache_mb: int = 1024  # the local engine's KV caches, all sequences together
     instruct_model: str | None = None  # None: code actions use the completion model
     instruct_max_new_tokens: int = 512
     # Whether the model serving code actions follows instructions; None: detect (lsp_server/capability.py)
@@ -54,7 +55,8 @@ class Settings:
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
-        return (self.model, self.adapter, self.device, self.dtype, self.backend, self.api_key, self.remote_model)
+        return (self.model, self.adapter, self.device, self.dtype, self.backend, self.api_key, self.remote_model,
+                self.kv_cache_mb)
 
     def context_budget(self, context_length: int, on_gpu: bool) -> int:
         """Prompt budget in tokens: the setting (or the automatic default) capped by what the model
@@ -177,6 +179,7 @@ PARSERS = {
     "multiline": _choice("auto", "always", "never"),
     "exclude": _patterns,
     "speculative_decoding": _bool,
+    "kv_cache_mb": _int_range(16, 1 << 20),
     "instruct_model": _optional_path,
     "instruct_max_new_tokens": _int_range(16, 4096),
     "instruct_capable": _optional_bool,

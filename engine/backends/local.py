@@ -58,16 +58,17 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 
 
 class CachePool:
-    """A few KV caches (MAX_CACHES at most), each holding the tokens of a recent prompt; picks the one
-    sharing the longest prefix with a new prompt and evicts the least recently used when over the
-    count or the memory budget.
+    """KV caches of recent prompts (MAX_CACHES at most), so returning to a file or a spot finds its
+    cache; picks the one sharing the longest prefix with a new prompt and evicts the least recently
+    used when over the count or the memory budget. Between requests the caches held fit the budget;
+    a request whose prompt alone needs more is served, then its cache is dropped (`release`).
 
     A cache's capacity follows what recent requests needed: one grown for a long prompt (a bigger
     context budget, since lowered) shrinks once the last SHRINK_WINDOW requests needed less than
     half of it, so memory never stays at a past peak."""
 
     SHRINK_WINDOW = 32
-    MAX_CACHES = 4
+    MAX_CACHES = 16
 
     def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, budget_bytes: int) -> None:
         self.loaded, self.device, self.dtype, self.budget = loaded, device, dtype, budget_bytes
@@ -104,6 +105,12 @@ class CachePool:
         while len(self.caches) > 1 and (len(self.caches) > self.MAX_CACHES or self.nbytes() > self.budget):
             victim = next(c for c in self.caches if c is not keep)
             self.caches.remove(victim)
+
+    def release(self) -> None:
+        """After a request: drop the least recently used caches, the one just used last, until the
+        rest fit the budget."""
+        while self.caches and self.nbytes() > self.budget:
+            self.caches.pop(0)
 
     def clear(self) -> None:
         self.caches.clear()
@@ -213,6 +220,7 @@ class LocalBackend:
             cache.truncate(reuse)
             if reuse < len(prompt):
                 prefill(self.model, cache, prompt[reuse:], should_stop=should_stop)
+            self.pool.release()
         finally:
             self.lock.release()
 
@@ -244,8 +252,11 @@ class LocalBackend:
         sampling = Sampling(request.temperature, request.top_p, request.seed)
         with self.lock:
             cache = self.pool.acquire(prompt, len(prompt) + max_new)
-            result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, stop_hook, constrain,
-                              speculation)
+            try:
+                result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, stop_hook, constrain,
+                                  speculation)
+            finally:
+                self.pool.release()
         reason: StopReason
         if result.stop_reason == "stopped":
             reason = state.get("why", "cancelled")  # type: ignore[assignment]

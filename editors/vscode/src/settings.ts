@@ -22,6 +22,7 @@ export const SERVER_KEYS: readonly string[] = [
   "multiline",
   "exclude",
   "speculativeDecoding",
+  "kvCacheMb",
 ];
 
 /** The part of vscode.WorkspaceConfiguration this module needs (so tests can pass a plain object). */
