@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import queue
 import re
 import threading
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 MAX_DOCUMENT_STATES = 64  # documents whose layout and last prompt are kept
 LAST_PROMPT_CHARS = 4_000_000
 _WORD_TAIL = re.compile(r"[A-Za-z0-9_$]+$")
+# Idle this long after a completion, the engine prefills the prompts of the other documents used most
+# recently, at their last cursor, so switching back to one finds its KV cache ready (<= 0: never;
+# the environment variable is for benchmarks/editing_session.py's comparison).
+IDLE_WARM_S = float(os.environ.get("CODELLAMA_IDLE_WARM_S", "0.3"))
+WARM_DOCUMENTS = 2
 
 
 class Worker:
@@ -216,6 +222,8 @@ class CompletionService:
         self._gatherer = Gatherer()
         self._counter: tuple[Backend, TokenCounter] | None = None
         self._trim_heap = HeapTrimmer()
+        self._warm_timer: asyncio.TimerHandle | None = None
+        self._warm_stop = threading.Event()  # set: the warming running now stops within a chunk
 
     # ---- event-loop side ----------------------------------------------------------------------
 
@@ -235,6 +243,7 @@ class CompletionService:
         if not invoked and pointless(cur.line_suffix):
             return None
         self._supersede(uri)
+        self._stop_warming()
 
         hit = self.cache.get(uri, doc.text, cursor, self._context_version())
         if hit is not None:
@@ -258,13 +267,63 @@ class CompletionService:
         finally:
             if self.jobs.get(uri) is job:
                 del self.jobs[uri]
+            self._schedule_warming()
         if suggestion is None or job.cancelled.is_set():
             return None
         return self._result(doc, cursor, cur, suggestion, from_cache=False, text=snapshot.text)
 
     def cancel_all(self) -> None:
+        self._stop_warming()
         for job in list(self.jobs.values()):
             job.cancelled.set()
+
+    # ---- idle-time warming ----------------------------------------------------------------------
+
+    def _stop_warming(self) -> None:
+        if self._warm_timer is not None:
+            self._warm_timer.cancel()
+            self._warm_timer = None
+        self._warm_stop.set()
+
+    def _schedule_warming(self) -> None:
+        if IDLE_WARM_S > 0 and not self.jobs:
+            self._stop_warming()
+            self._warm_timer = asyncio.get_running_loop().call_later(IDLE_WARM_S, self._warm_recent_documents)
+
+    def _warm_recent_documents(self) -> None:
+        """Snapshot the documents used most recently before the current one at their last cursor, and
+        have the worker prefill their prompts until a request comes."""
+        self._warm_timer = None
+        backend, settings = self.engine.backend, self.get_settings()
+        if self.jobs or backend is None or not settings.enable:
+            return
+        snapshots = []
+        for uri in reversed(self.last_prompt.keys()):
+            record, doc = self.last_prompt.get(uri), self.docs.get(uri)
+            if uri == self.last_uri or doc is None or record is None or not record.get("position"):
+                continue
+            try:
+                cursor = doc.offset_at(record["position"]["line"], record["position"]["character"])
+            except PositionError:
+                continue
+            snapshots.append((uri, self.snapshot(doc, cursor)))
+            if len(snapshots) == WARM_DOCUMENTS:
+                break
+        if snapshots:
+            stop = self._warm_stop = threading.Event()
+            self.worker.submit(lambda: self._warm(backend, settings, snapshots, stop))
+
+    def _warm(self, backend: Backend, settings: Settings, snapshots: list[tuple[str, Request]],
+              stop: threading.Event) -> None:
+        """Worker thread: the prompts a request at each snapshot's cursor would send, prefilled."""
+        for uri, snap in snapshots:
+            if stop.is_set():
+                return
+            try:
+                backend.warm(self._request(backend, settings, uri, snap, multiline=False)[0], should_stop=stop.is_set)
+            except Exception:  # warming is opportunistic: a failure here must never reach a request
+                log.exception("warming %s failed", uri)
+                return
 
     def forget(self, uri: str) -> None:
         """A document was closed: drop everything kept for it."""
@@ -346,6 +405,22 @@ class CompletionService:
         query = query_words(snap.text, snap.cursor)
         return self._gatherer.gather(snap, self.get_index(), query, similar_limit=similar_limit(budget))
 
+    def _request(self, backend: Backend, settings: Settings, uri: str, snap: Request,
+                 multiline: bool) -> tuple[CompletionRequest, Any]:
+        """The engine request for a completion at the snapshot's cursor, and the built context (worker)."""
+        on_gpu = backend_device(backend)[0] == "cuda"
+        budget = settings.context_budget(backend.context_length, on_gpu)
+        built = build_prompt(snap, self.get_index(), self._gatherer, budget=budget, count=self.counter(backend),
+                             repository_context=settings.repository_context, previous=self._layouts.get(uri))
+        self._layouts[uri] = built.layout
+        # A key typed or pasted into the document stays out of the prompt (and out of lastPrompt).
+        request = CompletionRequest(
+            prefix=redact_secrets(built.prefix), suffix=redact_secrets(built.suffix),
+            fim_format=settings.fim_format,  # type: ignore[arg-type]
+            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+            stop=[] if multiline else ["\n"], speculative=settings.speculative_decoding)
+        return request, built
+
     def _run_then_trim(self, *args: Any) -> Suggestion | None:
         try:
             return self._run(*args)
@@ -356,21 +431,11 @@ class CompletionService:
              started: float, position: tuple[int, int]) -> Suggestion | None:
         if job.cancelled.is_set():
             return None  # superseded while queued
-        count = self.counter(backend)
         context_version = self._context_version()
-        on_gpu = backend_device(backend)[0] == "cuda"
-        budget = settings.context_budget(backend.context_length, on_gpu)
-        built = build_prompt(snap, self.get_index(), self._gatherer, budget=budget, count=count,
-                             repository_context=settings.repository_context, previous=self._layouts.get(job.uri))
-        self._layouts[job.uri] = built.layout
+        request, built = self._request(backend, settings, job.uri, snap, cur.multiline)
+        prefix, suffix, budget = request.prefix, request.suffix, built.budget
         if job.cancelled.is_set():
             return None
-        # A key typed or pasted into the document stays out of the prompt (and out of lastPrompt).
-        prefix, suffix = redact_secrets(built.prefix), redact_secrets(built.suffix)
-        request = CompletionRequest(
-            prefix=prefix, suffix=suffix, fim_format=settings.fim_format,  # type: ignore[arg-type]
-            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            stop=[] if cur.multiline else ["\n"], speculative=settings.speculative_decoding)
 
         def on_text(partial: str) -> None:
             if is_finished(partial, cur):

@@ -57,6 +57,9 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return table[dtype]
 
 
+WARM_CHUNK = 256  # tokens per prefill step while warming
+
+
 class CachePool:
     """KV caches of recent prompts (MAX_CACHES at most), so returning to a file or a spot finds its
     cache; picks the one sharing the longest prefix with a new prompt and evicts the least recently
@@ -215,11 +218,12 @@ class LocalBackend:
         if not self.lock.acquire(blocking=False):
             return  # a real request is running; warming is only ever opportunistic
         try:
-            cache = self.pool.acquire(prompt, len(prompt) + 1)
+            cache = self.pool.acquire(prompt, len(prompt) + request.max_new_tokens)
             reuse = common_prefix_length(cache.tokens, prompt)
             cache.truncate(reuse)
             if reuse < len(prompt):
-                prefill(self.model, cache, prompt[reuse:], should_stop=should_stop)
+                # Short chunks: a request arriving meanwhile waits for one chunk at most.
+                prefill(self.model, cache, prompt[reuse:], chunk_size=WARM_CHUNK, should_stop=should_stop)
             self.pool.release()
         finally:
             self.lock.release()
