@@ -43,7 +43,7 @@ class Settings:
     multiline: str = "auto"
     exclude: tuple[str, ...] = field(default_factory=tuple)
     speculative_decoding: bool = True
-    kv_cache_mb: int = 1024  # the local engine's KV caches, all sequences together
+    kv_cache_mb: int = 512  # the local engine's KV caches, all sequences together
     instruct_model: str | None = None  # None: code actions use the completion model
     instruct_max_new_tokens: int = 512
     # Whether the model serving code actions follows instructions; None: detect (lsp_server/capability.py)

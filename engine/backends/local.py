@@ -63,8 +63,9 @@ WARM_CHUNK = 256  # tokens per prefill step while warming
 class CachePool:
     """KV caches of recent prompts (MAX_CACHES at most), so returning to a file or a spot finds its
     cache; picks the one sharing the longest prefix with a new prompt and evicts the least recently
-    used when over the count or the memory budget. Between requests the caches held fit the budget;
-    a request whose prompt alone needs more is served, then its cache is dropped (`release`).
+    used when over the count or the memory budget. Between requests the caches held fit the budget,
+    except the one used last when it alone needs more (a 7B model's 16K-token prompt takes 8 GB): it
+    stays, since the next keystroke needs it, and all others go.
 
     A cache's capacity follows what recent requests needed: one grown for a long prompt (a bigger
     context budget, since lowered) shrinks once the last SHRINK_WINDOW requests needed less than
@@ -110,9 +111,9 @@ class CachePool:
             self.caches.remove(victim)
 
     def release(self) -> None:
-        """After a request: drop the least recently used caches, the one just used last, until the
-        rest fit the budget."""
-        while self.caches and self.nbytes() > self.budget:
+        """After a request: drop the least recently used caches until the rest fit the budget (the
+        one just used always stays)."""
+        while len(self.caches) > 1 and self.nbytes() > self.budget:
             self.caches.pop(0)
 
     def clear(self) -> None:
@@ -131,7 +132,7 @@ class LocalBackend:
         loaded: LoadedModel,
         device: torch.device,
         dtype: torch.dtype,
-        cache_budget_mb: int = 1024,
+        cache_budget_mb: int = 512,
         adapter: str | Path | None = None,
         speculation: Speculation | None = None,
     ) -> None:
@@ -301,7 +302,7 @@ def load_local_backend(
     device: str = "auto",
     dtype: str | None = None,
     adapter: str | Path | None = None,
-    cache_budget_mb: int = 1024,
+    cache_budget_mb: int = 512,
 ) -> LocalBackend:
     """Load a model directory (default: the embedded model) into a ready backend.
 

@@ -70,7 +70,8 @@ def test_cpu_prefill_runs_few_distinct_lengths_and_padding_changes_nothing():
 
 def test_pool_holds_several_sequences_within_its_budget():
     """Returning to an earlier prompt reuses its cache while the caches fit the budget; between
-    requests they never hold more than it, even after a prompt longer than the whole budget."""
+    requests they never hold more than it, except a prompt longer than the whole budget, whose cache
+    alone stays (the next keystroke needs it)."""
     args = tiny_args()
     model = random_model(args)
     one = KVCache(args, 512, "cpu", torch.float32).nbytes()  # a 512-position cache
@@ -83,7 +84,7 @@ def test_pool_holds_several_sequences_within_its_budget():
             return generate(model, cache, prompt, 8, set()).cached_tokens
         finally:
             pool.release()
-            assert pool.nbytes() <= pool.budget
+            assert pool.nbytes() <= pool.budget or pool.caches == [cache]
 
     for name in "abc":
         assert request(prompts[name]) == 0
@@ -91,7 +92,7 @@ def test_pool_holds_several_sequences_within_its_budget():
     assert len(pool.caches) == 3
     request(prompts["d"])  # a fourth does not fit: the least recently used ("b") goes
     assert request(prompts["b"]) == 0 and len(pool.caches) == 3
-    huge = [(11 * i) % 500 + 3 for i in range(2000)]  # needs more than the whole budget
+    huge = [(11 * i) % 500 + 4 for i in range(2000)]  # needs more than the whole budget
     request(huge)
-    assert all(c.length < len(huge) for c in pool.caches)  # served, then dropped
+    assert len(pool.caches) == 1 and pool.caches[0].tokens[: len(huge)] == huge  # it alone stays
     assert request(prompts["a"]) == 0 and pool.nbytes() <= pool.budget

@@ -45,7 +45,7 @@ test("with nothing set, the server gets its own defaults for every key", () => {
     multiline: "auto",
     exclude: [],
     speculativeDecoding: true,
-    kvCacheMb: 1024,
+    kvCacheMb: 512,
   });
 });
 
