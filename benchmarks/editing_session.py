@@ -184,7 +184,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the server (0: its own choice)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--pause-ms", type=int, default=1500, help="idle time before each move")
     parser.add_argument("--package", default="pygls")
     parser.add_argument("--variants", nargs="*", help="run only these (default: all of them)")

@@ -73,6 +73,10 @@ class CachePool:
 
     SHRINK_WINDOW = 32
     MAX_CACHES = 16
+    # A cache serves a new prompt only when they share this much of what it holds: otherwise the new
+    # prompt gets its own cache. (In SPM order every prompt starts with the same few tokens, BOS <PRE>
+    # <SUF> and an indentation: a jump took the last spot's cache for those and threw the rest away.)
+    MIN_SHARED = 0.5
 
     def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, budget_bytes: int) -> None:
         self.loaded, self.device, self.dtype, self.budget = loaded, device, dtype, budget_bytes
@@ -86,7 +90,7 @@ class CachePool:
         best, best_len = None, 0
         for cache in self.caches:
             n = common_prefix_length(cache.tokens, prompt)
-            if n > best_len:
+            if n > best_len and n >= self.MIN_SHARED * cache.length:
                 best, best_len = cache, n
         if best is None:
             # Nothing shared: an empty cache (its request was cancelled before prefill) serves, else

@@ -96,3 +96,18 @@ def test_pool_holds_several_sequences_within_its_budget():
     request(huge)
     assert len(pool.caches) == 1 and pool.caches[0].tokens[: len(huge)] == huge  # it alone stays
     assert request(prompts["a"]) == 0 and pool.nbytes() <= pool.budget
+
+
+def test_a_prompt_sharing_only_its_first_tokens_gets_its_own_cache():
+    """A jump (in SPM every prompt starts with the same few tokens) must not take over the cache of the
+    spot it left: coming back there reuses it."""
+    args = tiny_args()
+    model = random_model(args)
+    pool = CachePool(SimpleNamespace(args=args), torch.device("cpu"), torch.float32, 2**30)
+    here = [(7 * i) % 500 + 3 for i in range(300)]
+    there = here[:5] + [(13 * i) % 500 + 3 for i in range(300)]
+    for prompt in (here, there):
+        generate(model, pool.acquire(prompt, len(prompt) + 8), prompt, 8, set())
+    assert len(pool.caches) == 2
+    back = here + [9]
+    assert generate(model, pool.acquire(back, len(back) + 8), back, 8, set()).cached_tokens == len(here)
