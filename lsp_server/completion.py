@@ -43,11 +43,32 @@ log = logging.getLogger(__name__)
 MAX_DOCUMENT_STATES = 64  # documents whose layout and last prompt are kept
 LAST_PROMPT_CHARS = 4_000_000
 _WORD_TAIL = re.compile(r"[A-Za-z0-9_$]+$")
-# Idle this long after a completion, the engine prefills the prompts of the other documents used most
-# recently, at their last cursor, so switching back to one finds its KV cache ready (<= 0: never;
-# the environment variable is for benchmarks/editing_session.py's comparison).
+# Idle this long after a completion, the engine prefills the prompts at the spot the user left in the
+# current document and at the last spots of the other documents used most recently, so returning to
+# one finds its KV cache ready (<= 0: never; the environment variable is for
+# benchmarks/editing_session.py's comparison).
 IDLE_WARM_S = float(os.environ.get("CODELLAMA_IDLE_WARM_S", "0.3"))
-WARM_DOCUMENTS = 2
+WARM_SPOTS = 3
+SAME_SPOT_LINES = 3  # a request this close to the last one is still typing at the same spot
+
+
+@dataclass(frozen=True)
+class Spot:
+    """Where a completion was asked: the position and the text of its line then, to find the line
+    again after lines were added or removed above it."""
+
+    line: int
+    character: int
+    text: str
+
+
+def find_spot(lines: list[str], spot: Spot, reach: int = 200) -> int | None:
+    """The line nearest `spot.line` whose text is still `spot.text`, or None."""
+    for distance in range(reach + 1):
+        for i in (spot.line - distance, spot.line + distance):
+            if 0 <= i < len(lines) and lines[i] == spot.text:
+                return i
+    return None
 
 
 class Worker:
@@ -223,6 +244,8 @@ class CompletionService:
         self._counter: tuple[Backend, TokenCounter] | None = None
         self._trim_heap = HeapTrimmer()
         self._warm_timer: asyncio.TimerHandle | None = None
+        # Per document, its last two spots; the document asked about most recently last.
+        self._spots: OrderedDict[str, list[Spot]] = OrderedDict()
         self._warm_stop = threading.Event()  # set: the warming running now stops within a chunk
 
     # ---- event-loop side ----------------------------------------------------------------------
@@ -244,6 +267,7 @@ class CompletionService:
             return None
         self._supersede(uri)
         self._stop_warming()
+        self._note_spot(uri, Spot(line, character, cur.line_prefix + cur.line_suffix))
 
         hit = self.cache.get(uri, doc.text, cursor, self._context_version())
         if hit is not None:
@@ -290,25 +314,40 @@ class CompletionService:
             self._stop_warming()
             self._warm_timer = asyncio.get_running_loop().call_later(IDLE_WARM_S, self._warm_recent_documents)
 
+    def _note_spot(self, uri: str, spot: Spot) -> None:
+        spots = self._spots.pop(uri, [])
+        if spots and abs(spots[-1].line - spot.line) <= SAME_SPOT_LINES:
+            spots = spots[:-1]  # still typing there
+        self._spots[uri] = [*spots, spot][-2:]
+        while len(self._spots) > MAX_DOCUMENT_STATES:
+            self._spots.popitem(last=False)
+
+    def _warm_targets(self) -> list[tuple[str, Spot]]:
+        """The spot left in the current document, then the last spots of the other documents used
+        most recently before it."""
+        recent = list(reversed(self._spots.items()))  # the current document first
+        targets = [(uri, spots[-2]) for uri, spots in recent[:1] if len(spots) == 2]
+        targets += [(uri, spots[-1]) for uri, spots in recent[1:]]
+        return targets[:WARM_SPOTS]
+
     def _warm_recent_documents(self) -> None:
-        """Snapshot the documents used most recently before the current one at their last cursor, and
-        have the worker prefill their prompts until a request comes."""
+        """Snapshot the documents at the spots the user is likeliest to come back to, and have the
+        worker prefill their prompts until a request comes."""
         self._warm_timer = None
         backend, settings = self.engine.backend, self.get_settings()
         if self.jobs or backend is None or not settings.enable:
             return
         snapshots = []
-        for uri in reversed(self.last_prompt.keys()):
-            record, doc = self.last_prompt.get(uri), self.docs.get(uri)
-            if uri == self.last_uri or doc is None or record is None or not record.get("position"):
+        for uri, spot in self._warm_targets():
+            doc = self.docs.get(uri)
+            line = find_spot(doc.text.split("\n"), spot) if doc is not None else None
+            if doc is None or line is None:
                 continue
             try:
-                cursor = doc.offset_at(record["position"]["line"], record["position"]["character"])
+                cursor = doc.offset_at(line, spot.character)
             except PositionError:
                 continue
             snapshots.append((uri, self.snapshot(doc, cursor)))
-            if len(snapshots) == WARM_DOCUMENTS:
-                break
         if snapshots:
             stop = self._warm_stop = threading.Event()
             self.worker.submit(lambda: self._warm(backend, settings, snapshots, stop))
@@ -331,6 +370,7 @@ class CompletionService:
         self.last_prompt.pop(uri, None)
         self._shareable.pop(uri, None)
         self._layouts.pop(uri, None)
+        self._spots.pop(uri, None)
         self.cache.forget(uri)
         self._gatherer.forget(self.path_of(uri))
 
