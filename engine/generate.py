@@ -2,6 +2,8 @@
 
 `generate` is token-level: the caller passes the prompt ids, a KV cache (possibly already holding a
 prefix of the prompt), and a `should_stop(generated)` hook that covers cancellation and stop strings.
+With a `Speculation`, decode steps feed the next token together with a prompt-lookup draft of the ones
+after it (engine/lookup.py) and keep the logits of every drafted position the model confirms.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.cache import KVCache
+from engine.lookup import PromptLookup, Speculation
 from engine.model import Transformer
 
 PREFILL_CHUNK = 1024  # tokens per prefill step: bounds the activation and attention-mask memory
@@ -34,6 +37,9 @@ class GenerationResult:
     prefill_ms: float = 0.0
     first_token_ms: float = 0.0
     decode_ms: float = 0.0  # after the first token
+    forward_passes: int = 0  # decode passes after prefill (fewer than tokens when drafts were accepted)
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0  # drafted tokens whose logits were used
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -70,21 +76,27 @@ def prefill(
     their results, and its keys and values lie past the cache's length, overwritten later.
     """
     assert tokens, "prefill needs at least one token"
-    device = cache.device
     cache.ensure_capacity(cache.length + len(tokens))
     logits = None
     for i in range(0, len(tokens), chunk_size):
         if should_stop is not None and i > 0 and should_stop():
             return None
-        chunk = list(tokens[i : i + chunk_size])
-        run = chunk + chunk[-1:] * (cpu_run_length(len(chunk)) - len(chunk)) if device.type == "cpu" else chunk
-        cache.ensure_capacity(cache.length + len(run))
-        x = torch.tensor([run], dtype=torch.long, device=device)
-        hidden = model(x, start_pos=cache.length, cache=cache, return_hidden=True)
-        cache.tokens.extend(chunk)
-        logits = hidden[0, len(chunk) - 1]
+        hidden = _feed(model, cache, list(tokens[i : i + chunk_size]))
+        logits = hidden[-1]
     assert logits is not None
     return model.output(logits).float()
+
+
+def _feed(model: Transformer, cache: KVCache, chunk: list[int]) -> torch.Tensor:
+    """Append `chunk` to the cache; return its final hidden states (len(chunk), dim). On CPU the run
+    is padded to `cpu_run_length` (see `prefill`)."""
+    pad = cpu_run_length(len(chunk)) - len(chunk) if cache.device.type == "cpu" else 0
+    run = chunk + chunk[-1:] * pad
+    cache.ensure_capacity(cache.length + len(run))
+    x = torch.tensor([run], dtype=torch.long, device=cache.device)
+    hidden = model(x, start_pos=cache.length, cache=cache, return_hidden=True)
+    cache.tokens.extend(chunk)
+    return hidden[0, : len(chunk)]
 
 
 @torch.inference_mode()
@@ -95,6 +107,13 @@ def decode_step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
     logits = model(x, start_pos=cache.length, cache=cache)
     cache.tokens.append(token)
     return logits[0, -1].float()
+
+
+@torch.inference_mode()
+def verify_step(model: Transformer, cache: KVCache, tokens: list[int]) -> torch.Tensor:
+    """Feed `tokens` (the next token, then drafted ones) at the next positions in one pass; return
+    float32 logits (len(tokens), vocab): row i is what follows tokens[: i + 1]."""
+    return model.output(_feed(model, cache, tokens)).float()
 
 
 def sample(
@@ -129,12 +148,18 @@ def generate(
     sampling: Sampling | None = None,
     should_stop: Callable[[list[int]], bool] | None = None,
     constrain: Callable[[list[int]], torch.Tensor | None] | None = None,
+    speculation: Speculation | None = None,
 ) -> GenerationResult:
     """Generate after `prompt`, reusing whatever prefix of it `cache` already holds.
 
     `should_stop(generated)` runs after each new token (and between prefill chunks with the empty
     list): True ends generation with reason "stopped". `constrain(generated)` may return the ids
     allowed for the next token (token healing), or None for no constraint.
+
+    With `speculation`, each decode pass also feeds a drafted continuation; every token is still
+    chosen by `sample` from the logits of its own position, so the output is the same as without
+    (for sampling too: one draw per token from the same generator), only fewer passes run. The
+    cache forgets the positions of drafts the chosen tokens did not follow.
     """
     sampling = sampling or Sampling()
     generator = None
@@ -160,7 +185,10 @@ def generate(
         result.stop_reason = "stopped"
         return result
 
+    lookup = PromptLookup(prompt, max_new_tokens) if speculation else None
     generated: list[int] = []
+    draft: list[int] = []  # drafted ids fed after the last chosen token, not yet confirmed
+    ahead: list[torch.Tensor] = []  # ahead[i]: logits after draft[i]
     while len(generated) < max_new_tokens:
         allowed = constrain(generated) if constrain else None
         token = sample(logits, sampling, generator, allowed)
@@ -170,12 +198,31 @@ def generate(
             result.stop_reason, result.stop_token = "eos", token
             break
         generated.append(token)
+        if lookup is not None:
+            lookup.append(token)
         if should_stop is not None and should_stop(generated):
             result.stop_reason = "stopped"
             break
         if len(generated) == max_new_tokens:
             break
-        logits = decode_step(model, cache, token)
+        if draft and token == draft[0]:  # the draft was right: its pass already computed what follows
+            draft.pop(0)
+            logits = ahead.pop(0)
+            result.accepted_tokens += 1
+            continue
+        # Forget the drafts the chosen token did not follow: the cache holds the prompt and every
+        # generated token but this one.
+        cache.truncate(len(prompt) + len(generated) - 1)
+        room = max_new_tokens - len(generated) - 1  # drafts past the last token would be wasted
+        draft = lookup.draft(speculation, room) if lookup is not None and speculation else []
+        result.forward_passes += 1
+        result.drafted_tokens += len(draft)
+        if draft:
+            rows = verify_step(model, cache, [token, *draft])
+            logits, ahead = rows[0], list(rows[1:])
+        else:
+            logits, ahead = decode_step(model, cache, token), []
+    cache.truncate(min(cache.length, len(prompt) + len(generated)))
     result.tokens = generated
     total_ms = 1000 * (time.perf_counter() - t0)
     result.decode_ms = max(total_ms - result.first_token_ms, 0.0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import queue
 import re
 import threading
@@ -42,6 +43,32 @@ log = logging.getLogger(__name__)
 MAX_DOCUMENT_STATES = 64  # documents whose layout and last prompt are kept
 LAST_PROMPT_CHARS = 4_000_000
 _WORD_TAIL = re.compile(r"[A-Za-z0-9_$]+$")
+# Idle this long after a completion, the engine prefills the prompts at the spot the user left in the
+# current document and at the last spots of the other documents used most recently, so returning to
+# one finds its KV cache ready (<= 0: never; the environment variable is for
+# benchmarks/editing_session.py's comparison).
+IDLE_WARM_S = float(os.environ.get("CODELLAMA_IDLE_WARM_S", "0.3"))
+WARM_SPOTS = 3
+SAME_SPOT_LINES = 3  # a request this close to the last one is still typing at the same spot
+
+
+@dataclass(frozen=True)
+class Spot:
+    """Where a completion was asked: the position and the text of its line then, to find the line
+    again after lines were added or removed above it."""
+
+    line: int
+    character: int
+    text: str
+
+
+def find_spot(lines: list[str], spot: Spot, reach: int = 200) -> int | None:
+    """The line nearest `spot.line` whose text is still `spot.text`, or None."""
+    for distance in range(reach + 1):
+        for i in (spot.line - distance, spot.line + distance):
+            if 0 <= i < len(lines) and lines[i] == spot.text:
+                return i
+    return None
 
 
 class Worker:
@@ -234,6 +261,10 @@ class CompletionService:
         self._counter: tuple[Backend, TokenCounter] | None = None
         self._trim_heap = HeapTrimmer()
         self._prefetch: Prefetch | None = None  # the accept-then-next run queued or running, if any
+        self._warm_timer: asyncio.TimerHandle | None = None
+        # Per document, its last two spots; the document asked about most recently last.
+        self._spots: OrderedDict[str, list[Spot]] = OrderedDict()
+        self._warm_stop = threading.Event()  # set: the warming running now stops within a chunk
 
     # ---- event-loop side ----------------------------------------------------------------------
 
@@ -253,6 +284,8 @@ class CompletionService:
         if not invoked and pointless(cur.line_suffix):
             return None
         self._supersede(uri)
+        self._stop_warming()
+        self._note_spot(uri, Spot(line, character, cur.line_prefix + cur.line_suffix))
         pending = self._prefetch
         if pending is not None and pending.key == (uri, doc.text, cursor):
             # The user accepted before the prefetch was done: it is computing this very answer.
@@ -268,7 +301,7 @@ class CompletionService:
 
         backend = self.engine.backend
         if backend is None and invoked and self.engine.loading:
-            # Asked for explicitly (Alt+\\): the editor will not ask again at this position, so the
+            # Asked for explicitly (Alt+\): the editor will not ask again at this position, so the
             # answer waits for the model (the request stays cancellable meanwhile).
             while self.engine.loading and self.engine.backend is None:
                 await asyncio.sleep(0.1)
@@ -291,6 +324,7 @@ class CompletionService:
         finally:
             if self.jobs.get(uri) is job:
                 del self.jobs[uri]
+            self._schedule_warming()
         if suggestion is None or job.cancelled.is_set():
             return None
         if settings.prefetch_after_accept and suggestion:
@@ -320,8 +354,72 @@ class CompletionService:
 
     def cancel_all(self) -> None:
         self.cancel_prefetch()
+        self._stop_warming()
         for job in list(self.jobs.values()):
             job.cancelled.set()
+
+    # ---- idle-time warming ----------------------------------------------------------------------
+
+    def _stop_warming(self) -> None:
+        if self._warm_timer is not None:
+            self._warm_timer.cancel()
+            self._warm_timer = None
+        self._warm_stop.set()
+
+    def _schedule_warming(self) -> None:
+        if IDLE_WARM_S > 0 and not self.jobs:
+            self._stop_warming()
+            self._warm_timer = asyncio.get_running_loop().call_later(IDLE_WARM_S, self._warm_recent_documents)
+
+    def _note_spot(self, uri: str, spot: Spot) -> None:
+        spots = self._spots.pop(uri, [])
+        if spots and abs(spots[-1].line - spot.line) <= SAME_SPOT_LINES:
+            spots = spots[:-1]  # still typing there
+        self._spots[uri] = [*spots, spot][-2:]
+        while len(self._spots) > MAX_DOCUMENT_STATES:
+            self._spots.popitem(last=False)
+
+    def _warm_targets(self) -> list[tuple[str, Spot]]:
+        """The spot left in the current document, then the last spots of the other documents used
+        most recently before it."""
+        recent = list(reversed(self._spots.items()))  # the current document first
+        targets = [(uri, spots[-2]) for uri, spots in recent[:1] if len(spots) == 2]
+        targets += [(uri, spots[-1]) for uri, spots in recent[1:]]
+        return targets[:WARM_SPOTS]
+
+    def _warm_recent_documents(self) -> None:
+        """Snapshot the documents at the spots the user is likeliest to come back to, and have the
+        worker prefill their prompts until a request comes."""
+        self._warm_timer = None
+        backend, settings = self.engine.backend, self.get_settings()
+        if self.jobs or backend is None or not settings.enable:
+            return
+        snapshots = []
+        for uri, spot in self._warm_targets():
+            doc = self.docs.get(uri)
+            line = find_spot(doc.text.split("\n"), spot) if doc is not None else None
+            if doc is None or line is None:
+                continue
+            try:
+                cursor = doc.offset_at(line, spot.character)
+            except PositionError:
+                continue
+            snapshots.append((uri, self.snapshot(doc, cursor)))
+        if snapshots:
+            stop = self._warm_stop = threading.Event()
+            self.worker.submit(lambda: self._warm(backend, settings, snapshots, stop))
+
+    def _warm(self, backend: Backend, settings: Settings, snapshots: list[tuple[str, Request]],
+              stop: threading.Event) -> None:
+        """Worker thread: the prompts a request at each snapshot's cursor would send, prefilled."""
+        for uri, snap in snapshots:
+            if stop.is_set():
+                return
+            try:
+                backend.warm(self._request(backend, settings, uri, snap, multiline=False)[0], should_stop=stop.is_set)
+            except Exception:  # warming is opportunistic: a failure here must never reach a request
+                log.exception("warming %s failed", uri)
+                return
 
     def forget(self, uri: str) -> None:
         """A document was closed: drop everything kept for it."""
@@ -330,6 +428,7 @@ class CompletionService:
         self.last_prompt.pop(uri, None)
         self._shareable.pop(uri, None)
         self._layouts.pop(uri, None)
+        self._spots.pop(uri, None)
         self.cache.forget(uri)
         self._gatherer.forget(self.path_of(uri))
 
@@ -404,6 +503,20 @@ class CompletionService:
         query = query_words(snap.text, snap.cursor)
         return self._gatherer.gather(snap, self.get_index(), query, similar_limit=similar_limit(budget))
 
+    def _request(self, backend: Backend, settings: Settings, uri: str, snap: Request,
+                 multiline: bool) -> tuple[CompletionRequest, Any]:
+        """The engine request for a completion at the snapshot's cursor, and the built context (worker)."""
+        built = build_prompt(snap, self.get_index(), self._gatherer, budget=settings.prompt_budget(backend),
+                             count=self.counter(backend),
+                             repository_context=settings.repository_context, previous=self._layouts.get(uri))
+        self._layouts[uri] = built.layout
+        # A key typed or pasted into the document stays out of the prompt (and out of lastPrompt).
+        request = CompletionRequest(
+            prefix=redact_secrets(built.prefix), suffix=redact_secrets(built.suffix),
+            fim_format=settings.fim_format, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+            stop=[] if multiline else ["\n"], speculative=settings.speculative_decoding)
+        return request, built
+
     def _run_then_trim(self, *args: Any) -> Suggestion | None:
         try:
             return self._run(*args)
@@ -416,20 +529,11 @@ class CompletionService:
         prefetch) also records the prompt, the status and any failure."""
         if job.cancelled.is_set():
             return None  # superseded while queued
-        count = self.counter(backend)
         context_version = self._context_version()
-        budget = settings.prompt_budget(backend)
-        built = build_prompt(snap, self.get_index(), self._gatherer, budget=budget, count=count,
-                             repository_context=settings.repository_context, previous=self._layouts.get(job.uri))
-        self._layouts[job.uri] = built.layout
+        request, built = self._request(backend, settings, job.uri, snap, cur.multiline)
+        prefix, suffix, budget = request.prefix, request.suffix, built.budget
         if job.cancelled.is_set():
             return None
-        # A key typed or pasted into the document stays out of the prompt (and out of lastPrompt).
-        prefix, suffix = redact_secrets(built.prefix), redact_secrets(built.suffix)
-        request = CompletionRequest(
-            prefix=prefix, suffix=suffix, fim_format=settings.fim_format,
-            max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            stop=[] if cur.multiline else ["\n"])
 
         def on_text(partial: str) -> None:
             if is_finished(partial, cur):
@@ -469,6 +573,7 @@ class CompletionService:
             "budgetTokens": budget, "promptTokens": timings.prompt_tokens or built.tokens,
             "completion": suggestion.text, "rawCompletion": completion.text,
             "stopReason": completion.stop_reason, "fromCache": False, "latencyMs": round(latency, 2),
+            "generatedTokens": timings.generated_tokens, "decodePasses": timings.decode_passes,
         }
         self.last_uri = job.uri
         self.on_done({"lastLatencyMs": round(latency, 2), "lastFromCache": False, "lastError": None,

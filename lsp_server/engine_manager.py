@@ -43,7 +43,7 @@ def load_backend(settings: Settings) -> Backend:
     try:
         return load_local_backend(settings.model, device=settings.device, dtype=dtype,
                                   adapter=settings.adapter, quantization=settings.quantization,
-                                  kv_cache_dtype=settings.kv_cache_dtype)
+                                  kv_cache_dtype=settings.kv_cache_dtype, cache_budget_mb=settings.kv_cache_mb)
     except BackendError:
         raise
     except FileNotFoundError as exc:

@@ -47,6 +47,8 @@ class Settings:
     repository_context: bool = True
     multiline: str = "auto"
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    speculative_decoding: bool = True
+    kv_cache_mb: int = 512  # the local engine's KV caches, all sequences together
     instruct_model: str | None = None  # None: code actions use the completion model
     instruct_max_new_tokens: int = 512
     # Whether the model serving code actions follows instructions; None: detect (lsp_server/capability.py)
@@ -61,8 +63,8 @@ class Settings:
 
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
-        return (self.model, self.adapter, self.device, self.dtype, self.quantization, self.kv_cache_dtype, self.backend, self.api_key,
-                self.remote_model)
+        return (self.model, self.adapter, self.device, self.dtype, self.quantization, self.kv_cache_dtype, self.backend,
+                self.api_key, self.remote_model, self.kv_cache_mb)
 
     def suggestion_key(self) -> tuple[Any, ...]:
         """The settings besides the model's that shape a suggestion: cached ones are stale when they change."""
@@ -196,6 +198,8 @@ PARSERS = {
     "prefetch_after_accept": _bool,
     "multiline": _choice("auto", "always", "never"),
     "exclude": _patterns,
+    "speculative_decoding": _bool,
+    "kv_cache_mb": _int_range(16, 1 << 20),
     "instruct_model": _optional_path,
     "instruct_max_new_tokens": _int_range(16, 4096),
     "instruct_capable": _optional_bool,

@@ -29,6 +29,8 @@ class CompletionRequest:
     stop: list[str] = field(default_factory=list)
     # Number of prefix tokens to hold back and re-generate under a constraint (token healing).
     token_healing: bool = True
+    # Prompt-lookup speculative decoding where the backend has it (same output, fewer decode passes).
+    speculative: bool = True
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Timings:
     decode_ms: float = 0.0
     generated_tokens: int = 0
     total_ms: float = 0.0
+    decode_passes: int = 0  # forward passes after the first token (fewer than tokens with speculation)
 
     @property
     def decode_tokens_per_s(self) -> float:

@@ -26,6 +26,7 @@ from engine.cache import KVCache
 from engine.checkpoints import CheckpointError, LoadedModel, load_model
 from engine.generate import Sampling, common_prefix_length, generate, prefill
 from engine.healing import TokenHealer
+from engine.lookup import Speculation
 from engine.paths import default_model_dir
 from engine.prompts import infill_prompt, instruct_prompt, left_to_right_prompt
 from engine.quant import DEFAULT_GROUP_SIZE, QuantizationError, QuantSpec, spec_for_mode
@@ -97,17 +98,26 @@ def resolve_kv_dtype(kv_cache_dtype: str | None, model_dtype: torch.dtype) -> to
     raise BackendError(f"unknown KV cache dtype {kv_cache_dtype!r} (use {', '.join(KV_CACHE_DTYPES)})")
 
 
+WARM_CHUNK = 256  # tokens per prefill step while warming
+
+
 class CachePool:
-    """A few KV caches (MAX_CACHES at most), each holding the tokens of a recent prompt; picks the one
-    sharing the longest prefix with a new prompt and evicts the least recently used when over the
-    count or the memory budget.
+    """KV caches of recent prompts (MAX_CACHES at most), so returning to a file or a spot finds its
+    cache; picks the one sharing the longest prefix with a new prompt and evicts the least recently
+    used when over the count or the memory budget. Between requests the caches held fit the budget,
+    except the one used last when it alone needs more (a 7B model's 16K-token prompt takes 8 GB): it
+    stays, since the next keystroke needs it, and all others go.
 
     A cache's capacity follows what recent requests needed: one grown for a long prompt (a bigger
     context budget, since lowered) shrinks once the last SHRINK_WINDOW requests needed less than
     half of it, so memory never stays at a past peak."""
 
     SHRINK_WINDOW = 32
-    MAX_CACHES = 4
+    MAX_CACHES = 16
+    # A cache serves a new prompt only when they share this much of what it holds: otherwise the new
+    # prompt gets its own cache. (In SPM order every prompt starts with the same few tokens, BOS <PRE>
+    # <SUF> and an indentation: a jump took the last spot's cache for those and threw the rest away.)
+    MIN_SHARED = 0.5
 
     def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, budget_bytes: int) -> None:
         # dtype: the caches' storage (the model's dtype, or torch.int8)
@@ -122,7 +132,7 @@ class CachePool:
         best, best_len = None, 0
         for cache in self.caches:
             n = common_prefix_length(cache.tokens, prompt)
-            if n > best_len:
+            if n > best_len and n >= self.MIN_SHARED * cache.length:
                 best, best_len = cache, n
         if best is None:
             # Nothing shared: an empty cache (its request was cancelled before prefill) serves, else
@@ -146,6 +156,12 @@ class CachePool:
             victim = next(c for c in self.caches if c is not keep)
             self.caches.remove(victim)
 
+    def release(self) -> None:
+        """After a request: drop the least recently used caches until the rest fit the budget (the
+        one just used always stays)."""
+        while len(self.caches) > 1 and self.nbytes() > self.budget:
+            self.caches.pop(0)
+
     def clear(self) -> None:
         self.caches.clear()
 
@@ -162,9 +178,10 @@ class LocalBackend:
         loaded: LoadedModel,
         device: torch.device,
         dtype: torch.dtype,
-        cache_budget_mb: int = 1024,
+        cache_budget_mb: int = 512,
         adapter: str | Path | None = None,
         kv_dtype: torch.dtype | None = None,
+        speculation: Speculation | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -177,6 +194,8 @@ class LocalBackend:
         self.lock = threading.Lock()
         self.on_state: Callable[[str], None] | None = None  # never called: a local model has no outage
         self.warnings: list[str] = []
+        # Prompt lookup drafts for requests that allow them (None: never; see default_speculation).
+        self.speculation = speculation
 
     # ---- Backend properties -------------------------------------------------------------------
 
@@ -252,28 +271,32 @@ class LocalBackend:
             text = self.tok.decode_infill(ids)
             return text[len(healed) :] if text.startswith(healed) else text
 
-        return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain)
+        speculation = self.speculation if request.speculative else None
+        return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation)
 
     def instruct(
         self, request: InstructRequest, should_stop: ShouldStop | None = None, on_text: OnText | None = None
     ) -> Completion:
         prompt = instruct_prompt(self.tok, request.user, request.system)
-        return self._run(prompt, request, {self.tok.eos_id}, self.tok.decode, should_stop, on_text, None)
+        return self._run(prompt, request, {self.tok.eos_id}, self.tok.decode, should_stop, on_text, None,
+                         self.speculation)
 
     def warm(self, request: CompletionRequest, should_stop: ShouldStop | None = None) -> None:
         prompt, _ = self.build_prompt(request)
         if not self.lock.acquire(blocking=False):
             return  # a real request is running; warming is only ever opportunistic
         try:
-            cache = self.pool.acquire(prompt, len(prompt) + 1)
+            cache = self.pool.acquire(prompt, len(prompt) + request.max_new_tokens)
             reuse = common_prefix_length(cache.tokens, prompt)
             cache.truncate(reuse)
             if reuse < len(prompt):
-                prefill(self.model, cache, prompt[reuse:], should_stop=should_stop)
+                # Short chunks: a request arriving meanwhile waits for one chunk at most.
+                prefill(self.model, cache, prompt[reuse:], chunk_size=WARM_CHUNK, should_stop=should_stop)
+            self.pool.release()
         finally:
             self.lock.release()
 
-    def _run(self, prompt, request, stop_ids, text_of, should_stop, on_text, constrain) -> Completion:
+    def _run(self, prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation) -> Completion:
         limit = self.context_length
         max_new = max(0, min(request.max_new_tokens, limit - len(prompt)))
         if max_new == 0:
@@ -301,7 +324,11 @@ class LocalBackend:
         sampling = Sampling(request.temperature, request.top_p, request.seed)
         with self.lock:
             cache = self.pool.acquire(prompt, len(prompt) + max_new)
-            result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, stop_hook, constrain)
+            try:
+                result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, stop_hook, constrain,
+                                  speculation)
+            finally:
+                self.pool.release()
         reason: StopReason
         if result.stop_reason == "stopped":
             reason = state.get("why", "cancelled")  # type: ignore[assignment]
@@ -319,6 +346,7 @@ class LocalBackend:
             first_token_ms=result.first_token_ms,
             decode_ms=result.decode_ms,
             generated_tokens=len(result.tokens),
+            decode_passes=result.forward_passes,
             total_ms=1000 * (time.perf_counter() - start),
         )
         return Completion(text, reason, prompt_tokens=prompt, tokens=result.tokens, timings=timings)
@@ -327,12 +355,21 @@ class LocalBackend:
         self.pool.clear()
 
 
+def default_speculation(device: torch.device, dtype: torch.dtype) -> Speculation | None:
+    """Prompt lookup where it measured faster with the same output (benchmarks/speculative.py): CPU in
+    bfloat16, 2.0x decode tok/s on completions that copy, 1.3x on HumanEval single lines, every output
+    identical (a verification pass computes each drafted position bit for bit as a one-token step). Off
+    in float32 (1.46x on copies but 0.95x on HumanEval, and batched float32 matrix products differ from
+    one-row ones in the last bits) and on CUDA until benchmarks/gpu_check.sh has measured it there."""
+    return Speculation() if device.type == "cpu" and dtype == torch.bfloat16 else None
+
+
 def load_local_backend(
     model_dir: str | Path | None = None,
     device: str = "auto",
     dtype: str | None = None,
     adapter: str | Path | None = None,
-    cache_budget_mb: int = 1024,
+    cache_budget_mb: int = 512,
     quantization: str | None = None,
     group_size: int = DEFAULT_GROUP_SIZE,
     kv_cache_dtype: str | None = None,
@@ -359,4 +396,8 @@ def load_local_backend(
         from engine.train.lora import apply_adapter
 
         apply_adapter(loaded.model, Path(adapter))
-    return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter, kv_dtype=kv_dt)
+    # Speculation is verified bit for bit only with the model's own dtype in the cache and unquantized
+    # weights (an int8 cache or quantized weights batch the verification differently).
+    exact = kv_dt == dt and loaded.quantization is None
+    return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter, kv_dtype=kv_dt,
+                        speculation=default_speculation(dev, dt) if exact else None)

@@ -66,3 +66,48 @@ def test_cpu_prefill_runs_few_distinct_lengths_and_padding_changes_nothing():
         logits = prefill(model, cache, prompt[cache.length : end])
         assert cache.tokens == prompt[:end]
         assert torch.allclose(logits, full[end - 1], atol=1e-4)
+
+
+def test_pool_holds_several_sequences_within_its_budget():
+    """Returning to an earlier prompt reuses its cache while the caches fit the budget; between
+    requests they never hold more than it, except a prompt longer than the whole budget, whose cache
+    alone stays (the next keystroke needs it)."""
+    args = tiny_args()
+    model = random_model(args)
+    one = KVCache(args, 512, "cpu", torch.float32).nbytes()  # a 512-position cache
+    pool = CachePool(SimpleNamespace(args=args), torch.device("cpu"), torch.float32, 3 * one)
+    prompts = {name: [(seed * 13 + 7 * i) % 500 + 3 for i in range(300)] for seed, name in enumerate("abcd")}
+
+    def request(prompt: list[int]) -> int:
+        cache = pool.acquire(prompt, len(prompt) + 8)
+        try:
+            return generate(model, cache, prompt, 8, set()).cached_tokens
+        finally:
+            pool.release()
+            assert pool.nbytes() <= pool.budget or pool.caches == [cache]
+
+    for name in "abc":
+        assert request(prompts[name]) == 0
+    assert request(prompts["a"] + [5, 6]) == len(prompts["a"])  # back to "a": its cache was kept
+    assert len(pool.caches) == 3
+    request(prompts["d"])  # a fourth does not fit: the least recently used ("b") goes
+    assert request(prompts["b"]) == 0 and len(pool.caches) == 3
+    huge = [(11 * i) % 500 + 4 for i in range(2000)]  # needs more than the whole budget
+    request(huge)
+    assert len(pool.caches) == 1 and pool.caches[0].tokens[: len(huge)] == huge  # it alone stays
+    assert request(prompts["a"]) == 0 and pool.nbytes() <= pool.budget
+
+
+def test_a_prompt_sharing_only_its_first_tokens_gets_its_own_cache():
+    """A jump (in SPM every prompt starts with the same few tokens) must not take over the cache of the
+    spot it left: coming back there reuses it."""
+    args = tiny_args()
+    model = random_model(args)
+    pool = CachePool(SimpleNamespace(args=args), torch.device("cpu"), torch.float32, 2**30)
+    here = [(7 * i) % 500 + 3 for i in range(300)]
+    there = here[:5] + [(13 * i) % 500 + 3 for i in range(300)]
+    for prompt in (here, there):
+        generate(model, pool.acquire(prompt, len(prompt) + 8), prompt, 8, set())
+    assert len(pool.caches) == 2
+    back = here + [9]
+    assert generate(model, pool.acquire(back, len(back) + 8), back, 8, set()).cached_tokens == len(here)

@@ -18,6 +18,10 @@ from engine import default_model_dir
 from . import lsp_client as lc
 
 DEFAULT = default_model_dir().name
+SUMS = (  # the last loop will repeat the one above: prompt lookup drafts it
+    "def total(values):\n    result = 0\n    for value in values:\n        result = result + value\n"
+    "    return result\n\n\ndef total_of_squares(values):\n    result = 0\n    for value in values:\n"
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -26,6 +30,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("settings-ws")
     (root / "calc.py").write_text("def add(a, b):\n    return \n")
+    (root / "sums.py").write_text(SUMS)
     return root
 
 
@@ -70,6 +75,24 @@ async def test_default_model_pulled_configuration_and_invalid_option_reported(cl
     result = await lc.inline(client, uri, 1, 11)
     assert result.items and result.items[0].insert_text.strip()  # the default model suggests something
     assert (await lc.last_prompt(client, uri))["budgetTokens"] == 512  # the pulled setting
+
+
+async def test_speculative_decoding_setting_changes_the_decode_passes_not_the_suggestion(client, workspace):
+    answers = []
+    for speculative in (False, True):
+        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+            settings={"codellama": {"speculativeDecoding": speculative}}))
+        uri = lc.open_doc(client, workspace / "sums.py")
+        result = await lc.inline(client, uri, 8, 0)
+        prompt = await lc.last_prompt(client, uri)
+        answers.append((result.items[0].insert_text, prompt["generatedTokens"], prompt["decodePasses"]))
+        client.text_document_did_close(T.DidCloseTextDocumentParams(T.TextDocumentIdentifier(uri)))
+    (plain, tokens, plain_passes), (fast, fast_tokens, fast_passes) = answers
+    assert fast == plain and "value" in plain and fast_tokens == tokens
+    assert plain_passes == tokens - 1  # one pass per token after the first
+    status = await lc.request(client, "codellama/getStatus", {})
+    if "bfloat16" in status["description"]:  # where it is on (engine.backends.local.default_speculation)
+        assert fast_passes < tokens - 1
 
 
 async def test_changed_settings_apply_to_the_next_request(client, workspace):

@@ -42,3 +42,20 @@ def test_a_failed_change_keeps_naming_the_serving_model_and_loading_shows_before
     assert engine.requested_name == "no-such-model" and engine.model_name == "default"
     wait_until(lambda: not engine.loading)
     assert engine.model_name == "default" and engine.error and engine.loaded_settings == Settings()
+
+
+def test_a_reload_frees_the_kv_caches_of_the_model_it_replaces():
+    """The real default model: a kvCacheMb change reloads, and the old backend's KV caches are freed."""
+    engine = EngineManager(on_change=lambda: None, on_problem=lambda m: None)
+    engine.ensure(Settings(device="cpu", kv_cache_mb=64))
+    wait_until(lambda: engine.backend is not None, timeout=120)
+    old = engine.backend
+    from engine.backends.base import CompletionRequest
+
+    old.complete(CompletionRequest(prefix="def add(a, b):\n    return", max_new_tokens=4))
+    assert old.cache_bytes() > 0 and old.pool.budget == 64 * 2**20
+    engine.ensure(Settings(device="cpu", kv_cache_mb=32))
+    wait_until(lambda: engine.backend is not old, timeout=120)
+    assert old.cache_bytes() == 0  # retired: closed, its caches gone
+    assert engine.backend.pool.budget == 32 * 2**20
+    engine.close()

@@ -54,6 +54,8 @@ test("with nothing set, the server gets its own defaults for every key", () => {
     instructModel: null,
     instructMaxNewTokens: 512,
     instructCapable: null,
+    speculativeDecoding: true,
+    kvCacheMb: 512,
   });
 });
 
