@@ -32,7 +32,9 @@ def service_for(docs: DocumentStore, backend: Any, statuses: list[dict[str, Any]
     engine_manager = EngineManager(on_change=lambda: None, on_problem=lambda m: None)
     engine_manager.backend = backend
     backend.pool.clear()
-    return CompletionService(docs, engine_manager, lambda: Settings(max_new_tokens=8), lambda: None,
+    # No accept-then-next prefetch: it warms caches too, and this measures the idle warming alone.
+    settings = Settings(max_new_tokens=8, prefetch_after_accept=False)
+    return CompletionService(docs, engine_manager, lambda: settings, lambda: None,
                              lambda uri: uri.rsplit("/", 1)[-1], on_done=statuses.append, on_problem=lambda m: None)
 
 
