@@ -91,3 +91,19 @@ def build_tiny_model(
     else:
         raise ValueError(f"unknown layout {layout!r}")
     return out_dir
+
+
+def build_adapter(model_dir: Path, out: Path, seed: int, scale: float, rope_theta: float) -> Path:
+    """A rank-4 LoRA adapter for the model whose update is not zero (LoRA's B starts at zero), so
+    tests see it change the output; saved as trained at `rope_theta`."""
+    from engine.checkpoints import load_model
+    from engine.train.lora import LoRAConfig, add_lora, save_adapter
+
+    loaded = load_model(model_dir, dtype=torch.float32)
+    cfg = LoRAConfig(rank=4, alpha=8.0)
+    add_lora(loaded.model, cfg, seed=seed)
+    with torch.no_grad():
+        for name, p in loaded.model.named_parameters():
+            if name.endswith("lora_B"):
+                p.copy_(scale * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed + 1)))
+    return save_adapter(loaded.model, out, cfg, {"rope_theta": rope_theta})

@@ -28,16 +28,9 @@ TEXT = "def width(text):\n    return len(text.expandtabs())\n"
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter with a non-zero update, trained at another rope base (as LongLoRA adapters are)."""
-    from engine.train.lora import LoRAConfig, add_lora, save_adapter
+    from tests.tiny_models import build_adapter
 
-    loaded = load_model(tiny_model_dir, dtype=torch.float32)
-    cfg = LoRAConfig(rank=4, alpha=8.0)
-    add_lora(loaded.model, cfg, seed=3)
-    with torch.no_grad():
-        for name, p in loaded.model.named_parameters():
-            if name.endswith("lora_B"):
-                p.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(4)))
-    return save_adapter(loaded.model, tmp_path_factory.mktemp("adapter") / "a", cfg, {"rope_theta": 5e5})
+    return build_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "a", seed=3, scale=0.3, rope_theta=5e5)
 
 
 def engine_logits(model_dir: Path, ids: list[int], adapter: Path | None = None) -> torch.Tensor:

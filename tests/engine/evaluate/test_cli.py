@@ -8,7 +8,6 @@ import math
 import struct
 
 import pytest
-import torch
 
 from engine.__main__ import main
 
@@ -55,18 +54,10 @@ def test_keys_with_the_int8_kv_cache(capsys, tmp_path, tiny_model_dir, heldout_p
 
 def test_perplexity_with_adapter_prints_both_systems_and_writes_a_png(capsys, tmp_path, tiny_model_dir,
                                                                       heldout_paths):
-    from engine.checkpoints import load_model
-    from engine.train.lora import LoRAConfig, add_lora, save_adapter
+    from tests.tiny_models import build_adapter
 
     # An adapter whose update is not zero, so "before" and "after" must differ.
-    loaded = load_model(tiny_model_dir, dtype=torch.float32)
-    cfg = LoRAConfig(rank=4, alpha=8.0)
-    add_lora(loaded.model, cfg, seed=1)
-    with torch.no_grad():
-        for name, p in loaded.model.named_parameters():
-            if name.endswith("lora_B"):
-                p.copy_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
-    adapter = save_adapter(loaded.model, tmp_path / "adapter", cfg, {"rope_theta": 1e6})
+    adapter = build_adapter(tiny_model_dir, tmp_path / "adapter", seed=1, scale=0.5, rope_theta=1e6)
 
     png, out_json = tmp_path / "ppl.png", tmp_path / "ppl.json"
     out = run_cli(capsys, "perplexity", "--model", str(tiny_model_dir), "--adapter", str(adapter),
