@@ -7,6 +7,8 @@ larger files are open. Each round, in the current file:
   jump       - the first character typed on a new line in another function of the same file
   return     - back to the spot typed at before the jump: the first character typed there
   switch     - to the next open file, at the spot last typed at there: the first character
+  accept     - Tab on the one-line suggestion shown after the keystrokes (after --accept-pause-ms of
+               reading it): the editor inserts it and asks at the end of it (accept-then-next)
 Every event is one didChange and one automatic inline-completion request, answered before the next;
 before a move (jump, return, switch) the user pauses (--pause-ms, reading or clicking a tab), which is
 when the server warms the other documents' prompts (lsp_server/completion.py, IDLE_WARM_S). A
@@ -36,7 +38,7 @@ from lsp_session import Editor, percentile, start_server, stop_server, wait_read
 from soak import copy_package
 
 FILES = ("lsp/_base_client.py", "protocol/json_rpc.py", "capabilities.py")
-KINDS = ("keystroke", "jump", "return", "switch")
+KINDS = ("keystroke", "jump", "return", "switch", "accept")
 LETTERS = "qwertyuiopasdfghjklzxcvbnm"
 # KV cache room: enough for one sequence at the budget, not two (the "one-sequence" variant).
 BYTES_PER_POSITION = 8 * 2 * 320 * 2  # default model: layers x (K, V) x dim x bfloat16
@@ -50,6 +52,7 @@ def variants(budget: int) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
         "no-warming": ({}, {"CODELLAMA_IDLE_WARM_S": "0"}),
         "one-sequence": ({"kvCacheMb": one_sequence_mb}, {}),
         "no-speculative": ({"speculativeDecoding": False}, {}),
+        "no-prefetch": ({"prefetchAfterAccept": False}, {}),
     }
 
 
@@ -110,6 +113,17 @@ class Session:
             self.latencies[kind].append(elapsed)
 
 
+    async def accept(self, spot: Spot) -> None:
+        """Tab: the one-line suggestion shown at `spot` is inserted, and the editor asks at its end."""
+        text = spot.shown
+        spot.editor.edit((spot.line, spot.column), (spot.line, spot.column), text)
+        line = spot.lines[spot.line]
+        spot.lines[spot.line] = line[: spot.column] + text + line[spot.column :]
+        spot.column += len(text)
+        elapsed, spot.shown = await spot.editor.inline(spot.line, spot.column)
+        self.latencies["accept"].append(elapsed)
+
+
 async def run_session(workspace: Path, settings: dict[str, Any], env: dict[str, str], args: argparse.Namespace
                       ) -> dict[str, list[float]]:
     saved = dict(os.environ)
@@ -137,6 +151,9 @@ async def run_session(workspace: Path, settings: dict[str, Any], env: dict[str, 
             here = session.last_spot[current]
             for _ in range(3):
                 await session.type_at(here, "keystroke")
+            if here.shown.strip() and "\n" not in here.shown:
+                await asyncio.sleep(args.accept_pause_ms / 1000)  # reading it
+                await session.accept(here)
             await asyncio.sleep(pause)
             there = session.new_spot(current, here)
             await session.type_at(there, "jump")
@@ -175,6 +192,7 @@ async def main_async(args: argparse.Namespace) -> None:
             p50 = {k: percentile(lat[k], 0.5) for k in KINDS}
             cells = [f"{p50[k]:.0f} / {percentile(lat[k], 0.95):.0f}" for k in KINDS]
             ratios = [f"{p50[k] / p50['keystroke']:.1f}x" for k in KINDS[1:]]
+            cells[-1] += f" ({len(lat['accept'])})"  # accepts happen only where a one-line suggestion showed
             print(f"| {budget} | {name} | " + " | ".join(cells + ratios) + " |")
 
 
@@ -186,6 +204,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the server (0: its own choice)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--pause-ms", type=int, default=1500, help="idle time before each move")
+    parser.add_argument("--accept-pause-ms", type=int, default=400, help="reading a suggestion before Tab")
     parser.add_argument("--package", default="pygls")
     parser.add_argument("--variants", nargs="*", help="run only these (default: all of them)")
     args = parser.parse_args()
