@@ -12,7 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-PLUGIN_MODULES = ("engine.train.cli", "engine.evaluate.cli", "engine.export")
+# Subcommands registered by the modules that implement them (each imported only to build the parser).
+SUBCOMMAND_MODULES = ("engine.train.cli", "engine.evaluate.cli", "engine.export")
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -187,14 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(func=cmd_demo)
 
-    for name in PLUGIN_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                continue  # that part of the engine is not installed in this tree
-            raise
-        module.register(sub)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
