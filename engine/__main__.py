@@ -1,7 +1,7 @@
 """Command line: `python -m engine complete|info|demo|...`.
 
 Other parts of the engine add subcommands by exposing `register(subparsers)` in a module listed in
-`PLUGIN_MODULES`; each registered parser sets `func(args) -> int`.
+`SUBCOMMAND_MODULES`; each registered parser sets `func(args) -> int`.
 """
 
 from __future__ import annotations
