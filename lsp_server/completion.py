@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from engine.backends.base import Backend, BackendError, CompletionRequest
+from engine.backends.base import Backend, BackendError, CompletionRequest, OutOfMemory
 from engine.sourcefiles import is_secret_path
 
 from .context.budget import TokenCounter
@@ -197,10 +197,10 @@ class CompletionResult:
 
 def engine_failure(exc: Exception) -> str:
     """What to tell the user when the engine raised during a completion."""
+    if isinstance(exc, OutOfMemory):
+        return f"{exc}. Lower codellama.maxContextTokens (or codellama.kvCacheMb)."
     if isinstance(exc, BackendError):
         return str(exc)  # written for the user already
-    if "out of memory" in str(exc).lower():
-        return f"Out of GPU memory during a completion: {exc}. Lower codellama.maxContextTokens."
     return (f"the model failed during a completion ({type(exc).__name__}: {str(exc)[:200]}); "
             "the next request tries again. Details are in the server log.")
 

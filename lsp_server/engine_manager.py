@@ -45,12 +45,8 @@ def load_backend(settings: Settings) -> Backend:
                                   adapter=settings.adapter, quantization=settings.quantization,
                                   kv_cache_dtype=settings.kv_cache_dtype, cache_budget_mb=settings.kv_cache_mb)
     except BackendError:
-        raise
-    except FileNotFoundError as exc:
-        raise BackendError(f"Model not found: {exc}") from exc
+        raise  # the engine's own: out of memory, a bad checkpoint, ... (said for the user already)
     except Exception as exc:
-        if "out of memory" in str(exc).lower():
-            raise BackendError(f"Out of GPU memory while loading the model: {exc}") from exc
         raise BackendError(f"Could not load the model: {type(exc).__name__}: {exc}") from exc
 
 

@@ -92,6 +92,14 @@ class BackendError(RuntimeError):
     """A problem the user must act on (model missing, server unreachable); message is user-facing."""
 
 
+class OutOfMemory(BackendError):
+    """The device ran out of memory: loading the model, or a prompt longer than what is free."""
+
+
+class BadCheckpoint(BackendError):
+    """The model or adapter directory cannot be loaded (missing, truncated, mismatched)."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     # Called with the new `state` whenever it changes (from any thread); set by the language server.

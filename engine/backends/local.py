@@ -6,17 +6,20 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from engine.backends.base import (
     BackendError,
+    BadCheckpoint,
     Completion,
     CompletionRequest,
     InstructRequest,
     OnText,
+    OutOfMemory,
     Placement,
     ShouldStop,
     StopReason,
@@ -272,7 +275,8 @@ class LocalBackend:
             return text[len(healed) :] if text.startswith(healed) else text
 
         speculation = self.speculation if request.speculative else None
-        return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation)
+        with _out_of_memory_as_error():
+            return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation)
 
     def instruct(
         self, request: InstructRequest, should_stop: ShouldStop | None = None, on_text: OnText | None = None
@@ -364,6 +368,25 @@ def default_speculation(device: torch.device, dtype: torch.dtype) -> Speculation
     return Speculation() if device.type == "cpu" and dtype == torch.bfloat16 else None
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's out-of-memory error, or the CPU allocator's (a RuntimeError that says so)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+@contextmanager
+def _out_of_memory_as_error() -> Iterator[None]:
+    """Out of memory during a request becomes OutOfMemory, which the language server explains."""
+    try:
+        yield
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise OutOfMemory(f"out of memory during a completion ({str(exc)[:200]})") from exc
+        raise
+
+
 def load_local_backend(
     model_dir: str | Path | None = None,
     device: str = "auto",
@@ -388,14 +411,18 @@ def load_local_backend(
     kv_dt = resolve_kv_dtype(kv_cache_dtype, dt)
     try:
         loaded = load_model(path, device=dev, dtype=dt, quantization=spec)
-    except CheckpointError as exc:
-        raise BackendError(str(exc)) from exc
-    except torch.cuda.OutOfMemoryError as exc:
-        raise BackendError(f"{path}: out of GPU memory while loading the model") from exc
-    if adapter:
-        from engine.train.lora import apply_adapter
+        if adapter:
+            from engine.train.lora import apply_adapter
 
-        apply_adapter(loaded.model, Path(adapter))
+            apply_adapter(loaded.model, Path(adapter))
+    except CheckpointError as exc:
+        raise BadCheckpoint(str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise BadCheckpoint(f"Model not found: {exc}") from exc
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            raise OutOfMemory(f"{path}: out of {dev.type.upper()} memory while loading the model") from exc
+        raise
     # Speculation is verified bit for bit only with the model's own dtype in the cache and unquantized
     # weights (an int8 cache or quantized weights batch the verification differently).
     exact = kv_dt == dt and loaded.quantization is None

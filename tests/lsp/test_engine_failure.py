@@ -99,3 +99,23 @@ async def test_an_engine_error_during_a_code_action_is_an_error_answer_and_the_n
     outcome = await actions.run(args, backend, threading.Event())
     assert outcome.answer.strip() and outcome.generated_tokens > 0
     completion.worker.stop()
+
+
+async def test_running_out_of_memory_mid_generation_says_so_and_what_to_lower(
+        backend: Any, monkeypatch: pytest.MonkeyPatch):
+    docs = DocumentStore()
+    docs.open(URI, TEXT, 1, "python")
+    engine_manager = EngineManager(on_change=lambda: None, on_problem=lambda m: None)
+    engine_manager.backend = backend
+    problems: list[str] = []
+    service = CompletionService(docs, engine_manager, lambda: Settings(max_new_tokens=16, prefetch_after_accept=False),
+                                lambda: None, lambda uri: uri.rsplit("/", 1)[-1], on_done=lambda s: None,
+                                on_problem=problems.append)
+
+    def out_of_memory(*args: Any, **kwargs: Any):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes")
+
+    monkeypatch.setattr(engine.generate, "decode_step", out_of_memory)
+    assert await service.complete(URI, 1, 11, invoked=True) is None
+    assert len(problems) == 1
+    assert problems[0].startswith("out of memory during a completion") and "codellama.maxContextTokens" in problems[0]
