@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.backends.base import StopReason
 from engine.cache import KVCache
 from engine.lookup import PromptLookup, Speculation
 from engine.model import Transformer
@@ -31,7 +32,9 @@ class Sampling:
 @dataclass
 class GenerationResult:
     tokens: list[int]  # generated ids, stop token excluded
-    stop_reason: str  # "eos" (a stop id), "max_tokens", "stopped" (should_stop said so)
+    # The backends' vocabulary: "eos" (a stop id; stop_token says which), "max_tokens", "cancelled" (the
+    # stop hook said stop; a backend whose hook found a stop string reports "stop_string").
+    stop_reason: StopReason
     stop_token: int | None = None
     cached_tokens: int = 0
     prefill_ms: float = 0.0
@@ -153,7 +156,7 @@ def generate(
     """Generate after `prompt`, reusing whatever prefix of it `cache` already holds.
 
     `should_stop(generated)` runs after each new token (and between prefill chunks with the empty
-    list): True ends generation with reason "stopped". `constrain(generated)` may return the ids
+    list): True ends generation with reason "cancelled". `constrain(generated)` may return the ids
     allowed for the next token (token healing), or None for no constraint.
 
     With `speculation`, each decode pass also feeds a drafted continuation; every token is still
@@ -168,7 +171,7 @@ def generate(
         generator.manual_seed(sampling.seed if sampling.seed is not None else int(time.time_ns()))
 
     if should_stop is not None and should_stop([]):  # cancelled before it started: touch nothing
-        return GenerationResult(tokens=[], stop_reason="stopped")
+        return GenerationResult(tokens=[], stop_reason="cancelled")
     # Reuse the cached prefix, but always recompute at least the last prompt token for its logits.
     reuse = min(common_prefix_length(cache.tokens, prompt), len(prompt) - 1)
     cache.truncate(reuse)
@@ -182,7 +185,7 @@ def generate(
     result = GenerationResult(tokens=[], stop_reason="max_tokens", cached_tokens=reuse)
     result.prefill_ms = 1000 * (t_prefill - t0)
     if logits is None:
-        result.stop_reason = "stopped"
+        result.stop_reason = "cancelled"
         return result
 
     lookup = PromptLookup(prompt, max_new_tokens) if speculation else None
@@ -201,7 +204,7 @@ def generate(
         if lookup is not None:
             lookup.append(token)
         if should_stop is not None and should_stop(generated):
-            result.stop_reason = "stopped"
+            result.stop_reason = "cancelled"
             break
         if len(generated) == max_new_tokens:
             break

@@ -169,6 +169,34 @@ class CachePool:
         self.caches.clear()
 
 
+class _StopWatch:
+    """The stop hook generate() calls after each step: stops for cancellation or a stop string, and
+    streams the text so far to `on_text`. Afterwards `text` and `why` say where and why it stopped."""
+
+    def __init__(self, text_of: Callable[[list[int]], str], stop_strings: list[str],
+                 should_stop: ShouldStop | None, on_text: OnText | None) -> None:
+        self.text_of, self.stop_strings = text_of, stop_strings
+        self.should_stop, self.on_text = should_stop, on_text
+        self.text = ""
+        self.why: StopReason = "cancelled"
+
+    def __call__(self, generated: list[int]) -> bool:
+        if self.should_stop is not None and self.should_stop():
+            self.why = "cancelled"
+            return True
+        if not generated:
+            return False
+        text = self.text_of(generated)
+        for s in self.stop_strings:
+            if s in text:
+                self.text, self.why = text[: text.index(s)], "stop_string"
+                return True
+        self.text = text
+        if self.on_text is not None:
+            self.on_text(text)
+        return False
+
+
 class LocalBackend:
     """Implements engine.backends.base.Backend with the model in this process.
 
@@ -300,49 +328,31 @@ class LocalBackend:
         finally:
             self.lock.release()
 
-    def _run(self, prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation) -> Completion:
+    def _run(self, prompt: list[int], request: CompletionRequest | InstructRequest, stop_ids: set[int],
+             text_of: Callable[[list[int]], str], should_stop: ShouldStop | None, on_text: OnText | None,
+             constrain: Callable[[list[int]], torch.Tensor | None] | None,
+             speculation: Speculation | None) -> Completion:
         limit = self.context_length
         max_new = max(0, min(request.max_new_tokens, limit - len(prompt)))
         if max_new == 0:
             return Completion("", "context_full", prompt_tokens=prompt)
         start = time.perf_counter()
-        stop_strings = [s for s in request.stop if s]
-        state: dict[str, str] = {"text": ""}
-
-        def stop_hook(generated: list[int]) -> bool:
-            if should_stop is not None and should_stop():
-                state["why"] = "cancelled"
-                return True
-            if not generated:
-                return False
-            text = text_of(generated)
-            for s in stop_strings:
-                if s in text:
-                    state["text"], state["why"] = text[: text.index(s)], "stop_string"
-                    return True
-            state["text"] = text
-            if on_text is not None:
-                on_text(text)
-            return False
-
+        watch = _StopWatch(text_of, [s for s in request.stop if s], should_stop, on_text)
         sampling = Sampling(request.temperature, request.top_p, request.seed)
         with self.lock:
             cache = self.pool.acquire(prompt, len(prompt) + max_new)
             try:
-                result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, stop_hook, constrain,
+                result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, watch, constrain,
                                   speculation)
             finally:
                 self.pool.release()
-        reason: StopReason
-        if result.stop_reason == "stopped":
-            reason = state.get("why", "cancelled")  # type: ignore[assignment]
-            text = state["text"]
+        reason: StopReason = result.stop_reason
+        if reason == "cancelled":
+            reason, text = watch.why, watch.text  # the hook stopped it: cancelled, or a stop string
         else:
             text = text_of(result.tokens)
-            if result.stop_reason == "max_tokens":
-                reason = "max_tokens"
-            else:
-                reason = "eot" if result.stop_token == self.tok.eot_id else "eos"
+            if reason == "eos" and result.stop_token == self.tok.eot_id:
+                reason = "eot"
         timings = Timings(
             prompt_tokens=len(prompt),
             cached_tokens=result.cached_tokens,

@@ -83,7 +83,7 @@ def test_should_stop_ends_at_the_same_token(backend):
         fast = generate(backend.model, _fresh_cache(backend), prompt, 40, set(), should_stop=should_stop,
                         speculation=Speculation())
         assert fast.tokens == plain.tokens and len(fast.tokens) == stop_after
-        assert fast.stop_reason == "stopped" and seen == calls_plain  # called with the same lists
+        assert fast.stop_reason == "cancelled" and seen == calls_plain  # called with the same lists
 
 
 def test_seeded_sampling_draws_the_same_tokens(backend):
