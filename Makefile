@@ -96,7 +96,8 @@ demo: $(STAMP)
 	$(PY) -m engine demo
 
 lint: $(STAMP)
-	$(PY) -m ruff check engine lsp_server tests benchmarks
+	$(PY) -m ruff check engine lsp_server tests benchmarks recipes
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache $(VSCODE)/node_modules $(VSCODE)/out $(VSCODE)/*.vsix $(E2E_DIR)

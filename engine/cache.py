@@ -69,7 +69,7 @@ class KVCache:
 
     def _reallocate(self, new_cap: int) -> None:
         a = self.args
-        shape = (self.batch, a.n_kv_heads, new_cap, a.head_dim)
+        shape = (self.batch, a.kv_dim // a.head_dim, new_cap, a.head_dim)
         keep = self.length
 
         def grown(old: list[torch.Tensor], shape: tuple[int, ...], dtype: torch.dtype) -> list[torch.Tensor]:

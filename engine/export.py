@@ -123,8 +123,8 @@ def gguf_tensors(model: Transformer) -> Iterator[tuple[str, torch.Tensor]]:
     yield "token_embd.weight", model.tok_embeddings.weight
     for i, layer in enumerate(model.layers):
         for ours, theirs in _LAYER_NAMES.items():
-            module = layer.get_submodule(ours)
-            w = module.weight
+            w = layer.get_submodule(ours).weight
+            assert isinstance(w, torch.Tensor)
             if ours == "attention.wq":
                 w = half_to_interleaved(w, args.n_heads)
             elif ours == "attention.wk":

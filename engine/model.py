@@ -108,7 +108,9 @@ class Transformer(nn.Module):
         if embedding.device.type != "meta":
             nn.init.normal_(embedding)
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim, _weight=embedding)
-        self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
+        # A ModuleList (so the blocks are registered), typed as the list of blocks it reads as.
+        self.layers: list[TransformerBlock] = nn.ModuleList(  # type: ignore[assignment]
+            TransformerBlock(args, i) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.gradient_checkpointing = False

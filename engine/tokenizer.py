@@ -43,7 +43,7 @@ class Tokenizer:
             raise TokenizerError(f"{self.path}: not a readable sentencepiece model ({exc})") from exc
         # A second processor without the implicit leading space, for text that continues mid-stream
         # (the suffix, the generated middle). Same vocabulary and merges, one normaliser flag changed.
-        proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # generated protobuf code
+        proto = sentencepiece_model_pb2.ModelProto()
         proto.ParseFromString(proto_bytes)
         proto.normalizer_spec.add_dummy_prefix = False
         proto.denormalizer_spec.add_dummy_prefix = False

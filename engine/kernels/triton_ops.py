@@ -340,14 +340,15 @@ def decode_attention(
     assert v.shape == k.shape and k.shape[0] == bsz and k.shape[3] == d, "q/k/v shapes disagree"
     assert n_q % n_kv == 0, f"{n_q} query heads are not a multiple of {n_kv} kv heads"
     int8_kv = isinstance(k, Int8KV)
-    assert int8_kv == isinstance(v, Int8KV), "K and V must both be int8 or neither"
-    if int8_kv:
+    if isinstance(k, Int8KV) and isinstance(v, Int8KV):
         assert k.scales.stride(-1) == 1 and v.scales.stride(-1) == 1, "scales must be contiguous along S"
         k_scales, v_scales = k.scales, v.scales
-        k, v = k.values, v.values
+        k_values, v_values = k.values, v.values
     else:
+        assert isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor), "K and V must both be int8 or neither"
         k_scales, v_scales = q, q  # unused (INT8_KV is off); any tensor stands in for the pointers
-    q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v)
+        k_values, v_values = k, v
+    q, k, v = _last_dim_contiguous(q), _last_dim_contiguous(k_values), _last_dim_contiguous(v_values)
     group = n_q // n_kv
     if splits is None:
         splits = num_splits(bsz, n_kv, s_len, q.device)
@@ -386,10 +387,10 @@ def attention(
     chunked int8 attention.
     """
     # One query token, no mask, and not causal (causal with T=1 < S would mean "key 0 only").
-    if isinstance(k, torch.Tensor) and k.dtype != q.dtype:  # a bf16 cache under a float32/float16 model
-        k, v = k.to(q.dtype), v.to(q.dtype)
+    if isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) and k.dtype != q.dtype:
+        k, v = k.to(q.dtype), v.to(q.dtype)  # a bf16 cache under a float32/float16 model
     decode = q.shape[2] == 1 and mask is None and (not is_causal or k.shape[2] == 1)
-    if decode and (isinstance(k, Int8KV) or not _needs_autograd(q, k, v)):
+    if decode and (isinstance(k, Int8KV) or (isinstance(v, torch.Tensor) and not _needs_autograd(q, k, v))):
         return decode_attention(q, k, v)
     # Prefill: PyTorch's SDPA (FlashAttention for the causal case, memory-efficient with a mask).
     return reference.attention(q, k, v, mask, is_causal)
