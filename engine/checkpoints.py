@@ -203,23 +203,26 @@ _SUFFIX = re.compile(r"\.(weight|qweight|scales)$")
 
 
 def hf_to_ours(name: str) -> str | None:
-    base, suffix = _split_suffix(name)
-    if base + ".weight" in _HF_GLOBAL:
-        return _HF_GLOBAL[base + ".weight"].removesuffix(".weight") + suffix
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", base)
-    if m and m.group(2) in _HF_LAYER:
-        return f"layers.{m.group(1)}.{_HF_LAYER[m.group(2)]}{suffix}"
-    return None
+    return _rename(name, _HF_GLOBAL, "model.layers.", _HF_LAYER, "layers.")
 
 
 def ours_to_hf(name: str) -> str:
+    hf = _rename(name, _OURS_GLOBAL, "layers.", _OURS_LAYER, "model.layers.")
+    if hf is None:
+        raise KeyError(f"no Hugging Face name for {name!r}")
+    return hf
+
+
+def _rename(name: str, global_names: dict[str, str], layers_from: str, layer_names: dict[str, str],
+            layers_to: str) -> str | None:
+    """A tensor's name in the other layout (one direction's tables), None when it has none."""
     base, suffix = _split_suffix(name)
-    if base + ".weight" in _OURS_GLOBAL:
-        return _OURS_GLOBAL[base + ".weight"].removesuffix(".weight") + suffix
-    m = re.fullmatch(r"layers\.(\d+)\.(.+)", base)
-    if m and m.group(2) in _OURS_LAYER:
-        return f"model.layers.{m.group(1)}.{_OURS_LAYER[m.group(2)]}{suffix}"
-    raise KeyError(f"no Hugging Face name for {name!r}")
+    if base + ".weight" in global_names:
+        return global_names[base + ".weight"].removesuffix(".weight") + suffix
+    m = re.fullmatch(re.escape(layers_from) + r"(\d+)\.(.+)", base)
+    if m and m.group(2) in layer_names:
+        return f"{layers_to}{m.group(1)}.{layer_names[m.group(2)]}{suffix}"
+    return None
 
 
 def _split_suffix(name: str) -> tuple[str, str]:

@@ -51,22 +51,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--timeout", type=float, default=10.0, help="seconds per test program")
     s.set_defaults(func=cmd_humaneval)
 
-    s = sub.add_parser("keys", help="synthetic key retrieval by context length and key position")
-    _common(s)
-    _data_options(s)
-    s.add_argument("--lengths", type=int, nargs="+", help="prompt lengths in tokens "
-                   "(default: 1x, 2x, 4x the first model's max_seq_len)")
+    s = _length_task(sub, "keys", "synthetic key retrieval by context length and key position",
+                     "prompt lengths in tokens (default: 1x, 2x, 4x the first model's max_seq_len)")
     s.add_argument("--positions", type=float, nargs="+", default=None,
                    help="relative key positions (default 0 0.2 0.4 0.6 0.8 1.0)")
     s.add_argument("--samples", type=int, default=4, help="prompts per (length, position)")
     s.add_argument("--no-token-healing", action="store_true")
     s.set_defaults(func=cmd_keys)
 
-    s = sub.add_parser("perplexity", help="perplexity of the same tokens given longer context; table + PNG")
-    _common(s)
-    _data_options(s)
-    s.add_argument("--lengths", type=int, nargs="+", help="context lengths in tokens "
-                   "(default: 512, 1024, ... up to 4x the first model's max_seq_len)")
+    s = _length_task(sub, "perplexity", "perplexity of the same tokens given longer context; table + PNG",
+                     "context lengths in tokens (default: 512, 1024, ... up to 4x the first model's max_seq_len)")
     s.add_argument("--windows", type=int, default=8, help="windows (end positions) scored per length")
     s.add_argument("--score-tokens", type=int, default=256, help="tokens scored at the end of each window")
     s.add_argument("--concat", action="store_true", help="join all files into one document (repository "
@@ -82,6 +76,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--context-tokens", type=int, default=1024, help="tokens of code around the line")
     s.add_argument("--min-chars", type=int, default=4, help="mask only lines with this many non-blank chars")
     s.set_defaults(func=cmd_infill)
+
+
+def _length_task(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str,
+                 lengths_help: str) -> argparse.ArgumentParser:
+    """A task over held-out data at several context lengths (keys, perplexity)."""
+    s: argparse.ArgumentParser = sub.add_parser(name, help=help)
+    _common(s)
+    _data_options(s)
+    s.add_argument("--lengths", type=int, nargs="+", help=lengths_help)
+    return s
 
 
 def _common(p: argparse.ArgumentParser) -> None:

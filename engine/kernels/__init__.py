@@ -66,13 +66,8 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return _impl(gate).silu_mul(gate, up)
 
 
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor | Int8KV,
-    v: torch.Tensor | Int8KV,
-    mask: torch.Tensor | None,
-    is_causal: bool,
-) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor | Int8KV, v: torch.Tensor | Int8KV, mask: torch.Tensor | None,
+              is_causal: bool) -> torch.Tensor:
     return _impl(q).attention(q, k, v, mask, is_causal)
 
 

@@ -36,13 +36,8 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor | Int8KV,
-    v: torch.Tensor | Int8KV,
-    mask: torch.Tensor | None,
-    is_causal: bool,
-) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor | Int8KV, v: torch.Tensor | Int8KV, mask: torch.Tensor | None,
+              is_causal: bool) -> torch.Tensor:
     """q (B, Hq, T, D), k/v (B, Hk, S, D) with Hq a multiple of Hk; returns (B, Hq, T, D).
 
     `mask` is a boolean (T, S) allow-mask, or None with `is_causal` saying whether T == S causal applies.

@@ -374,13 +374,8 @@ def decode_attention(
     return out.transpose(1, 2)
 
 
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor | Int8KV,
-    v: torch.Tensor | Int8KV,
-    mask: torch.Tensor | None,
-    is_causal: bool,
-) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor | Int8KV, v: torch.Tensor | Int8KV, mask: torch.Tensor | None,
+              is_causal: bool) -> torch.Tensor:
     """Same contract as `reference.attention`: q (B, Hq, T, D), k/v (B, Hk, S, D) -> (B, Hq, T, D).
 
     An int8 cache (Int8KV) decodes in the split-K kernel too; its prefill goes to the reference's
