@@ -531,7 +531,6 @@ class CompletionService:
             return None  # superseded while queued
         context_version = self._context_version()
         request, built = self._request(backend, settings, job.uri, snap, cur.multiline)
-        prefix, suffix, budget = request.prefix, request.suffix, built.budget
         if job.cancelled.is_set():
             return None
 
@@ -542,16 +541,7 @@ class CompletionService:
         try:
             completion = backend.complete(request, should_stop=job.should_stop, on_text=on_text)
         except Exception as exc:
-            if not shown:
-                log.info("accept-then-next prefetch failed: %s", exc)
-                return None
-            # No error answer: the editor asks on every keystroke and would show one each time. The
-            # request gets no suggestion; the user sees why once (a message, the status), and the
-            # next request runs the engine again (its KV cache only ever holds finished steps).
-            problem = engine_failure(exc)
-            log.error("completion failed: %s", problem, exc_info=not isinstance(exc, BackendError))
-            self.on_problem(problem)
-            self.on_done({"lastError": problem})
+            self._failed(exc, shown)
             return None
         if job.cancelled.is_set():
             return None
@@ -562,20 +552,32 @@ class CompletionService:
         self.cache.put(job.uri, snap.text, snap.cursor, suggestion, context_version)
         if not shown:
             return suggestion
-        latency = 1000 * (time.perf_counter() - started)
+        latency = round(1000 * (time.perf_counter() - started), 2)
         timings = completion.timings
         self.last_prompt[job.uri] = {
             "uri": job.uri, "version": snap.version,
             "position": {"line": position[0], "character": position[1]},
-            "fimFormat": settings.fim_format, "prefix": prefix, "suffix": suffix,
+            "fimFormat": settings.fim_format, "prefix": request.prefix, "suffix": request.suffix,
             "snippets": [{"path": s.path, "source": s.source, "startLine": s.start_line,
                           "endLine": s.end_line, "score": round(s.score, 4)} for s in built.snippets],
-            "budgetTokens": budget, "promptTokens": timings.prompt_tokens or built.tokens,
+            "budgetTokens": built.budget, "promptTokens": timings.prompt_tokens or built.tokens,
             "completion": suggestion.text, "rawCompletion": completion.text,
-            "stopReason": completion.stop_reason, "fromCache": False, "latencyMs": round(latency, 2),
+            "stopReason": completion.stop_reason, "fromCache": False, "latencyMs": latency,
             "generatedTokens": timings.generated_tokens, "decodePasses": timings.decode_passes,
         }
         self.last_uri = job.uri
-        self.on_done({"lastLatencyMs": round(latency, 2), "lastFromCache": False, "lastError": None,
+        self.on_done({"lastLatencyMs": latency, "lastFromCache": False, "lastError": None,
                       "lastPromptTokens": timings.prompt_tokens, "lastCachedTokens": timings.cached_tokens})
         return suggestion
+
+    def _failed(self, exc: Exception, shown: bool) -> None:
+        """The engine raised. No error answer: the editor asks on every keystroke and would show one
+        each time. The request gets no suggestion; the user sees why once (a message, the status), and
+        the next request runs the engine again (its KV cache only ever holds finished steps)."""
+        if not shown:
+            log.info("accept-then-next prefetch failed: %s", exc)
+            return
+        problem = engine_failure(exc)
+        log.error("completion failed: %s", problem, exc_info=not isinstance(exc, BackendError))
+        self.on_problem(problem)
+        self.on_done({"lastError": problem})
