@@ -15,7 +15,7 @@ NODE_STAMP := $(VSCODE)/node_modules/.installed
 CHECK_NODE = command -v $(NPM) >/dev/null 2>&1 || { echo "make editors: '$(NPM)' not found. The VS Code extension needs Node.js 20 or newer with npm (https://nodejs.org); install it, or set NPM=/path/to/npm." >&2; exit 1; }; \
 	node -e 'process.exit(Number(process.versions.node.split(".")[0]) >= 20 ? 0 : 1)' || { echo "make editors: Node.js 20 or newer is required (found $$(node --version))." >&2; exit 1; }
 
-.PHONY: install test test-integration test-vscode editors demo lint clean
+.PHONY: install test test-python test-editors test-integration test-vscode editors demo lint clean
 
 install: $(STAMP)
 
@@ -29,10 +29,15 @@ $(STAMP): pyproject.toml
 	$(UV) pip install --quiet --python $(PY) $(FIND_LINKS) torch==2.13.0 -e '.[dev]'
 	touch $(STAMP)
 
-# The editor clients first (`make editors`: the VS Code extension, needs Node.js 20+), then the Python
-# suite, which has the Neovim plugin's tests (tests/editors, a headless nvim from the dev extra).
+# The editor clients first (`make test-editors`: the VS Code extension, needs Node.js 20+), then the Python
+# suite (`make test-python`: no Node needed), which has the Neovim plugin's tests (tests/editors, a
+# headless nvim from the dev extra).
 # Two workers, one module each at a time (module-scoped servers stay in one process).
-test: $(STAMP) editors
+test: test-editors test-python
+
+test-editors: editors
+
+test-python: $(STAMP)
 	$(PY) -m pytest -q -ra --durations=30 -n 2 --dist loadscope
 
 # Against real llama.cpp (tests/integration): the default model exported to GGUF, compared with our

@@ -11,21 +11,10 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from engine.backends.base import Backend, FimFormat
+from engine.backends.base import DTYPE_NAMES, KV_CACHE_DTYPES, Backend, FimFormat
 
 DEVICES = ("auto", "cpu", "cuda")
-DTYPE_ALIASES = {
-    "auto": "auto",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-}
-KV_CACHE_DTYPES = ("auto", "bfloat16", "int8")
+DTYPE_ALIASES = {"auto": "auto", **DTYPE_NAMES}  # the engine's names, and "auto"
 MIN_CONTEXT_TOKENS = 256
 MAX_CONTEXT_TOKENS = 100_000
 

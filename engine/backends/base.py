@@ -11,6 +11,13 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 FimFormat = Literal["psm", "spm"]
+# The dtypes a model may run in, by every name users write them (-> torch's name).
+DTYPE_NAMES = {
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "float32": "float32", "fp32": "float32", "float": "float32",
+}
+KV_CACHE_DTYPES = ("auto", "bfloat16", "int8")  # "auto": as the model's dtype
 StopReason = Literal["eot", "eos", "max_tokens", "stop_string", "cancelled", "context_full"]
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from engine.backends.base import (
+    DTYPE_NAMES,
+    KV_CACHE_DTYPES,
     BackendError,
     BadCheckpoint,
     Completion,
@@ -58,11 +60,10 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
         if device.type == "cuda" or cpu_has_fast_bf16():
             return torch.bfloat16
         return torch.float32
-    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
-             "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
+    if dtype not in DTYPE_NAMES:
         raise BackendError(f"unknown dtype {dtype!r} (use auto, bfloat16, float32 or float16)")
-    return table[dtype]
+    dt: torch.dtype = getattr(torch, DTYPE_NAMES[dtype])
+    return dt
 
 
 class QuantizationFallbackWarning(UserWarning):
@@ -86,7 +87,6 @@ def resolve_quantization(mode: str | None, group_size: int, device: torch.device
     return spec
 
 
-KV_CACHE_DTYPES = ("auto", "bfloat16", "int8")
 
 
 def resolve_kv_dtype(kv_cache_dtype: str | None, model_dtype: torch.dtype) -> torch.dtype:
