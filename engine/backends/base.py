@@ -107,6 +107,10 @@ class BadCheckpoint(BackendError):
     """The model or adapter directory cannot be loaded (missing, truncated, mismatched)."""
 
 
+class Unreachable(BackendError):
+    """A remote server did not answer, or kept failing, through every retry."""
+
+
 @runtime_checkable
 class Backend(Protocol):
     # Called with the new `state` whenever it changes (from any thread); set by the language server.

@@ -45,6 +45,7 @@ from engine.backends.base import (
     ShouldStop,
     StopReason,
     Timings,
+    Unreachable,
 )
 from engine.backends.connection import EOF, POLL_S, Client, Exchange, Transient, error_text, parse_server_url
 from engine.backends.sse import (
@@ -283,7 +284,7 @@ class RemoteBackend:
                 if attempt == attempts:
                     message = self._unreachable_message(exc, attempts)
                     self._set_state(f"error: {message}")
-                    raise BackendError(message) from None
+                    raise Unreachable(message) from None
                 delay = self.backoff * 2 ** (attempt - 1)
                 self._set_state(f"retrying: {self.server.origin} {exc}; attempt {attempt + 1} of {attempts} "
                                 f"in {delay:.2g} s")

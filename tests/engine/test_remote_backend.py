@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import sentencepiece as spm
 
-from engine.backends.base import BackendError, CompletionRequest, InstructRequest
+from engine.backends.base import BackendError, CompletionRequest, InstructRequest, Unreachable
 from engine.backends.connection import parse_server_url
 from engine.backends.remote import RemoteBackend
 from engine.backends.sse import cut_at_stop
@@ -342,7 +342,7 @@ def test_unreachable_server_then_recovery_when_it_comes_back(make_server):
     port = probe.getsockname()[1]
     probe.close()  # nothing listens there now
     backend = fast(f"http://127.0.0.1:{port}", retries=1)  # constructing does not fail
-    with pytest.raises(BackendError) as err:
+    with pytest.raises(Unreachable) as err:  # a BackendError the server can tell apart
         backend.complete(CompletionRequest(prefix="x"))
     assert str(err.value).startswith(f"remote server http://127.0.0.1:{port} unreachable: connection refused")
     assert backend.count_tokens("hello world") == 4  # an estimate while the server is away
