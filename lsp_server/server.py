@@ -33,10 +33,10 @@ from .completion import CompletionResult, CompletionService
 from .context.index import WorkspaceIndex
 from .documents import UTF8, UTF16, UTF32, DocumentStore, PositionError
 from .engine_manager import EngineManager, Loader, load_backend
-from .memory import resident_bytes
 from .progress import Progress
 from .protocol import RobustProtocol, robust_converter
 from .settings import Settings, parse_settings
+from .status import memory_figures, model_fields
 from .transport import read_loop, stdin_reader, stream_reader
 
 log = logging.getLogger(__name__)
@@ -205,45 +205,11 @@ class CodeLlamaServer(LanguageServer):
         self.window_show_message(types.ShowMessageParams(type=level, message=f"Code Llama: {message}"))
 
     def status_payload(self) -> dict[str, Any]:
-        engine = self.engine
-        backend = engine.backend
-        if not self.settings.enable:
-            state = "disabled"
-        elif engine.loading:
-            state = "loading"
-        elif backend is not None:
-            state = "ready"
-        elif engine.error:
-            state = "error"
-        else:
-            state = "starting"
-        message = engine.error
-        if backend is not None and state == "ready" and backend.state.startswith(("error", "retrying")):
-            state, message = "error", f"remote server: {backend.state}"  # how its last request went
-        placement = backend.placement if backend is not None else None
         self.status.update(
-            # The model serving; while none is yet, the one being loaded (or that failed to load).
-            state=state, model=engine.model_name if backend is not None else engine.requested_name,
-            requestedModel=engine.requested_name, backend=self.settings.backend,
-            description=backend.description if backend is not None else None,
-            device=placement.device if placement else None, dtype=placement.dtype if placement else None,
-            quantization=placement.quantization if placement else None,
-            kvCacheDtype=placement.kv_cache_dtype if placement else None,
-            message=message, indexing=self.indexing,
-            indexedFiles=len(self.index) if self.index is not None else 0, memory=self.memory_figures(),
-            acceptance=self.acceptance.as_status())
+            **model_fields(self.settings, self.engine), indexing=self.indexing,
+            indexedFiles=len(self.index) if self.index is not None else 0,
+            memory=memory_figures(self.engine, self.index), acceptance=self.acceptance.as_status())
         return dict(self.status)
-
-    def memory_figures(self) -> dict[str, int | None]:
-        """What the status says about memory: the process's resident size, the KV caches of the
-        completion model, and the workspace index (its files, and the bytes of their texts and
-        windows)."""
-        backend = self.engine.backend
-        index = self.index
-        return {"residentBytes": resident_bytes(),
-                "kvCacheBytes": backend.cache_bytes() if backend is not None else None,
-                "indexFiles": len(index) if index is not None else 0,
-                "indexBytes": index.total_bytes if index is not None else 0}
 
     def on_engine_change(self) -> None:
         """A backend was swapped in (or failed to load): tell the client."""
