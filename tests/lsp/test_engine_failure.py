@@ -27,17 +27,22 @@ def backend():
     return load_local_backend(device="cpu")
 
 
-async def test_an_engine_error_mid_generation_answers_nothing_and_the_next_request_works(
-        backend: Any, monkeypatch: pytest.MonkeyPatch):
+def completion_service(backend: Any, settings: Settings, statuses: list[dict[str, Any]],
+                       problems: list[str]) -> CompletionService:
+    """The completion service over the real backend, with one open document."""
     docs = DocumentStore()
     docs.open(URI, TEXT, 1, "python")
     engine_manager = EngineManager(on_change=lambda: None, on_problem=lambda m: None)
     engine_manager.backend = backend
+    return CompletionService(docs, engine_manager, lambda: settings, lambda: None, lambda uri: uri.rsplit("/", 1)[-1],
+                             on_done=statuses.append, on_problem=problems.append)
+
+
+async def test_an_engine_error_mid_generation_answers_nothing_and_the_next_request_works(
+        backend: Any, monkeypatch: pytest.MonkeyPatch):
     problems: list[str] = []
     statuses: list[dict[str, Any]] = []
-    service = CompletionService(docs, engine_manager, lambda: Settings(max_new_tokens=16), lambda: None,
-                                lambda uri: uri.rsplit("/", 1)[-1], on_done=statuses.append,
-                                on_problem=problems.append)
+    service = completion_service(backend, Settings(max_new_tokens=16), statuses, problems)
 
     before = await service.complete(URI, 1, 11, invoked=True)
     assert before is not None and before.text.strip()
@@ -103,14 +108,8 @@ async def test_an_engine_error_during_a_code_action_is_an_error_answer_and_the_n
 
 async def test_running_out_of_memory_mid_generation_says_so_and_what_to_lower(
         backend: Any, monkeypatch: pytest.MonkeyPatch):
-    docs = DocumentStore()
-    docs.open(URI, TEXT, 1, "python")
-    engine_manager = EngineManager(on_change=lambda: None, on_problem=lambda m: None)
-    engine_manager.backend = backend
     problems: list[str] = []
-    service = CompletionService(docs, engine_manager, lambda: Settings(max_new_tokens=16, prefetch_after_accept=False),
-                                lambda: None, lambda uri: uri.rsplit("/", 1)[-1], on_done=lambda s: None,
-                                on_problem=problems.append)
+    service = completion_service(backend, Settings(max_new_tokens=16, prefetch_after_accept=False), [], problems)
 
     def out_of_memory(*args: Any, **kwargs: Any):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes")
