@@ -29,6 +29,8 @@ from .acceptance import ACCEPTED, SUGGESTION_EVENT, AcceptanceStats
 from .actions.delivery import ActionRunner
 from .actions.prompts import ACTIONS
 from .actions.service import RUN_ACTION, ActionArgs, ActionError, ActionService
+from .adapt.commands import CANCEL, DROP, TRAIN, AdapterCommands, BadArguments, TrainArgs
+from .adapt.remembered import adapter_status, with_accepted
 from .completion import CompletionResult, CompletionService
 from .context.index import WorkspaceIndex
 from .documents import UTF8, UTF16, UTF32, DocumentStore, PositionError
@@ -77,7 +79,8 @@ class CodeLlamaServer(LanguageServer):
                          text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
         self.docs = DocumentStore()
         self.init_settings = Settings()
-        self.settings = Settings()
+        self.client_settings = Settings()  # what the client asked for
+        self.settings = Settings()  # those, with the workspace's accepted adapter (lsp_server/adapt)
         self.root: Path | None = None
         self.index: WorkspaceIndex | None = None
         self.indexing = False
@@ -115,6 +118,7 @@ class CodeLlamaServer(LanguageServer):
                                      lambda: self.can_create_files, lambda: self.can_show_disabled)
         self.action_runner = ActionRunner(self)
         self.acceptance = AcceptanceStats()  # this session's, for the status only
+        self.adapt = AdapterCommands(self)  # training an adapter on the workspace, and using it
 
     # ---- plumbing -----------------------------------------------------------------------------
 
@@ -208,7 +212,8 @@ class CodeLlamaServer(LanguageServer):
         self.status.update(
             **model_fields(self.settings, self.engine), indexing=self.indexing,
             indexedFiles=len(self.index) if self.index is not None else 0,
-            memory=memory_figures(self.engine, self.index), acceptance=self.acceptance.as_status())
+            memory=memory_figures(self.engine, self.index), acceptance=self.acceptance.as_status(),
+            adapter=adapter_status(self.client_settings, self.adapt.accepted), training=self.adapt.status())
         return dict(self.status)
 
     def on_engine_change(self) -> None:
@@ -266,6 +271,12 @@ class CodeLlamaServer(LanguageServer):
         settings, problems = parse_settings(raw, base=self.init_settings)
         for problem in problems:
             self.show_problem(problem, types.MessageType.Warning)
+        self.use_settings(settings)
+
+    def use_settings(self, client_settings: Settings) -> None:
+        """Serve with the client's settings plus the workspace's accepted adapter (unless they name one)."""
+        self.client_settings = client_settings
+        settings = with_accepted(client_settings, self.adapt.accepted)
         old, self.settings = self.settings, settings
         if settings.suggestion_key() != old.suggestion_key():
             self.service.cache.clear()  # cached suggestions were made under other settings
@@ -319,6 +330,31 @@ class CodeLlamaServer(LanguageServer):
             if self.index is index:
                 self.indexing = False
             self.threadsafe(self.send_status)
+
+    # ---- what the adapter commands need (lsp_server/adapt/commands.py: Host) --------------------
+
+    async def ask(self, message: str, actions: list[str]) -> str | None:
+        """window/showMessageRequest: the title of the action the user chose, None if none."""
+        try:
+            chosen = await self.window_show_message_request_async(types.ShowMessageRequestParams(
+                type=types.MessageType.Info, message=f"Code Llama: {message}",
+                actions=[types.MessageActionItem(title=title) for title in actions]))
+        except Exception:
+            log.warning("window/showMessageRequest failed", exc_info=True)
+            return None
+        return chosen.title if chosen is not None else None
+
+    def tell(self, message: str, level: types.MessageType) -> None:
+        self.show_problem(message, level)
+
+    def adapter_changed(self) -> None:
+        self.use_settings(self.client_settings)
+
+    def run_soon(self, coro: Any) -> None:
+        if self.loop is None or self.loop.is_closed():
+            coro.close()
+            return
+        asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def watch_parent(self, pid: int) -> None:
         """Exit when the editor that started us is gone (LSP: processId)."""
@@ -395,7 +431,6 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         encoding = str(getattr(ls.protocol.workspace, "position_encoding", UTF16) or UTF16)
         ls.docs.encoding = encoding if encoding in (UTF8, UTF16, UTF32) else UTF16
         ls.init_settings, problems = parse_settings(params.initialization_options)
-        ls.settings = ls.init_settings
         ls.pending_problems = problems
         caps = params.capabilities
         ls.can_pull_config = _client_has(caps, "workspace.configuration")
@@ -410,6 +445,8 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         root_uri = folders[0].uri if folders else params.root_uri
         root = uri_to_path(root_uri) if root_uri else (Path(params.root_path) if params.root_path else None)
         ls.root = root.resolve() if root is not None and root.is_dir() else None
+        ls.adapt.open_workspace(ls.root)
+        ls.use_settings(ls.init_settings)
         if params.process_id:
             ls.watch_parent(params.process_id)
 
@@ -481,6 +518,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
     @server.feature(types.WINDOW_WORK_DONE_PROGRESS_CANCEL)
     def progress_cancel(ls: CodeLlamaServer, params: types.WorkDoneProgressCancelParams) -> None:
         ls.action_runner.cancel(str(params.token))
+        ls.adapt.cancel_token(str(params.token))
 
     @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
     async def did_change_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
@@ -495,12 +533,14 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         ls.shutdown_requested = True
         ls.service.cancel_all()
         ls.action_runner.cancel_all()
+        ls.adapt.shutdown()
         if ls.index is not None:
             ls.index.stop_watching()
 
     @server.feature(types.EXIT)
     def exit_(ls: CodeLlamaServer, params: Any) -> None:
         ls.service.cancel_all()
+        ls.adapt.shutdown()  # the run keeps its checkpoint, and resumes when trained again
         ls.service.worker.stop()
         exit_process(0 if ls.shutdown_requested else 1)
 
@@ -533,5 +573,20 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
     @server.command(CMD_REINDEX)
     def reindex(ls: CodeLlamaServer, *args: Any) -> None:
         ls.start_indexing()
+
+    @server.command(TRAIN)
+    def train_adapter(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
+        try:
+            return ls.adapt.train(TrainArgs.parse(args[0] if args else None, uri_to_path))
+        except BadArguments as exc:
+            raise RequestFailed(str(exc)) from None
+
+    @server.command(CANCEL)
+    def cancel_training(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
+        return ls.adapt.cancel()
+
+    @server.command(DROP)
+    def drop_adapter(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:
+        return ls.adapt.drop()
 
     return server
