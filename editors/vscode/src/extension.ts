@@ -16,7 +16,7 @@ import {
 import { askQuestion, runCodeActionCommand, withQuestion } from "./codeActions";
 import { ClientHooks, ClientLike, ServerController } from "./controller";
 import { API_KEY_SECRET } from "./settings";
-import { runTrainCommand } from "./trainCommand";
+import { cancelTraining, dropAdapter, runTrainCommand } from "./trainCommand";
 
 let controller: ServerController | undefined;
 
@@ -33,6 +33,8 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand("codellama.showOutput", () => output.show(true)),
     vscode.commands.registerCommand("codellama.codeAction", () => runCodeActionCommand(ctl)),
     vscode.commands.registerCommand("codellama.trainAdapter", () => runTrainCommand(ctl)),
+    vscode.commands.registerCommand("codellama.cancelTraining", () => cancelTraining(ctl)),
+    vscode.commands.registerCommand("codellama.dropAdapter", () => dropAdapter(ctl)),
     vscode.commands.registerCommand("codellama.setApiKey", () => setApiKey(context.secrets)),
     // VS Code's own accept-word/line and hide, bound to the same keys while a suggestion shows, and
     // counted for the session's statistics (a whole accept runs the item's command, counted by the server).

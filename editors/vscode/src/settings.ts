@@ -5,7 +5,7 @@
 // tests/editors/test_settings_drift.py fails when a server setting is missing from package.json.
 
 /** Settings the extension uses itself (relative to the `codellama` section). */
-export const CLIENT_ONLY_KEYS: readonly string[] = ["pythonPath", "train.extraArgs", "trace.server"];
+export const CLIENT_ONLY_KEYS: readonly string[] = ["pythonPath", "train.steps", "trace.server"];
 
 /** The secret-storage key of the API key set with 'Code Llama: Set API key'. */
 export const API_KEY_SECRET = "codellama.apiKey";

@@ -1,10 +1,8 @@
-// Runs `python -m engine train` on the workspace in a cancellable progress notification, then offers to
-// use the new adapter (sets codellama.adapter, which makes the server reload the model).
-import * as readline from "readline";
+// `Code Llama: Train adapter on workspace`, `Cancel training` and `Drop adapter`: each asks the running
+// language server (src/train.ts). Progress, cancel, the report and "Use adapter" come from the server.
 import * as vscode from "vscode";
 import { ServerController } from "./controller";
-import { describeExit, spawnServer } from "./serverProcess";
-import { defaultAdapterDir, parseTrainLine, trainCommand } from "./train";
+import { CANCEL_TRAINING, DROP_ADAPTER, ExecuteCommandParams, trainParams } from "./train";
 
 export async function runTrainCommand(controller: ServerController): Promise<void> {
   const folders = vscode.workspace.workspaceFolders ?? [];
@@ -15,61 +13,28 @@ export async function runTrainCommand(controller: ServerController): Promise<voi
   const folder =
     folders.length === 1 ? folders[0] : await vscode.window.showWorkspaceFolderPick({ placeHolder: "Train on which folder?" });
   if (!folder) return;
+  const steps = vscode.workspace.getConfiguration("codellama").get<number | null>("train.steps");
+  await execute(controller, trainParams(folder.uri.toString(), steps));
+}
 
-  const config = vscode.workspace.getConfiguration("codellama");
-  const python = controller.resolvedPython?.python ?? controller.resolvePython().python;
-  const outDir = defaultAdapterDir(folder.uri.fsPath);
-  const cmd = trainCommand({
-    python,
-    workspace: folder.uri.fsPath,
-    outDir,
-    model: config.get<string | null>("model"),
-    extraArgs: config.get<string[]>("train.extraArgs") ?? [],
-  });
-  const output = controller.output;
-  output.appendLine(`Training: ${[cmd.command, ...cmd.args].join(" ")}`);
+export async function cancelTraining(controller: ServerController): Promise<void> {
+  await execute(controller, { command: CANCEL_TRAINING });
+}
 
-  const outcome = await vscode.window.withProgress(
-    { location: vscode.ProgressLocation.Notification, title: "Code Llama: training an adapter", cancellable: true },
-    (progress, token) =>
-      new Promise<{ ok: boolean; cancelled: boolean; message: string }>((resolve) => {
-        const proc = spawnServer(cmd, { cwd: folder.uri.fsPath, onStderr: (text) => output.append(text) });
-        let reported = 0;
-        const onLine = (line: string) => {
-          const p = parseTrainLine(line);
-          // The notification's bar only moves forward, by increments.
-          const increment = p.fraction !== undefined && p.fraction * 100 > reported ? p.fraction * 100 - reported : undefined;
-          if (increment !== undefined) reported += increment;
-          if (p.message || increment) progress.report({ message: p.message, increment });
-        };
-        if (proc.child.stdout) {
-          readline.createInterface({ input: proc.child.stdout }).on("line", (line) => {
-            output.appendLine(line);
-            onLine(line);
-          });
-        }
-        if (proc.child.stderr) readline.createInterface({ input: proc.child.stderr }).on("line", onLine);
-        let cancelled = false;
-        token.onCancellationRequested(() => {
-          cancelled = true;
-          proc.child.kill("SIGTERM");
-          // A training step can take a while to notice; do not leave a stuck process behind.
-          setTimeout(() => proc.child.exitCode === null && proc.child.kill("SIGKILL"), 5000);
-        });
-        proc.child.once("error", (err) => resolve({ ok: false, cancelled, message: describeExit(cmd, null, null, proc.stderr, err) }));
-        proc.child.once("exit", (code, signal) =>
-          resolve({ ok: code === 0, cancelled, message: describeExit(cmd, code, signal, proc.stderr) }),
-        );
-      }),
-  );
+export async function dropAdapter(controller: ServerController): Promise<void> {
+  await execute(controller, { command: DROP_ADAPTER });
+}
 
-  if (outcome.cancelled) {
-    void vscode.window.showInformationMessage("Code Llama: training cancelled.");
-  } else if (outcome.ok) {
-    const choice = await vscode.window.showInformationMessage(`Code Llama: adapter written to ${outDir}.`, "Use it");
-    if (choice === "Use it") await config.update("adapter", outDir, vscode.ConfigurationTarget.Workspace);
-  } else {
-    const choice = await vscode.window.showErrorMessage(`Code Llama: training failed. ${outcome.message}`, "Show log");
-    if (choice === "Show log") output.show(true);
+/** The server says what happened (window/showMessage); only a failed request is said here. */
+async function execute(controller: ServerController, params: ExecuteCommandParams): Promise<void> {
+  const client = controller.languageClient;
+  if (!client) {
+    void vscode.window.showWarningMessage("Code Llama: the language server is not running.");
+    return;
+  }
+  try {
+    await client.sendRequest("workspace/executeCommand", params);
+  } catch (err) {
+    void vscode.window.showErrorMessage(`Code Llama: ${err instanceof Error ? err.message : String(err)}`);
   }
 }

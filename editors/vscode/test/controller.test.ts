@@ -165,7 +165,7 @@ test("a settings change is pushed to the server with every server key", async ()
   assert.equal(section.maxNewTokens, 128);
   // A client-only key is not pushed.
   const before = clients[0].notifications.length;
-  setUserSetting("codellama.train.extraArgs", ["--steps", "3"]);
+  setUserSetting("codellama.train.steps", 3);
   await tick();
   assert.equal(clients[0].notifications.length, before);
   controller.dispose();

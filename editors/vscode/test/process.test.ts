@@ -1,8 +1,10 @@
 import { test } from "node:test";
 import * as assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as path from "node:path";
 import { CrashPolicy } from "../src/crashes";
 import { describeExit, spawnServer, StderrTail } from "../src/serverProcess";
-import { defaultAdapterDir, parseTrainLine, trainCommand } from "../src/train";
+import { CANCEL_TRAINING, DROP_ADAPTER, TRAIN_ADAPTER, trainParams } from "../src/train";
 
 test("the stderr tail finds the exception line of a traceback", () => {
   const tail = new StderrTail();
@@ -36,12 +38,13 @@ test("restarts a few times, then stops and says how to recover", () => {
   assert.equal(policy.onCrash("x", 500_000).restart, true);
 });
 
-test("train command line and progress parsing", () => {
-  const cmd = trainCommand({ python: "/v/bin/python", workspace: "/w", outDir: "/w/.codellama/adapters/a", model: "/m", extraArgs: ["--steps", "50"] });
-  assert.deepEqual(cmd.args, ["-m", "engine", "train", "--data", "/w", "--out", "/w/.codellama/adapters/a", "--model", "/m", "--steps", "50"]);
-  assert.deepEqual(parseTrainLine('{"step": 25, "total_steps": 100, "loss": 1.23456}'), { fraction: 0.25, message: "step 25/100, loss 1.235" });
-  assert.equal(parseTrainLine("step 3/12 loss 2.0").fraction, 0.25);
-  assert.equal(parseTrainLine("tokenizing 40%").fraction, 0.4);
-  assert.deepEqual(parseTrainLine("loading model"), { message: "loading model" });
-  assert.match(defaultAdapterDir("/w", new Date("2025-01-02T03:04:05Z")), /\/w\/\.codellama\/adapters\/20250102-030405$/);
+test("training runs in the server: its command, the folder, and the steps only when set", () => {
+  assert.deepEqual(trainParams("file:///w", 50), { command: TRAIN_ADAPTER, arguments: [{ workspace: "file:///w", steps: 50 }] });
+  assert.deepEqual(trainParams("file:///w", null), { command: TRAIN_ADAPTER, arguments: [{ workspace: "file:///w" }] });
+  assert.deepEqual(trainParams("file:///w", 0).arguments, [{ workspace: "file:///w" }]);
+  // vscode-languageclient registers server commands under their own names: never one of the extension's.
+  const manifest = JSON.parse(fs.readFileSync(path.join(__dirname, "../../package.json"), "utf8"));
+  const own = new Set(manifest.contributes.commands.map((c: { command: string }) => c.command));
+  for (const command of [TRAIN_ADAPTER, CANCEL_TRAINING, DROP_ADAPTER]) assert.ok(!own.has(command), command);
+  assert.ok(own.has("codellama.trainAdapter") && own.has("codellama.cancelTraining") && own.has("codellama.dropAdapter"));
 });

@@ -61,7 +61,7 @@ test("with nothing set, the server gets its own defaults for every key", () => {
 
 test("user values are sent under their server names; client-only keys are not sent", () => {
   const settings = serverSettings(
-    config({ model: "~/models/CodeLlama-7b-hf", device: "cuda", maxContextTokens: 16384, pythonPath: "/usr/bin/python3", "train.extraArgs": ["--steps", "5"] }),
+    config({ model: "~/models/CodeLlama-7b-hf", device: "cuda", maxContextTokens: 16384, pythonPath: "/usr/bin/python3", "train.steps": 5 }),
     schema,
   );
   assert.equal(settings.model, "~/models/CodeLlama-7b-hf");

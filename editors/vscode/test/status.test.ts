@@ -69,3 +69,13 @@ test("an int8 KV cache shows beside the dtype in the tooltip", () => {
   const same = { ...ready, description: null, kvCacheDtype: "bfloat16" };
   assert.doesNotMatch(renderStatus({ process: "running", enabled: true, server: same }).tooltip, /KV cache/);
 });
+
+test("the adapter in use and a training in progress show in the tooltip", () => {
+  const adapted = { ...ready, adapter: { path: "/d/adapter", source: "workspace", applied: true, exactMatchBefore: 4.1, exactMatchAfter: 8.25 } };
+  assert.match(renderStatus({ process: "running", enabled: true, server: adapted }).tooltip, /Adapter: trained on this workspace \(exact match 4\.1 % → 8\.3 %\)/);
+  const explicit = { ...ready, adapter: { path: "/a", source: "setting" } };
+  assert.match(renderStatus({ process: "running", enabled: true, server: explicit }).tooltip, /Adapter: \/a \(setting codellama\.adapter\)/);
+  const training = { ...ready, training: { message: "training step 120/600, loss 1.90, ~4 min left", percentage: 40 } };
+  assert.match(renderStatus({ process: "running", enabled: true, server: training }).tooltip, /Training an adapter: training step 120\/600/);
+  assert.doesNotMatch(renderStatus({ process: "running", enabled: true, server: { ...ready, adapter: null, training: null } }).tooltip, /dapter/);
+});
