@@ -249,3 +249,27 @@ def test_text_helpers(tmp_path, editors):
     assert got == [
         "return", " a", "(", "\n    ", "x = 1", "\n    y = 2", "urn a", True, [2, 2], ["foo(1)", []],
     ]
+
+
+def test_train_cancel_and_drop_commands_ask_the_server(tmp_path, editors):
+    ed = start(tmp_path, "virtual_text", ["return a + b"])
+    editors.append(ed)
+    ed.stopinsert()
+    ed.command("CodellamaTrain 30")
+    ed.command("CodellamaTrainCancel")
+    ed.command("CodellamaDropAdapter")
+    ed.command("CodellamaTrain")
+    sent = ed.wait_for(
+        "the four commands",
+        lambda: (lambda got: got if len(got) == 4 else None)(ed.lua(
+            "local got = {} for _, r in ipairs(require('fake_server').requests) do "
+            "if r.method == 'workspace/executeCommand' then table.insert(got, r.params) end end return got")),
+    )
+    assert sent == [
+        {"command": "codellama.adapter.train", "arguments": [{"steps": 30}]},
+        {"command": "codellama.adapter.cancelTraining", "arguments": []},
+        {"command": "codellama.adapter.drop", "arguments": []},
+        {"command": "codellama.adapter.train", "arguments": [{}]},
+    ]
+    ed.command("CodellamaTrain lots")
+    assert "takes a number of training steps" in ed.messages()

@@ -177,6 +177,76 @@ function M.enable(enable)
   vim.notify('codellama: suggestions ' .. (enable and 'on' or 'off'))
 end
 
+-- Adapting the model to the project ---------------------------------------------------------------------
+-- The server trains in a child process (completions go on), reports LSP progress (vim.lsp.status(),
+-- the LspProgress event, and fidget.nvim or similar), and at the end shows its before/after report and
+-- asks whether to use the adapter (window/showMessageRequest). See :help codellama-adapter.
+
+local function run_server_command(command, arguments, on_result)
+  local client = server.clients(api.nvim_get_current_buf())[1] or server.clients()[1]
+  if not client then
+    vim.notify('codellama: the language server is not running for this buffer', vim.log.levels.WARN)
+    return false
+  end
+  server.request(client, 'workspace/executeCommand', { command = command, arguments = arguments }, function(err, result)
+    if err then
+      vim.notify('codellama: ' .. tostring(err.message), vim.log.levels.WARN)
+    elseif on_result and type(result) == 'table' then
+      on_result(result, client)
+    end
+  end)
+  return true
+end
+
+--- Trains an adapter on the buffer's project (the server's workspace folder). Progress shows as LSP
+--- progress; the server asks at the end whether to use the adapter. Training again after a cancel (or
+--- after Neovim was closed) resumes from the last checkpoint.
+---@param opts? { steps?: integer } steps: the training budget (default: about 10 minutes on two cores)
+function M.train(opts)
+  opts = opts or {}
+  local arg = vim.empty_dict() -- an object even without keys ({} would be sent as [])
+  if opts.steps then
+    arg.steps = opts.steps
+  end
+  return run_server_command('codellama.adapter.train', { arg }, function(result)
+    if result.started then
+      vim.notify('codellama: training an adapter on ' .. vim.fn.fnamemodify(result.workspace, ':t')
+        .. (result.resumed and ' (resuming from the last checkpoint)' or ''))
+    end -- otherwise the server has said why (window/showMessage)
+  end)
+end
+
+--- Stops the training (its checkpoint is kept: :CodellamaTrain resumes it).
+function M.cancel_training()
+  return run_server_command('codellama.adapter.cancelTraining', {})
+end
+
+--- Stops using the adapter trained on this project; the model is reloaded without it.
+function M.drop_adapter()
+  return run_server_command('codellama.adapter.drop', {})
+end
+
+--- The adapter in use, e.g. "adapter: trained on this project (exact match 4.1 % -> 8.3 %)", or nil.
+---@param bufnr? integer
+---@return string?
+function M.adapter(bufnr)
+  local client = server.clients(resolve_buf(bufnr))[1]
+  local a = client and server.status[client.id] and server.status[client.id].adapter
+  if type(a) ~= 'table' or type(a.path) ~= 'string' then
+    return nil
+  end
+  if a.source == 'setting' then
+    return 'adapter: ' .. a.path .. ' (the adapter setting)'
+  elseif a.applied == false then
+    return 'adapter trained on this project: not applied (trained for another model)'
+  end
+  local gain = ''
+  if type(a.exactMatchBefore) == 'number' and type(a.exactMatchAfter) == 'number' then
+    gain = (' (exact match %.1f %% -> %.1f %%)'):format(a.exactMatchBefore, a.exactMatchAfter)
+  end
+  return 'adapter: trained on this project' .. gain
+end
+
 -- Attaching -------------------------------------------------------------------------------------------
 
 local function wants(bufnr)
