@@ -101,6 +101,7 @@ class CodeLlamaServer(LanguageServer):
             "lastPromptTokens": None, "lastCachedTokens": None, "lastFromCache": False,
             "lastError": None,  # why the last completion failed (the engine raised), until one succeeds
         }
+        self._suggestions_from: Any = None  # the backend whose suggestions the cache holds
         self.engine = EngineManager(on_change=self.on_engine_change,
                                     on_problem=lambda m: self.threadsafe(self.show_problem, m),
                                     loader=loader, progress=self.progress_reporter.for_loads())
@@ -219,6 +220,10 @@ class CodeLlamaServer(LanguageServer):
     def on_engine_change(self) -> None:
         """A backend was swapped in (or failed to load): tell the client."""
         backend = self.engine.backend
+        if backend is not self._suggestions_from:
+            # Cached suggestions are the replaced model's (another adapter suggests otherwise).
+            self._suggestions_from = backend
+            self.threadsafe(self.service.cache.clear)
         if backend is not None and backend.on_state is None:
             # A remote backend reports how each request went: an outage shows in the status bar.
             backend.on_state = lambda _: self.threadsafe(self.send_status)

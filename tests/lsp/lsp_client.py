@@ -49,11 +49,13 @@ def server_env() -> dict[str, str]:
 
 
 async def start(root: Path, init_options: dict[str, Any], inline: bool = True,
-                configuration: dict[str, Any] | None = None, client: LanguageClient | None = None) -> LanguageClient:
+                configuration: dict[str, Any] | None = None, client: LanguageClient | None = None,
+                env: dict[str, str] | None = None) -> LanguageClient:
+    """`env`: added to the server's environment."""
     client = client or make_client()
     if configuration is not None:
         client.set_configuration(configuration, section="codellama")
-    await client.start_io(*forkserver.command("lsp_server", "--log-level", "info"), env=server_env(),
+    await client.start_io(*forkserver.command("lsp_server", "--log-level", "info"), env={**server_env(), **(env or {})},
                           cwd=str(REPO))
     await client.initialize_session(T.InitializeParams(
         capabilities=capabilities(inline), root_uri=root.as_uri(),
