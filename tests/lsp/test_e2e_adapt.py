@@ -5,10 +5,11 @@ The repository totals its items with a function whose name the model cannot know
 called the same way in every module. The editor asks for a completion in a new module (open, not on
 disk: never trained on) that imports it, at the line where every module of the repository calls it;
 repository context is off, so no other file's use of it is in the prompt. The default model suggests
-`0` there. Then: the train command with a small budget, its progress, a completion while it trains
-(from the current model), the report and "Use adapter", the adapter applied, and the same completion
-now calls `zorbulate_ledger`. A second server on the folder uses the remembered adapter until the drop
-command forgets it. Nothing is written into the repository.
+`0` there. Then: the train command with a small budget, its progress, cancelling it from its progress
+and training again (it resumes from its checkpoint), a completion while it trains (from the current
+model), the report and "Use adapter", the adapter applied, and the same completion now calls
+`zorbulate_ledger`. A second server on the folder uses the remembered adapter until the drop command
+forgets it. Nothing is written into the repository.
 
 (With the name nowhere in the prompt, not even in the import, a budget this small does not make the
 model recall it: measured with 12 and 24 steps.)"""
@@ -76,12 +77,22 @@ async def eventually(what: str, check, timeout: float = 600) -> Any:
     return found
 
 
+def trainings(client: Any) -> list[tuple[str, list[Any]]]:
+    """Each training's work-done progress: (token, its values: begin, reports, end), oldest first."""
+    return [(token, values) for token, values in client.progress_reports.items()
+            if values and isinstance(values[0], T.WorkDoneProgressBegin) and values[0].title.startswith("Training")]
+
+
 def training_progress(client: Any) -> list[Any]:
-    """The values of the training's work-done progress (begin, reports, end)."""
-    for values in client.progress_reports.values():
-        if values and isinstance(values[0], T.WorkDoneProgressBegin) and values[0].title.startswith("Training"):
-            return values
-    return []
+    """The values of the newest training's progress."""
+    found = trainings(client)
+    return found[-1][1] if found else []
+
+
+async def a_training_step(client: Any) -> None:
+    await eventually("a training step", lambda: any(
+        isinstance(v, T.WorkDoneProgressReport) and (v.message or "").startswith("training step")
+        for v in training_progress(client)))
 
 
 def repository_files(root: Path) -> set[str]:
@@ -111,10 +122,17 @@ async def test_training_from_the_editor_makes_completions_use_the_repositorys_ow
         assert started["started"] is True and started["resumed"] is False
         assert not started["out"].startswith(str(repo))
 
-        # Training: its progress counts steps, and completions are served meanwhile by the current model.
-        await eventually("a training step", lambda: any(
-            isinstance(v, T.WorkDoneProgressReport) and (v.message or "").startswith("training step")
-            for v in training_progress(client)))
+        # Training: its progress counts steps, and its cancel button stops it; training again resumes.
+        await a_training_step(client)
+        token = trainings(client)[0][0]
+        client.protocol.notify(T.WINDOW_WORK_DONE_PROGRESS_CANCEL, T.WorkDoneProgressCancelParams(token=token))
+        await eventually("the cancel", lambda: isinstance(training_progress(client)[-1], T.WorkDoneProgressEnd))
+        assert any("cancelled" in m.message and "resume" in m.message for m in client.messages)
+        resumed = await execute(client, "codellama.adapter.train", {"quick": True, "steps": STEPS})
+        assert resumed["started"] is True and resumed["resumed"] is True
+
+        # Completions are served meanwhile, by the current model.
+        await a_training_step(client)
         assert await suggestion(client, uri) == before
         status = await lc.request(client, "codellama/getStatus", {})
         assert status["training"] is not None and status["adapter"] is None
