@@ -111,8 +111,8 @@ class CodeLlamaServer(LanguageServer):
                                              on_problem=lambda m: self.threadsafe(self.show_problem, m),
                                              loader=loader, progress=self.progress_reporter.for_loads(" (code actions)"))
         self.instruct_engine.retire = lambda old: self.service.worker.submit(old.close)
-        self.actions = ActionService(self.service, lambda: self.settings, lambda: self.root,
-                                     lambda: self.can_create_files, lambda: self.can_show_disabled)
+        self.actions = ActionService(self.service, self.instruct_engine, lambda: self.settings,
+                                     lambda: self.root, lambda: self.can_create_files, lambda: self.can_show_disabled)
         self.action_runner = ActionRunner(self)
         self.acceptance = AcceptanceStats()  # this session's, for the status only
 

@@ -55,7 +55,8 @@ class ActionRunner:
                 await asyncio.sleep(0.2)
             if self.server.instruct_engine.backend is not None:
                 return self.server.instruct_engine.backend
-            fallback = capability.for_actions(replace(settings, instruct_model=None), self.server.engine.loaded_settings)
+            fallback = capability.for_actions(replace(settings, instruct_model=None), self.server.engine,
+                                             self.server.instruct_engine)
             if not fallback.capable:
                 raise Refused(f"the instruct model could not be loaded ({self.server.instruct_engine.error}), and "
                               f"{capability.refusal(fallback)}")
