@@ -11,7 +11,7 @@ setting `codellama.instructCapable` (true/false; null: ask the model) wins over 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.backends.remote import ASSUMED_INSTRUCT
@@ -57,7 +57,7 @@ def for_actions(settings: Settings, completion: EngineManager, instruct: EngineM
     by `instruct`) when it is a directory, else the completion model actually serving (`completion`'s
     backend; while none is loaded, the one the settings name)."""
     if settings.instruct_model and Path(settings.instruct_model).is_dir():
-        found = of_engine(instruct, replace(settings, model=settings.instruct_model, adapter=None))
+        found = of_engine(instruct, settings.for_instruct_model())
     else:
         found = of_engine(completion, settings)
         if settings.instruct_model:

@@ -50,7 +50,7 @@ class ActionRunner:
         model. Raises ActionError when there is none."""
         settings = self.server.settings
         if settings.instruct_model:
-            self.server.instruct_engine.ensure(replace(settings, model=settings.instruct_model, adapter=None))
+            self.server.instruct_engine.ensure(settings.for_instruct_model())
             while self.server.instruct_engine.loading:
                 await asyncio.sleep(0.2)
             if self.server.instruct_engine.backend is not None:
