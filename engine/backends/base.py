@@ -166,20 +166,12 @@ class Backend(Protocol):
         """Tokens `text` takes in the middle of a prompt (no BOS, no implicit leading space)."""
         ...
 
-    def complete(
-        self,
-        request: CompletionRequest,
-        should_stop: ShouldStop | None = None,
-        on_text: OnText | None = None,
-    ) -> Completion:
+    def complete(self, request: CompletionRequest, should_stop: ShouldStop | None = None,
+                 on_text: OnText | None = None) -> Completion:
         ...
 
-    def instruct(
-        self,
-        request: InstructRequest,
-        should_stop: ShouldStop | None = None,
-        on_text: OnText | None = None,
-    ) -> Completion:
+    def instruct(self, request: InstructRequest, should_stop: ShouldStop | None = None,
+                 on_text: OnText | None = None) -> Completion:
         ...
 
     def warm(self, request: CompletionRequest, should_stop: ShouldStop | None = None) -> None:
