@@ -45,16 +45,17 @@ class ExampleMix:
     full_budget_rate: float = 0.5  # prompts at the server's budget; the rest at a smaller one
 
 
-def served_stream(files: Sequence[SourceFile], tok: Tokenizer, mix: ExampleMix, seed: int) -> Iterator[ServedExample]:
-    """Served examples for cursors in the training files, without end."""
+def served_stream(files: Sequence[SourceFile], tok: Tokenizer, mix: ExampleMix, seed: int,
+                  max_tokens: int) -> Iterator[ServedExample]:
+    """Served examples of at most max_tokens for cursors in the training files, without end."""
     rng = random.Random(seed)
     py = [f for f in files if f.path.endswith(".py")]
     examples = ServedExamples(tok, py, seed=seed, spm_rate=mix.spm_rate, context_rate=mix.context_rate,
                               kind_weights=mix.kind_weights)
     while py:
         budget = SERVER_CPU_BUDGET if rng.random() < mix.full_budget_rate else rng.randint(384, SERVER_CPU_BUDGET)
-        one = examples.example(rng.choice(py), budget)
-        if one is not None:
+        one = examples.example(rng.choice(py), min(budget, max_tokens - 200))
+        if one is not None and len(one.tokens) <= max_tokens:
             yield one
 
 
@@ -65,5 +66,5 @@ def training_windows(files: Sequence[SourceFile], tok: Tokenizer, seq_len: int, 
     filler, _ = build_stream(list(files), tok, DataConfig(seq_len=seq_len, fim_rate=0.9, spm_rate=0.5, seed=seed))
     if len(filler) < seq_len + 1:  # a tiny workspace: repeat its documents
         filler = np.tile(filler, (seq_len + 1) // max(1, len(filler)) + 1)
-    windows, counts = pack_windows(served_stream(files, tok, mix, seed), seq_len, n_windows, filler, seed)
+    windows, counts = pack_windows(served_stream(files, tok, mix, seed, seq_len), seq_len, n_windows, filler, seed)
     return np.concatenate([windows, filler[:1]]), counts

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -129,7 +130,7 @@ class Adaptation:
             self.events("error", message=f"{self.workspace}: too few Python files to train on and hold some "
                                          "out (need at least 2)")
             return 2
-        self.events("start", train_files=len(split.train), heldout_files=len(split.heldout), steps=r.steps,
+        self.events("start", pid=os.getpid(), train_files=len(split.train), heldout_files=len(split.heldout), steps=r.steps,
                     out=str(self.out))
         write_text_atomic(self.out / "heldout.json", json.dumps([f.path for f in split.heldout], indent=1) + "\n")
         workspace = {f.path: f.text for f in files}
