@@ -32,9 +32,10 @@ from .actions.service import RUN_ACTION, ActionArgs, ActionError, ActionService
 from .adapt.commands import CANCEL, DROP, TRAIN, AdapterCommands, BadArguments, TrainArgs
 from .adapt.remembered import adapter_status, with_accepted
 from .completion import CompletionResult, CompletionService
-from .context.index import WorkspaceIndex
 from .documents import UTF8, UTF16, UTF32, DocumentStore, PositionError
 from .engine_manager import EngineManager, Loader, load_backend
+from .indexing import Indexer
+from .parent import watch_parent
 from .progress import Progress
 from .protocol import RobustProtocol, robust_converter
 from .settings import Settings, parse_settings
@@ -82,10 +83,9 @@ class CodeLlamaServer(LanguageServer):
         self.client_settings = Settings()  # what the client asked for
         self.settings = Settings()  # those, with the workspace's accepted adapter (lsp_server/adapt)
         self.root: Path | None = None
-        self.index: WorkspaceIndex | None = None
-        self.indexing = False
         self.shutdown_requested = False
         self.progress_reporter = Progress(self)  # not `progress`: pygls names a method so
+        self.indexer = Indexer(self.progress_reporter, on_done=lambda: self.threadsafe(self.send_status))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.can_pull_config = False
         self.can_apply_edit = False
@@ -107,7 +107,7 @@ class CodeLlamaServer(LanguageServer):
                                     loader=loader, progress=self.progress_reporter.for_loads())
         self.engine.retire = lambda old: self.service.worker.submit(old.close)
         self.service = CompletionService(
-            self.docs, self.engine, lambda: self.settings, lambda: self.index, self.path_of,
+            self.docs, self.engine, lambda: self.settings, lambda: self.indexer.index, self.path_of,
             on_done=lambda update: self.threadsafe(self.send_status, update),
             on_problem=lambda m: self.threadsafe(self.show_problem, m), outside_workspace=self.outside_workspace)
         # Code actions use the completion model unless `instructModel` names another one.
@@ -115,8 +115,8 @@ class CodeLlamaServer(LanguageServer):
                                              on_problem=lambda m: self.threadsafe(self.show_problem, m),
                                              loader=loader, progress=self.progress_reporter.for_loads(" (code actions)"))
         self.instruct_engine.retire = lambda old: self.service.worker.submit(old.close)
-        self.actions = ActionService(self.service, lambda: self.settings, lambda: self.root,
-                                     lambda: self.can_create_files, lambda: self.can_show_disabled)
+        self.actions = ActionService(self.service, self.instruct_engine, lambda: self.settings,
+                                     lambda: self.root, lambda: self.can_create_files, lambda: self.can_show_disabled)
         self.action_runner = ActionRunner(self)
         self.acceptance = AcceptanceStats()  # this session's, for the status only
         self.adapt = AdapterCommands(self)  # training an adapter on the workspace, and using it
@@ -211,9 +211,9 @@ class CodeLlamaServer(LanguageServer):
 
     def status_payload(self) -> dict[str, Any]:
         self.status.update(
-            **model_fields(self.settings, self.engine), indexing=self.indexing,
-            indexedFiles=len(self.index) if self.index is not None else 0,
-            memory=memory_figures(self.engine, self.index), acceptance=self.acceptance.as_status(),
+            **model_fields(self.settings, self.engine), indexing=self.indexer.building,
+            indexedFiles=self.indexer.files,
+            memory=memory_figures(self.engine, self.indexer.index), acceptance=self.acceptance.as_status(),
             adapter=adapter_status(self.client_settings, self.adapt.accepted), training=self.adapt.status())
         return dict(self.status)
 
@@ -289,8 +289,8 @@ class CodeLlamaServer(LanguageServer):
             self.engine.ensure(settings)
         if old.instruct_model and settings.instruct_model != old.instruct_model:
             self.instruct_engine.close()  # loaded again, the new one, when an action needs it
-        if settings.exclude != old.exclude and self.index is not None:
-            self.start_indexing()
+        if settings.exclude != old.exclude and self.indexer.index is not None:
+            self.indexer.start(self.root, settings.exclude)
         self.send_status()
 
     async def pull_configuration(self) -> None:
@@ -305,36 +305,6 @@ class CodeLlamaServer(LanguageServer):
         # pygls hands the answer over as a tuple (lsprotocol's Sequence), a client's JSON as a list.
         if isinstance(result, (list, tuple)) and result and isinstance(result[0], dict):
             self.apply_settings(result[0])
-
-    def start_indexing(self) -> None:
-        if self.root is None:
-            return
-        if self.index is not None:
-            self.index.stop_watching()
-        index = WorkspaceIndex(self.root, self.settings.exclude)
-        self.index = index
-        self.indexing = True
-        threading.Thread(target=self._build_index, args=(index,), name="indexer", daemon=True).start()
-
-    def _build_index(self, index: WorkspaceIndex) -> None:
-        token = self.progress_reporter.begin("Indexing workspace")
-        try:
-            # Watching starts first: what changes on disk while the build runs is applied after it.
-            index.on_change = lambda what, rel: log.debug("index: %s %s", what, rel)
-            if self.index is index:
-                index.start_watching()
-            index.build(progress=lambda done, total: self.progress_reporter.report(
-                token, f"{done}/{total} files", int(100 * done / max(total, 1))),
-                should_stop=lambda: self.index is not index)
-            if self.index is not index:  # replaced while building (a reindex)
-                index.stop_watching()
-        except Exception:
-            log.exception("indexing failed")
-        finally:
-            self.progress_reporter.end(token, f"{len(index)} files")
-            if self.index is index:
-                self.indexing = False
-            self.threadsafe(self.send_status)
 
     # ---- what the adapter commands need (lsp_server/adapt/commands.py: Host) --------------------
 
@@ -360,21 +330,6 @@ class CodeLlamaServer(LanguageServer):
             coro.close()
             return
         asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def watch_parent(self, pid: int) -> None:
-        """Exit when the editor that started us is gone (LSP: processId)."""
-        def loop() -> None:
-            while True:
-                time.sleep(5)
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    log.warning("parent process %s is gone; exiting", pid)
-                    os._exit(0)
-                except OSError:
-                    return  # not ours to watch (permissions): stop checking
-
-        threading.Thread(target=loop, name="parent-watch", daemon=True).start()
 
 
 def exit_process(code: int) -> None:
@@ -453,7 +408,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         ls.adapt.open_workspace(ls.root)
         ls.use_settings(ls.init_settings)
         if params.process_id:
-            ls.watch_parent(params.process_id)
+            watch_parent(params.process_id)
 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: CodeLlamaServer, params: types.InitializedParams) -> None:
@@ -462,7 +417,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         await ls.pull_configuration()
         if ls.settings.enable:
             ls.engine.ensure(ls.settings)
-        ls.start_indexing()
+        ls.indexer.start(ls.root, ls.settings.exclude)
         ls.send_status()
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
@@ -539,8 +494,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         ls.service.cancel_all()
         ls.action_runner.cancel_all()
         ls.adapt.shutdown()
-        if ls.index is not None:
-            ls.index.stop_watching()
+        ls.indexer.stop()
 
     @server.feature(types.EXIT)
     def exit_(ls: CodeLlamaServer, params: Any) -> None:
@@ -577,7 +531,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
 
     @server.command(CMD_REINDEX)
     def reindex(ls: CodeLlamaServer, *args: Any) -> None:
-        ls.start_indexing()
+        ls.indexer.start(ls.root, ls.settings.exclude)
 
     @server.command(TRAIN)
     def train_adapter(ls: CodeLlamaServer, *args: Any) -> dict[str, Any]:

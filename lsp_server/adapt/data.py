@@ -29,12 +29,20 @@ class Split:
 
 def split_workspace(files: Sequence[SourceFile], fraction: float, seed: int, min_heldout: int = 2) -> Split:
     """Whole Python files held out by a stable hash order: about `fraction` of them, at least
-    `min_heldout` (while at least as many remain to train on). Other source files always train."""
-    py = sorted((f for f in files if f.path.endswith(".py")),
-                key=lambda f: hashlib.sha1(f"{seed}:{f.path}".encode()).digest())
-    n = min(max(min_heldout, round(fraction * len(py))), len(py) // 2)
-    held = {f.path for f in py[:n]}
+    `min_heldout` (while at least as many remain to train on). Only files with real code are held
+    out (an `__init__.py` of imports or a ten-line module says little about completions); other
+    source files always train."""
+    py = [f for f in files if f.path.endswith(".py")]
+    candidates = sorted((f for f in py if _substantial(f)), key=lambda f: hashlib.sha1(f"{seed}:{f.path}".encode()).digest())
+    n = min(max(min_heldout, round(fraction * len(py))), len(py) // 2, len(candidates))
+    held = {f.path for f in candidates[:n]}
     return Split([f for f in files if f.path not in held], [f for f in files if f.path in held])
+
+
+def _substantial(f: SourceFile, min_code_lines: int = 30) -> bool:
+    name = f.path.rsplit("/", 1)[-1]
+    code = sum(1 for line in f.text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
+    return name not in ("__init__.py", "conftest.py", "setup.py") and code >= min_code_lines
 
 
 @dataclass(frozen=True)

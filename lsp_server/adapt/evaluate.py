@@ -47,27 +47,29 @@ def workspace_modules(paths: Sequence[str]) -> set[str]:
 
 
 def line_cases(files: Sequence[SourceFile], n: int, seed: int, modules: set[str]) -> list[LineCase]:
-    """About `n` cases spread evenly over the files and the kinds of cursor (seeded)."""
+    """About `n` cases, a quarter of each kind of cursor where the files have them, spread over the
+    files (seeded)."""
     rng = random.Random(seed)
     files = [f for f in files if f.path.endswith(".py")]
     cases: list[LineCase] = []
     seen: set[tuple[str, int]] = set()
-    for attempt in range(n * 8):
-        if len(cases) >= n or not files:
-            break
-        f = files[attempt % len(files)]
-        kind = EVAL_KINDS[(attempt // len(files)) % len(EVAL_KINDS)]
-        cross: list[int] = []
-        if kind == "cross":
-            cross = cross_file_cursors(f.text, *sibling_names(f.text, modules))
-        t = pick_cursor(f.text, kind, cross, rng)
-        if t is None or (f.path, t.offset) in seen:
-            continue
-        target = f.text[t.offset : t.end]
-        if not target.strip() or "\n" in target or len(target) > MAX_TARGET_CHARS:
-            continue
-        seen.add((f.path, t.offset))
-        cases.append(LineCase(f.path, f.text[: t.offset] + f.text[t.end :], t.offset, target, kind))
+    for k, kind in enumerate(EVAL_KINDS):
+        quota = (n - len(cases)) // (len(EVAL_KINDS) - k)  # kinds that fall short leave room to the next
+        made = 0
+        for attempt in range(quota * 10):
+            if made >= quota or not files:
+                break
+            f = files[attempt % len(files)]
+            cross = cross_file_cursors(f.text, *sibling_names(f.text, modules)) if kind == "cross" else []
+            t = pick_cursor(f.text, kind, cross, rng)
+            if t is None or (f.path, t.offset) in seen:
+                continue
+            target = f.text[t.offset : t.end]
+            if not target.strip() or "\n" in target or len(target) > MAX_TARGET_CHARS:
+                continue
+            seen.add((f.path, t.offset))
+            cases.append(LineCase(f.path, f.text[: t.offset] + f.text[t.end :], t.offset, target, kind))
+            made += 1
     return cases
 
 
@@ -103,6 +105,27 @@ def score_cases(backend: Backend, cases: Sequence[LineCase], workspace: Mapping[
         if progress:
             progress(i, len(cases))
     return {**summarise(results), "results": results}
+
+
+PERPLEXITY_LENGTHS = (256, 1024, 4096)
+
+
+def heldout_perplexity(backend, files: Sequence[SourceFile], windows: int = 6) -> dict[int, float]:
+    """Perplexity of the held-out files joined in path-headed order (as training lays a repository
+    out), by context length, over the same scored tokens at every length (engine.evaluate.perplexity);
+    lengths the files are too short for are left out."""
+    import torch
+
+    from engine.evaluate.perplexity import documents, evaluate
+
+    tokens = len(documents(backend.tok, files, concat=True)[0])
+    lengths = [n for n in PERPLEXITY_LENGTHS if n < tokens]
+    if not lengths:
+        return {}
+    with torch.inference_mode():
+        result = evaluate(backend.model, backend.tok, files, lengths, windows=windows, concat=True,
+                          device=backend.device, dtype=backend.dtype)
+    return {length: round(v["ppl"], 3) for length, v in result["by_length"].items()}
 
 
 def summarise(results: Sequence[dict]) -> dict:

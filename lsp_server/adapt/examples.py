@@ -200,7 +200,7 @@ class ServedExamples:
 
     def _layout(self, prefix: str, suffix: str, middle: str, spm: bool) -> list[int] | None:
         tok = self.tok
-        assert tok.eot_id is not None and tok.suffix_id is not None and tok.middle_id is not None
+        assert tok.prefix_id is not None and tok.eot_id is not None and tok.suffix_id is not None and tok.middle_id is not None
         head = [tok.bos_id, tok.prefix_id]
         if spm:
             return (head + [tok.suffix_id] + tok.encode_infill(suffix) + [tok.middle_id]

@@ -31,6 +31,9 @@ def summary_text(name: str, heldout: list[str], train_files: int, steps: int, tr
         b, a = before["by_kind"][kind], after["by_kind"][kind]
         if b["cases"]:
             rows.append((f"  {kind} ({b['cases']} cases)", f"{b['exact_match']:.1f} %", f"{a['exact_match']:.1f} %"))
+    for n in sorted(int(k) for k in before.get("perplexity", {})):
+        b, a = _at(before["perplexity"], n), _at(after.get("perplexity", {}), n)
+        rows.append((f"perplexity at {n} tokens", f"{b:.2f}", f"{a:.2f}" if a else "-"))
     width = max(len(r[0]) for r in rows)
     lines = [f"Adapter for {name}: {steps} steps in {train_seconds / 60:.1f} min on {train_files} files; "
              f"measured on {len(heldout)} held-out files ({before['cases']} cursors).",
@@ -38,6 +41,11 @@ def summary_text(name: str, heldout: list[str], train_files: int, steps: int, tr
     lines += [f"{label:{width}}  {b:>8}  {a:>8}" for label, b, a in rows]
     lines.append(message[0].upper() + message[1:] + ".")
     return "\n".join(lines)
+
+
+def _at(perplexity: dict, n: int) -> float | None:
+    """A perplexity by length, whether the keys are ints (fresh) or strings (read back from JSON)."""
+    return perplexity.get(n, perplexity.get(str(n)))
 
 
 def write_report(out: Path, *, workspace: Path, base_model: Path, recipe: dict, heldout: list[str],
@@ -56,11 +64,13 @@ def write_report(out: Path, *, workspace: Path, base_model: Path, recipe: dict, 
 
 
 def _plot(path: Path, before: dict, after: dict) -> None:
+    """Held-out perplexity by context length, before and after (nothing when the files were too short)."""
     from engine.evaluate.plot import plot_lines
 
-    kinds = [k for k in EVAL_KINDS if before["by_kind"][k]["cases"]]
-    xs = [float(i + 1) for i in range(len(kinds))]
-    plot_lines([("before", xs, [before["by_kind"][k]["exact_match"] for k in kinds]),
-                ("after", xs, [after["by_kind"][k]["exact_match"] for k in kinds])],
-               path, title="exact match by cursor kind: " + ", ".join(kinds), xlabel="cursor kind",
-               ylabel="exact match %", log2_x=False)
+    lengths = sorted(int(n) for n in before.get("perplexity", {}))
+    if not lengths:
+        return
+    xs = [float(n) for n in lengths]
+    plot_lines([(name, xs, [_at(scores["perplexity"], n) or 0.0 for n in lengths])
+                for name, scores in (("before", before), ("after", after))],
+               path, title="held-out perplexity by context length", xlabel="context tokens", ylabel="perplexity")

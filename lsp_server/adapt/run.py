@@ -29,7 +29,7 @@ from engine.paths import default_model_dir
 from engine.train.sources import collect_repo
 
 from .data import ExampleMix, Split, split_workspace, training_windows
-from .evaluate import line_cases, score_cases, workspace_modules
+from .evaluate import heldout_perplexity, line_cases, score_cases, workspace_modules
 
 
 @dataclass(frozen=True)
@@ -136,13 +136,13 @@ class Adaptation:
         workspace = {f.path: f.text for f in files}
         cases = line_cases(split.heldout, r.eval_cases, r.seed, workspace_modules(list(workspace)))
 
-        before = self._cached("before.json", lambda: self._score("baseline", None, cases, workspace))
+        before = self._cached("before.json", lambda: self._score("baseline", None, cases, workspace, split.heldout))
         started = time.monotonic()
         stopped = self._train(split)
         if stopped:
             return 128 + stopped
         train_seconds = time.monotonic() - started
-        after = self._score("evaluate", self.out, cases, workspace)
+        after = self._score("evaluate", self.out, cases, workspace, split.heldout)
         self.events("phase", phase="report")
         from .report import write_report
 
@@ -163,13 +163,14 @@ class Adaptation:
         write_text_atomic(path, json.dumps(result) + "\n")
         return result
 
-    def _score(self, phase: str, adapter: Path | None, cases, workspace) -> dict:
+    def _score(self, phase: str, adapter: Path | None, cases, workspace, heldout) -> dict:
         self.events("phase", phase=phase)
         backend = load_local_backend(self.model_dir, device="cpu", adapter=adapter)
         try:
-            return score_cases(backend, cases, workspace,
-                               progress=lambda done, total: self.events("progress", phase=phase, done=done,
-                                                                         total=total))
+            scores = score_cases(backend, cases, workspace,
+                                 progress=lambda done, total: self.events("progress", phase=phase, done=done,
+                                                                           total=total))
+            return {**scores, "perplexity": heldout_perplexity(backend, heldout)}
         finally:
             backend.close()
 
