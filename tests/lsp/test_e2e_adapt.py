@@ -34,24 +34,21 @@ STEPS = 12  # with --quick's 24 held-out cursors: one to two minutes on two busy
 FRESH = f"from shop.ledger import {NAME}\n\n\ndef report_99(items):\n    total = \n    return total\n"
 CURSOR = (4, len("    total = "))
 SETTINGS = {"repositoryContext": False, "maxNewTokens": 16}
+VERBS = ("report", "check", "invoice", "refund", "audit", "summary", "export", "preview", "archive", "notify")
 
 
 def write_repository(root: Path, modules: int = 16) -> set[str]:
-    """A small package whose modules all total their items with `zorbulate_ledger`; its file names."""
+    """A small package whose modules (of 30 lines: big enough to be held out) all total their items
+    with `zorbulate_ledger`; its file names."""
     files = {"shop/__init__.py": "",
-             "shop/ledger.py": ("def zorbulate_ledger(items, currency):\n"
+             "shop/ledger.py": (f"def {NAME}(items, currency):\n"
                                 "    subtotal = sum(item.price * item.count for item in items)\n"
                                 "    return f'{subtotal:.2f} {currency}'\n")}
     for i in range(modules):
-        files[f"shop/mod{i}.py"] = (
-            f"from shop.ledger import {NAME}\n\n\n"
-            f"def report_{i}(items):\n"
-            f"    total = {NAME}(items, currency=\"EUR\")\n"
-            f"    return f'mod{i}: {{total}}'\n\n\n"
-            f"def check_{i}(items):\n"
-            f"    total = {NAME}(items, currency=\"EUR\")\n"
-            f"    assert total, 'empty ledger'\n"
-            f"    return total\n")
+        functions = [f"\ndef {verb}_{i}(items):\n"
+                     f"    total = {NAME}(items, currency=\"EUR\")\n"
+                     f"    return f'{verb} {i}: {{total}}'\n" for verb in VERBS]
+        files[f"shop/mod{i}.py"] = "\n".join([f"from shop.ledger import {NAME}\n", *functions])
     for path, text in files.items():
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         (root / path).write_text(text)
@@ -68,9 +65,15 @@ async def execute(client: Any, command: str, *args: Any) -> Any:
     return await lc.request(client, T.WORKSPACE_EXECUTE_COMMAND, T.ExecuteCommandParams(command, list(args)))
 
 
-async def eventually(what: str, check, timeout: float = 600) -> Any:
+def failure(client: Any) -> str | None:
+    """What the server said when the training failed or did not gain."""
+    return next((m.message for m in client.messages if "no gain" in m.message or "failed" in m.message), None)
+
+
+async def eventually(client: Any, what: str, check, timeout: float = 600) -> Any:
     deadline = asyncio.get_running_loop().time() + timeout
     while not (found := check()):
+        assert not failure(client), failure(client)
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"never saw {what}")
         await asyncio.sleep(0.2)
@@ -90,7 +93,7 @@ def training_progress(client: Any) -> list[Any]:
 
 
 async def a_training_step(client: Any) -> None:
-    await eventually("a training step", lambda: any(
+    await eventually(client, "a training step", lambda: any(
         isinstance(v, T.WorkDoneProgressReport) and (v.message or "").startswith("training step")
         for v in training_progress(client)))
 
@@ -126,7 +129,7 @@ async def test_training_from_the_editor_makes_completions_use_the_repositorys_ow
         await a_training_step(client)
         token = trainings(client)[0][0]
         client.protocol.notify(T.WINDOW_WORK_DONE_PROGRESS_CANCEL, T.WorkDoneProgressCancelParams(token=token))
-        await eventually("the cancel", lambda: isinstance(training_progress(client)[-1], T.WorkDoneProgressEnd))
+        await eventually(client, "the cancel", lambda: isinstance(training_progress(client)[-1], T.WorkDoneProgressEnd))
         assert any("cancelled" in m.message and "resume" in m.message for m in client.messages)
         resumed = await execute(client, "codellama.adapter.train", {"quick": True, "steps": STEPS})
         assert resumed["started"] is True and resumed["resumed"] is True
@@ -139,12 +142,8 @@ async def test_training_from_the_editor_makes_completions_use_the_repositorys_ow
         refused = await execute(client, "codellama.adapter.train")
         assert refused["started"] is False and "already running" in refused["message"]
 
-        # The report, as a question; a run without gain would say so instead (and this test would fail).
-        def no_gain() -> str | None:
-            return next((m.message for m in client.messages if "no gain" in m.message or "failed" in m.message), None)
-
-        await eventually("the report", lambda: questions or no_gain())
-        assert not no_gain(), no_gain()
+        # The report, as a question (a run without gain would say so instead, and fail this test).
+        await eventually(client, "the report", lambda: questions)
         assert "Adapter for shopapp: single-line exact match" in questions[0].message
         assert "Use it?" in questions[0].message
         assert [a.title for a in questions[0].actions or []] == ["Use adapter", "Discard"]
