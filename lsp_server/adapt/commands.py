@@ -49,6 +49,7 @@ class Host(Protocol):
     def ask(self, message: str, actions: list[str]) -> Awaitable[str | None]: ...
     def tell(self, message: str, level: types.MessageType) -> None: ...
     def adapter_changed(self) -> None: ...  # reload the model with (or without) the workspace's adapter
+    def status_changed(self) -> None: ...  # send codellama/status (from any thread)
     def run_soon(self, coro: Coroutine[Any, Any, None]) -> None: ...  # on the server's loop, from any thread
 
 
@@ -232,6 +233,8 @@ class AdapterCommands:
             return
         self.message, self.percentage = shown
         self.host.progress_reporter.report(self.token, *shown)
+        if event.get("event") in ("start", "phase"):
+            self.host.status_changed()  # the status's `training`, at each phase (not at every step)
 
     def _on_end(self, end: JobEnd) -> None:
         self.host.run_soon(self.finish(end))
@@ -239,6 +242,7 @@ class AdapterCommands:
     def _finish_progress(self, message: str) -> None:
         self.host.progress_reporter.end(self.token, message)
         self.token = None
+        self.host.status_changed()
 
     async def finish(self, end: JobEnd) -> None:
         """Tell the user how the run ended; offer the adapter when it gained."""

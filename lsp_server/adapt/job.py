@@ -92,7 +92,8 @@ def has_checkpoint(out: Path) -> bool:
 
 
 def pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+    """Whether process `pid` runs (POSIX; on Windows os.kill would end it, so: unknown, False)."""
+    if not isinstance(pid, int) or pid <= 0 or os.name == "nt":
         return False
     try:
         os.kill(pid, 0)
@@ -256,7 +257,11 @@ class TrainingJob:
             proc.terminate()
         else:
             proc.send_signal(signal.SIGTERM)
-        timer = threading.Timer(KILL_AFTER_S, lambda: proc.poll() is None and proc.kill())
+        def kill_if_running() -> None:
+            if proc.poll() is None:
+                proc.kill()
+
+        timer = threading.Timer(KILL_AFTER_S, kill_if_running)
         timer.daemon = True
         timer.start()
 

@@ -178,6 +178,20 @@ def test_a_cancelled_run_keeps_its_checkpoint_and_the_next_run_resumes_it(tmp_pa
 
 
 @pytest.mark.slow
+def test_a_killed_run_fails_with_a_word_on_resuming_and_the_next_run_resumes_it(tmp_path):
+    request = J.TrainRequest(workspace=str(tmp_path), out=str(tmp_path / "out"), steps=400)
+    job, recorder = run_job(request)
+    assert recorder.step_seen.wait(60)
+    assert job.proc is not None
+    job.proc.kill()  # the out-of-memory killer, or the user
+    end = recorder.wait()
+    assert end.kind == "failed" and "signal 9" in (end.message or "") and "resume" in (end.message or "")
+    again, recorder = run_job(request, {"STANDIN_STEP_S": "0"})
+    assert again.resumed and recorder.wait().kind == "done"
+    assert recorder.events[0]["resumed_from"] >= 3
+
+
+@pytest.mark.slow
 def test_a_finished_run_or_other_settings_start_afresh_in_a_cleared_folder(tmp_path):
     request = J.TrainRequest(workspace=str(tmp_path), out=str(tmp_path / "out"), steps=3)
     run_job(request)[1].wait()
@@ -290,6 +304,7 @@ class FakeHost:
         self.asked: list[str] = []
         self.told: list[tuple[str, types.MessageType]] = []
         self.reloads = 0
+        self.statuses = 0
         self.finished = asyncio.Event()
 
     async def ask(self, message: str, actions: list[str]) -> str | None:
@@ -302,6 +317,9 @@ class FakeHost:
 
     def adapter_changed(self) -> None:
         self.reloads += 1
+
+    def status_changed(self) -> None:
+        self.statuses += 1
 
     def run_soon(self, coro: Any) -> None:
         async def then_mark() -> None:
@@ -340,6 +358,7 @@ async def test_a_gain_is_offered_and_used_then_remembered_for_the_next_server_an
     assert host.asked[0].startswith("Adapter for myproject: single-line exact match 4.1 % -> 8.3 % on 3 held-out "
                                     "files. Use it?")
     assert host.reloads == 1 and commands.accepted is not None
+    assert host.statuses >= 3  # start, each phase, the end: the status bar follows the run
     assert with_accepted(host.client_settings, commands.accepted).adapter == commands.accepted.adapter
 
     next_server = AdapterCommands(host, base=tmp_path / "data")
