@@ -192,6 +192,7 @@ def generate(
     # Room for the whole answer now, so decode steps never reallocate.
     cache.ensure_capacity(len(prompt) + max_new_tokens)
     t0 = time.perf_counter()
+    logits: torch.Tensor | None
     if len(prompt) - reuse == 1:
         # One new token (a warm keystroke: the rest of the prompt is cached) is a decode step, so the
         # served path replays its CUDA graph for it too: at 16K tokens a 7B model's eager step takes
