@@ -141,6 +141,11 @@ def test_each_cache_of_the_pool_decodes_through_its_own_graph_with_eager_tokens(
     assert all(graph.cache is cache for cache, graph in held.items())
     # The keystroke and the return decoded in the first file's cache, through its graph, captured once.
     assert graphs.captures == graphs.graphs() == len(graphed.pool.caches) >= 2
+    # A warm keystroke recomputes one token (token healing holds the last one back): a graph step too.
+    before = graphs.graph_steps
+    timings = graphed.complete(request(FILE_A + "co")).timings
+    assert timings is not None and timings.prompt_tokens - timings.cached_tokens == 1
+    assert graphs.graph_steps - before == timings.decode_passes + 1
     # Evicted caches take their graphs with them.
     graphed.pool.MAX_CACHES = 1
     graphed.complete(request(FILE_B + "x"))
