@@ -176,6 +176,17 @@ class DecodeGraph:
         cache.tokens.append(token)
         return out
 
+    def prepare(self) -> None:
+        """Capture now (in idle time) if the next step would. The capture's warm-up writes K/V at the
+        cache's next position, past what it holds: the next token's step overwrites them."""
+        cache = self.cache
+        if not self.stale or cache.length >= cache.capacity:
+            return
+        with torch.inference_mode():
+            self.tokens.fill_(cache.tokens[-1] if cache.tokens else 0)
+            self.pos.fill_(cache.length)
+            self._capture()
+
     def _replay(self) -> torch.Tensor:
         if self.stale:
             self._capture()  # its warm-up already ran this step; replaying again is harmless

@@ -94,12 +94,16 @@ class ServedGraphs:
         """Graphs held now (one per cache that decoded with one and is still in the pool)."""
         return len(self._graphs)
 
+    def _graph(self, cache: KVCache) -> DecodeGraph:
+        graph = self._graphs.get(cache)
+        if graph is None:
+            graph = self._graphs[cache] = self._make_graph(self.model, cache)
+        return graph
+
     def step(self, cache: KVCache, token: int) -> torch.Tensor:
         """engine.generate.decode_step's contract, through the cache's graph where graphs run."""
         if self.reason is None:
-            graph = self._graphs.get(cache)
-            if graph is None:
-                graph = self._graphs[cache] = self._make_graph(self.model, cache)
+            graph = self._graph(cache)
             before = graph.captures
             try:
                 logits = graph.decode(token)
@@ -111,6 +115,19 @@ class ServedGraphs:
                 return logits
         self.eager_steps += 1
         return decode_step(self.model, cache, token)
+
+    def prepare(self, cache: KVCache) -> None:
+        """Capture `cache`'s graph now if its next decode step would (the backend's idle warming calls
+        this, so the first suggestion after a switch does not pay for the capture)."""
+        if self.reason is None:
+            graph = self._graph(cache)
+            before = graph.captures
+            try:
+                graph.prepare()
+            except CaptureError as exc:
+                self.disable(f"capturing the decode step failed ({exc})")
+            else:
+                self.captures += graph.captures - before
 
     def disable(self, reason: str) -> None:
         """Decode eagerly from now on, and free the graphs."""

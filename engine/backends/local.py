@@ -329,6 +329,9 @@ class LocalBackend:
             if reuse < len(prompt):
                 # Short chunks: a request arriving meanwhile waits for one chunk at most.
                 prefill(self.model, cache, prompt[reuse:], chunk_size=WARM_CHUNK, should_stop=should_stop)
+            # Warmed all the way and still idle: its graph too, if it has none yet.
+            if cache.length == len(prompt) and not (should_stop is not None and should_stop()):
+                self.graphs.prepare(cache)
             self._release()
         finally:
             self.lock.release()

@@ -98,13 +98,16 @@ class BoundStep:
         self.model, self.cache, self.captures = model, cache, 0
         self._layout: tuple[int, int] | None = None
 
-    def decode(self, token: int) -> torch.Tensor:
-        cache = self.cache
-        layout = (cache.k[0].data_ptr(), cache.capacity)
+    def prepare(self) -> None:
+        layout = (self.cache.k[0].data_ptr(), self.cache.capacity)
         if layout != self._layout:
             if self.fail_capture:
                 raise CaptureError("RuntimeError: operation not permitted when stream is capturing")
             self._layout, self.captures = layout, self.captures + 1
+
+    def decode(self, token: int) -> torch.Tensor:
+        cache = self.cache
+        self.prepare()
         rope = self.model.rope(0, cache.capacity, cache.device)
         logits = static_decode_step(self.model, cache, torch.tensor([[token]]), torch.tensor([cache.length]), rope)
         cache.tokens.append(token)
@@ -169,3 +172,19 @@ def test_a_failed_capture_falls_back_to_eager_for_good_with_one_log_line(monkeyp
     assert not graphs.active and "capturing the decode step failed" in (graphs.reason or "")
     assert graphs.graph_steps == 0 and graphs.graphs() == 0 and graphs.eager_steps > 0
     assert len([r for r in caplog.records if "CUDA graphs" in r.getMessage()]) == 1
+
+
+def test_idle_warming_captures_the_graph_so_the_next_completion_does_not(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    backend = load_local_backend(device="cpu", dtype="float32")
+    backend.graphs = graphs = graphs_as_on_cuda(backend)
+    backend.warm(request(FILE_B))
+    assert graphs.captures == graphs.graphs() == 1 and graphs.graph_steps == 0
+    assert backend.warm(request(FILE_B)) is None and graphs.captures == 1  # warm already: nothing to do
+    eager = load_local_backend(device="cpu", dtype="float32")
+    assert backend.complete(request(FILE_B)).tokens == eager.complete(request(FILE_B)).tokens
+    assert graphs.captures == 1 and graphs.graph_steps > 0  # the completion replayed the warmed graph
+    cancelled = load_local_backend(device="cpu", dtype="float32")
+    cancelled.graphs = idle = graphs_as_on_cuda(cancelled)
+    cancelled.warm(request(FILE_B), should_stop=lambda: True)  # a request came: no capture
+    assert idle.captures == 0
