@@ -15,8 +15,9 @@ token and the position are the graph's inputs, the cache's length says where the
 
 Cache capacities are rounded up to buckets (`capacity_bucket`: 8 a doubling), so a cache that grows
 a few tokens a keystroke keeps its graph; a graph is captured lazily, at its cache's first decode step
-in a bucket. A capture costs a few eager steps (its warm-up) and the capture itself, once per cache and
-bucket; a failed capture turns graphs off for the loaded model, with one log line saying why.
+in a bucket, or in idle time when the backend's warming has filled the cache (`prepare`). A capture
+costs a few eager steps (its warm-up) and the capture itself, once per cache and bucket; a failed
+capture turns graphs off for the loaded model, with one log line saying why.
 """
 
 from __future__ import annotations
