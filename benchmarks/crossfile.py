@@ -42,6 +42,7 @@ from crossfile_cases import PACKAGES, Case, Package, build_cases, sample_cases
 from lsp_session import REPO, Editor, configure, percentile, start_server, stop_server, wait_ready
 
 from engine.atomic import atomic_directory  # importable: lsp_session put the repository on the path
+from engine.evaluate.infill import edit_similarity
 
 CACHE = REPO / ".cache" / "crossfile"
 
@@ -85,22 +86,6 @@ def package_files(root: Path) -> dict[str, str]:
 
 def first_line(text: str) -> str:
     return text.split("\n", 1)[0].strip()
-
-
-def levenshtein(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
-
-
-def edit_similarity(a: str, b: str) -> float:
-    if not a and not b:
-        return 1.0
-    return 1 - levenshtein(a, b) / max(len(a), len(b))
 
 
 def starts_with_name(suggestion: str, name: str) -> bool:

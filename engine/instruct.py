@@ -14,6 +14,8 @@ import json
 import re
 from pathlib import Path
 
+from engine.backends.base import InstructCapability
+
 INSTRUCT_KEY = "instruct"
 CONFIG_FILES = ("config.json", "params.json")
 ADAPTER_FILE = "adapter.json"
@@ -40,17 +42,19 @@ def read_marker(path: Path) -> bool | None:
     return marker
 
 
-def follows_instructions(model_dir: Path, adapter_dir: Path | None = None) -> tuple[bool, str]:
-    """Whether it does, and what decided it (a clause for the user: 'its config.json says "instruct": false')."""
+def follows_instructions(model_dir: Path, adapter_dir: Path | None = None) -> InstructCapability:
+    """Whether the model in `model_dir` (with the LoRA adapter in `adapter_dir`) does, and what decided
+    it. The local backend answers with this for its loaded checkpoint; the language server asks it
+    about a directory it has not loaded yet."""
     if adapter_dir is not None:
         marker = read_marker(adapter_dir / ADAPTER_FILE)
         if marker is not None:
-            return marker, f"its adapter's {ADAPTER_FILE} says \"{INSTRUCT_KEY}\": {str(marker).lower()}"
+            return InstructCapability(marker, f"its adapter's {ADAPTER_FILE} says \"{INSTRUCT_KEY}\": {str(marker).lower()}")
     for file in CONFIG_FILES:
         marker = read_marker(model_dir / file)
         if marker is not None:
-            return marker, f"its {file} says \"{INSTRUCT_KEY}\": {str(marker).lower()}"
+            return InstructCapability(marker, f"its {file} says \"{INSTRUCT_KEY}\": {str(marker).lower()}")
     if _INSTRUCT_NAME.search(model_dir.name):
-        return True, f"its name, {model_dir.name}, says it is instruction-tuned"
-    return False, (f"it is a completion model (no \"{INSTRUCT_KEY}\": true in its configuration and no "
-                   "\"Instruct\" in its name)")
+        return InstructCapability(True, f"its name, {model_dir.name}, says it is instruction-tuned")
+    return InstructCapability(False, (f"it is a completion model (no \"{INSTRUCT_KEY}\": true in its configuration "
+                                      "and no \"Instruct\" in its name)"))

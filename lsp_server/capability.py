@@ -2,9 +2,11 @@
 Instruct prompts; a completion model (the embedded default model, CodeLlama-7b-hf) answers them with
 noise, so the server does not run them there (lsp_server/README.md, "Code actions").
 
-First match wins: the setting `codellama.instructCapable` (true/false; null: detect); a remote backend
-is assumed to follow instructions (its model is the server's choice); else what the model directory
-says about itself (engine.instruct.follows_instructions: its configuration's `"instruct"`, its name).
+Whether a model follows instructions is the engine's knowledge: a loaded backend answers
+(`Backend.instruct_capability`: a local one from its checkpoint, a remote one assumed to); before the
+model is loaded (at startup, or `instructModel` until the first action runs) the engine answers for the
+directory the settings name, by the rule the local backend will use (engine.instruct). The user's
+setting `codellama.instructCapable` (true/false; null: ask the model) wins over both.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.backends.remote import ASSUMED_INSTRUCT
 from engine.instruct import follows_instructions
 from engine.paths import default_model_dir
 
+from .engine_manager import EngineManager, model_label
 from .settings import Settings
 
 
@@ -25,24 +29,37 @@ class Capability:
     why: str  # what decided it, a clause for the user: "its config.json says \"instruct\": false"
 
 
-def detect(model: str | None, adapter: str | None = None, backend: str = "local") -> Capability:
-    """What the model directory (None: the embedded default model) says about itself."""
-    if backend != "local":
-        return Capability(True, backend, "it is a remote backend (assumed to follow instructions)")
-    directory = Path(model) if model else default_model_dir()
-    capable, why = follows_instructions(directory, Path(adapter) if adapter else None)
-    return Capability(capable, directory.name if model else "default", why)
+def _name(settings: Settings) -> str:
+    return settings.backend if settings.backend != "local" else model_label(settings)
 
 
-def for_actions(settings: Settings, serving: Settings | None) -> Capability:
-    """Whether the model that would serve code actions follows instructions: `instructModel` when it
-    is a directory, else the completion model actually serving (`serving`, the settings it was
-    loaded with; the current settings while none is loaded)."""
+def before_loading(settings: Settings) -> Capability:
+    """What the backend the settings name will answer once it is loaded."""
+    if settings.backend != "local":
+        return Capability(ASSUMED_INSTRUCT.capable, _name(settings), ASSUMED_INSTRUCT.why)
+    directory = Path(settings.model) if settings.model else default_model_dir()
+    found = follows_instructions(directory, Path(settings.adapter) if settings.adapter else None)
+    return Capability(found.capable, _name(settings), found.why)
+
+
+def of_engine(engine: EngineManager, settings: Settings) -> Capability:
+    """What the backend `engine` serves with answers; while none is loaded, what the one `settings`
+    name will answer."""
+    backend, loaded = engine.backend, engine.loaded_settings
+    if backend is None or loaded is None:
+        return before_loading(settings)
+    found = backend.instruct_capability
+    return Capability(found.capable, _name(loaded), found.why)
+
+
+def for_actions(settings: Settings, completion: EngineManager, instruct: EngineManager) -> Capability:
+    """Whether the model that would serve code actions follows instructions: `instructModel` (loaded
+    by `instruct`) when it is a directory, else the completion model actually serving (`completion`'s
+    backend; while none is loaded, the one the settings name)."""
     if settings.instruct_model and Path(settings.instruct_model).is_dir():
-        found = detect(settings.instruct_model, None, settings.backend)
+        found = of_engine(instruct, settings.for_instruct_model())
     else:
-        base = serving or settings
-        found = detect(base.model, base.adapter, base.backend)
+        found = of_engine(completion, settings)
         if settings.instruct_model:
             found = Capability(found.capable, found.model,
                                f"{found.why}; codellama.instructModel ({settings.instruct_model}) is not a directory")

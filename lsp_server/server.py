@@ -30,9 +30,10 @@ from .actions.delivery import ActionRunner
 from .actions.prompts import ACTIONS
 from .actions.service import RUN_ACTION, ActionArgs, ActionError, ActionService
 from .completion import CompletionResult, CompletionService
-from .context.index import WorkspaceIndex
 from .documents import UTF8, UTF16, UTF32, DocumentStore, PositionError
 from .engine_manager import EngineManager, Loader, load_backend
+from .indexing import Indexer
+from .parent import watch_parent
 from .progress import Progress
 from .protocol import RobustProtocol, robust_converter
 from .settings import Settings, parse_settings
@@ -79,10 +80,9 @@ class CodeLlamaServer(LanguageServer):
         self.init_settings = Settings()
         self.settings = Settings()
         self.root: Path | None = None
-        self.index: WorkspaceIndex | None = None
-        self.indexing = False
         self.shutdown_requested = False
         self.progress_reporter = Progress(self)  # not `progress`: pygls names a method so
+        self.indexer = Indexer(self.progress_reporter, on_done=lambda: self.threadsafe(self.send_status))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.can_pull_config = False
         self.can_apply_edit = False
@@ -103,7 +103,7 @@ class CodeLlamaServer(LanguageServer):
                                     loader=loader, progress=self.progress_reporter.for_loads())
         self.engine.retire = lambda old: self.service.worker.submit(old.close)
         self.service = CompletionService(
-            self.docs, self.engine, lambda: self.settings, lambda: self.index, self.path_of,
+            self.docs, self.engine, lambda: self.settings, lambda: self.indexer.index, self.path_of,
             on_done=lambda update: self.threadsafe(self.send_status, update),
             on_problem=lambda m: self.threadsafe(self.show_problem, m), outside_workspace=self.outside_workspace)
         # Code actions use the completion model unless `instructModel` names another one.
@@ -111,8 +111,8 @@ class CodeLlamaServer(LanguageServer):
                                              on_problem=lambda m: self.threadsafe(self.show_problem, m),
                                              loader=loader, progress=self.progress_reporter.for_loads(" (code actions)"))
         self.instruct_engine.retire = lambda old: self.service.worker.submit(old.close)
-        self.actions = ActionService(self.service, lambda: self.settings, lambda: self.root,
-                                     lambda: self.can_create_files, lambda: self.can_show_disabled)
+        self.actions = ActionService(self.service, self.instruct_engine, lambda: self.settings,
+                                     lambda: self.root, lambda: self.can_create_files, lambda: self.can_show_disabled)
         self.action_runner = ActionRunner(self)
         self.acceptance = AcceptanceStats()  # this session's, for the status only
 
@@ -206,9 +206,9 @@ class CodeLlamaServer(LanguageServer):
 
     def status_payload(self) -> dict[str, Any]:
         self.status.update(
-            **model_fields(self.settings, self.engine), indexing=self.indexing,
-            indexedFiles=len(self.index) if self.index is not None else 0,
-            memory=memory_figures(self.engine, self.index), acceptance=self.acceptance.as_status())
+            **model_fields(self.settings, self.engine), indexing=self.indexer.building,
+            indexedFiles=self.indexer.files,
+            memory=memory_figures(self.engine, self.indexer.index), acceptance=self.acceptance.as_status())
         return dict(self.status)
 
     def on_engine_change(self) -> None:
@@ -273,8 +273,8 @@ class CodeLlamaServer(LanguageServer):
             self.engine.ensure(settings)
         if old.instruct_model and settings.instruct_model != old.instruct_model:
             self.instruct_engine.close()  # loaded again, the new one, when an action needs it
-        if settings.exclude != old.exclude and self.index is not None:
-            self.start_indexing()
+        if settings.exclude != old.exclude and self.indexer.index is not None:
+            self.indexer.start(self.root, settings.exclude)
         self.send_status()
 
     async def pull_configuration(self) -> None:
@@ -289,51 +289,6 @@ class CodeLlamaServer(LanguageServer):
         # pygls hands the answer over as a tuple (lsprotocol's Sequence), a client's JSON as a list.
         if isinstance(result, (list, tuple)) and result and isinstance(result[0], dict):
             self.apply_settings(result[0])
-
-    def start_indexing(self) -> None:
-        if self.root is None:
-            return
-        if self.index is not None:
-            self.index.stop_watching()
-        index = WorkspaceIndex(self.root, self.settings.exclude)
-        self.index = index
-        self.indexing = True
-        threading.Thread(target=self._build_index, args=(index,), name="indexer", daemon=True).start()
-
-    def _build_index(self, index: WorkspaceIndex) -> None:
-        token = self.progress_reporter.begin("Indexing workspace")
-        try:
-            # Watching starts first: what changes on disk while the build runs is applied after it.
-            index.on_change = lambda what, rel: log.debug("index: %s %s", what, rel)
-            if self.index is index:
-                index.start_watching()
-            index.build(progress=lambda done, total: self.progress_reporter.report(
-                token, f"{done}/{total} files", int(100 * done / max(total, 1))),
-                should_stop=lambda: self.index is not index)
-            if self.index is not index:  # replaced while building (a reindex)
-                index.stop_watching()
-        except Exception:
-            log.exception("indexing failed")
-        finally:
-            self.progress_reporter.end(token, f"{len(index)} files")
-            if self.index is index:
-                self.indexing = False
-            self.threadsafe(self.send_status)
-
-    def watch_parent(self, pid: int) -> None:
-        """Exit when the editor that started us is gone (LSP: processId)."""
-        def loop() -> None:
-            while True:
-                time.sleep(5)
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    log.warning("parent process %s is gone; exiting", pid)
-                    os._exit(0)
-                except OSError:
-                    return  # not ours to watch (permissions): stop checking
-
-        threading.Thread(target=loop, name="parent-watch", daemon=True).start()
 
 
 def exit_process(code: int) -> None:
@@ -411,7 +366,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         root = uri_to_path(root_uri) if root_uri else (Path(params.root_path) if params.root_path else None)
         ls.root = root.resolve() if root is not None and root.is_dir() else None
         if params.process_id:
-            ls.watch_parent(params.process_id)
+            watch_parent(params.process_id)
 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: CodeLlamaServer, params: types.InitializedParams) -> None:
@@ -420,7 +375,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         await ls.pull_configuration()
         if ls.settings.enable:
             ls.engine.ensure(ls.settings)
-        ls.start_indexing()
+        ls.indexer.start(ls.root, ls.settings.exclude)
         ls.send_status()
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
@@ -495,8 +450,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         ls.shutdown_requested = True
         ls.service.cancel_all()
         ls.action_runner.cancel_all()
-        if ls.index is not None:
-            ls.index.stop_watching()
+        ls.indexer.stop()
 
     @server.feature(types.EXIT)
     def exit_(ls: CodeLlamaServer, params: Any) -> None:
@@ -532,6 +486,6 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
 
     @server.command(CMD_REINDEX)
     def reindex(ls: CodeLlamaServer, *args: Any) -> None:
-        ls.start_indexing()
+        ls.indexer.start(ls.root, ls.settings.exclude)
 
     return server

@@ -56,6 +56,11 @@ class Settings:
         return (self.model, self.adapter, self.device, self.dtype, self.quantization, self.kv_cache_dtype, self.backend,
                 self.api_key, self.remote_model, self.kv_cache_mb, self.cuda_graphs)
 
+    def for_instruct_model(self) -> Settings:
+        """What the code actions' own model (`instructModel`) loads with: these settings, that model
+        directory, no adapter (an adapter belongs to the completion model)."""
+        return replace(self, model=self.instruct_model, adapter=None)
+
     def suggestion_key(self) -> tuple[Any, ...]:
         """The settings besides the model's that shape a suggestion: cached ones are stale when they change."""
         return (self.fim_format, self.max_new_tokens, self.temperature, self.max_context_tokens,

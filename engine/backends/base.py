@@ -95,6 +95,16 @@ class Placement:
     kv_cache_dtype: str | None = None  # "bfloat16", "int8", ...
 
 
+@dataclass(frozen=True)
+class InstructCapability:
+    """Whether a backend's model follows instructions (Code Llama – Instruct prompts: what code actions
+    send), and what decided it. A local model says so in its checkpoint (engine/instruct.py); a remote
+    server's model is that server's choice, assumed to."""
+
+    capable: bool
+    why: str  # a clause for the user: 'its config.json says "instruct": false'
+
+
 class BackendError(RuntimeError):
     """A problem the user must act on (model missing, server unreachable); message is user-facing."""
 
@@ -129,6 +139,12 @@ class Backend(Protocol):
         ...
 
     @property
+    def instruct_capability(self) -> InstructCapability:
+        """Whether its model follows instructions, and why (the language server offers code actions on
+        it only when it does, unless the user's codellama.instructCapable says otherwise)."""
+        ...
+
+    @property
     def state(self) -> str:
         """How the last request went: "ready", or "retrying: ..." / "error: ..." (a remote server)."""
         ...
@@ -150,20 +166,12 @@ class Backend(Protocol):
         """Tokens `text` takes in the middle of a prompt (no BOS, no implicit leading space)."""
         ...
 
-    def complete(
-        self,
-        request: CompletionRequest,
-        should_stop: ShouldStop | None = None,
-        on_text: OnText | None = None,
-    ) -> Completion:
+    def complete(self, request: CompletionRequest, should_stop: ShouldStop | None = None,
+                 on_text: OnText | None = None) -> Completion:
         ...
 
-    def instruct(
-        self,
-        request: InstructRequest,
-        should_stop: ShouldStop | None = None,
-        on_text: OnText | None = None,
-    ) -> Completion:
+    def instruct(self, request: InstructRequest, should_stop: ShouldStop | None = None,
+                 on_text: OnText | None = None) -> Completion:
         ...
 
     def warm(self, request: CompletionRequest, should_stop: ShouldStop | None = None) -> None:

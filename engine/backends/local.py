@@ -19,6 +19,7 @@ from engine.backends.base import (
     BadCheckpoint,
     Completion,
     CompletionRequest,
+    InstructCapability,
     InstructRequest,
     OnText,
     OutOfMemory,
@@ -32,6 +33,7 @@ from engine.checkpoints import CheckpointError, LoadedModel, load_model
 from engine.decode_graphs import ServedGraphs
 from engine.generate import Sampling, common_prefix_length, generate, prefill
 from engine.healing import TokenHealer
+from engine.instruct import follows_instructions
 from engine.lookup import Speculation
 from engine.paths import default_model_dir
 from engine.prompts import infill_prompt, instruct_prompt, left_to_right_prompt
@@ -253,6 +255,11 @@ class LocalBackend:
     def placement(self) -> Placement:
         return Placement(self.device.type, str(self.dtype).removeprefix("torch."), self.quantization,
                          str(self.kv_dtype).removeprefix("torch."))
+
+    @property
+    def instruct_capability(self) -> InstructCapability:
+        # What its checkpoint (and adapter) say about themselves; read again when their files change.
+        return follows_instructions(self.loaded.path, self.adapter)
 
     @property
     def state(self) -> str:

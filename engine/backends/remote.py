@@ -39,6 +39,7 @@ from engine.backends.base import (
     BackendError,
     Completion,
     CompletionRequest,
+    InstructCapability,
     InstructRequest,
     OnText,
     Placement,
@@ -62,6 +63,8 @@ from engine.prompts import PIECE_MARKERS, PLAIN_MARKERS, fim_prompt_text, instru
 
 DEFAULT_CONTEXT_LENGTH = 16_384
 CHARS_PER_TOKEN = 3.5  # token estimate when the server cannot tokenize (code in Llama's vocabulary)
+# The served model is the server's choice and a server does not say whether it follows instructions.
+ASSUMED_INSTRUCT = InstructCapability(True, "it is a remote backend (assumed to follow instructions)")
 
 
 def estimate_tokens(text: str) -> int:
@@ -156,6 +159,10 @@ class RemoteBackend:
     @property
     def can_infill(self) -> bool:
         return True  # Code Llama base models; a server cannot tell us otherwise
+
+    @property
+    def instruct_capability(self) -> InstructCapability:
+        return ASSUMED_INSTRUCT
 
     def cache_bytes(self) -> int | None:
         return None  # the server's own

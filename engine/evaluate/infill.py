@@ -73,6 +73,23 @@ def build_cases(
     return cases
 
 
+def levenshtein(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def edit_similarity(a: str, b: str) -> float:
+    """1 - normalised Levenshtein distance (CrossCodeEval's "ES"): 1.0 for equal strings."""
+    if not a and not b:
+        return 1.0
+    return 1 - levenshtein(a, b) / max(len(a), len(b))
+
+
 def evaluate(cases: Sequence[LineCase], complete: Completer, fim_format: str, progress=None) -> dict:
     results = []
     for n, case in enumerate(cases, 1):

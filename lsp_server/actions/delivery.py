@@ -50,12 +50,13 @@ class ActionRunner:
         model. Raises ActionError when there is none."""
         settings = self.server.settings
         if settings.instruct_model:
-            self.server.instruct_engine.ensure(replace(settings, model=settings.instruct_model, adapter=None))
+            self.server.instruct_engine.ensure(settings.for_instruct_model())
             while self.server.instruct_engine.loading:
                 await asyncio.sleep(0.2)
             if self.server.instruct_engine.backend is not None:
                 return self.server.instruct_engine.backend
-            fallback = capability.for_actions(replace(settings, instruct_model=None), self.server.engine.loaded_settings)
+            fallback = capability.for_actions(replace(settings, instruct_model=None), self.server.engine,
+                                             self.server.instruct_engine)
             if not fallback.capable:
                 raise Refused(f"the instruct model could not be loaded ({self.server.instruct_engine.error}), and "
                               f"{capability.refusal(fallback)}")

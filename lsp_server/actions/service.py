@@ -27,6 +27,7 @@ from ..context.builder import render_snippets, snippets_for_span
 from ..context.languages import language_of
 from ..context.privacy import holds_secret
 from ..documents import Document, PositionError
+from ..engine_manager import EngineManager
 from ..settings import Settings
 from . import prompts as A
 
@@ -135,10 +136,11 @@ def _diagnostic_text(d: types.Diagnostic) -> str:
 
 
 class ActionService:
-    def __init__(self, completion: CompletionService, get_settings: Callable[[], Settings],
-                 root: Callable[[], Path | None], can_create_files: Callable[[], bool],
-                 disabled_support: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, completion: CompletionService, instruct_engine: EngineManager,
+                 get_settings: Callable[[], Settings], root: Callable[[], Path | None],
+                 can_create_files: Callable[[], bool], disabled_support: Callable[[], bool] = lambda: False) -> None:
         self.completion = completion
+        self.instruct_engine = instruct_engine  # loads `instructModel` (the completion model's is completion.engine)
         self.docs = completion.docs
         self.get_settings = get_settings
         self.root = root
@@ -149,7 +151,7 @@ class ActionService:
 
     def capability(self) -> C.Capability:
         """Of the model that would serve actions: `instructModel`, else the completion model serving."""
-        return C.for_actions(self.get_settings(), self.completion.engine.loaded_settings)
+        return C.for_actions(self.get_settings(), self.completion.engine, self.instruct_engine)
 
     def check_capable(self, title: str) -> None:
         """Raises Refused when the model serving actions does not follow instructions."""

@@ -220,7 +220,9 @@ def add_served_windows(stream: np.ndarray, st: dict, files: list[SourceFile], to
     """The stream with served-example windows appended (served_share of all windows; the sampler
     draws windows in a random order, so where they sit does not matter), drawn from `files`: the whole
     corpus, not the stage's sample, so that each package keeps all its files."""
-    from served import pack_windows, served_examples
+    from served import served_examples
+
+    from lsp_server.adapt.examples import pack_windows
 
     seq_len, share = st["seq_len"], st["served_share"]
     n_served = int(stream.size // seq_len * share / (1 - share))

@@ -12,7 +12,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from engine.backends.base import Completion, CompletionRequest, InstructRequest, Placement, Timings
+from engine.backends.base import (
+    Completion,
+    CompletionRequest,
+    InstructCapability,
+    InstructRequest,
+    Placement,
+    Timings,
+)
 
 _TOKEN = re.compile(r"\w+|\s|[^\w\s]")
 
@@ -25,7 +32,8 @@ class FakeBackend:
     can_infill = True
 
     def __init__(self, script: str | Callable[[CompletionRequest], str] = "", step_s: float = 0.0,
-                 answer: str | Callable[[InstructRequest], str] = "", max_chars: int | None = None) -> None:
+                 answer: str | Callable[[InstructRequest], str] = "", max_chars: int | None = None,
+                 follows_instructions: bool = False) -> None:
         self.script = script
         self.answer = answer  # what `instruct` writes
         self.step_s = step_s
@@ -37,6 +45,9 @@ class FakeBackend:
         self.closed = False
         self.on_state: Callable[[str], None] | None = None
         self.warnings: list[str] = []
+        # Like the default model: a completion model unless a test says otherwise.
+        self.instruct_capability = InstructCapability(
+            follows_instructions, f"it is a scripted stand-in told it {'does' if follows_instructions else 'does not'}")
 
     def cache_bytes(self) -> int | None:
         return None

@@ -30,7 +30,9 @@ def make(backend: FakeBackend, settings: Settings, text: str = MODULE, uri: str 
     engine.backend, engine.loaded_settings = backend, serving or settings
     completion = CompletionService(docs, engine, lambda: settings, lambda: None, lambda u: u.rsplit("/", 1)[-1],
                                    on_done=lambda _: None, on_problem=print)
-    return ActionService(completion, lambda: settings, lambda: root, lambda: True, lambda: disabled_support)
+    instruct_engine = EngineManager(on_change=lambda: None, on_problem=lambda m: None)
+    return ActionService(completion, instruct_engine, lambda: settings, lambda: root, lambda: True,
+                         lambda: disabled_support)
 
 
 def offered(service: ActionService, line: int = 4, start: int = 11, end: int = 16) -> list[types.CodeAction]:

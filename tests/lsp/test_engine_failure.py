@@ -84,7 +84,8 @@ async def test_an_engine_error_during_a_code_action_is_an_error_answer_and_the_n
     engine_manager.backend, engine_manager.loaded_settings = backend, settings
     completion = CompletionService(docs, engine_manager, lambda: settings, lambda: None,
                                    lambda uri: uri.rsplit("/", 1)[-1], on_done=lambda _: None, on_problem=print)
-    actions = ActionService(completion, lambda: settings, lambda: None, lambda: True, lambda: True)
+    instruct_engine = EngineManager(on_change=lambda: None, on_problem=lambda m: None)
+    actions = ActionService(completion, instruct_engine, lambda: settings, lambda: None, lambda: True, lambda: True)
     args = ActionArgs.parse({"action": "explain", "uri": URI, "range": {
         "start": {"line": 0, "character": 0}, "end": {"line": 1, "character": 10}}})
 

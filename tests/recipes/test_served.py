@@ -14,13 +14,9 @@ from engine.tokenizer import Tokenizer
 from engine.train.sources import SourceFile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes" / "default_model"))
-from served import (  # noqa: E402
-    ServedExamples,
-    cross_file_cursors,
-    pack_windows,
-    served_examples,
-    sibling_names,
-)
+from served import served_examples  # noqa: E402
+
+from lsp_server.adapt.examples import ServedExamples, cross_file_cursors, pack_windows, sibling_names
 
 ROOT = Path(__file__).resolve().parents[2]
 GEOMETRY = 'GRID_SPACING = 4821\n\n\ndef rectangle_area(width, height):\n    """Area of a rectangle."""\n    return width * height\n'

@@ -1,0 +1,245 @@
+"""Repository examples laid out exactly as the language server sends them ("train as you serve").
+
+The files of one workspace are indexed by the server's own `WorkspaceIndex`; a cursor is placed in
+one file where users ask for completions, the rest of that line (or a short block) is the middle, and
+the prompt is what the server's context builder (`lsp_server.context`) makes of it at the server's
+CPU budget: repository snippets as commented blocks under `Path:` headers, then the file's path and
+its text up to the cursor. Used by on-device adaptation (`lsp_server.adapt`) and by the default
+model's recipe (recipes/default_model/served.py).
+
+Laid out as tokens the way the engine serves them, token healing included:
+    SPM: BOS <PRE> <SUF> encode_infill(suffix) <MID> encode(prefix + middle) <EOT>
+         (the server holds the prefix's last token back and the model spells it again, so the tokens
+         from the cursor on are those of the joined text)
+    PSM: BOS <PRE> encode(prefix)[:-1] <SUF> encode_infill(suffix) <MID> encode_infill(healed + middle) <EOT>
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.healing import TokenHealer
+from engine.tokenizer import Tokenizer
+from engine.train.sources import SourceFile
+from lsp_server.context.budget import TokenCounter
+from lsp_server.context.gather import Gatherer, Request
+from lsp_server.context.prompt import build_prompt, in_memory_index
+
+SERVER_CPU_BUDGET = 2048  # lsp_server.settings.Settings.context_budget on CPU
+KINDS = ("cross", "line", "punct", "ident", "block")
+KIND_WEIGHTS = (0.35, 0.2, 0.2, 0.15, 0.1)
+IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FROM_IMPORT = re.compile(r"^\s*from\s+(\.*[\w.]*)\s+import\s+\(?([^)#\n]*)", re.M)
+_IMPORT_AS = re.compile(r"^\s*import\s+([\w.]+)(?:\s+as\s+(\w+))?", re.M)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the user asks (offset into the file) and what they would have typed next."""
+
+    offset: int
+    end: int  # the middle is text[offset:end]
+    kind: str
+
+
+@dataclass
+class ServedExample:
+    tokens: list[int]
+    package: str
+    kind: str
+    spm: bool
+    with_context: bool
+    prompt_tokens: int
+    snippets: int
+
+
+def sibling_names(text: str, package_modules: set[str]) -> tuple[set[str], set[str]]:
+    """Names this file imports from modules of its own package, and aliases of those modules.
+
+    `from .x import A`, `from pkg.x import A, B` give names; `import pkg.x as m`, `from . import x`
+    give module aliases (a use `m.Name` then refers to another file)."""
+    names: set[str] = set()
+    modules: set[str] = set()
+    for mod, what in _FROM_IMPORT.findall(text):
+        local = mod.startswith(".") or mod.split(".")[0] in package_modules
+        if not local:
+            continue
+        for part in what.split(","):
+            name = part.split(" as ")[-1].strip()
+            if name.isidentifier():
+                (modules if mod.strip(".") == "" else names).add(name)
+    for mod, alias in _IMPORT_AS.findall(text):
+        if mod.split(".")[0] in package_modules:
+            modules.add(alias or mod.split(".")[0])
+    return names, modules
+
+
+def cross_file_cursors(text: str, names: set[str], modules: set[str]) -> list[int]:
+    """Offsets right before a use of an imported sibling name, or before `Name` in `module.Name`,
+    outside the import lines themselves."""
+    out = []
+    body_start = _body_start(text)
+    for m in IDENT.finditer(text, body_start):
+        word, at = m.group(), m.start()
+        if at > 0 and text[at - 1] == "." and _word_before(text, at - 1) in modules:
+            out.append(at)
+        elif word in names and (at == 0 or text[at - 1] != "."):
+            out.append(at)
+    return out
+
+
+def _body_start(text: str) -> int:
+    """Offset after the last top-level import line (uses before it are the imports themselves)."""
+    last = 0
+    for m in re.finditer(r"^(?:from|import)\s[^\n]*\n", text, re.M):
+        last = m.end()
+    return last
+
+
+def _word_before(text: str, dot: int) -> str:
+    start = dot
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        start -= 1
+    return text[start:dot]
+
+
+def pick_cursor(text: str, kind: str, cross: list[int], rng: random.Random) -> Target | None:
+    """A cursor of the given kind, the middle running to the end of its line (a block for 'block')."""
+    lines = text.split("\n")
+    starts = [0]
+    for line in lines[:-1]:
+        starts.append(starts[-1] + len(line) + 1)
+    code = [i for i, line in enumerate(lines) if line.strip() and not line.strip().startswith("#")]
+    if not code:
+        return None
+    if kind == "cross":
+        if not cross:
+            return None
+        at = rng.choice(cross)
+        return Target(at, _line_end(text, at), kind)
+    if kind == "block":
+        heads = [i for i in code if lines[i].rstrip().endswith(":") and i + 1 < len(lines) and lines[i + 1].strip()]
+        if not heads:
+            return None
+        i = rng.choice(heads) + 1
+        indent = len(lines[i]) - len(lines[i].lstrip())
+        last = i
+        while last + 1 < len(lines) and last - i < 5 and (
+                not lines[last + 1].strip() or len(lines[last + 1]) - len(lines[last + 1].lstrip()) >= indent):
+            last += 1
+        return Target(starts[i] + indent, starts[last] + len(lines[last]), kind)
+    i = rng.choice(code)
+    line, base = lines[i], starts[i]
+    indent = len(line) - len(line.lstrip())
+    if kind == "line":
+        return Target(base + indent, base + len(line), kind)
+    if kind == "punct":
+        spots = [j + 1 for j, c in enumerate(line) if c in ".(=," and j >= indent and j + 1 < len(line)]
+        if not spots:
+            return None
+        at = base + rng.choice(spots)
+        if text[at] == " ":  # `x = |value`: the cursor after the space, as users type it
+            at += 1
+        return Target(at, base + len(line), kind) if at < base + len(line) else None
+    words = [m for m in IDENT.finditer(line, indent) if len(m.group()) >= 4]
+    if not words:
+        return None
+    m = rng.choice(words)
+    at = base + m.start() + rng.randint(1, min(3, len(m.group()) - 1))
+    return Target(at, base + len(line), kind)
+
+
+def _line_end(text: str, at: int) -> int:
+    end = text.find("\n", at)
+    return len(text) if end < 0 else end
+
+
+class ServedExamples:
+    """Examples for the files of one package, with the server's index over that package."""
+
+    def __init__(self, tok: Tokenizer, files: Sequence[SourceFile], seed: int,
+                 spm_rate: float = 0.7, context_rate: float = 0.9,
+                 kind_weights: Sequence[float] = KIND_WEIGHTS) -> None:
+        self.tok = tok
+        self.files = list(files)
+        self.rng = random.Random(seed)
+        self.spm_rate = spm_rate
+        self.context_rate = context_rate
+        self.kind_weights = kind_weights
+        self.healer = TokenHealer(tok.piece_texts())
+        self.count = TokenCounter(lambda s: len(tok.encode_infill(s)))
+        self.index = in_memory_index({f.path: f.text for f in self.files})
+        self.gatherer = Gatherer()
+        self.modules = {f.path.split("/")[0].removesuffix(".py") for f in self.files}
+        self._version = 0
+
+    def example(self, f: SourceFile, budget: int) -> ServedExample | None:
+        r = self.rng
+        kind = r.choices(KINDS, self.kind_weights)[0]
+        names, modules = sibling_names(f.text, self.modules)
+        cur = pick_cursor(f.text, kind, cross_file_cursors(f.text, names, modules) if kind == "cross" else [], r)
+        if cur is None or cur.end <= cur.offset or cur.end - cur.offset > 600:
+            return None
+        middle = f.text[cur.offset : cur.end]
+        text = f.text[: cur.offset] + f.text[cur.end :]
+        with_context = r.random() < self.context_rate
+        self._version += 1  # a new buffer version for the gatherer's per-version caches
+        req = Request(f.path, text, "python", cur.offset, self._version)
+        built = build_prompt(req, self.index, self.gatherer, budget=budget, count=self.count,
+                             repository_context=with_context)
+        spm = r.random() < self.spm_rate
+        tokens = self._layout(built.prefix, built.suffix, middle, spm)
+        if tokens is None:
+            return None
+        return ServedExample(tokens, f.repo, cur.kind, spm, with_context, built.tokens, len(built.snippets))
+
+    def _layout(self, prefix: str, suffix: str, middle: str, spm: bool) -> list[int] | None:
+        tok = self.tok
+        assert tok.prefix_id is not None and tok.eot_id is not None and tok.suffix_id is not None and tok.middle_id is not None
+        head = [tok.bos_id, tok.prefix_id]
+        if spm:
+            return (head + [tok.suffix_id] + tok.encode_infill(suffix) + [tok.middle_id]
+                    + tok.encode(prefix + middle) + [tok.eot_id])
+        ids = tok.encode(prefix)
+        if not ids:
+            return None
+        healed = self.healer.heal_text(ids[-1])
+        if not healed or not prefix.endswith(healed) or len(self.healer.allowed(healed)) == 0:
+            healed, kept = "", ids
+        else:
+            kept = ids[:-1]
+        return (head + kept + [tok.suffix_id] + tok.encode_infill(suffix) + [tok.middle_id]
+                + tok.encode_infill(healed + middle) + [tok.eot_id])
+
+
+def pack_windows(examples: Iterator[ServedExample], seq_len: int, n_windows: int, filler: np.ndarray,
+                 seed: int) -> tuple[np.ndarray, dict[str, int]]:
+    """n_windows windows of seq_len tokens, each opening with a served example; further examples
+    follow while they fit whole, and the rest of the window is a slice of ordinary training tokens
+    (`filler`). No example is cut by a window's edge: a cut one would teach a middle without its prompt."""
+    rng = random.Random(seed)
+    out = np.empty(n_windows * seq_len, dtype=filler.dtype)
+    counts: dict[str, int] = {"served_windows": 0, "served_examples": 0, "served_spm": 0, "served_psm": 0,
+                              "served_with_context": 0}
+    pending = next(examples, None)
+    for w in range(n_windows):
+        window = out[w * seq_len : (w + 1) * seq_len]
+        filled = 0
+        while pending is not None and filled + len(pending.tokens) <= seq_len:
+            window[filled : filled + len(pending.tokens)] = pending.tokens
+            filled += len(pending.tokens)
+            counts["served_examples"] += 1
+            counts["served_spm" if pending.spm else "served_psm"] += 1
+            counts["served_with_context"] += pending.with_context
+            counts[f"served_{pending.kind}"] = counts.get(f"served_{pending.kind}", 0) + 1
+            pending = next(examples, None)
+        if filled < seq_len:
+            start = rng.randrange(max(1, len(filler) - seq_len))
+            window[filled:] = filler[start : start + seq_len - filled]
+        counts["served_windows"] += 1
+    return out, counts

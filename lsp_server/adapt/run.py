@@ -1,0 +1,226 @@
+"""`python -m lsp_server.adapt`: adapt a model to one workspace and say what it gained.
+
+    python -m lsp_server.adapt --workspace ~/src/myproject --out ~/.local/share/codellama/adapters/myproject
+
+Steps, each announced on stdout as one JSON object per line (the language server reads them; logs go
+to stderr): hold out a few files, score the base model on them (`baseline`), train a LoRA adapter on
+the server's own prompts for the other files (`train`), score the adapted model (`evaluate`), and write
+the report beside the adapter (`report`). A SIGTERM or SIGINT stops within one step with a checkpoint;
+the same command with --resume continues and ends with the same adapter as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from engine.atomic import write_text_atomic
+from engine.backends.local import load_local_backend
+from engine.paths import default_model_dir
+from engine.train.sources import collect_repo
+
+from .data import ExampleMix, Split, split_workspace, training_windows
+from .evaluate import heldout_perplexity, line_cases, score_cases, workspace_modules
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The adaptation's hyper-parameters (the defaults are the measured choice: benchmarks/RESULTS.md)."""
+
+    steps: int = 300
+    seq_len: int = 2304
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    rank: int = 16
+    alpha: float = 32.0
+    targets: str = "wq,wk,wv,wo,w1,w2,w3"
+    train_embeddings: bool = False
+    spm_rate: float = 0.7
+    context_rate: float = 0.9
+    heldout_fraction: float = 0.2
+    eval_cases: int = 200
+    seed: int = 0
+
+    def mix(self) -> ExampleMix:
+        return ExampleMix(spm_rate=self.spm_rate, context_rate=self.context_rate)
+
+
+QUICK = {"steps": 12, "eval_cases": 24}  # --quick: a run of about a minute, for tests
+
+
+class Events:
+    """The run's progress as JSON lines: on the given stream (stdout) and in OUT/progress.jsonl."""
+
+    def __init__(self, stream: IO[str], out: Path) -> None:
+        self.stream = stream
+        self.log = (out / "progress.jsonl").open("a")
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"event": event, **fields})
+        for s in (self.stream, self.log):
+            s.write(line + "\n")
+            s.flush()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m lsp_server.adapt", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workspace", required=True, help="the repository to adapt to")
+    p.add_argument("--out", required=True, help="where the adapter and its report go")
+    p.add_argument("--model", default=None, help="base model directory (default: the embedded model)")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in OUT")
+    p.add_argument("--quick", action="store_true", help="a tiny budget (tests)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: PyTorch's default)")
+    for name, value in asdict(Recipe()).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            p.add_argument(flag, type=type(value), default=None)
+    return p.parse_args(argv)
+
+
+def recipe_from(args: argparse.Namespace) -> Recipe:
+    given = {k: getattr(args, k) for k in asdict(Recipe()) if getattr(args, k) is not None}
+    return Recipe(**{**(QUICK if args.quick else {}), **given})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    events = Events(sys.stdout, out)
+    sys.stdout = sys.stderr  # the trainer's and loaders' prints are logs, not events
+    try:
+        return Adaptation(args, out, events).run()
+    except Exception as exc:  # one clear line for the editor; the traceback goes to the log
+        import traceback
+
+        traceback.print_exc()
+        events("error", message=f"{type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        sys.stdout = sys.__stdout__
+
+
+class Adaptation:
+    def __init__(self, args: argparse.Namespace, out: Path, events: Events) -> None:
+        self.args, self.out, self.events = args, out, events
+        self.recipe = recipe_from(args)
+        self.model_dir = Path(args.model).expanduser() if args.model else default_model_dir()
+        self.workspace = Path(args.workspace).expanduser().resolve()
+        if args.threads:
+            torch.set_num_threads(args.threads)
+
+    def run(self) -> int:
+        r = self.recipe
+        self.events("phase", phase="prepare")
+        files = collect_repo(self.workspace) if self.workspace.is_dir() else []
+        split = split_workspace(files, r.heldout_fraction, r.seed)
+        if not split.heldout or not split.train:
+            self.events("error", message=f"{self.workspace}: too few Python files to train on and hold some "
+                                         "out (need at least 2)")
+            return 2
+        self.events("start", pid=os.getpid(), train_files=len(split.train), heldout_files=len(split.heldout), steps=r.steps,
+                    out=str(self.out))
+        write_text_atomic(self.out / "heldout.json", json.dumps([f.path for f in split.heldout], indent=1) + "\n")
+        workspace = {f.path: f.text for f in files}
+        cases = line_cases(split.heldout, r.eval_cases, r.seed, workspace_modules(list(workspace)))
+
+        before = self._cached("before.json", lambda: self._score("baseline", None, cases, workspace, split.heldout))
+        started = time.monotonic()
+        stopped = self._train(split)
+        if stopped:
+            return 128 + stopped
+        train_seconds = time.monotonic() - started
+        after = self._score("evaluate", self.out, cases, workspace, split.heldout)
+        self.events("phase", phase="report")
+        from .report import write_report
+
+        report = write_report(self.out, workspace=self.workspace, base_model=self.model_dir, recipe=asdict(r),
+                              heldout=[f.path for f in split.heldout], train_files=len(split.train),
+                              train_seconds=train_seconds, before=before, after=after)
+        self.events("done", adapter=str(self.out), report=str(self.out / "report.json"), summary=report["summary"],
+                    gain=report["gain"], exact_match_before=before["exact_match"],
+                    exact_match_after=after["exact_match"])
+        return 0
+
+    def _cached(self, name: str, compute) -> dict:
+        """A result computed once per OUT (a resumed run does not score the base model again)."""
+        path = self.out / name
+        if self.args.resume and path.is_file():
+            return json.loads(path.read_text())
+        result = compute()
+        write_text_atomic(path, json.dumps(result) + "\n")
+        return result
+
+    def _score(self, phase: str, adapter: Path | None, cases, workspace, heldout) -> dict:
+        self.events("phase", phase=phase)
+        backend = load_local_backend(self.model_dir, device="cpu", adapter=adapter)
+        try:
+            scores = score_cases(backend, cases, workspace,
+                                 progress=lambda done, total: self.events("progress", phase=phase, done=done,
+                                                                           total=total))
+            return {**scores, "perplexity": heldout_perplexity(backend, heldout)}
+        finally:
+            backend.close()
+
+    def _train(self, split: Split) -> int:
+        """Train and save the adapter; returns the signal number when a signal stopped it (else 0)."""
+        from engine.checkpoints import load_model
+        from engine.train.data import WindowSampler
+        from engine.train.lora import LoRAConfig, add_lora, save_adapter
+        from engine.train.trainer import TrainConfig, train
+
+        r = self.recipe
+        self.events("phase", phase="train")
+        loaded = load_model(self.model_dir, device="cpu", dtype=torch.bfloat16)
+        stream = self._cached_windows(split, loaded.tokenizer)
+        lcfg = LoRAConfig(rank=r.rank, alpha=r.alpha, targets=tuple(r.targets.split(",")),
+                          train_embeddings=r.train_embeddings)
+        trainable = add_lora(loaded.model, lcfg, seed=r.seed)
+        cfg = TrainConfig(steps=r.steps, seq_len=r.seq_len, lr=r.lr, warmup_steps=r.warmup_steps, weight_decay=0.0,
+                          seed=r.seed, dtype="bf16", gradient_checkpointing=True, checkpoint_every_s=120.0,
+                          log_every=1, extra={"recipe": asdict(r), "workspace": str(self.workspace)})
+        started = time.monotonic()
+
+        def on_log(record: dict) -> None:
+            step = int(record.get("step", 0))
+            elapsed = time.monotonic() - started
+            done_here = max(1, step - first_step[0])
+            eta = elapsed / done_here * (r.steps - step)
+            self.events("progress", phase="train", step=step, steps=r.steps, loss=round(float(record.get("loss", math.nan)), 4),
+                        elapsed_s=round(elapsed, 1), eta_s=round(eta, 1))
+
+        first_step = [0]
+        sampler = WindowSampler(stream, r.seq_len, 1, r.seed)
+        record = train(loaded.model, sampler, cfg, self.out / "run", resume=self.args.resume, trainable=trainable,
+                       on_log=on_log)
+        if "signal" in record:
+            return int(record["signal"])
+        save_adapter(loaded.model, self.out, lcfg, {"base_model": str(self.model_dir), "steps": r.steps,
+                                                    "rope_theta": loaded.model.args.rope_theta,
+                                                    "workspace": str(self.workspace)})
+        return 0
+
+    def _cached_windows(self, split: Split, tok) -> Any:
+        import numpy as np
+
+        r = self.recipe
+        path = self.out / "windows.npy"
+        if self.args.resume and path.is_file():
+            return np.load(path, mmap_mode="r")
+        t0 = time.monotonic()
+        stream, counts = training_windows(split.train, tok, r.seq_len, r.steps, r.mix(), r.seed)
+        np.save(path, stream)
+        print(f"{r.steps} windows in {time.monotonic() - t0:.1f} s: {counts}", file=sys.stderr, flush=True)
+        return stream
