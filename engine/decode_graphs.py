@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from engine import generate
 from engine.cache import KVCache
 from engine.cuda_graph import CaptureError, DecodeGraph
-from engine.generate import decode_step
 from engine.model import Transformer
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class ServedGraphs:
                 self.graph_steps += 1
                 return logits
         self.eager_steps += 1
-        return decode_step(self.model, cache, token)
+        return generate.decode_step(self.model, cache, token)  # looked up per call: tests inject faults there
 
     def prepare(self, cache: KVCache) -> None:
         """Capture `cache`'s graph now if its next decode step would (the backend's idle warming calls
