@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_bench import CODELLAMA_7B, TINY, Clock, Report, build_model, greedy_decode  # noqa: E402
+from gpu_bench import CODELLAMA_7B, TINY, Clock, build_model, fill_defaults, greedy_decode, start  # noqa: E402
 
 from engine.backends.base import CompletionRequest  # noqa: E402
 from engine.backends.local import LocalBackend  # noqa: E402
@@ -120,10 +120,8 @@ def keystrokes(backend: LocalBackend, text: str, count: int) -> tuple[list[float
 def main(argv: list[str] | None = None) -> str:
     opts = parse(argv)
     device = opts.device
-    torch.manual_seed(0)
-    clock = Clock(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke test: tiny model)"
-    report = Report(name)
+    clock, report = start(device)
+    name = report.device
     tok = Tokenizer(default_model_dir() / "tokenizer.model")
     loaded = served_model(opts, tok)
     text = code_text(tok, opts.context)
@@ -191,9 +189,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
             p.error("no CUDA device: run with --smoke on CPU")
         defaults = dict(context=16384, steps=64, keystrokes=7)
         opts.args, opts.device, opts.dtype = CODELLAMA_7B, torch.device("cuda"), torch.bfloat16
-    for key, value in defaults.items():
-        if getattr(opts, key) is None:
-            setattr(opts, key, value)
+    fill_defaults(opts, defaults)
     return opts
 
 
