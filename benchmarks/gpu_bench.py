@@ -363,6 +363,20 @@ def peak_note(device: torch.device) -> str:
     return f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
 
 
+def start(device: torch.device) -> tuple[Clock, Report]:
+    """A benchmark's start: seeded, a clock, an empty report named after the device."""
+    torch.manual_seed(0)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke test: tiny model)"
+    return Clock(device), Report(name)
+
+
+def fill_defaults(opts: argparse.Namespace, defaults: dict) -> None:
+    """Options left unset take these values."""
+    for key, value in defaults.items():
+        if getattr(opts, key) is None:
+            setattr(opts, key, value)
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="tiny model on CPU: checks the script, not speed")
@@ -386,9 +400,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if not torch.cuda.is_available():
             p.error("no CUDA device: run with --smoke on CPU")
         opts.args, opts.device, opts.dtype = CODELLAMA_7B, torch.device("cuda"), torch.bfloat16
-    for key, value in defaults.items():
-        if getattr(opts, key) is None:
-            setattr(opts, key, value)
+    fill_defaults(opts, defaults)
     opts.kv_dtype = torch.int8 if opts.kv_cache_dtype == "int8" else opts.dtype
     return opts
 
@@ -396,10 +408,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> str:
     opts = parse(argv)
     device = opts.device
-    torch.manual_seed(0)
-    clock = Clock(device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke test: tiny model)"
-    report = Report(name)
+    clock, report = start(device)
+    name = report.device
     copy_bw = measured_copy_bandwidth(device, clock)
     spec = next((bw for key, bw in SPEC_BANDWIDTH.items() if key in name), None)
     opts.bandwidth = spec or copy_bw

@@ -10,17 +10,24 @@
 #      graph, vs the bandwidth limit of the int8 bytes), KV GiB and peak memory. KV8_ARGS adds options,
 #      e.g. KV8_ARGS="--quant int4" for the acceptance point (7B shape, int4 weights + int8 KV, 100K;
 #      the int8 KV cache alone is 25 GiB there, see benchmarks/RESULTS.md).
+#   4. served (only when named, not in "all"): benchmarks/served_bench.py (issue 17): the language
+#      server's completion path, LocalBackend.complete, with cudaGraphs on and off, against the raw
+#      CUDA-graph and eager decode loops at 16K on the same 7B-shaped weights, and a warm keystroke's
+#      time to the first token at 16K (about a minute). SERVED_ARGS adds options (e.g. --context 1024).
 # Everything lands in $OUT (the device tool's folder; ./gpu_out when unset): tests.log (the machine,
-# then the tests), bench.log, gpu_bench.md (the table), kv8.log, gpu_bench_kv8.md. Extra arguments go
-# to gpu_bench.py (bench phase).
+# then the tests), bench.log, gpu_bench.md (the table), kv8.log, gpu_bench_kv8.md, served.log,
+# served_bench.md. Extra arguments go to gpu_bench.py (bench phase).
 #
 # Run from the repository root:
 #   bash benchmarks/gpu_check.sh            # all three phases
 #   bash benchmarks/gpu_check.sh tests      # only the kernel tests
 #   bash benchmarks/gpu_check.sh bench ...  # only the benchmark (with gpu_bench.py arguments)
 #   bash benchmarks/gpu_check.sh kv8        # only the int8 KV cache benchmark
-# Time limits (seconds): TESTS_TIMEOUT (240), BENCH_TIMEOUT (330), KV8_TIMEOUT (200). All three phases
-# can pass the device tool's 10 minutes per command: then run one phase per call (`tests`, `bench`, `kv8`).
+#   bash benchmarks/gpu_check.sh served     # only the served-path benchmark
+#   bash benchmarks/gpu_check.sh tests served   # the kernel tests, then the served-path benchmark
+# Time limits (seconds): TESTS_TIMEOUT (240), BENCH_TIMEOUT (330), KV8_TIMEOUT (200), SERVED_TIMEOUT
+# (180). All three phases of "all" can pass the device tool's 10 minutes per command: then run one
+# phase per call (`tests`, `bench`, `kv8`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_out}"
@@ -29,7 +36,10 @@ PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 phase="all"
-case "${1:-}" in tests|bench|kv8) phase="$1"; shift ;; esac
+case "${1:-}" in tests|bench|kv8|served) phase="$1"; shift ;; esac
+served=no
+[ "$phase" = served ] && served=yes
+if [ "$phase" = tests ] && [ "${1:-}" = served ]; then served=yes; shift; fi
 status=0
 
 if [ "$phase" = all ] || [ "$phase" = tests ]; then
@@ -59,6 +69,13 @@ if [ "$phase" = all ] || [ "$phase" = kv8 ]; then
     --decode-contexts 16384 100000 --keystroke-contexts 16384 --skip hf \
     --out "$OUT/gpu_bench_kv8.md" ${KV8_ARGS:-} 2>&1 | tee "$OUT/kv8.log" || status=1
   [ -f "$OUT/gpu_bench_kv8.md" ] && cat "$OUT/gpu_bench_kv8.md"
+fi
+if [ "$served" = yes ]; then
+  echo "== served path: LocalBackend.complete vs the raw decode loops"
+  # shellcheck disable=SC2086  # SERVED_ARGS is a list of options
+  timeout "${SERVED_TIMEOUT:-180}" "$PY" benchmarks/served_bench.py --out "$OUT/served_bench.md" ${SERVED_ARGS:-} 2>&1 \
+    | tee "$OUT/served.log" || status=1
+  [ -f "$OUT/served_bench.md" ] && cat "$OUT/served_bench.md"
 fi
 echo "gpu_check exit status: $status"
 exit $status

@@ -21,6 +21,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default=None, help="auto, bfloat16, float32 (default: bf16 where fast)")
     p.add_argument("--adapter", help="LoRA adapter directory to apply")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                   help="decode eagerly on CUDA (default: decode steps replay CUDA graphs)")
     add_quant_options(p)
 
 
@@ -45,7 +47,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
     backend = load_local_backend(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
                                  quantization=args.quant, group_size=args.group_size,
-                                 kv_cache_dtype=args.kv_cache_dtype)
+                                 kv_cache_dtype=args.kv_cache_dtype, cuda_graphs=args.cuda_graphs)
     request = CompletionRequest(
         prefix=_read(args.prefix_file) if args.prefix is None else args.prefix,
         suffix=_read(args.suffix_file) if args.suffix is None else args.suffix,
@@ -119,7 +121,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     backend = load_local_backend(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter,
                                  quantization=args.quant, group_size=args.group_size,
-                                 kv_cache_dtype=args.kv_cache_dtype)
+                                 kv_cache_dtype=args.kv_cache_dtype, cuda_graphs=args.cuda_graphs)
     print(f"model: {backend.description}")
     for fmt in ("spm", "psm"):
         result = backend.complete(

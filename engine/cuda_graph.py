@@ -81,12 +81,17 @@ def decode_step(
     return model.output(model.norm(h))[:, -1]
 
 
+class CaptureError(RuntimeError):
+    """Capturing the decode step failed (the step itself may still run eagerly)."""
+
+
 class DecodeGraph:
     """`decode_step` captured in a CUDA graph for one KVCache; replayed once per generated token.
 
     The graph holds the addresses of the cache buffers and the rotary table, so it is recaptured
     (about a second for 7B) when the cache grows or rope_theta changes. Grow the cache to
-    prompt + max_new_tokens before decoding to capture once.
+    prompt + max_new_tokens before decoding to capture once. It keeps its rotary table alive: the
+    model replaces its own table when a longer one is needed, and the graph must not read freed memory.
     """
 
     def __init__(self, model: Transformer, cache: KVCache, warmup: int = 2) -> None:
@@ -96,6 +101,7 @@ class DecodeGraph:
         self.pos = torch.zeros((1,), dtype=torch.long, device=cache.device)
         self.logits: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
+        self._rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self._key: tuple | None = None
         self.captures = 0
 
@@ -103,7 +109,14 @@ class DecodeGraph:
         c = self.cache
         return (c.k[0].data_ptr(), c.capacity, self.model.args.rope_theta)
 
+    @property
+    def stale(self) -> bool:
+        """True when the next step captures first (never captured, or the cache's buffers moved)."""
+        return self.graph is None or self._key != self._layout()
+
     def _capture(self) -> None:
+        """Capture the step for the inputs already in `tokens`/`pos` (its warm-up runs that very step,
+        writing its K/V at `pos`, so they must be the step about to run). Raises CaptureError."""
         model, cache = self.model, self.cache
         ops = _triton_ops()
         splits = None
@@ -111,23 +124,28 @@ class DecodeGraph:
             # Fixed for the graph's lifetime; each split's share of keys is computed on the device.
             splits = ops.num_splits(cache.batch, model.args.n_kv_heads, cache.capacity, cache.device)
         rope = model.rope(0, cache.capacity, cache.device)
-        self.graph, self.logits = None, None
+        self.graph, self.logits, self._rope = None, None, rope
 
         def run() -> torch.Tensor:
             return decode_step(model, cache, self.tokens, self.pos, rope, splits)
 
-        # Warm up on a side stream (compiles the kernels, sets up cuBLAS) as PyTorch requires. It
-        # computes the real step for the current inputs, so the K/V it writes are the right ones.
-        stream = torch.cuda.Stream(device=cache.device)
-        stream.wait_stream(torch.cuda.current_stream(cache.device))
-        with torch.cuda.stream(stream):
-            for _ in range(self.warmup):
-                run()
-        torch.cuda.current_stream(cache.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), torch.inference_mode():
-            self.logits = run()
-        self.graph, self._key = graph, self._layout()
+        try:
+            # Warm up on a side stream (compiles the kernels, sets up cuBLAS) as PyTorch requires. It
+            # computes the real step for the current inputs, so the K/V it writes are the right ones.
+            stream = torch.cuda.Stream(device=cache.device)
+            stream.wait_stream(torch.cuda.current_stream(cache.device))
+            with torch.cuda.stream(stream):
+                for _ in range(self.warmup):
+                    run()
+            torch.cuda.current_stream(cache.device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the language server captures on its request thread while other threads
+            # may touch CUDA (status queries); only this thread's unsafe calls invalidate the capture.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"), torch.inference_mode():
+                logits = run()
+        except Exception as exc:
+            raise CaptureError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        self.graph, self.logits, self._key = graph, logits, self._layout()
         self.captures += 1
 
     def step(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
@@ -143,18 +161,34 @@ class DecodeGraph:
 
     def decode(self, token: int) -> torch.Tensor:
         """Same contract as engine.generate.decode_step: feed `token` at the next position, append it
-        to `cache.tokens`, return float32 logits (vocab,) for the position after (batch 1)."""
+        to `cache.tokens`, return float32 logits (vocab,) for the position after (batch 1). Raises
+        CaptureError, with the cache's tokens unchanged, when the step had to be captured and could
+        not be (the eager step then computes it over again)."""
         cache = self.cache
         cache.ensure_capacity(cache.length + 1)  # a no-op when the generator reserved room up front
         with torch.inference_mode():
             self.tokens.fill_(token)
             self.pos.fill_(cache.length)
             logits = self._replay()
+            out = logits[0].float()
+            if out.data_ptr() == logits.data_ptr():  # float32 model: a copy, not the reused buffer
+                out = out.clone()
         cache.tokens.append(token)
-        return logits[0].float()
+        return out
+
+    def prepare(self) -> None:
+        """Capture now (in idle time) if the next step would. The capture's warm-up writes K/V at the
+        cache's next position, past what it holds: the next token's step overwrites them."""
+        cache = self.cache
+        if not self.stale or cache.length >= cache.capacity:
+            return
+        with torch.inference_mode():
+            self.tokens.fill_(cache.tokens[-1] if cache.tokens else 0)
+            self.pos.fill_(cache.length)
+            self._capture()
 
     def _replay(self) -> torch.Tensor:
-        if self.graph is None or self._key != self._layout():
+        if self.stale:
             self._capture()  # its warm-up already ran this step; replaying again is harmless
         assert self.graph is not None and self.logits is not None
         self.graph.replay()

@@ -2,12 +2,14 @@
 
 `generate` is token-level: the caller passes the prompt ids, a KV cache (possibly already holding a
 prefix of the prompt), and a `should_stop(generated)` hook that covers cancellation and stop strings.
+A `step` function may replace the one-token decode step (the local backend replays CUDA graphs).
 With a `Speculation`, decode steps feed the next token together with a prompt-lookup draft of the ones
 after it (engine/lookup.py) and keep the logits of every drafted position the model confirms.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +22,10 @@ from engine.lookup import PromptLookup, Speculation
 from engine.model import Transformer
 
 PREFILL_CHUNK = 1024  # tokens per prefill step: bounds the activation and attention-mask memory
+
+# One decode step: feed a token at the cache's next position, append it to `cache.tokens`, return the
+# float32 logits (vocab,) of the position after (engine.generate.decode_step's contract).
+DecodeFn = Callable[[KVCache, int], torch.Tensor]
 
 
 @dataclass
@@ -132,7 +138,9 @@ def sample(
         logits = masked
     if sampling.temperature <= 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    # On the host: the generator is a CPU one (so a seed draws the same ids on every device), and
+    # multinomial refuses a CPU generator for GPU probabilities.
+    probs = torch.softmax(logits.cpu() / sampling.temperature, dim=-1)
     if sampling.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest set whose mass reaches top_p (always at least the top id).
@@ -152,6 +160,7 @@ def generate(
     should_stop: Callable[[list[int]], bool] | None = None,
     constrain: Callable[[list[int]], torch.Tensor | None] | None = None,
     speculation: Speculation | None = None,
+    step: DecodeFn | None = None,
 ) -> GenerationResult:
     """Generate after `prompt`, reusing whatever prefix of it `cache` already holds.
 
@@ -163,7 +172,12 @@ def generate(
     chosen by `sample` from the logits of its own position, so the output is the same as without
     (for sampling too: one draw per token from the same generator), only fewer passes run. The
     cache forgets the positions of drafts the chosen tokens did not follow.
+
+    `step` runs every one-token decode pass (default: `decode_step`, the model's forward); passes
+    that verify a draft always run the model's forward.
     """
+    if step is None:
+        step = functools.partial(decode_step, model)
     sampling = sampling or Sampling()
     generator = None
     if sampling.temperature > 0:
@@ -178,9 +192,16 @@ def generate(
     # Room for the whole answer now, so decode steps never reallocate.
     cache.ensure_capacity(len(prompt) + max_new_tokens)
     t0 = time.perf_counter()
-    logits = prefill(
-        model, cache, prompt[reuse:], should_stop=(lambda: should_stop([])) if should_stop else None
-    )
+    logits: torch.Tensor | None
+    if len(prompt) - reuse == 1:
+        # One new token (a warm keystroke: the rest of the prompt is cached) is a decode step, so the
+        # served path replays its CUDA graph for it too: at 16K tokens a 7B model's eager step takes
+        # 22 ms on an H200, the graph's 7 ms (benchmarks/RESULTS.md).
+        logits = step(cache, prompt[-1])
+    else:
+        logits = prefill(
+            model, cache, prompt[reuse:], should_stop=(lambda: should_stop([])) if should_stop else None
+        )
     t_prefill = time.perf_counter()
     result = GenerationResult(tokens=[], stop_reason="max_tokens", cached_tokens=reuse)
     result.prefill_ms = 1000 * (t_prefill - t0)
@@ -224,7 +245,7 @@ def generate(
             rows = verify_step(model, cache, [token, *draft])
             logits, ahead = rows[0], list(rows[1:])
         else:
-            logits, ahead = decode_step(model, cache, token), []
+            logits, ahead = step(cache, token), []
     cache.truncate(min(cache.length, len(prompt) + len(generated)))
     result.tokens = generated
     total_ms = 1000 * (time.perf_counter() - t0)

@@ -37,6 +37,7 @@ class Settings:
     multiline: str = "auto"
     exclude: tuple[str, ...] = field(default_factory=tuple)
     speculative_decoding: bool = True
+    cuda_graphs: bool = True  # the local engine's decode steps replay CUDA graphs on a CUDA GPU
     kv_cache_mb: int = 512  # the local engine's KV caches, all sequences together
     instruct_model: str | None = None  # None: code actions use the completion model
     instruct_max_new_tokens: int = 512
@@ -53,7 +54,7 @@ class Settings:
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
         return (self.model, self.adapter, self.device, self.dtype, self.quantization, self.kv_cache_dtype, self.backend,
-                self.api_key, self.remote_model, self.kv_cache_mb)
+                self.api_key, self.remote_model, self.kv_cache_mb, self.cuda_graphs)
 
     def for_instruct_model(self) -> Settings:
         """What the code actions' own model (`instructModel`) loads with: these settings, that model
@@ -193,6 +194,7 @@ PARSERS = {
     "multiline": _choice("auto", "always", "never"),
     "exclude": _patterns,
     "speculative_decoding": _bool,
+    "cuda_graphs": _bool,
     "kv_cache_mb": _int_range(16, 1 << 20),
     "instruct_model": _optional_path,
     "instruct_max_new_tokens": _int_range(16, 4096),

@@ -30,6 +30,7 @@ from engine.backends.base import (
 )
 from engine.cache import KVCache
 from engine.checkpoints import CheckpointError, LoadedModel, load_model
+from engine.decode_graphs import ServedGraphs
 from engine.generate import Sampling, common_prefix_length, generate, prefill
 from engine.healing import TokenHealer
 from engine.instruct import follows_instructions
@@ -215,6 +216,7 @@ class LocalBackend:
         adapter: str | Path | None = None,
         kv_dtype: torch.dtype | None = None,
         speculation: Speculation | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -229,6 +231,9 @@ class LocalBackend:
         self.warnings: list[str] = []
         # Prompt lookup drafts for requests that allow them (None: never; see default_speculation).
         self.speculation = speculation
+        # One-token decode steps replay CUDA graphs where they run (engine/decode_graphs.py); passes
+        # that verify a draft run the model's forward.
+        self.graphs = ServedGraphs(self.model, device, enabled=cuda_graphs, drafts=speculation is not None)
 
     # ---- Backend properties -------------------------------------------------------------------
 
@@ -325,13 +330,16 @@ class LocalBackend:
         if not self.lock.acquire(blocking=False):
             return  # a real request is running; warming is only ever opportunistic
         try:
-            cache = self.pool.acquire(prompt, len(prompt) + request.max_new_tokens)
+            cache = self._acquire(prompt, len(prompt) + request.max_new_tokens)
             reuse = common_prefix_length(cache.tokens, prompt)
             cache.truncate(reuse)
             if reuse < len(prompt):
                 # Short chunks: a request arriving meanwhile waits for one chunk at most.
                 prefill(self.model, cache, prompt[reuse:], chunk_size=WARM_CHUNK, should_stop=should_stop)
-            self.pool.release()
+            # Warmed all the way and still idle: its graph too, if it has none yet.
+            if cache.length == len(prompt) and not (should_stop is not None and should_stop()):
+                self.graphs.prepare(cache)
+            self._release()
         finally:
             self.lock.release()
 
@@ -347,12 +355,12 @@ class LocalBackend:
         watch = _StopWatch(text_of, [s for s in request.stop if s], should_stop, on_text)
         sampling = Sampling(request.temperature, request.top_p, request.seed)
         with self.lock:
-            cache = self.pool.acquire(prompt, len(prompt) + max_new)
+            cache = self._acquire(prompt, len(prompt) + max_new)
             try:
                 result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, watch, constrain,
-                                  speculation)
+                                  speculation, step=self.graphs.step)
             finally:
-                self.pool.release()
+                self._release()
         reason: StopReason = result.stop_reason
         if reason == "cancelled":
             reason, text = watch.why, watch.text  # the hook stopped it: cancelled, or a stop string
@@ -372,7 +380,19 @@ class LocalBackend:
         )
         return Completion(text, reason, prompt_tokens=prompt, tokens=result.tokens, timings=timings)
 
+    def _acquire(self, prompt: list[int], positions: int) -> KVCache:
+        """The pool's cache for `prompt` with room for `positions` (bucketed while CUDA graphs run, so a
+        cache keeps its graph as it grows); the graphs of caches the pool evicted go with them."""
+        cache = self.pool.acquire(prompt, self.graphs.capacity(positions))
+        self.graphs.keep_only(self.pool.caches)
+        return cache
+
+    def _release(self) -> None:
+        self.pool.release()
+        self.graphs.keep_only(self.pool.caches)
+
     def close(self) -> None:
+        self.graphs.clear()
         self.pool.clear()
 
 
@@ -413,12 +433,14 @@ def load_local_backend(
     quantization: str | None = None,
     group_size: int = DEFAULT_GROUP_SIZE,
     kv_cache_dtype: str | None = None,
+    cuda_graphs: bool = True,
 ) -> LocalBackend:
     """Load a model directory (default: the embedded model) into a ready backend.
 
     `quantization` ("none", "int8", "int4") quantizes the weights as they load (engine/quant.py); a
     checkpoint saved quantized loads quantized whatever it says. `kv_cache_dtype`: "auto" (the model's
-    dtype), "bfloat16" or "int8" (see resolve_kv_dtype). Raises BackendError with a user-facing
+    dtype), "bfloat16" or "int8" (see resolve_kv_dtype). `cuda_graphs`: decode steps replay CUDA graphs
+    on a CUDA device (engine/decode_graphs.py); False decodes eagerly. Raises BackendError with a user-facing
     message for anything the user must fix.
     """
     path = Path(model_dir) if model_dir else default_model_dir()
@@ -444,4 +466,4 @@ def load_local_backend(
     # weights (an int8 cache or quantized weights batch the verification differently).
     exact = kv_dt == dt and loaded.quantization is None
     return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter, kv_dtype=kv_dt,
-                        speculation=default_speculation(dev, dt) if exact else None)
+                        speculation=default_speculation(dev, dt) if exact else None, cuda_graphs=cuda_graphs)

@@ -303,6 +303,11 @@ def _decode_reduce_kernel(
 
 _BLOCK_N = 64  # keys per inner step
 _MIN_KEYS_PER_SPLIT = 64
+# At most this many key slices. The reduction always runs over a block of this size (empty slices
+# weigh 0), so its summation order does not depend on the number of slices: a CUDA graph fixes that
+# number for the cache's capacity while the eager step picks it for the length so far, and both give
+# the same bits (each slice holds the same keys either way: 64 per slice until they saturate).
+_MAX_SPLITS = 128
 
 
 @functools.lru_cache(maxsize=8)
@@ -315,7 +320,7 @@ def _sm_count(device: torch.device) -> int:
 def num_splits(batch: int, n_kv_heads: int, max_keys: int, device: torch.device) -> int:
     """Enough (batch, kv head, split) programs to fill the GPU about four times over."""
     want = triton.cdiv(4 * _sm_count(device), batch * n_kv_heads)
-    return max(1, min(want, triton.cdiv(max_keys, _MIN_KEYS_PER_SPLIT), 128))
+    return max(1, min(want, triton.cdiv(max_keys, _MIN_KEYS_PER_SPLIT), _MAX_SPLITS))
 
 
 def decode_attention(
@@ -352,6 +357,7 @@ def decode_attention(
     group = n_q // n_kv
     if splits is None:
         splits = num_splits(bsz, n_kv, s_len, q.device)
+    assert 1 <= splits <= _MAX_SPLITS, f"{splits} key slices: between 1 and {_MAX_SPLITS}"
     len_is_ptr = isinstance(length, torch.Tensor)
     len_arg = length if length is not None else s_len
     o_part = torch.empty((bsz, n_q, splits, d), device=q.device, dtype=torch.float32)
@@ -369,7 +375,7 @@ def decode_attention(
     out = torch.empty((bsz, 1, n_q, d), device=q.device, dtype=q.dtype)
     _decode_reduce_kernel[(bsz * n_q,)](
         o_part, lse_part, out, out.stride(0), out.stride(2), n_q, d, splits,
-        BLOCK_S=triton.next_power_of_2(splits), BLOCK_D=triton.next_power_of_2(d),
+        BLOCK_S=_MAX_SPLITS, BLOCK_D=triton.next_power_of_2(d),
     )  # fmt: skip
     return out.transpose(1, 2)
 

@@ -55,6 +55,7 @@ test("with nothing set, the server gets its own defaults for every key", () => {
     instructMaxNewTokens: 512,
     instructCapable: null,
     speculativeDecoding: true,
+    cudaGraphs: true,
     kvCacheMb: 512,
   });
 });

@@ -120,6 +120,22 @@ def test_decode_attention_length_on_device_ignores_the_rest_of_the_buffer() -> N
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("length", [5, 200, 700])
+def test_decode_attention_gives_the_same_bits_for_any_number_of_key_slices(length: int, dtype: torch.dtype) -> None:
+    # A CUDA graph fixes the number of key slices for the cache's capacity; the eager step picks it for
+    # the length so far. Greedy tokens must not depend on which ran, so neither may a single bit.
+    bsz, n_q, n_k, d, capacity = 1, 4, 2, 32, 1024
+    k_buf, v_buf = randn(bsz, n_k, capacity, d, dtype=dtype, seed=1), randn(bsz, n_k, capacity, d, dtype=dtype, seed=2)
+    q = randn(bsz, n_q, 1, d, dtype=dtype, seed=3)
+    eager_splits = ops.num_splits(bsz, n_k, length, torch.device(DEVICE))
+    graph_splits = ops.num_splits(bsz, n_k, capacity, torch.device(DEVICE))
+    assert graph_splits > eager_splits or length > 64 * graph_splits
+    eager = ops.decode_attention(q, k_buf[:, :, :length], v_buf[:, :, :length])
+    graph = ops.decode_attention(q, k_buf, v_buf, length=torch.tensor([length], device=DEVICE), splits=graph_splits)
+    assert torch.equal(graph, eager), f"{graph_splits} slices differ from {eager_splits}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kv_len,n_q,n_k,head_dim", [(1, 4, 4, 16), (70, 6, 3, 64), (333, 8, 1, 40)])
 def test_int8_decode_attention_matches_reference(
     kv_len: int, n_q: int, n_k: int, head_dim: int, dtype: torch.dtype
