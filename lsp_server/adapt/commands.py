@@ -108,7 +108,8 @@ class AdapterCommands:
         self.host = host
         self.launcher = launcher
         self.base = base  # the data directory (None: remembered.data_dir() when first needed)
-        self.job: TrainingJob | None = None
+        self.job: TrainingJob | None = None  # from the train command until its end is handled
+        self.offering = False  # a finished run's adapter waits for the user's answer
         self.token: str | None = None  # the run's work-done progress
         self.training: WorkspaceAdapters | None = None  # the workspace being trained
         self.heldout_files: int | None = None  # from the run's start event
@@ -130,7 +131,8 @@ class AdapterCommands:
 
     @property
     def running(self) -> bool:
-        return self.job is not None and self.job.running
+        """A run is in progress, or has ended and its end is not handled yet."""
+        return self.job is not None
 
     # ---- commands -----------------------------------------------------------------------------
 
@@ -166,9 +168,11 @@ class AdapterCommands:
 
     def _refusal(self, args: TrainArgs) -> str | None:
         """Why a run cannot start now, for the user; None when it can."""
-        if self.running:
-            return (f"training is already running on {Path(self.job.request.workspace).name}"  # type: ignore[union-attr]
+        if self.job is not None:
+            return (f"training is already running on {Path(self.job.request.workspace).name}"
                     f" ({self.message}); cancel it first (Code Llama: Cancel training)")
+        if self.offering:
+            return "the last training's adapter is waiting for your answer (Use adapter / Discard)"
         root = args.workspace or self.host.root
         if root is None:
             return "open a folder to train an adapter on it"
@@ -182,10 +186,9 @@ class AdapterCommands:
         return None
 
     def cancel(self) -> dict[str, Any]:
-        if not self.running:
+        if self.job is None:
             self.host.tell("no training is running", types.MessageType.Info)
             return {"cancelled": False, "message": "no training is running"}
-        assert self.job is not None
         self.job.cancel()
         return {"cancelled": True}
 
@@ -213,12 +216,12 @@ class AdapterCommands:
 
     def shutdown(self) -> None:
         """The server is going away: stop the run (it resumes when trained again)."""
-        if self.running and self.job is not None:
+        if self.job is not None:
             self.job.cancel()
 
     def status(self) -> dict[str, Any] | None:
         """`training` in codellama/status: the run in progress, None when there is none."""
-        if not self.running or self.job is None:
+        if self.job is None:
             return None
         return {"workspace": self.job.request.workspace, "message": self.message, "percentage": self.percentage,
                 "resumed": self.job.resumed}
@@ -247,7 +250,7 @@ class AdapterCommands:
     async def finish(self, end: JobEnd) -> None:
         """Tell the user how the run ended; offer the adapter when it gained."""
         name = Path(self.job.request.workspace).name if self.job is not None else "the workspace"
-        adapters = self.training
+        adapters, self.job = self.training, None  # a new run may start once this one's end is said
         if end.kind == "cancelled":
             self._finish_progress("cancelled")
             self.host.tell(f"training on {name} cancelled ({self.message}); train again to resume from its last "
@@ -261,7 +264,11 @@ class AdapterCommands:
         else:
             self._finish_progress(f"exact match {_pct(end.done.get('exact_match_before'))} -> "
                                   f"{_pct(end.done.get('exact_match_after'))}")
-            choice = await self.host.ask(offer_message(name, end.done, self.heldout_files), [USE, DISCARD])
+            self.offering = True  # until answered: a new run would overwrite what "Use adapter" keeps
+            try:
+                choice = await self.host.ask(offer_message(name, end.done, self.heldout_files), [USE, DISCARD])
+            finally:
+                self.offering = False
             if choice == USE:
                 self.use(adapters, end.done)
             else:

@@ -295,7 +295,7 @@ class FakeProgress:
 class FakeHost:
     """The server as the adapter commands see it; answers the question with `answer`."""
 
-    def __init__(self, root: Path, loop: asyncio.AbstractEventLoop, answer: str | None) -> None:
+    def __init__(self, root: Path, loop: asyncio.AbstractEventLoop, answer: Any) -> None:
         self.root = root
         self.client_settings = Settings()
         self.progress_reporter = FakeProgress()
@@ -310,6 +310,8 @@ class FakeHost:
     async def ask(self, message: str, actions: list[str]) -> str | None:
         assert actions == [USE, DISCARD]
         self.asked.append(message)
+        if isinstance(self.answer, asyncio.Future):  # the user takes their time
+            return await self.answer
         return self.answer
 
     def tell(self, message: str, level: types.MessageType) -> None:
@@ -428,3 +430,28 @@ async def test_training_needs_a_folder_and_the_local_model(tmp_path):
     host.client_settings = replace(Settings(), backend="http://127.0.0.1:1")
     assert "remote server" in commands.train(TrainArgs())["message"]
     assert commands.cancel() == {"cancelled": False, "message": "no training is running"}
+
+
+@pytest.mark.slow
+@pytest.mark.asyncio
+async def test_while_the_question_waits_no_new_run_can_overwrite_the_adapter_it_offers(tmp_path):
+    root = tmp_path / "myproject"
+    root.mkdir()
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[str] = loop.create_future()
+    host = FakeHost(root, loop, answer)
+    commands = AdapterCommands(host, launcher=STANDIN, base=tmp_path / "data")
+    commands.open_workspace(root)
+    assert commands.train(TrainArgs(steps=3))["started"]
+
+    async def asked() -> None:
+        while not host.asked:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(asked(), 60)
+    refused = commands.train(TrainArgs(steps=3))
+    assert refused["started"] is False and "waiting for your answer" in refused["message"]
+    answer.set_result(USE)
+    await asyncio.wait_for(host.finished.wait(), 60)
+    assert commands.accepted is not None
+    assert Path(commands.accepted.adapter, "adapter.safetensors").read_bytes() == b"stand-in"
