@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +26,7 @@ import torch
 from engine.atomic import write_text_atomic
 from engine.backends.local import load_local_backend
 from engine.paths import default_model_dir
+from engine.tokenizer import Tokenizer
 from engine.train.sources import collect_repo
 
 from .data import ExampleMix, Split, split_workspace, training_windows
@@ -36,7 +37,10 @@ from .evaluate import heldout_perplexity, line_cases, score_cases, workspace_mod
 class Recipe:
     """The adaptation's hyper-parameters (the defaults are the measured choice: benchmarks/RESULTS.md)."""
 
-    steps: int = 300
+    steps: int = 0  # 0: `passes` over the training files' tokens, within [min_steps, max_steps]
+    passes: float = 2.0
+    min_steps: int = 30
+    max_steps: int = 300
     seq_len: int = 2304
     lr: float = 1e-3
     warmup_steps: int = 10
@@ -49,6 +53,13 @@ class Recipe:
     heldout_fraction: float = 0.2
     eval_cases: int = 200
     seed: int = 0
+
+    def steps_for(self, train_tokens: int) -> int:
+        """The training budget: a few passes over the workspace, more would learn its files by heart
+        (measured: 15 passes lowered held-out exact match; benchmarks/RESULTS.md)."""
+        if self.steps:
+            return self.steps
+        return max(self.min_steps, min(self.max_steps, round(self.passes * train_tokens / self.seq_len)))
 
     def mix(self) -> ExampleMix:
         return ExampleMix(spm_rate=self.spm_rate, context_rate=self.context_rate)
@@ -130,6 +141,8 @@ class Adaptation:
             self.events("error", message=f"{self.workspace}: too few Python files to train on and hold some "
                                          "out (need at least 2)")
             return 2
+        tok = Tokenizer(str(self.model_dir / "tokenizer.model"))
+        self.recipe = r = replace(r, steps=r.steps_for(sum(len(tok.encode(f.text)) for f in split.train)))
         self.events("start", pid=os.getpid(), train_files=len(split.train), heldout_files=len(split.heldout), steps=r.steps,
                     out=str(self.out))
         write_text_atomic(self.out / "heldout.json", json.dumps([f.path for f in split.heldout], indent=1) + "\n")
