@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import torch
 
-from engine.atomic import write_text_atomic
+from engine.atomic import atomic_file, write_text_atomic
 from engine.backends.local import load_local_backend
 from engine.paths import default_model_dir
 from engine.tokenizer import Tokenizer
@@ -205,16 +205,18 @@ class Adaptation:
                           seed=r.seed, dtype="bf16", gradient_checkpointing=True, checkpoint_every_s=120.0,
                           log_every=1, extra={"recipe": asdict(r), "workspace": str(self.workspace)})
         started = time.monotonic()
+        first_step: list[int] = []  # the step this process started from (a resumed run starts late)
 
         def on_log(record: dict) -> None:
             step = int(record.get("step", 0))
+            if not first_step:
+                first_step.append(step - 1)
             elapsed = time.monotonic() - started
-            done_here = max(1, step - first_step[0])
-            eta = elapsed / done_here * (r.steps - step)
-            self.events("progress", phase="train", step=step, steps=r.steps, loss=round(float(record.get("loss", math.nan)), 4),
-                        elapsed_s=round(elapsed, 1), eta_s=round(eta, 1))
+            eta = elapsed / max(1, step - first_step[0]) * (r.steps - step)
+            self.events("progress", phase="train", step=step, steps=r.steps,
+                        loss=round(float(record.get("loss", math.nan)), 4), elapsed_s=round(elapsed, 1),
+                        eta_s=round(eta, 1))
 
-        first_step = [0]
         sampler = WindowSampler(stream, r.seq_len, 1, r.seed)
         record = train(loaded.model, sampler, cfg, self.out / "run", resume=self.args.resume, trainable=trainable,
                        on_log=on_log)
@@ -234,6 +236,7 @@ class Adaptation:
             return np.load(path, mmap_mode="r")
         t0 = time.monotonic()
         stream, counts = training_windows(split.train, tok, r.seq_len, r.steps, r.mix(), r.seed)
-        np.save(path, stream)
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:  # a killed run never leaves half a file
+            np.save(fh, stream)
         print(f"{r.steps} windows in {time.monotonic() - t0:.1f} s: {counts}", file=sys.stderr, flush=True)
         return stream
