@@ -415,9 +415,11 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         for problem in ls.pending_problems:
             ls.show_problem(problem, types.MessageType.Warning)
         await ls.pull_configuration()
+        # Indexing is marked as running before the engine loads: a backend that is ready at once (a
+        # remote one) must not report "ready, not indexing" before the index has started.
+        ls.indexer.start(ls.root, ls.settings.exclude)
         if ls.settings.enable:
             ls.engine.ensure(ls.settings)
-        ls.indexer.start(ls.root, ls.settings.exclude)
         ls.send_status()
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)

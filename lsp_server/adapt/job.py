@@ -201,8 +201,8 @@ def lower_priority(pid: int) -> None:
     """Run the child behind the editor and the server (POSIX niceness; Windows gets its priority
     class at creation)."""
     if hasattr(os, "setpriority"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, pid, NICENESS)
+        try:  # relative to the server's own niceness: a server already niced still outranks its child
+            os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICENESS))
         except OSError:
             log.debug("could not lower the training process's priority", exc_info=True)
 
