@@ -47,9 +47,10 @@ class Recipe:
     rank: int = 16
     alpha: float = 32.0
     targets: str = "wq,wk,wv,wo,w1,w2,w3"
-    train_embeddings: bool = False
+    train_embeddings: bool = True  # the embedding and output matrices in full: measured, +0.6 points
     spm_rate: float = 0.7
     context_rate: float = 0.9
+    full_budget_rate: float = 0.5  # prompts at the server's full budget; the others are shorter
     heldout_fraction: float = 0.2
     eval_cases: int = 200
     seed: int = 0
@@ -62,10 +63,14 @@ class Recipe:
         return max(self.min_steps, min(self.max_steps, round(self.passes * train_tokens / self.seq_len)))
 
     def mix(self) -> ExampleMix:
-        return ExampleMix(spm_rate=self.spm_rate, context_rate=self.context_rate)
+        return ExampleMix(spm_rate=self.spm_rate, context_rate=self.context_rate,
+                          full_budget_rate=self.full_budget_rate)
 
 
-QUICK = {"steps": 12, "eval_cases": 24}  # --quick: a run of about a minute, for tests
+# --quick: a run of about a minute, for tests of the loop. LoRA alone: in a dozen steps the full
+# embedding and output matrices move before the LoRA weights learn anything (the end-to-end test's
+# suggestion came back empty with them).
+QUICK = {"steps": 12, "eval_cases": 24, "train_embeddings": False}
 
 
 class Events:
