@@ -7,6 +7,16 @@ to stderr): hold out a few files, score the base model on them (`baseline`), tra
 the server's own prompts for the other files (`train`), score the adapted model (`evaluate`), and write
 the report beside the adapter (`report`). A SIGTERM or SIGINT stops within one step with a checkpoint;
 the same command with --resume continues and ends with the same adapter as an uninterrupted run.
+
+Events (lsp_server/adapt/job.py reads them):
+    {"event": "phase", "phase": "prepare" | "baseline" | "train" | "evaluate" | "report"}
+    {"event": "start", "pid", "train_files", "heldout_files", "steps", "out"}
+    {"event": "progress", "phase": "train", "step", "steps", "loss", "elapsed_s", "eta_s"}
+    {"event": "progress", "phase": "baseline" | "evaluate", "done", "total"}
+    {"event": "done", "adapter", "report", "summary", "gain", "exact_match_before", "exact_match_after"}
+    {"event": "error", "message"}
+Exit status: 0 finished (with or without a gain), 2 a workspace it cannot use, 1 a failure, 128 +
+the signal's number when a signal stopped it.
 """
 
 from __future__ import annotations
