@@ -26,6 +26,11 @@ class Indexer:
     def files(self) -> int:
         return len(self.index) if self.index is not None else 0
 
+    def expect(self, root: Path | None) -> None:
+        """The index will be built once the client's settings are known (after `initialized`): report
+        it as building from `initialize` on, so no status says "ready, not indexing" before it started."""
+        self.building = root is not None
+
     def start(self, root: Path | None, exclude: tuple[str, ...]) -> None:
         """Index `root` (nothing without a workspace folder); a build still running is abandoned."""
         if root is None:

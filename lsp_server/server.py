@@ -406,6 +406,7 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         root = uri_to_path(root_uri) if root_uri else (Path(params.root_path) if params.root_path else None)
         ls.root = root.resolve() if root is not None and root.is_dir() else None
         ls.adapt.open_workspace(ls.root)
+        ls.indexer.expect(ls.root)
         ls.use_settings(ls.init_settings)
         if params.process_id:
             watch_parent(params.process_id)
@@ -415,11 +416,9 @@ def create_server(loader: Loader = load_backend) -> CodeLlamaServer:
         for problem in ls.pending_problems:
             ls.show_problem(problem, types.MessageType.Warning)
         await ls.pull_configuration()
-        # Indexing is marked as running before the engine loads: a backend that is ready at once (a
-        # remote one) must not report "ready, not indexing" before the index has started.
-        ls.indexer.start(ls.root, ls.settings.exclude)
         if ls.settings.enable:
             ls.engine.ensure(ls.settings)
+        ls.indexer.start(ls.root, ls.settings.exclude)
         ls.send_status()
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
