@@ -110,7 +110,7 @@ def score_cases(backend: Backend, cases: Sequence[LineCase], workspace: Mapping[
 PERPLEXITY_LENGTHS = (256, 1024, 4096)
 
 
-def heldout_perplexity(backend, files: Sequence[SourceFile], windows: int = 6) -> dict[int, float]:
+def heldout_perplexity(backend, files: Sequence[SourceFile], windows: int = 6) -> dict[str, float]:
     """Perplexity of the held-out files joined in path-headed order (as training lays a repository
     out), by context length, over the same scored tokens at every length (engine.evaluate.perplexity);
     lengths the files are too short for are left out."""
@@ -125,7 +125,8 @@ def heldout_perplexity(backend, files: Sequence[SourceFile], windows: int = 6) -
     with torch.inference_mode():
         result = evaluate(backend.model, backend.tok, files, lengths, windows=windows, concat=True,
                           device=backend.device, dtype=backend.dtype)
-    return {length: round(v["ppl"], 3) for length, v in result["by_length"].items()}
+    # String keys, as JSON stores them: a result read back from before.json looks like a fresh one.
+    return {str(length): round(v["ppl"], 3) for length, v in result["by_length"].items()}
 
 
 def summarise(results: Sequence[dict]) -> dict:

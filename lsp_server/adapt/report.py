@@ -31,8 +31,8 @@ def summary_text(name: str, heldout: list[str], train_files: int, steps: int, tr
         b, a = before["by_kind"][kind], after["by_kind"][kind]
         if b["cases"]:
             rows.append((f"  {kind} ({b['cases']} cases)", f"{b['exact_match']:.1f} %", f"{a['exact_match']:.1f} %"))
-    for n in sorted(int(k) for k in before.get("perplexity", {})):
-        b, a = _at(before["perplexity"], n), _at(after.get("perplexity", {}), n)
+    for n in sorted(before.get("perplexity", {}), key=int):
+        b, a = before["perplexity"][n], after.get("perplexity", {}).get(n)
         rows.append((f"perplexity at {n} tokens", f"{b:.2f}", f"{a:.2f}" if a else "-"))
     width = max(len(r[0]) for r in rows)
     lines = [f"Adapter for {name}: {steps} steps in {train_seconds / 60:.1f} min on {train_files} files; "
@@ -43,19 +43,13 @@ def summary_text(name: str, heldout: list[str], train_files: int, steps: int, tr
     return "\n".join(lines)
 
 
-def _at(perplexity: dict, n: int) -> float | None:
-    """A perplexity by length, whether the keys are ints (fresh) or strings (read back from JSON)."""
-    return perplexity.get(n, perplexity.get(str(n)))
-
-
 def write_report(out: Path, *, workspace: Path, base_model: Path, recipe: dict, heldout: list[str],
                  train_files: int, train_seconds: float, before: dict, after: dict) -> dict[str, Any]:
     gain, message = verdict(before, after)
     text = summary_text(workspace.name, heldout, train_files, recipe["steps"], train_seconds, before, after, message)
-    strip = {k: v for k, v in before.items() if k != "results"}, {k: v for k, v in after.items() if k != "results"}
     report = {"workspace": str(workspace), "base_model": str(base_model), "steps": recipe["steps"],
               "train_seconds": round(train_seconds, 1), "recipe": recipe, "heldout_files": heldout,
-              "before": strip[0], "after": strip[1], "gain": gain, "verdict": message, "summary": text}
+              "before": _without_cases(before), "after": _without_cases(after), "gain": gain, "verdict": message, "summary": text}
     write_text_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     write_text_atomic(out / "report.txt", text + "\n")
     write_text_atomic(out / "cases.json", json.dumps({"before": before["results"], "after": after["results"]}) + "\n")
@@ -63,14 +57,18 @@ def write_report(out: Path, *, workspace: Path, base_model: Path, recipe: dict, 
     return report
 
 
+def _without_cases(scores: dict) -> dict:
+    return {k: v for k, v in scores.items() if k != "results"}  # every case goes to cases.json instead
+
+
 def _plot(path: Path, before: dict, after: dict) -> None:
     """Held-out perplexity by context length, before and after (nothing when the files were too short)."""
     from engine.evaluate.plot import plot_lines
 
-    lengths = sorted(int(n) for n in before.get("perplexity", {}))
+    lengths = sorted(before.get("perplexity", {}), key=int)
     if not lengths:
         return
     xs = [float(n) for n in lengths]
-    plot_lines([(name, xs, [_at(scores["perplexity"], n) or 0.0 for n in lengths])
+    plot_lines([(name, xs, [scores["perplexity"].get(n, 0.0) for n in lengths])
                 for name, scores in (("before", before), ("after", after))],
                path, title="held-out perplexity by context length", xlabel="context tokens", ylabel="perplexity")
