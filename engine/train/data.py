@@ -145,10 +145,17 @@ def load_stream(bin_path: Path, meta: dict) -> tuple[np.ndarray, dict]:
 
 
 class WindowSampler:
-    """Batches of (seq_len + 1)-token windows of a stream, in an order fixed by (seed, step)."""
+    """Batches of (seq_len + 1)-token windows of a stream, in an order fixed by (seed, step).
 
-    def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int, seed: int) -> None:
+    `loss_weights`, when given, is a stream as long as `stream`: how much predicting each token
+    counts in the loss (1.0 everywhere is the plain mean)."""
+
+    def __init__(self, stream: np.ndarray, seq_len: int, batch_size: int, seed: int,
+                 loss_weights: np.ndarray | None = None) -> None:
+        if loss_weights is not None and len(loss_weights) != len(stream):
+            raise ValueError(f"{len(loss_weights)} loss weights for {len(stream)} tokens")
         self.stream = stream
+        self.loss_weights = loss_weights
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = seed
@@ -165,14 +172,24 @@ class WindowSampler:
         assert self._perm is not None
         return self._perm
 
-    def batch(self, index: int) -> torch.Tensor:
-        """The `index`-th batch: (batch_size, seq_len + 1) int64."""
-        rows = []
+    def _starts(self, index: int) -> list[int]:
+        starts = []
         for j in range(self.batch_size):
             i = index * self.batch_size + j
-            w = int(self._order(i // self.n_windows)[i % self.n_windows])
-            start = w * self.seq_len
-            rows.append(np.asarray(self.stream[start : start + self.seq_len + 1], dtype=np.int64))
+            starts.append(int(self._order(i // self.n_windows)[i % self.n_windows]) * self.seq_len)
+        return starts
+
+    def batch(self, index: int) -> torch.Tensor:
+        """The `index`-th batch: (batch_size, seq_len + 1) int64."""
+        rows = [np.asarray(self.stream[s : s + self.seq_len + 1], dtype=np.int64) for s in self._starts(index)]
+        return torch.from_numpy(np.stack(rows))
+
+    def batch_weights(self, index: int) -> torch.Tensor | None:
+        """The loss weights of `batch(index)`'s targets, (batch_size, seq_len) float32; None without weights."""
+        if self.loss_weights is None:
+            return None
+        rows = [np.asarray(self.loss_weights[s + 1 : s + self.seq_len + 1], dtype=np.float32)
+                for s in self._starts(index)]
         return torch.from_numpy(np.stack(rows))
 
     def epochs(self, batches: int) -> float:

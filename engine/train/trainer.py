@@ -74,36 +74,48 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 # ---- loss -------------------------------------------------------------------------------------------
 
 
-def _ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+            loss_weights: torch.Tensor | None = None) -> torch.Tensor:
     logits = F.linear(hidden, weight.to(hidden.dtype) if hidden.dtype != weight.dtype else weight)
-    return F.cross_entropy(logits.float(), targets, reduction="sum", ignore_index=-100)
+    if loss_weights is None:
+        return F.cross_entropy(logits.float(), targets, reduction="sum", ignore_index=-100)
+    per_token = F.cross_entropy(logits.float(), targets, reduction="none", ignore_index=-100)
+    return (per_token * loss_weights).sum()
 
 
 def chunked_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 4096
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int = 4096,
+    loss_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` against targets, `chunk` tokens at a time.
+    """Mean cross-entropy of `hidden @ weight.T` against targets, `chunk` tokens at a time; with
+    `loss_weights` (one per target) the weighted mean.
 
     Each chunk's logits are recomputed in the backward pass (activation checkpointing), so at most
     one chunk of [tokens x vocab] logits exists at any moment, forward or backward.
     """
     h = hidden.reshape(-1, hidden.shape[-1])
     t = targets.reshape(-1)
+    w = None if loss_weights is None else loss_weights.reshape(-1).to(torch.float32)
     total = hidden.new_zeros((), dtype=torch.float32)
     for i in range(0, h.shape[0], chunk):
+        part = (h[i : i + chunk], weight, t[i : i + chunk], None if w is None else w[i : i + chunk])
         if torch.is_grad_enabled():
-            total = total + checkpoint(_ce_sum, h[i : i + chunk], weight, t[i : i + chunk], use_reentrant=False)
+            total = total + checkpoint(_ce_sum, *part, use_reentrant=False)
         else:
-            total = total + _ce_sum(h[i : i + chunk], weight, t[i : i + chunk])
-    return total / max(1, int((t != -100).sum()))
+            total = total + _ce_sum(*part)
+    counted = (t != -100).to(torch.float32)
+    norm = counted.sum() if w is None else (w * counted).sum()
+    return total / norm.clamp_min(1e-6)
 
 
-def batch_loss(model: Transformer, batch: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def batch_loss(model: Transformer, batch: torch.Tensor, cfg: TrainConfig,
+               loss_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss of one batch of windows; `loss_weights` (batch, seq_len) weigh its targets."""
     x, y = batch[:, :-1], batch[:, 1:]
     autocast = cfg.dtype == "bf16"
     with torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=autocast):
         hidden = model(x, return_hidden=True)
-        return chunked_cross_entropy(hidden, model.output.weight, y, cfg.loss_chunk)
+        return chunked_cross_entropy(hidden, model.output.weight, y, cfg.loss_chunk, loss_weights)
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------
@@ -326,8 +338,10 @@ class _Run:
             g["lr"] = lr
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
-            batch = self.sampler.batch(step * cfg.grad_accum + micro).to(cfg.device)
-            loss = batch_loss(self.model, batch, cfg) / cfg.grad_accum
+            index = step * cfg.grad_accum + micro
+            batch = self.sampler.batch(index).to(cfg.device)
+            weights = self.sampler.batch_weights(index)
+            loss = batch_loss(self.model, batch, cfg, None if weights is None else weights.to(cfg.device)) / cfg.grad_accum
             loss.backward()
             step_loss += float(loss.detach())
         grad_norm = float(torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), cfg.grad_clip))

@@ -18,7 +18,14 @@ from engine.tokenizer import Tokenizer
 from engine.train.data import DataConfig, build_stream
 from engine.train.sources import SourceFile
 
-from .examples import KIND_WEIGHTS, SERVER_CPU_BUDGET, ServedExample, ServedExamples, pack_windows
+from .examples import (
+    KIND_WEIGHTS,
+    SERVER_CPU_BUDGET,
+    LossWeights,
+    ServedExample,
+    ServedExamples,
+    pack_windows,
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class ExampleMix:
     spm_rate: float = 0.7
     context_rate: float = 0.9
     full_budget_rate: float = 0.5  # prompts at the server's budget; the rest at a smaller one
+    loss_weights: LossWeights = LossWeights()
 
 
 def served_stream(files: Sequence[SourceFile], tok: Tokenizer, mix: ExampleMix, seed: int,
@@ -59,7 +67,7 @@ def served_stream(files: Sequence[SourceFile], tok: Tokenizer, mix: ExampleMix, 
     rng = random.Random(seed)
     py = [f for f in files if f.path.endswith(".py")]
     examples = ServedExamples(tok, py, seed=seed, spm_rate=mix.spm_rate, context_rate=mix.context_rate,
-                              kind_weights=mix.kind_weights)
+                              kind_weights=mix.kind_weights, loss_weights=mix.loss_weights)
     while py:
         budget = SERVER_CPU_BUDGET if rng.random() < mix.full_budget_rate else rng.randint(384, SERVER_CPU_BUDGET)
         one = examples.example(rng.choice(py), min(budget, max_tokens - 200))
@@ -68,11 +76,15 @@ def served_stream(files: Sequence[SourceFile], tok: Tokenizer, mix: ExampleMix, 
 
 
 def training_windows(files: Sequence[SourceFile], tok: Tokenizer, seq_len: int, n_windows: int, mix: ExampleMix,
-                     seed: int) -> tuple[np.ndarray, dict[str, int]]:
+                     seed: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, int]]:
     """n_windows windows of seq_len tokens (one more token at the end, for the last target): served
-    examples first in each, the rest ordinary FIM documents of the same files."""
+    examples first in each, the rest ordinary FIM documents of the same files. Also the tokens' loss
+    weights (None when the mix weighs every token alike) and counts of what went in."""
     filler, _ = build_stream(list(files), tok, DataConfig(seq_len=seq_len, fim_rate=0.9, spm_rate=0.5, seed=seed))
     if len(filler) < seq_len + 1:  # a tiny workspace: repeat its documents
         filler = np.tile(filler, (seq_len + 1) // max(1, len(filler)) + 1)
-    windows, counts = pack_windows(served_stream(files, tok, mix, seed, seq_len), seq_len, n_windows, filler, seed)
-    return np.concatenate([windows, filler[:1]]), counts
+    windows, weights, counts = pack_windows(served_stream(files, tok, mix, seed, seq_len), seq_len, n_windows,
+                                            filler, seed)
+    if weights is not None:
+        weights = np.concatenate([weights, np.ones(1, dtype=weights.dtype)])
+    return np.concatenate([windows, filler[:1]]), weights, counts

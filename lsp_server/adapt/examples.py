@@ -27,6 +27,7 @@ from engine.healing import TokenHealer
 from engine.tokenizer import Tokenizer
 from engine.train.sources import SourceFile
 from lsp_server.context.budget import TokenCounter
+from lsp_server.context.builder import render_snippets
 from lsp_server.context.gather import Gatherer, Request
 from lsp_server.context.prompt import build_prompt, in_memory_index
 
@@ -47,6 +48,20 @@ class Target:
     kind: str
 
 
+@dataclass(frozen=True)
+class LossWeights:
+    """How much predicting each part of a served example counts in the training loss, against 1.0 for
+    the file's own text: the repository snippets (copies of other training files, which a plain loss
+    would learn again in every prompt that quotes them) and the middle (what the user gets)."""
+
+    snippets: float = 1.0
+    middle: float = 1.0
+
+    @property
+    def plain(self) -> bool:
+        return self.snippets == 1.0 and self.middle == 1.0
+
+
 @dataclass
 class ServedExample:
     tokens: list[int]
@@ -56,6 +71,7 @@ class ServedExample:
     with_context: bool
     prompt_tokens: int
     snippets: int
+    loss_weights: np.ndarray | None = None  # one per token (the weight of predicting it); None: all 1.0
 
 
 def sibling_names(text: str, package_modules: set[str]) -> tuple[set[str], set[str]]:
@@ -164,8 +180,9 @@ class ServedExamples:
 
     def __init__(self, tok: Tokenizer, files: Sequence[SourceFile], seed: int,
                  spm_rate: float = 0.7, context_rate: float = 0.9,
-                 kind_weights: Sequence[float] = KIND_WEIGHTS) -> None:
+                 kind_weights: Sequence[float] = KIND_WEIGHTS, loss_weights: LossWeights = LossWeights()) -> None:
         self.tok = tok
+        self.loss_weights = loss_weights
         self.files = list(files)
         self.rng = random.Random(seed)
         self.spm_rate = spm_rate
@@ -196,7 +213,29 @@ class ServedExamples:
         tokens = self._layout(built.prefix, built.suffix, middle, spm)
         if tokens is None:
             return None
-        return ServedExample(tokens, f.repo, cur.kind, spm, with_context, built.tokens, len(built.snippets))
+        weights = None
+        if not self.loss_weights.plain:
+            snippet_chars = len(render_snippets(built.snippets, "python"))
+            weights = self._weights(tokens, built.prefix, snippet_chars, spm)
+        return ServedExample(tokens, f.repo, cur.kind, spm, with_context, built.tokens, len(built.snippets), weights)
+
+    def _weights(self, tokens: list[int], prefix: str, snippet_chars: int, spm: bool) -> np.ndarray:
+        """The loss weight of each token of a laid-out example: the snippets' tokens (the prefix's
+        first `snippet_chars` characters), the middle's tokens and the closing EOT, 1.0 elsewhere."""
+        tok = self.tok
+        assert tok.middle_id is not None
+        after_mid = tokens.index(tok.middle_id) + 1
+        snippet_tokens = len(tok.encode(prefix[:snippet_chars])) if snippet_chars else 0
+        if spm:  # <MID> encode(prefix + middle): the middle starts where the prefix's own tokens stop matching
+            prefix_ids = tok.encode(prefix)
+            body = tokens[after_mid:]
+            snippets_at, middle_at = after_mid, after_mid + _common_prefix(prefix_ids, body)
+        else:  # BOS <PRE> prefix... <SUF> suffix <MID> middle
+            snippets_at, middle_at = 2, after_mid
+        weights = np.ones(len(tokens), dtype=np.float32)
+        weights[snippets_at : snippets_at + snippet_tokens] = self.loss_weights.snippets
+        weights[middle_at:] = self.loss_weights.middle
+        return weights
 
     def _layout(self, prefix: str, suffix: str, middle: str, spm: bool) -> list[int] | None:
         tok = self.tok
@@ -217,13 +256,21 @@ class ServedExamples:
                 + tok.encode_infill(healed + middle) + [tok.eot_id])
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
 def pack_windows(examples: Iterator[ServedExample], seq_len: int, n_windows: int, filler: np.ndarray,
-                 seed: int) -> tuple[np.ndarray, dict[str, int]]:
+                 seed: int) -> tuple[np.ndarray, np.ndarray | None, dict[str, int]]:
     """n_windows windows of seq_len tokens, each opening with a served example; further examples
     follow while they fit whole, and the rest of the window is a slice of ordinary training tokens
-    (`filler`). No example is cut by a window's edge: a cut one would teach a middle without its prompt."""
+    (`filler`). No example is cut by a window's edge: a cut one would teach a middle without its prompt.
+    Returns the tokens, their loss weights (None when no example carries any; filler weighs 1.0) and
+    counts of what went in."""
     rng = random.Random(seed)
     out = np.empty(n_windows * seq_len, dtype=filler.dtype)
+    weights: np.ndarray | None = None
     counts: dict[str, int] = {"served_windows": 0, "served_examples": 0, "served_spm": 0, "served_psm": 0,
                               "served_with_context": 0}
     pending = next(examples, None)
@@ -232,6 +279,11 @@ def pack_windows(examples: Iterator[ServedExample], seq_len: int, n_windows: int
         filled = 0
         while pending is not None and filled + len(pending.tokens) <= seq_len:
             window[filled : filled + len(pending.tokens)] = pending.tokens
+            if pending.loss_weights is not None:
+                if weights is None:
+                    weights = np.ones(len(out), dtype=np.float32)
+                at = w * seq_len + filled
+                weights[at : at + len(pending.tokens)] = pending.loss_weights
             filled += len(pending.tokens)
             counts["served_examples"] += 1
             counts["served_spm" if pending.spm else "served_psm"] += 1
@@ -242,4 +294,4 @@ def pack_windows(examples: Iterator[ServedExample], seq_len: int, n_windows: int
             start = rng.randrange(max(1, len(filler) - seq_len))
             window[filled:] = filler[start : start + seq_len - filled]
         counts["served_windows"] += 1
-    return out, counts
+    return out, weights, counts

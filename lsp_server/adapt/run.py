@@ -41,6 +41,7 @@ from engine.train.sources import collect_repo
 
 from .data import ExampleMix, Split, split_workspace, training_windows
 from .evaluate import heldout_perplexity, line_cases, score_cases, workspace_modules
+from .examples import LossWeights
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class Recipe:
     spm_rate: float = 0.7
     context_rate: float = 0.9
     full_budget_rate: float = 0.5  # prompts at the server's full budget; the others are shorter
+    snippet_loss: float = 1.0  # loss weight of the repository snippets in a prompt (the file's text: 1.0)
+    middle_loss: float = 1.0  # loss weight of the completion's tokens
     heldout_fraction: float = 0.2
     eval_cases: int = 200
     seed: int = 0
@@ -74,7 +77,8 @@ class Recipe:
 
     def mix(self) -> ExampleMix:
         return ExampleMix(spm_rate=self.spm_rate, context_rate=self.context_rate,
-                          full_budget_rate=self.full_budget_rate)
+                          full_budget_rate=self.full_budget_rate,
+                          loss_weights=LossWeights(snippets=self.snippet_loss, middle=self.middle_loss))
 
 
 # --quick: a run of about a minute, for tests of the loop. LoRA alone: in a dozen steps the full
@@ -212,7 +216,7 @@ class Adaptation:
         r = self.recipe
         self.events("phase", phase="train")
         loaded = load_model(self.model_dir, device="cpu", dtype=torch.bfloat16)
-        stream = self._cached_windows(split, loaded.tokenizer)
+        stream, loss_weights = self._cached_windows(split, loaded.tokenizer)
         lcfg = LoRAConfig(rank=r.rank, alpha=r.alpha, targets=tuple(r.targets.split(",")),
                           train_embeddings=r.train_embeddings)
         trainable = add_lora(loaded.model, lcfg, seed=r.seed)
@@ -232,7 +236,7 @@ class Adaptation:
                         loss=round(float(record.get("loss", math.nan)), 4), elapsed_s=round(elapsed, 1),
                         eta_s=round(eta, 1))
 
-        sampler = WindowSampler(stream, r.seq_len, 1, r.seed)
+        sampler = WindowSampler(stream, r.seq_len, 1, r.seed, loss_weights=loss_weights)
         record = train(loaded.model, sampler, cfg, self.out / "run", resume=self.args.resume, trainable=trainable,
                        on_log=on_log)
         if "signal" in record:
@@ -242,16 +246,22 @@ class Adaptation:
                                                     "workspace": str(self.workspace)})
         return 0
 
-    def _cached_windows(self, split: Split, tok) -> Any:
+    def _cached_windows(self, split: Split, tok) -> tuple[Any, Any]:
+        """The training tokens and their loss weights (None: all alike), saved for a resumed run."""
         import numpy as np
 
         r = self.recipe
-        path = self.out / "windows.npy"
+        path, weights_path = self.out / "windows.npy", self.out / "loss_weights.npy"
         if self.args.resume and path.is_file():
-            return np.load(path, mmap_mode="r")
+            weights = np.load(weights_path, mmap_mode="r") if weights_path.is_file() else None
+            return np.load(path, mmap_mode="r"), weights
         t0 = time.monotonic()
-        stream, counts = training_windows(split.train, tok, r.seq_len, r.steps, r.mix(), r.seed)
-        with atomic_file(path) as tmp, open(tmp, "wb") as fh:  # a killed run never leaves half a file
-            np.save(fh, stream)
+        stream, weights, counts = training_windows(split.train, tok, r.seq_len, r.steps, r.mix(), r.seed)
+        # Weights first: windows.npy is what marks the data as complete for --resume.
+        weights_path.unlink(missing_ok=True)
+        for array, where in ((weights, weights_path), (stream, path)):
+            if array is not None:
+                with atomic_file(where) as tmp, open(tmp, "wb") as fh:  # a killed run never leaves half a file
+                    np.save(fh, array)
         print(f"{r.steps} windows in {time.monotonic() - t0:.1f} s: {counts}", file=sys.stderr, flush=True)
-        return stream
+        return stream, weights

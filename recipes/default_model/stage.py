@@ -228,7 +228,7 @@ def add_served_windows(stream: np.ndarray, st: dict, files: list[SourceFile], to
     n_served = int(stream.size // seq_len * share / (1 - share))
     # About 1.3 examples fill a window (a prompt at the full budget fills one alone).
     examples = served_examples(Tokenizer(tok_path), files, seq_len, seed=seed, per_cycle=int(n_served * 1.4))
-    served, counts = pack_windows(examples, seq_len, n_served, stream, seed=seed)
+    served, _, counts = pack_windows(examples, seq_len, n_served, stream, seed=seed)
     return np.concatenate([stream[: stream.size // seq_len * seq_len], served]), counts
 
 

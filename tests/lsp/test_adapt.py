@@ -45,7 +45,7 @@ def test_heldout_files_never_reach_the_training_windows(tok):
     split = split_workspace(files, fraction=0.2, seed=0)
     assert len([f for f in split.heldout if f.path.endswith(".py")]) == 2
     assert {f.path for f in split.train}.isdisjoint(f.path for f in split.heldout)
-    windows, counts = training_windows(split.train, tok, seq_len=1024, n_windows=12, mix=ExampleMix(), seed=0)
+    windows, _, counts = training_windows(split.train, tok, seq_len=1024, n_windows=12, mix=ExampleMix(), seed=0)
     text = tok.decode([int(t) for t in windows])
     held = [f.path.removeprefix("shop/").removesuffix(".py") for f in split.heldout]
     # A held-out module's own function is defined only in it (its name appears in the module that

@@ -16,7 +16,13 @@ from engine.train.sources import SourceFile
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes" / "default_model"))
 from served import served_examples  # noqa: E402
 
-from lsp_server.adapt.examples import ServedExamples, cross_file_cursors, pack_windows, sibling_names
+from lsp_server.adapt.examples import (
+    LossWeights,
+    ServedExamples,
+    cross_file_cursors,
+    pack_windows,
+    sibling_names,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GEOMETRY = 'GRID_SPACING = 4821\n\n\ndef rectangle_area(width, height):\n    """Area of a rectangle."""\n    return width * height\n'
@@ -77,12 +83,32 @@ def test_psm_tokens_hold_back_the_last_prefix_token_for_the_middle(tok):
     assert tok.decode(ids[2 : ids.index(tok.suffix_id)]) + tok.decode_infill(ids[mid + 1 : -1]) == prefix + middle
 
 
+@pytest.mark.parametrize("spm", [True, False])
+def test_loss_weights_mark_the_snippets_and_the_middle(tok, spm):
+    """A weighted example: the repository snippets' tokens weigh `snippets`, the completion and its
+    EOT weigh `middle`, the file's own text 1.0; decoded, each part is what it claims to be."""
+    ex = ServedExamples(tok, FILES, seed=0, spm_rate=1.0 if spm else 0.0, context_rate=1.0,
+                        loss_weights=LossWeights(snippets=0.25, middle=4.0))
+    found = [one for one in (ex.example(FILES[1], budget=1024) for _ in range(60)) if one is not None and one.snippets]
+    assert found, "no example with snippets in 60 draws"
+    for one in found:
+        w = one.loss_weights
+        assert w is not None and len(w) == len(one.tokens)
+        snippet_ids = [t for t, x in zip(one.tokens, w, strict=True) if x == 0.25]
+        middle_ids = [t for t, x in zip(one.tokens, w, strict=True) if x == 4.0]
+        assert "# Path: shapes/geometry.py" in tok.decode(snippet_ids)
+        assert "Path: shapes/app.py" not in tok.decode(snippet_ids)  # the file's own header weighs 1.0
+        assert middle_ids[-1] == tok.eot_id and 1 <= len(middle_ids) <= 40
+        assert w[-len(middle_ids) - 1] != 4.0  # the middle is the example's tail, nothing before it
+
+
 def test_windows_hold_whole_examples_each_opening_with_one(tok):
     files = FILES * 2
     examples = served_examples(tok, [SourceFile(f"p{i // 3}-1", f.path, f.text) for i, f in enumerate(files)],
                                max_tokens=512, seed=0)
     filler = np.arange(3000, dtype=np.uint16) % 50 + 100
-    out, counts = pack_windows(examples, 512, 6, filler, seed=0)
+    out, weights, counts = pack_windows(examples, 512, 6, filler, seed=0)
+    assert weights is None  # plain examples: every token weighs the same
     assert counts["served_windows"] == 6 and counts["served_examples"] >= 6
     for w in out.reshape(6, 512):
         assert w[0] == tok.bos_id

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from engine.checkpoints import load_model
@@ -61,6 +63,34 @@ def test_chunked_cross_entropy_equals_full():
     torch.testing.assert_close(chunked, full)
     torch.testing.assert_close(ch, gh)
     torch.testing.assert_close(cw, gw)
+
+
+def test_weighted_cross_entropy_is_the_weighted_mean_and_zero_weight_tokens_teach_nothing():
+    torch.manual_seed(0)
+    h = torch.randn(1, 23, 16, requires_grad=True)
+    w = torch.randn(50, 16)
+    t = torch.randint(0, 50, (1, 23))
+    weights = torch.rand(1, 23) * 3
+    weights[0, :5] = 0.0
+    per_token = torch.nn.functional.cross_entropy((h @ w.T).reshape(-1, 50), t.reshape(-1), reduction="none")
+    expected = (per_token * weights.reshape(-1)).sum() / weights.sum()
+    got = chunked_cross_entropy(h, w, t, chunk=7, loss_weights=weights)
+    torch.testing.assert_close(got, expected)
+    (grad,) = torch.autograd.grad(got, h)
+    assert grad[0, :5].abs().max() == 0 and grad[0, 5:].abs().max() > 0
+
+
+def test_the_sampler_gives_each_window_its_own_targets_weights():
+    stream = np.arange(4 * 8 + 1)
+    weights = stream.astype(np.float32) / 10
+    sampler = WindowSampler(stream, 8, 2, seed=3, loss_weights=weights)
+    for index in range(3):
+        batch, batch_weights = sampler.batch(index), sampler.batch_weights(index)
+        assert batch_weights is not None and batch_weights.shape == (2, 8)
+        torch.testing.assert_close(batch_weights, batch[:, 1:].float() / 10)  # the weight of each target token
+    assert WindowSampler(stream, 8, 2, seed=3).batch_weights(0) is None
+    with pytest.raises(ValueError, match="loss weights"):
+        WindowSampler(stream, 8, 2, seed=3, loss_weights=weights[:-1])
 
 
 def test_a_few_steps_lower_the_loss(tiny_model_dir, code_repo, tmp_path):
