@@ -205,6 +205,16 @@ def engine_failure(exc: Exception) -> str:
             "the next request tries again. Details are in the server log.")
 
 
+def known_name_choices(gatherer: Gatherer, req: Request, index: WorkspaceIndex | None,
+                       settings: Settings) -> tuple[str, ...] | None:
+    """The names the suggestion's first identifier must be one of at the cursor (the setting
+    `knownNames`; the workspace is read only with repository context on), or None."""
+    if not settings.known_names:
+        return None
+    known = gatherer.known_names(req, index if settings.repository_context else None)
+    return known.choices() if known is not None else None
+
+
 def cursor_info(doc: Document, cursor: int, line: int, multiline_mode: str) -> Cursor:
     text = doc.text
     line_start = doc.line_starts[line]
@@ -514,7 +524,8 @@ class CompletionService:
         request = CompletionRequest(
             prefix=redact_secrets(built.prefix), suffix=redact_secrets(built.suffix),
             fim_format=settings.fim_format, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            stop=[] if multiline else ["\n"], speculative=settings.speculative_decoding)
+            stop=[] if multiline else ["\n"], speculative=settings.speculative_decoding,
+            name_choices=known_name_choices(self._gatherer, snap, self.get_index(), settings))
         return request, built
 
     def _run_then_trim(self, *args: Any) -> Suggestion | None:

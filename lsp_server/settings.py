@@ -34,6 +34,8 @@ class Settings:
     backend: str = "local"
     enable: bool = True
     repository_context: bool = True
+    # After `self.` / `module.`: the first name suggested is one that exists (lsp_server/context/members.py)
+    known_names: bool = True
     multiline: str = "auto"
     exclude: tuple[str, ...] = field(default_factory=tuple)
     speculative_decoding: bool = True
@@ -190,6 +192,7 @@ PARSERS = {
     "backend": _backend,
     "enable": _bool,
     "repository_context": _bool,
+    "known_names": _bool,
     "prefetch_after_accept": _bool,
     "multiline": _choice("auto", "always", "never"),
     "exclude": _patterns,

@@ -38,6 +38,10 @@ class CompletionRequest:
     token_healing: bool = True
     # Prompt-lookup speculative decoding where the backend has it (same output, fewer decode passes).
     speculative: bool = True
+    # The names the completion's first identifier must be one of, relative to the cursor (after
+    # `self.na` with members name and nav: "me", "v"); None for no such rule. The local backend
+    # keeps to them while decoding (engine/name_choice.py); a remote one cannot, and ignores them.
+    name_choices: tuple[str, ...] | None = None
 
 
 @dataclass

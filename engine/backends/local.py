@@ -35,6 +35,7 @@ from engine.generate import Sampling, common_prefix_length, generate, prefill
 from engine.healing import TokenHealer
 from engine.instruct import follows_instructions
 from engine.lookup import Speculation
+from engine.name_choice import Constraint, NameChoices
 from engine.paths import default_model_dir
 from engine.prompts import infill_prompt, instruct_prompt, left_to_right_prompt
 from engine.quant import DEFAULT_GROUP_SIZE, QuantizationError, QuantSpec, spec_for_mode
@@ -226,6 +227,7 @@ class LocalBackend:
         self.adapter = Path(adapter) if adapter else None
         self.pool = CachePool(loaded, device, self.kv_dtype, cache_budget_mb * 2**20)
         self.healer = TokenHealer(self.tok.piece_texts())
+        self.name_choices = NameChoices(self.healer)
         self.lock = threading.Lock()
         self.on_state: Callable[[str], None] | None = None  # never called: a local model has no outage
         self.warnings: list[str] = []
@@ -308,7 +310,11 @@ class LocalBackend:
     ) -> Completion:
         prompt, healed = self.build_prompt(request)
         stop_ids = self.tok.stop_ids()
-        constrain = self.healer.constraint(healed) if healed else None
+        constrain: Constraint | None = None
+        if request.name_choices:
+            constrain = self.name_choices.constraint(healed, request.name_choices, stop_ids)
+        elif healed:
+            constrain = self.healer.constraint(healed)
 
         def text_of(ids: list[int]) -> str:
             text = self.tok.decode_infill(ids)

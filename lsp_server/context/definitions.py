@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from ..lru import LRU
 from .imports import python_module_file, relative_stem
@@ -70,6 +71,8 @@ class OutlineCache:
 
     def __init__(self, max_entries: int = 256) -> None:
         self._entries: LRU[str, tuple[str, ModuleOutline | None]] = LRU(max_entries)
+        # The same files' top-level names (members.py), kept beside their outlines.
+        self.top_names: LRU[str, tuple[str, Any]] = LRU(max_entries)
 
     def get(self, path: str, text: str) -> ModuleOutline | None:
         hit = self._entries.get(path)
@@ -208,15 +211,12 @@ def _squash(word: str) -> str:
     return word.replace("_", "").lower()
 
 
-def definition_snippets(path: str, text: str, cursor: int, files: Collection[str],
-                        read: Callable[[str], str | None], cache: OutlineCache,
-                        imports: dict[str, Binding] | None = None,
-                        memo: dict[tuple[str, int, str], str | None] | None = None) -> list[Snippet]:
+def definition_snippets(path: str, text: str, cursor: int, resolver: Resolver,
+                        bindings: dict[str, Binding] | None = None) -> list[Snippet]:
     """Compact definitions from other workspace files that the code at `cursor` of `text` (the
-    buffer of the file at `path`) refers to, each with a ranking boost. `imports` may be passed
-    when the caller caches buffer_imports(text); `memo` when it caches module lookups."""
-    resolver = Resolver(files, read, cache, path, memo)
-    bindings = buffer_imports(text) if imports is None else imports
+    buffer of the file at `path`) refers to, each with a ranking boost. `bindings` may be passed
+    when the caller caches buffer_imports(text)."""
+    bindings = buffer_imports(text) if bindings is None else bindings
     out: dict[tuple[str, int, int], Snippet] = {}
 
     def add(snips: list[Snippet]) -> None:

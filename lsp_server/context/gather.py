@@ -13,9 +13,10 @@ import re
 from dataclasses import dataclass, field
 
 from ..lru import LRU
-from .definitions import OutlineCache, definition_snippets
+from .definitions import OutlineCache, Resolver, definition_snippets
 from .imports import PY_LANGS, outline, resolve_imports
 from .index import WorkspaceIndex
+from .members import KnownNames, known_names
 from .refs import Binding, buffer_imports
 from .snippets import WINDOW_STRIDE, Snippet, windows
 
@@ -121,6 +122,25 @@ class Gatherer:
 
     def _definition_snippets(self, req: Request, index: WorkspaceIndex | None, open_docs: dict[str, OpenDoc],
                              import_lines: str, files: set[str]) -> list[Snippet]:
+        resolver, bindings = self._resolver(req, index, open_docs, import_lines, files)
+        return definition_snippets(req.path, req.text, req.cursor, resolver, bindings)
+
+    def known_names(self, req: Request, index: WorkspaceIndex | None) -> KnownNames | None:
+        """The attribute names possible at the cursor (members.py), Python only; `index` None for
+        the buffer alone (repository context off)."""
+        if not (req.language in PY_LANGS or req.path.endswith(".py")):
+            return None
+        if req.isolated:
+            index = None
+        open_docs = {d.path: d for d in req.others} if index is not None else {}
+        import_lines = "\n".join(_IMPORT_LINE.findall(req.text[:200_000]))
+        files = self._workspace_files(index, frozenset(open_docs)) if index is not None else set()
+        resolver, bindings = self._resolver(req, index, open_docs, import_lines, files)
+        return known_names(req.path, req.text, req.cursor, resolver, bindings)
+
+    def _resolver(self, req: Request, index: WorkspaceIndex | None, open_docs: dict[str, OpenDoc],
+                  import_lines: str, files: set[str]) -> tuple[Resolver, dict[str, Binding]]:
+        """A resolver over the workspace's files and the buffer's imports (both cached per version)."""
         generation = index.generation if index is not None else 0
         if self._module_memo[0] != generation:
             self._module_memo = (generation, {})
@@ -131,8 +151,8 @@ class Gatherer:
             doc = open_docs.get(path)
             return doc.text if doc is not None else index.text(path) if index is not None else None
 
-        return definition_snippets(req.path, req.text, req.cursor, files, read, self._outlines,
-                                   self._buffer_imports[2], self._module_memo[1])
+        resolver = Resolver(files, read, self._outlines, req.path, self._module_memo[1])
+        return resolver, self._buffer_imports[2]
 
     def _import_snippets(self, req: Request, index: WorkspaceIndex | None, open_docs: dict[str, OpenDoc],
                          import_lines: str, files: set[str]) -> list[Snippet]:

@@ -53,7 +53,7 @@ class ClassAtCursor:
     line: int
 
 
-def _split_bases(text: str) -> tuple[str, ...]:
+def split_bases(text: str) -> tuple[str, ...]:
     out, depth, cur = [], 0, ""
     for ch in text + ",":
         if ch in "([{":
@@ -86,7 +86,7 @@ def enclosing_class(text: str, cursor: int) -> ClassAtCursor | None:
         if indent >= limit:
             continue
         if (m := _CLASS.match(row)) is not None:
-            return ClassAtCursor(m.group(2), _split_bases(m.group(3) or ""), text.count("\n", 0, prev))
+            return ClassAtCursor(m.group(2), split_bases(m.group(3) or ""), text.count("\n", 0, prev))
         if indent == 0:
             return None
         limit = indent

@@ -4,7 +4,7 @@ per kind of reference. The buffer at the cursor never parses (the line is unfini
 from __future__ import annotations
 
 from lsp_server.context.builder import build_context
-from lsp_server.context.definitions import OutlineCache, definition_snippets
+from lsp_server.context.definitions import OutlineCache, Resolver, definition_snippets
 from lsp_server.context.gather import Gatherer, OpenDoc, Request
 from lsp_server.context.refs import buffer_imports, cursor_chain, enclosing_class
 from lsp_server.context.snippets import Snippet
@@ -39,7 +39,8 @@ WORKSPACE = {
 
 def snippets_for(path: str, text: str, files: dict[str, str] = WORKSPACE) -> list[Snippet]:
     """The definition snippets for a cursor at the end of `text`."""
-    return definition_snippets(path, text, len(text), set(files) | {path}, files.get, OutlineCache())
+    resolver = Resolver(set(files) | {path}, files.get, OutlineCache(), path)
+    return definition_snippets(path, text, len(text), resolver)
 
 
 def texts(snips: list[Snippet]) -> str:
