@@ -66,7 +66,7 @@ class Settings:
     def suggestion_key(self) -> tuple[Any, ...]:
         """The settings besides the model's that shape a suggestion: cached ones are stale when they change."""
         return (self.fim_format, self.max_new_tokens, self.temperature, self.max_context_tokens,
-                self.repository_context, self.multiline)
+                self.repository_context, self.known_names, self.multiline)
 
     def prompt_budget(self, backend: Backend) -> int:
         """context_budget for this backend (its context length; the larger default on a GPU)."""

@@ -38,6 +38,10 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # A package that re-exports a constant defined in one of its modules.
         "wholesale/__init__.py": "from .pricing import WHOLESALE_MARGIN\n",
         "wholesale/pricing.py": '"""Prices for bulk orders."""\n\nWHOLESALE_MARGIN = 0.35\n',
+        # A base class whose method the subclass below calls through `self.` (known names).
+        "ledger/__init__.py": "",
+        "ledger/base.py": ("class LedgerBase:\n    def zorbulate_entries(self, entries):\n"
+                           "        return sorted(entries)\n"),
         ".env": f"{SECRET_WORD.upper()}=hunter2-password\n",
         "config/id_rsa": PRIVATE_KEY,
         "keys.py": f"{SECRET_WORD}_key = '''\n{PRIVATE_KEY}'''\n",
@@ -163,6 +167,26 @@ async def test_repository_context_brings_a_value_from_another_file_into_the_sugg
     finally:
         client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
             settings={"codellama": {"repositoryContext": True}}))
+
+
+async def test_after_self_dot_the_suggestion_names_a_method_that_exists_in_the_base_class(client, repo):
+    """`self.zo|` in a class whose base, in another file, defines `zorbulate_entries`: the suggestion
+    goes on to that name, the only member that starts so (known names); with `knownNames` off the
+    model spells some other name."""
+    text = ("from ledger.base import LedgerBase\n\n\nclass Book(LedgerBase):\n"
+            "    def settle(self, entries):\n        return self.zo")
+    uri = lc.open_doc(client, repo / "ledger" / "book.py", text)
+    line, end = 5, len(text.splitlines()[-1])
+    item = await suggestion_at(client, uri, line, end)
+    assert item.insert_text.startswith("rbulate_entries"), item.insert_text
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+        settings={"codellama": {"knownNames": False}}))
+    try:
+        free = await lc.inline(client, uri, line, end)
+        assert not any(i.insert_text.startswith("rbulate_entries") for i in free.items), free.items
+    finally:
+        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+            settings={"codellama": {"knownNames": True}}))
 
 
 async def test_a_name_imported_through_a_package_re_export_brings_its_value_from_the_defining_module(client, repo):
