@@ -46,6 +46,7 @@ test("with nothing set, the server gets its own defaults for every key", () => {
     backend: "local",
     enable: true,
     repositoryContext: true,
+    knownNames: true,
     prefetchAfterAccept: true,
     multiline: "auto",
     exclude: [],
