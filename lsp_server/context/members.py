@@ -22,6 +22,8 @@ from .refs import Binding, ClassAtCursor, cursor_chain, enclosing_class, split_b
 
 # Bases that add no attribute a completion would write.
 NEUTRAL_BASES = frozenset({"object", "ABC", "abc.ABC", "Generic", "typing.Generic", "Protocol", "typing.Protocol"})
+# A class or module that defines these makes attributes up: no names are known for it.
+DYNAMIC = frozenset({"__getattr__", "__getattribute__"})
 # What every instance and every module has.
 OBJECT_NAMES = frozenset(dir(object)) | {"__dict__", "__module__", "__weakref__", "__slots__"}
 MODULE_NAMES = frozenset({"__name__", "__file__", "__doc__", "__all__", "__path__", "__package__", "__spec__",
@@ -51,24 +53,25 @@ def known_names(path: str, text: str, cursor: int, resolver: Resolver,
     """The names an attribute written at `cursor` of the buffer `text` (the file at `path`) can
     be, when they are all known."""
     owner, typed = cursor_chain(text, cursor)
-    if not owner:
-        return None
     if owner in ("self", "cls"):
         cls = enclosing_class(text, cursor)
         # The class is read without the name being typed at the cursor (`self.per|` is no member).
         unfinished = text[: cursor - len(typed)] + text[cursor:]
         names = buffer_class_names(unfinished, cls, resolver, path, bindings) if cls is not None else None
-    elif owner in bindings:
-        names = _bound_names(resolver, path, bindings[owner])
+        always = OBJECT_NAMES
+    elif owner and owner in bindings:
+        names, always = _bound_names(resolver, path, bindings[owner])
     else:
         return None
-    return KnownNames(names, typed) if names else None
+    if not names or names & DYNAMIC:
+        return None
+    return KnownNames(names | always, typed)
 
 
 def buffer_class_names(text: str, cls: ClassAtCursor, resolver: Resolver, path: str,
                        bindings: dict[str, Binding], depth: int = 0) -> frozenset[str] | None:
     """The members of a class of the buffer (by line scan: the buffer rarely parses) and of its bases."""
-    names = set(_class_block_names(text, cls.line)) | OBJECT_NAMES
+    names = set(_class_block_names(text, cls.line))
     for base in cls.bases:
         if base in NEUTRAL_BASES:
             continue
@@ -132,7 +135,7 @@ def class_names(resolver: Resolver, path: str, name: str, depth: int = 0) -> fro
     cls = outline.defs.get(name) if outline is not None else None
     if cls is None or cls.kind != "class" or depth > MAX_DEPTH:
         return None
-    names = set(cls.members) | OBJECT_NAMES
+    names = set(cls.members)
     for base in cls.bases:
         if base in NEUTRAL_BASES:
             continue
@@ -146,16 +149,17 @@ def class_names(resolver: Resolver, path: str, name: str, depth: int = 0) -> fro
     return frozenset(names)
 
 
-def _bound_names(resolver: Resolver, path: str, bound: Binding) -> frozenset[str] | None:
-    """`m.` for an imported workspace module m, or `Name.` for an imported workspace class."""
+def _bound_names(resolver: Resolver, path: str, bound: Binding) -> tuple[frozenset[str] | None, frozenset[str]]:
+    """`m.` for an imported workspace module m, or `Name.` for an imported workspace class: the
+    names found, and those every such module or class has."""
     found = resolver.binding(path, bound)
     if found is None:
-        return None
+        return None, frozenset()
     if found.definition is None:
-        return module_names(resolver, found.path)
+        return module_names(resolver, found.path), MODULE_NAMES
     if found.definition.kind == "class":
-        return class_names(resolver, found.path, found.definition.name)
-    return None
+        return class_names(resolver, found.path, found.definition.name), OBJECT_NAMES
+    return None, frozenset()
 
 
 def module_names(resolver: Resolver, path: str, depth: int = 0) -> frozenset[str] | None:
@@ -168,7 +172,7 @@ def module_names(resolver: Resolver, path: str, depth: int = 0) -> frozenset[str
     if bound is None:
         return None
     names, stars = bound
-    out = set(names) | MODULE_NAMES
+    out = set(names)
     for level, module in stars:
         target = resolver.module(path, level, module)
         more = module_names(resolver, target, depth + 1) if target else None

@@ -103,8 +103,14 @@ def test_an_imported_class_gets_its_members_and_its_bases():
     assert known is not None and {"table_name", "persist_to", "serialise_fields"} <= known.names
 
 
-def test_a_module_that_makes_names_up_gives_none():
+def test_a_module_or_a_class_that_makes_names_up_gives_none():
     assert names_at("shop/use.py", "from shop import lazy\n\n\nx = lazy.") is None
+    proxy = ("from shop.storage.model import Model\n\n\nclass Proxy(Model):\n"
+             "    def __getattr__(self, name):\n        return name\n\n    def run(self):\n        return self.")
+    assert names_at("shop/proxy.py", proxy) is None
+    files = {**WORKSPACE, "shop/storage/base.py": WORKSPACE["shop/storage/base.py"]
+             + "\n    def __getattribute__(self, name):\n        return 1\n"}
+    assert names_at("shop/order.py", SUBCLASS, files) is None  # a base, in another file, does it
 
 
 def test_the_gatherer_reads_the_workspace_only_with_repository_context():
