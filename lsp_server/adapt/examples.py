@@ -37,6 +37,7 @@ KIND_WEIGHTS = (0.35, 0.2, 0.2, 0.15, 0.1)
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FROM_IMPORT = re.compile(r"^\s*from\s+(\.*[\w.]*)\s+import\s+\(?([^)#\n]*)", re.M)
 _IMPORT_AS = re.compile(r"^\s*import\s+([\w.]+)(?:\s+as\s+(\w+))?", re.M)
+_DEFINED = re.compile(r"^[ \t]*(?:(?:async[ \t]+)?def|class)[ \t]+([A-Za-z_]\w*)|^([A-Za-z_]\w*)[ \t]*(?::[^=\n]*)?=(?!=)", re.M)
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,11 @@ class LossWeights:
 
     snippets: float = 1.0
     middle: float = 1.0
+    names: float = 1.0  # a factor on the tokens that spell a name the workspace defines (`def`, `class`, `X =`)
 
     @property
     def plain(self) -> bool:
-        return self.snippets == 1.0 and self.middle == 1.0
+        return self.snippets == 1.0 and self.middle == 1.0 and self.names == 1.0
 
 
 @dataclass
@@ -193,6 +195,8 @@ class ServedExamples:
         self.index = in_memory_index({f.path: f.text for f in self.files})
         self.gatherer = Gatherer()
         self.modules = {f.path.split("/")[0].removesuffix(".py") for f in self.files}
+        names = (m.group(1) or m.group(2) for f in self.files for m in _DEFINED.finditer(f.text))
+        self.defined = {n for n in names if len(n) >= 4}  # shorter ones are mostly `self`-like noise
         self._version = 0
 
     def example(self, f: SourceFile, budget: int) -> ServedExample | None:
@@ -235,7 +239,23 @@ class ServedExamples:
         weights = np.ones(len(tokens), dtype=np.float32)
         weights[snippets_at : snippets_at + snippet_tokens] = self.loss_weights.snippets
         weights[middle_at:] = self.loss_weights.middle
+        if self.loss_weights.names != 1.0:
+            weights[self._defined_name_tokens(tokens)] *= self.loss_weights.names
         return weights
+
+    def _defined_name_tokens(self, tokens: list[int]) -> np.ndarray:
+        """Indices of the tokens that spell (part of) a name the workspace defines."""
+        pieces = [self.healer.texts[t] for t in tokens]
+        ends = np.cumsum([len(p) for p in pieces])
+        text = "".join(pieces)
+        marked = np.zeros(len(tokens), dtype=bool)
+        for m in IDENT.finditer(text):
+            if m.group() in self.defined:
+                # tokens whose text overlaps the name: they end after its start and start before its end
+                first = int(np.searchsorted(ends, m.start(), side="right"))
+                last = int(np.searchsorted(ends, m.end() - 1, side="right"))
+                marked[first : last + 1] = True
+        return np.flatnonzero(marked)
 
     def _layout(self, prefix: str, suffix: str, middle: str, spm: bool) -> list[int] | None:
         tok = self.tok

@@ -64,6 +64,7 @@ class Recipe:
     full_budget_rate: float = 0.5  # prompts at the server's full budget; the others are shorter
     snippet_loss: float = 1.0  # loss weight of the repository snippets in a prompt (the file's text: 1.0)
     middle_loss: float = 1.0  # loss weight of the completion's tokens
+    name_loss: float = 1.0  # a factor on the loss of tokens spelling a name the workspace defines
     heldout_fraction: float = 0.2
     eval_cases: int = 200
     seed: int = 0
@@ -78,7 +79,8 @@ class Recipe:
     def mix(self) -> ExampleMix:
         return ExampleMix(spm_rate=self.spm_rate, context_rate=self.context_rate,
                           full_budget_rate=self.full_budget_rate,
-                          loss_weights=LossWeights(snippets=self.snippet_loss, middle=self.middle_loss))
+                          loss_weights=LossWeights(snippets=self.snippet_loss, middle=self.middle_loss,
+                                                   names=self.name_loss))
 
 
 # --quick: a run of about a minute, for tests of the loop. LoRA alone: in a dozen steps the full

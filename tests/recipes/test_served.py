@@ -102,6 +102,18 @@ def test_loss_weights_mark_the_snippets_and_the_middle(tok, spm):
         assert w[-len(middle_ids) - 1] != 4.0  # the middle is the example's tail, nothing before it
 
 
+def test_names_the_workspace_defines_weigh_more_wherever_they_are_spelt(tok):
+    ex = ServedExamples(tok, FILES, seed=0, spm_rate=1.0, context_rate=1.0, loss_weights=LossWeights(names=3.0))
+    assert {"rectangle_area", "GRID_SPACING"} <= ex.defined
+    found = [one for one in (ex.example(FILES[1], budget=1024) for _ in range(20)) if one is not None]
+    assert found
+    for one in found:
+        w = one.loss_weights
+        assert w is not None and set(np.unique(w)) <= {1.0, 3.0}
+        heavy = [ex.healer.texts[t].strip() for t, x in zip(one.tokens, w, strict=True) if x == 3.0]
+        assert heavy and all(any(piece in name for name in ex.defined) for piece in heavy), heavy
+
+
 def test_windows_hold_whole_examples_each_opening_with_one(tok):
     files = FILES * 2
     examples = served_examples(tok, [SourceFile(f"p{i // 3}-1", f.path, f.text) for i, f in enumerate(files)],
