@@ -81,17 +81,21 @@ def test_a_workspace_without_enough_files_is_a_clear_error(tiny_model_dir, tmp_p
     assert events[-1]["event"] == "error" and "too few Python files" in events[-1]["message"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_a_stopped_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, sig):
+WEIGHTED = ("--middle-loss", "3", "--snippet-loss", "0.5", "--name-loss", "2")
+
+
+@pytest.mark.parametrize("sig, recipe", [(signal.SIGTERM, ()), (signal.SIGKILL, ()), (signal.SIGKILL, WEIGHTED)],
+                         ids=["SIGTERM", "SIGKILL", "SIGKILL-weighted-loss"])
+def test_a_stopped_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, sig, recipe):
     ws = write_workspace(tmp_path / "ws")
-    code, _ = run(adapt_command(tiny_model_dir, ws, tmp_path / "whole"))
+    code, _ = run(adapt_command(tiny_model_dir, ws, tmp_path / "whole", *recipe))
     assert code == 0
-    code, events = run(adapt_command(tiny_model_dir, ws, tmp_path / "stopped"), stop_at_step=3, sig=sig)
+    code, events = run(adapt_command(tiny_model_dir, ws, tmp_path / "stopped", *recipe), stop_at_step=3, sig=sig)
     # SIGTERM: the step in flight ends with a checkpoint; SIGKILL: nothing runs after it, the resume
     # starts from the last periodic checkpoint (none this early) with the saved windows and baseline.
     assert code == 128 + signal.SIGTERM if sig == signal.SIGTERM else code != 0
     assert not (tmp_path / "stopped" / "adapter.json").exists()  # no adapter claims all the steps
-    code, events = run(adapt_command(tiny_model_dir, ws, tmp_path / "stopped", "--resume"))
+    code, events = run(adapt_command(tiny_model_dir, ws, tmp_path / "stopped", *recipe, "--resume"))
     assert code == 0, events
     assert not [e for e in events if e.get("phase") == "baseline"]  # the base model is not scored again
     a, b = load_file(tmp_path / "whole" / "adapter.safetensors"), load_file(tmp_path / "stopped" / "adapter.safetensors")
