@@ -25,6 +25,11 @@ write those GGUF types:
 
     .venv/bin/python benchmarks/engine_bench.py --quant --contexts 1024 4096
 
+Every candidate of that table is loaded first and then run once per round, for --repeats rounds
+(medians): on a shared machine a load swing hits them all alike. llama.cpp opens through
+benchmarks/llama_cpp_compat.open_llama. --baseline DIR adds ours from another checkout (the code before a
+change) to the same rounds, through benchmarks/baseline_worker.py, and a before/after table.
+
     .venv/bin/python benchmarks/engine_bench.py --llama-cpp-quant q8_0 q4_0 --kv-cache-dtype int8
 """
 
@@ -245,12 +250,43 @@ def llama_cpp_cold_run(llm, prompt: list[int]) -> dict[str, float]:  # noqa: ANN
             "decode_tok_s": (NEW_TOKENS - 1) / max(end - first, 1e-9)}
 
 
+class Baseline:
+    """Our engine from another checkout (`--baseline DIR`), run by benchmarks/baseline_worker.py."""
+
+    def __init__(self, checkout: Path, threads: int) -> None:
+        import subprocess
+
+        self.checkout, self.threads = checkout, threads
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("baseline_worker.py"))],
+                                     cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def cold_run(self, model: Path, mode: str, prompt: list[int]) -> dict[str, float]:
+        import json
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        request = {"model": str(model), "mode": mode, "prompt": prompt, "threads": self.threads}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the baseline worker for {self.checkout} exited ({self.proc.wait()})")
+        return json.loads(answer)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
 def bench_quantized(models: list[tuple[str, Path]], contexts: dict[str, list[int]], opts: argparse.Namespace,
                     tmp: Path) -> None:
-    """Every candidate (ours bf16/int8/int4, llama.cpp Q8_0/Q4_0) loaded at once, then run in turn in
-    each of `opts.repeats` rounds: load swings on a shared machine hit them all alike. Medians."""
+    """Every candidate (ours bf16/int8/int4, llama.cpp Q8_0/Q4_0, and with --baseline ours from another
+    checkout) loaded at once, then run in turn in each of `opts.repeats` rounds: load swings on a shared
+    machine hit them all alike. Medians."""
     rows = []
     use_llama_cpp = not opts.no_llama_cpp and _has_llama_cpp()
+    baseline = Baseline(opts.baseline, opts.threads) if opts.baseline else None
     for name, path in models:
         ours: dict[str, LoadedModel] = {}
         sizes: dict[str, float] = {}
@@ -277,6 +313,8 @@ def bench_quantized(models: list[tuple[str, Path]], contexts: dict[str, list[int
                     samples.setdefault(("ours", mode, ctx), []).append(ours_cold_run(loaded, prompt))
                 for mode, (llm, _) in theirs.items():
                     samples.setdefault(("llama.cpp", mode, ctx), []).append(llama_cpp_cold_run(llm, prompt))
+                for mode in QUANT_MODES if baseline else ():
+                    samples.setdefault(("before", mode, ctx), []).append(baseline.cold_run(path, mode, prompt))
             print(f"done: {name} ctx={ctx}", file=sys.stderr, flush=True)
         for mode, loaded in ours.items():  # after running: int4 on CPU holds its kernel's layout by now
             sizes[mode] = weight_bytes(loaded) / n_params
@@ -285,6 +323,8 @@ def bench_quantized(models: list[tuple[str, Path]], contexts: dict[str, list[int
             results[("llama.cpp", mode, contexts[name][0])]["extra_buffers_off"] = float(bool(note))
         rows.append((name, sizes, results))
         del ours, theirs
+    if baseline:
+        baseline.close()
 
     nan = float("nan")
     print(f"\nQuantized weights: ours bf16 / int8 / int4 (group {QuantSpec(4).group_size}) and llama.cpp "
@@ -303,6 +343,19 @@ def bench_quantized(models: list[tuple[str, Path]], contexts: dict[str, list[int
                 f"{o['none']['cold_ms'] / o['int8']['cold_ms']:.2f}x | {o['int4']['cold_ms']:.0f} | "
                 f"{o['none']['cold_ms'] / o['int4']['cold_ms']:.2f}x | "
                 + ", ".join(f"{o[m]['decode_tok_s']:.1f}" for m in QUANT_MODES) + " |")
+    if baseline:
+        print(f"\nBefore and after: ours from {opts.baseline} ('before') in the same rounds (ratios > 1: this "
+              "checkout faster)\n")
+        print("| model | context | weights | before cold | after cold | cold ratio | before decode tok/s | "
+              "after decode tok/s | decode ratio |")
+        print("|---|---|---|" + "---:|" * 6)
+        for name, _, r in rows:
+            for ctx in contexts[name]:
+                for mode in QUANT_MODES:
+                    b, a = r[("before", mode, ctx)], r[("ours", mode, ctx)]
+                    print(f"| {name} | {ctx} | {mode} | {b['cold_ms']:.0f} | {a['cold_ms']:.0f} | "
+                          f"{b['cold_ms'] / a['cold_ms']:.2f}x | {b['decode_tok_s']:.1f} | {a['decode_tok_s']:.1f} | "
+                          f"{a['decode_tok_s'] / b['decode_tok_s']:.2f}x |")
     if not use_llama_cpp:
         return
     print("\nAgainst llama.cpp at the same bits (ratios: llama.cpp's time / ours, our rate / llama.cpp's; "
@@ -341,6 +394,8 @@ def main() -> int:
     ap.add_argument("--llama-cpp-quant", nargs="*", default=[], choices=["q8_0", "q4_0"],
                     help="also run llama.cpp on GGUF exports at these bits (a second table)")
     ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "int8"], help="our KV cache's storage")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="with --quant: also run ours from this checkout (e.g. /work/main) in the same rounds")
     opts = ap.parse_args()
     torch.set_num_threads(opts.threads)
     dtype = getattr(torch, opts.dtype)
