@@ -104,33 +104,3 @@ def test_a_fused_model_saves_and_reloads_to_the_same_tokens(tiny_model_dir: Path
     again = load_model(tmp_path / "saved", dtype=torch.bfloat16)
     cache = KVCache(again.args, 64, "cpu", torch.bfloat16)
     assert generate(again.model, cache, prompt, 12, stop_ids=set()).tokens == before
-
-
-def test_lora_on_quantized_weights_still_applies_in_decode_steps(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from engine.train.lora import LoRAConfig, add_lora, apply_adapter, save_adapter
-
-    trained = load_model(tiny_model_dir, dtype=torch.float32)
-    cfg = LoRAConfig(rank=4, alpha=8.0)
-    for name, p in add_lora(trained.model, cfg).items():
-        if name.endswith("lora_B"):
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.5)
-    adapter = save_adapter(trained.model, tmp_path / "adapter", cfg, meta={})
-    prompt = [1, 5, 9, 2, 7, 3]
-
-    def complete(model: nn.Module, args) -> list[int]:  # noqa: ANN001
-        cache = KVCache(args, 64, "cpu", torch.float32)
-        return generate(model, cache, prompt, 16, stop_ids=set()).tokens
-
-    for mode in ("none", "int8"):
-        loaded = load_model(tiny_model_dir, dtype=torch.float32, quantization=spec_for_mode(mode))
-        base = complete(loaded.model, loaded.args)
-        handle = apply_adapter(loaded.model, adapter)
-        with_adapter = complete(loaded.model, loaded.args)
-        for layer in loaded.model.layers:  # the same model with the projections one by one
-            layer.attention.fused_qkv = layer.feed_forward.fused_gate_up = None
-        assert complete(loaded.model, loaded.args) == with_adapter
-        assert with_adapter != base, "the adapter changes the completion"
-        handle.remove()
-        loaded.model.fuse_projections()
-        assert complete(loaded.model, loaded.args) == base
