@@ -25,6 +25,11 @@ write those GGUF types:
 
     .venv/bin/python benchmarks/engine_bench.py --quant --contexts 1024 4096
 
+Every candidate of that table is loaded first and then run once per round, for --repeats rounds
+(medians): on a shared machine a load swing hits them all alike. llama.cpp opens through
+benchmarks/llama_cpp_compat.open_llama. --baseline DIR adds ours from another checkout (the code before a
+change) to the same rounds, through benchmarks/baseline_worker.py, and a before/after table.
+
     .venv/bin/python benchmarks/engine_bench.py --llama-cpp-quant q8_0 q4_0 --kv-cache-dtype int8
 """
 
@@ -218,52 +223,156 @@ def seven_b_dir(tokenizer_model: Path, layers: int, out: Path) -> Path:
     return random_model_dir(args, tokenizer_model, out)
 
 
+def ours_cold_run(loaded: LoadedModel, prompt: list[int]) -> dict[str, float]:
+    """One cold completion on our engine: its time, time to first token and decode tok/s."""
+    dtype = next(loaded.model.parameters()).dtype
+    cache = KVCache(loaded.args, len(prompt) + NEW_TOKENS, "cpu", dtype)
+    t0 = time.perf_counter()
+    r = generate(loaded.model, cache, prompt, NEW_TOKENS, stop_ids=set())
+    cold_ms = 1000 * (time.perf_counter() - t0)
+    return {"cold_ms": cold_ms, "ttft_cold_ms": r.first_token_ms,
+            "decode_tok_s": 1000 * (NEW_TOKENS - 1) / max(r.decode_ms, 1e-6)}
+
+
+def llama_cpp_cold_run(llm, prompt: list[int]) -> dict[str, float]:  # noqa: ANN001 - a llama_cpp.Llama
+    """One cold completion on llama.cpp (greedy, exactly NEW_TOKENS tokens, EOS ignored), timed the
+    same way: the first token's time and the rate of the ones after it."""
+    llm.reset()
+    t0 = time.perf_counter()
+    first = 0.0
+    for i, _ in enumerate(llm.generate(prompt, temp=0.0, reset=True)):
+        if i == 0:
+            first = time.perf_counter()
+        if i + 1 >= NEW_TOKENS:
+            break
+    end = time.perf_counter()
+    return {"cold_ms": 1000 * (end - t0), "ttft_cold_ms": 1000 * (first - t0),
+            "decode_tok_s": (NEW_TOKENS - 1) / max(end - first, 1e-9)}
+
+
+class Baseline:
+    """Our engine from another checkout (`--baseline DIR`), run by benchmarks/baseline_worker.py."""
+
+    def __init__(self, checkout: Path, threads: int) -> None:
+        import subprocess
+
+        self.checkout, self.threads = checkout, threads
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("baseline_worker.py"))],
+                                     cwd=checkout, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def cold_run(self, model: Path, mode: str, prompt: list[int]) -> dict[str, float]:
+        import json
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        request = {"model": str(model), "mode": mode, "prompt": prompt, "threads": self.threads}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the baseline worker for {self.checkout} exited ({self.proc.wait()})")
+        return json.loads(answer)
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
 def bench_quantized(models: list[tuple[str, Path]], contexts: dict[str, list[int]], opts: argparse.Namespace,
                     tmp: Path) -> None:
+    """Every candidate (ours bf16/int8/int4, llama.cpp Q8_0/Q4_0, and with --baseline ours from another
+    checkout) loaded at once, then run in turn in each of `opts.repeats` rounds: load swings on a shared
+    machine hit them all alike. Medians."""
     rows = []
     use_llama_cpp = not opts.no_llama_cpp and _has_llama_cpp()
+    baseline = Baseline(opts.baseline, opts.threads) if opts.baseline else None
     for name, path in models:
-        results: dict[tuple[str, str, int], dict[str, float]] = {}
+        ours: dict[str, LoadedModel] = {}
         sizes: dict[str, float] = {}
         n_params = 1
         for mode in QUANT_MODES:  # "none" first: its parameter count is the model's
-            loaded = load_model(path, dtype=torch.bfloat16, quantization=spec_for_mode(mode))
-            n_params = loaded.model.num_parameters() if mode == "none" else n_params
-            for ctx in contexts[name]:
-                results[("ours", mode, ctx)] = bench_cold(loaded, code_tokens(loaded, ctx), opts.repeats)[0]
-                print(f"done: {name} ours {mode} ctx={ctx}", file=sys.stderr, flush=True)
+            ours[mode] = load_model(path, dtype=torch.bfloat16, quantization=spec_for_mode(mode))
+            n_params = ours[mode].model.num_parameters() if mode == "none" else n_params
+        theirs = {}
+        if use_llama_cpp:
+            from benchmarks.llama_cpp_compat import open_llama
+
+            for mode in GGUF_TYPES:
+                gguf = quantized_gguf(path, tmp / f"{name}-{mode}.gguf", mode)
+                llm, note = open_llama(gguf, n_ctx=max(contexts[name]) + NEW_TOKENS + 8, n_threads=opts.threads,
+                                       n_threads_batch=opts.threads, n_batch=512, verbose=False)
+                theirs[mode] = (llm, note)
+                if note:
+                    print(f"llama.cpp {GGUF_TYPES[mode]}: {note}", file=sys.stderr, flush=True)
+        samples: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+        for ctx in contexts[name]:
+            prompt = code_tokens(ours["none"], ctx)
+            for _ in range(opts.repeats):
+                for mode, loaded in ours.items():
+                    samples.setdefault(("ours", mode, ctx), []).append(ours_cold_run(loaded, prompt))
+                for mode, (llm, _) in theirs.items():
+                    samples.setdefault(("llama.cpp", mode, ctx), []).append(llama_cpp_cold_run(llm, prompt))
+                for mode in QUANT_MODES if baseline else ():
+                    samples.setdefault(("before", mode, ctx), []).append(baseline.cold_run(path, mode, prompt))
+            print(f"done: {name} ctx={ctx}", file=sys.stderr, flush=True)
+        for mode, loaded in ours.items():  # after running: int4 on CPU holds its kernel's layout by now
             sizes[mode] = weight_bytes(loaded) / n_params
-            del loaded
-            gguf = quantized_gguf(path, tmp / f"{name}-{mode}.gguf", mode) if use_llama_cpp and mode != "none" else None
-            if gguf is not None:
-                prompt_model = load_model(path, dtype=torch.bfloat16)
-                for ctx in contexts[name]:
-                    results[("llama.cpp", mode, ctx)] = bench_llama_cpp(
-                        gguf, code_tokens(prompt_model, ctx), opts.threads, opts.repeats)
+        results = {key: {k: statistics.median(s[k] for s in runs) for k in runs[0]} for key, runs in samples.items()}
+        for mode, (_, note) in theirs.items():
+            results[("llama.cpp", mode, contexts[name][0])]["extra_buffers_off"] = float(bool(note))
         rows.append((name, sizes, results))
+        del ours, theirs
+    if baseline:
+        baseline.close()
 
     nan = float("nan")
     print(f"\nQuantized weights: ours bf16 / int8 / int4 (group {QuantSpec(4).group_size}) and llama.cpp "
           f"Q8_0 / Q4_0 (when available), CPU, {opts.threads} threads, {NEW_TOKENS} new tokens, median of "
-          f"{opts.repeats}; cold in ms; 'x' columns: how many times faster than the column they name\n")
+          f"{opts.repeats} rounds (every candidate once per round); cold in ms; 'x' columns: how many times "
+          "faster than the column they name\n")
     print("| model | context | bytes/param bf16, int8, int4 | cold bf16 | cold int8 | int8 vs bf16 | "
-          "cold int4 | int4 vs bf16 | decode tok/s bf16, int8, int4 | llama.cpp Q8_0 cold | ours int8 vs Q8_0 | "
-          "llama.cpp Q4_0 cold | ours int4 vs Q4_0 | decode tok/s Q8_0, Q4_0 |")
-    print("|" + "---|" * 14)
+          "cold int4 | int4 vs bf16 | decode tok/s bf16, int8, int4 |")
+    print("|" + "---|" * 9)
     for name, sizes, r in rows:
         for ctx in contexts[name]:
             o = {m: r[("ours", m, ctx)] for m in QUANT_MODES}
-            lc = {m: r.get(("llama.cpp", m, ctx), {}) for m in ("int8", "int4")}
             print(
                 f"| {name} | {ctx} | {sizes['none']:.2f}, {sizes['int8']:.2f}, {sizes['int4']:.2f} | "
                 f"{o['none']['cold_ms']:.0f} | {o['int8']['cold_ms']:.0f} | "
                 f"{o['none']['cold_ms'] / o['int8']['cold_ms']:.2f}x | {o['int4']['cold_ms']:.0f} | "
                 f"{o['none']['cold_ms'] / o['int4']['cold_ms']:.2f}x | "
-                + ", ".join(f"{o[m]['decode_tok_s']:.1f}" for m in QUANT_MODES) + " | "
-                f"{lc['int8'].get('cold_ms', nan):.0f} | {lc['int8'].get('cold_ms', nan) / o['int8']['cold_ms']:.2f}x | "
-                f"{lc['int4'].get('cold_ms', nan):.0f} | {lc['int4'].get('cold_ms', nan) / o['int4']['cold_ms']:.2f}x | "
-                f"{lc['int8'].get('decode_tok_s', nan):.1f}, {lc['int4'].get('decode_tok_s', nan):.1f} |"
-            )
+                + ", ".join(f"{o[m]['decode_tok_s']:.1f}" for m in QUANT_MODES) + " |")
+    if baseline:
+        print(f"\nBefore and after: ours from {opts.baseline} ('before') in the same rounds (ratios > 1: this "
+              "checkout faster)\n")
+        print("| model | context | weights | before cold | after cold | cold ratio | before decode tok/s | "
+              "after decode tok/s | decode ratio |")
+        print("|---|---|---|" + "---:|" * 6)
+        for name, _, r in rows:
+            for ctx in contexts[name]:
+                for mode in QUANT_MODES:
+                    b, a = r[("before", mode, ctx)], r[("ours", mode, ctx)]
+                    print(f"| {name} | {ctx} | {mode} | {b['cold_ms']:.0f} | {a['cold_ms']:.0f} | "
+                          f"{b['cold_ms'] / a['cold_ms']:.2f}x | {b['decode_tok_s']:.1f} | {a['decode_tok_s']:.1f} | "
+                          f"{a['decode_tok_s'] / b['decode_tok_s']:.2f}x |")
+    if not use_llama_cpp:
+        return
+    print("\nAgainst llama.cpp at the same bits (ratios: llama.cpp's time / ours, our rate / llama.cpp's; "
+          "> 1: ours faster; * = llama.cpp's extra CPU buffer types (AMX/repack) off, they crash it here)\n")
+    print("| model | ours | llama.cpp | context | ours cold | llama.cpp cold | cold ratio | ours TTFT | "
+          "llama.cpp TTFT | TTFT ratio | ours decode tok/s | llama.cpp decode tok/s | decode ratio |")
+    print("|" + "---|" * 3 + "---:|" * 10)
+    for name, _, r in rows:
+        for mode, gguf_type in GGUF_TYPES.items():
+            star = "*" if r.get(("llama.cpp", mode, contexts[name][0]), {}).get("extra_buffers_off") else ""
+            for ctx in contexts[name]:
+                o, lc = r[("ours", mode, ctx)], r.get(("llama.cpp", mode, ctx), {})
+                print(f"| {name} | {mode} | {gguf_type.upper()}{star} | {ctx} | {o['cold_ms']:.0f} | "
+                      f"{lc.get('cold_ms', nan):.0f} | {lc.get('cold_ms', nan) / o['cold_ms']:.2f}x | "
+                      f"{o['ttft_cold_ms']:.0f} | {lc.get('ttft_cold_ms', nan):.0f} | "
+                      f"{lc.get('ttft_cold_ms', nan) / o['ttft_cold_ms']:.2f}x | {o['decode_tok_s']:.1f} | "
+                      f"{lc.get('decode_tok_s', nan):.1f} | {o['decode_tok_s'] / lc.get('decode_tok_s', nan):.2f}x |")
 
 
 def main() -> int:
@@ -285,6 +394,8 @@ def main() -> int:
     ap.add_argument("--llama-cpp-quant", nargs="*", default=[], choices=["q8_0", "q4_0"],
                     help="also run llama.cpp on GGUF exports at these bits (a second table)")
     ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "int8"], help="our KV cache's storage")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="with --quant: also run ours from this checkout (e.g. /work/main) in the same rounds")
     opts = ap.parse_args()
     torch.set_num_threads(opts.threads)
     dtype = getattr(torch, opts.dtype)

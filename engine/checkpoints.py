@@ -153,6 +153,8 @@ def load_model(
         raise CheckpointError(f"{model_dir}: missing tensors: {shown}{hint}")
     model.load_state_dict(state, strict=True, assign=True)
     model.eval()
+    if torch.device(device).type == "cpu":
+        model.fuse_projections()
     return LoadedModel(model=model, tokenizer=tokenizer, args=args, path=model_dir, layout=layout,
                        quantization=spec)
 
@@ -370,7 +372,7 @@ def save_hf_checkpoint(
     out = Path(out_dir)
     _check_replaceable(out)
     # Quantized tensors keep their own dtypes (int8/uint8 weights, bf16 scales).
-    state = {ours_to_hf(k): v.detach().to("cpu", v.dtype if is_quantized_tensor(k) else dtype).contiguous()
+    state = {ours_to_hf(k): _own_memory(v.detach().to("cpu", v.dtype if is_quantized_tensor(k) else dtype))
              for k, v in model.state_dict().items()}
     dtype_name = str(dtype).removeprefix("torch.")
     config = {**model.args.to_hf_config(dtype_name), **(config_extra or {})}
@@ -379,6 +381,14 @@ def save_hf_checkpoint(
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         _write_extra_files(tmp, Path(tokenizer_model), extra_files)
     return out
+
+
+def _own_memory(t: torch.Tensor) -> torch.Tensor:
+    """t, copied when it is a view of a larger tensor (a fused projection's rows, engine/fused.py):
+    safetensors refuses tensors that share memory."""
+    if t.is_contiguous() and t.untyped_storage().nbytes() == t.nbytes:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def save_meta_checkpoint(

@@ -13,8 +13,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from engine import kernels
-from engine.cache import KVCache
+from engine.cache import KVCache, KVView
 from engine.config import ModelArgs
+from engine.fused import FusedProjections, fusable
 
 
 class RMSNorm(nn.Module):
@@ -32,29 +33,42 @@ class Attention(nn.Module):
         super().__init__()
         self.layer_id = layer_id
         self.n_heads = args.n_heads
-        self.n_kv_heads = args.n_kv_heads
+        assert args.n_kv_heads is not None
+        self.n_kv_heads: int = args.n_kv_heads
         self.head_dim = args.head_dim
         self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
         self.wk = nn.Linear(args.dim, args.kv_dim, bias=False)
         self.wv = nn.Linear(args.dim, args.kv_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.fused_qkv: FusedProjections | None = None  # see Transformer.fuse_projections
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+        self.fused_qkv = None  # a move or cast converts each projection on its own
+        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int,
                 cache: KVCache | None, mask: torch.Tensor | None) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
-        q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim)
-        k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        projections = (self.wq, self.wk, self.wv)
+        if self.fused_qkv is not None and self.fused_qkv.applies(x, projections):
+            q, k, v = self.fused_qkv(x)
+        else:
+            q, k, v = (w(x) for w in projections)
+        q = q.view(bsz, seqlen, self.n_heads, self.head_dim)
+        k = k.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
+        v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         q, k = kernels.apply_rotary(q, k, cos, sin)
         # (B, H, T, D) for attention
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        keys: KVView = k
+        values: KVView = v
         if cache is not None:
             cached_k, cached_v = cache.write(self.layer_id, start_pos, k, v)
             if start_pos > 0:  # from position 0 the keys just computed are the whole sequence,
-                k, v = cached_k, cached_v  # unrounded when the cache stores int8
+                keys, values = cached_k, cached_v  # unrounded when the cache stores int8
         # Causal over the whole sequence only when queries and keys are the same positions.
-        is_causal = mask is None and seqlen > 1 and k.shape[2] == seqlen
-        out = kernels.attention(q, k, v, mask, is_causal)
+        is_causal = mask is None and seqlen > 1 and keys.shape[2] == seqlen
+        out = kernels.attention(q, keys, values, mask, is_causal)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 
@@ -64,9 +78,18 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(dim, hidden_dim, bias=False)  # gate
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
+        self.fused_gate_up: FusedProjections | None = None  # see Transformer.fuse_projections
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module's signature
+        self.fused_gate_up = None
+        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(kernels.silu_mul(self.w1(x), self.w3(x)))
+        if self.fused_gate_up is not None and self.fused_gate_up.applies(x, (self.w1, self.w3)):
+            gate, up = self.fused_gate_up(x)
+        else:
+            gate, up = self.w1(x), self.w3(x)
+        return self.w2(kernels.silu_mul(gate, up))
 
 
 class TransformerBlock(nn.Module):
@@ -161,6 +184,17 @@ class Transformer(nn.Module):
                 h = layer(h, cos, sin, start_pos, cache, mask)
         h = self.norm(h)
         return h if return_hidden else self.output(h)
+
+    def fuse_projections(self) -> None:
+        """Stack q/k/v and gate/up into one matmul each for one-token CPU decode steps (engine/fused.py:
+        no weight is held twice, and greedy output does not change)."""
+        dtype = self.tok_embeddings.weight.dtype
+        for layer in self.layers:
+            attn, ff = layer.attention, layer.feed_forward
+            if fusable((attn.wq, attn.wk, attn.wv)):
+                attn.fused_qkv = FusedProjections((attn.wq, attn.wk, attn.wv), dtype)
+            if fusable((ff.w1, ff.w3)):
+                ff.fused_gate_up = FusedProjections((ff.w1, ff.w3), dtype)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -29,6 +29,11 @@ def use_backend(name: str) -> None:
     _backend_name = name
 
 
+def backend_name() -> str:
+    """The backend set by `use_backend` ('auto' unless a test forced one)."""
+    return _backend_name
+
+
 def _triton_module() -> ModuleType | None:
     try:
         from engine.kernels import triton_ops

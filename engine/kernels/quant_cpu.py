@@ -104,7 +104,10 @@ def int4_matmul(x: torch.Tensor, weight: CpuInt4, group_size: int) -> torch.Tens
     in_p = weight.packed.shape[1] * 2
     if in_p != weight.in_features:
         x2 = F.pad(x2, (0, in_p - weight.in_features))
-    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, weight.packed, group_size, weight.scales_and_zeros)
+    # A layer fused with others (engine/fused.py) holds a view of its columns of the scales: the kernel
+    # reads them as if contiguous, so they are copied first (only such a layer's rare own runs pay it).
+    scales_and_zeros = weight.scales_and_zeros.contiguous()
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, weight.packed, group_size, scales_and_zeros)
     return y[:, : weight.out_features].reshape(*shape[:-1], weight.out_features)
 
 

@@ -9,10 +9,9 @@ from engine.kernels.int8_kv import Int8KV, int8_attention
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # Normalise in float32 as Llama does, then scale in the input dtype.
-    x32 = x.float()
-    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return normed.type_as(x) * weight
+    # Normalise in float32 as Llama does, then scale in the input dtype. torch.rms_norm is one op for
+    # pow, mean, add, rsqrt and mul, with the same bits (tests/engine/test_kernels_reference.py).
+    return torch.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x) * weight
 
 
 def apply_rotary(
@@ -20,14 +19,17 @@ def apply_rotary(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate q (B, T, Hq, D) and k (B, T, Hk, D) by position; cos/sin are float32 (T, D/2).
 
-    Weights are kept in the "rotate half" row order (Hugging Face's), so pair i is (i, i + D/2).
+    Weights are kept in the "rotate half" row order (Hugging Face's), so pair i is (i, i + D/2):
+    out = (x1 cos - x2 sin, x2 cos + x1 sin) = x * (cos, cos) + roll(x, D/2) * (-sin, sin), the same
+    bits in half the ops (a decode step runs this in every layer).
     """
-    cos = cos[None, :, None, :]
-    sin = sin[None, :, None, :]
+    cos = torch.cat((cos, cos), dim=-1)[None, :, None, :]
+    sin = torch.cat((-sin, sin), dim=-1)[None, :, None, :]
+    half = q.shape[-1] // 2
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.float().chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).type_as(x)
+        x32 = x.float()
+        return (x32 * cos + x32.roll(half, dims=-1) * sin).type_as(x)
 
     return rotate(q), rotate(k)
 

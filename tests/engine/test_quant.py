@@ -22,6 +22,7 @@ from engine.quant import (
     pack_int4,
     quantize_int4,
     quantize_int8,
+    spec_for_mode,
     unpack_int4,
 )
 
@@ -232,17 +233,23 @@ def test_complete_with_quant_flag(tiny_model_dir: Path, capsys: pytest.CaptureFi
 # ---- LoRA on quantized weights -------------------------------------------------------------------
 
 
-def test_lora_adapter_applies_on_top_of_quantized_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from engine.train.lora import LoRAConfig, add_lora, apply_adapter, save_adapter
+def trained_adapter(model_dir: Path, out: Path) -> Path:
+    """A LoRA adapter (rank 4) for `model_dir` with a trained-looking, non-zero update."""
+    from engine.train.lora import LoRAConfig, add_lora, save_adapter
 
-    trained = load_model(tiny_model_dir, dtype=torch.float32)
+    trained = load_model(model_dir, dtype=torch.float32)
     cfg = LoRAConfig(rank=4, alpha=8.0)
     for name, p in add_lora(trained.model, cfg).items():
         if name.endswith("lora_B"):
             with torch.no_grad():
-                p.copy_(randn(*p.shape, seed=hash(name) % 1000) * 0.3)  # a trained-looking, non-zero update
-    adapter = save_adapter(trained.model, tmp_path / "adapter", cfg, meta={})
+                p.copy_(randn(*p.shape, seed=sum(map(ord, name)) % 1000) * 0.3)
+    return save_adapter(trained.model, out, cfg, meta={})
 
+
+def test_lora_adapter_applies_on_top_of_quantized_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from engine.train.lora import apply_adapter
+
+    adapter = trained_adapter(tiny_model_dir, tmp_path / "adapter")
     x = torch.tensor([[1, 7, 3, 11, 4]])
     merged = load_model(tiny_model_dir, dtype=torch.float32)
     apply_adapter(merged.model, adapter)
@@ -256,3 +263,31 @@ def test_lora_adapter_applies_on_top_of_quantized_weights(tiny_model_dir: Path, 
     assert (with_adapter - want).abs().max() < 0.1 * (base - want).abs().max()
     handle.remove()
     assert torch.equal(quant.model(x), base)
+
+
+def test_lora_applies_in_decode_steps_with_fused_projections(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """One-token CPU steps run q/k/v and gate/up fused (engine/fused.py): a merged adapter (bf16 weights)
+    must reach the stacked weight, a run-time one (int8) must turn the fused path off."""
+    from engine.cache import KVCache
+    from engine.generate import generate
+    from engine.train.lora import apply_adapter
+
+    adapter = trained_adapter(tiny_model_dir, tmp_path / "adapter")
+    prompt = [1, 5, 9, 2, 7, 3]
+
+    def complete(loaded) -> list[int]:  # noqa: ANN001
+        cache = KVCache(loaded.args, 64, "cpu", torch.float32)
+        return generate(loaded.model, cache, prompt, 16, stop_ids=set()).tokens
+
+    for mode in ("none", "int8"):
+        loaded = load_model(tiny_model_dir, dtype=torch.float32, quantization=spec_for_mode(mode))
+        base = complete(loaded)
+        handle = apply_adapter(loaded.model, adapter)
+        with_adapter = complete(loaded)
+        for layer in loaded.model.layers:  # the same model with the projections one by one
+            layer.attention.fused_qkv = layer.feed_forward.fused_gate_up = None
+        assert complete(loaded) == with_adapter
+        assert with_adapter != base, "the adapter changes the completion"
+        handle.remove()
+        loaded.model.fuse_projections()
+        assert complete(loaded) == base

@@ -1,0 +1,157 @@
+"""What a CPU decode step of the default model spends its time on: the step as shipped beside variants
+that each pull one lever, in one process, interleaved round by round (medians of per-round ratios), with
+how many greedy completions each variant leaves unchanged.
+
+    .venv/bin/python benchmarks/decode_levers.py --contexts 1024 4096 --quant int8 int4 none
+
+Variants (each against "shipped", the engine as it is):
+  unfused        q/k/v and gate/up as separate matmuls (engine/fused.py off): what fusing gained
+  float32 KV     the KV cache stored as float32: the one-query attention no longer converts the whole
+                 bf16 cache to float32 in every layer of every step (the same bits; twice the KV bytes)
+  SDPA decode    one-query attention through PyTorch's fused bf16 SDPA kernel instead of float32
+                 matrix-vector products (different rounding: greedy completions can change)
+  1 thread       decode on one thread instead of --threads (no fork/join per op)
+No assertions: numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from engine import default_model_dir  # noqa: E402
+from engine.cache import KVCache  # noqa: E402
+from engine.checkpoints import LoadedModel, load_model  # noqa: E402
+from engine.generate import decode_step, generate, prefill  # noqa: E402
+from engine.kernels import reference  # noqa: E402
+from engine.quant import spec_for_mode  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from engine_bench import code_tokens  # noqa: E402
+
+STEPS = 16  # decode steps per timing
+COMPLETIONS = 8  # greedy completions per variant for the token check
+NEW_TOKENS = 24
+
+
+@contextlib.contextmanager
+def unfused(loaded: LoadedModel) -> Iterator[None]:
+    saved = [(layer.attention.fused_qkv, layer.feed_forward.fused_gate_up) for layer in loaded.model.layers]
+    for layer in loaded.model.layers:
+        layer.attention.fused_qkv = layer.feed_forward.fused_gate_up = None
+    try:
+        yield
+    finally:
+        for layer, (qkv, gate_up) in zip(loaded.model.layers, saved, strict=True):
+            layer.attention.fused_qkv, layer.feed_forward.fused_gate_up = qkv, gate_up
+
+
+@contextlib.contextmanager
+def sdpa_decode(_: LoadedModel) -> Iterator[None]:
+    original = reference._one_query_attention
+    reference._one_query_attention = lambda q, k, v: F.scaled_dot_product_attention(  # type: ignore[assignment]
+        q, k, v, enable_gqa=q.shape[1] != k.shape[1])
+    try:
+        yield
+    finally:
+        reference._one_query_attention = original  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def one_thread(_: LoadedModel) -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def as_shipped(_: LoadedModel) -> Iterator[None]:
+    yield
+
+
+# name -> (context manager around the run, KV cache dtype: None = the model's)
+VARIANTS: dict[str, tuple[Callable[[LoadedModel], contextlib.AbstractContextManager], torch.dtype | None]] = {
+    "shipped": (as_shipped, None),
+    "unfused": (unfused, None),
+    "float32 KV": (as_shipped, torch.float32),
+    "SDPA decode": (sdpa_decode, None),
+    "1 thread": (one_thread, None),
+}
+
+
+def step_ms(loaded: LoadedModel, cache: KVCache, ctx: int) -> float:
+    cache.truncate(ctx)
+    t0 = time.perf_counter()
+    for i in range(STEPS):
+        decode_step(loaded.model, cache, 100 + i)
+    return 1000 * (time.perf_counter() - t0) / STEPS
+
+
+def completions(loaded: LoadedModel, prompt: list[int], kv_dtype: torch.dtype) -> list[list[int]]:
+    out = []
+    for n in range(COMPLETIONS):
+        cut = 64 + n * (len(prompt) - 64) // COMPLETIONS
+        cache = KVCache(loaded.args, cut + NEW_TOKENS, "cpu", kv_dtype)
+        out.append(generate(loaded.model, cache, prompt[:cut], NEW_TOKENS, stop_ids=set()).tokens)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--quant", nargs="+", default=["int8", "int4", "none"], choices=["none", "int8", "int4"])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2)
+    opts = ap.parse_args()
+    torch.set_num_threads(opts.threads)
+    rows = []
+    for mode in opts.quant:
+        loaded = load_model(default_model_dir(), dtype=torch.bfloat16, quantization=spec_for_mode(mode))
+        model_dtype = next(loaded.model.parameters()).dtype
+        for ctx in opts.contexts:
+            prompt = code_tokens(loaded, ctx)
+            caches = {}
+            for name, (_, kv_dtype) in VARIANTS.items():
+                caches[name] = KVCache(loaded.args, ctx + STEPS, "cpu", kv_dtype or model_dtype)
+                prefill(loaded.model, caches[name], prompt)
+            times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+            for _ in range(opts.rounds):
+                for name, (variant, _) in VARIANTS.items():
+                    with variant(loaded):
+                        times[name].append(step_ms(loaded, caches[name], ctx))
+            shipped = completions(loaded, prompt, model_dtype)
+            for name, (variant, kv_dtype) in VARIANTS.items():
+                with variant(loaded):
+                    same = sum(a == b for a, b in zip(completions(loaded, prompt, kv_dtype or model_dtype), shipped,
+                                                      strict=True))
+                ratio = statistics.median(s / v for s, v in zip(times["shipped"], times[name], strict=True))
+                rows.append((mode, ctx, name, statistics.median(times[name]), ratio, same))
+            print(f"done: {mode} ctx={ctx}", file=sys.stderr, flush=True)
+    print(f"\nDefault model, CPU, {opts.threads} threads, one decode step after a prompt of `context` tokens "
+          f"(median ms over {opts.rounds} rounds of {STEPS} steps, every variant once per round); speedup: "
+          f"median of per-round shipped/variant time ratios; identical: greedy completions ({NEW_TOKENS} "
+          f"tokens, {COMPLETIONS} prompts) equal to shipped's\n")
+    print("| weights | context | variant | ms/step | speedup vs shipped | identical |")
+    print("|---|---:|---|---:|---:|---:|")
+    for mode, ctx, name, ms, ratio, same in rows:
+        print(f"| {mode} | {ctx} | {name} | {ms:.2f} | {ratio:.2f}x | {same}/{COMPLETIONS} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
