@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..lru import LRU
 from .definitions import MAX_DEPTH, MAX_OUTLINE_CHARS, Resolver
-from .refs import Binding, ClassAtCursor, cursor_chain, enclosing_class, split_bases
+from .refs import Binding, ClassAtCursor, cursor_chain, enclosing_class, split_bases, string_lines
 
 # Bases that add no attribute a completion would write.
 NEUTRAL_BASES = frozenset({"object", "ABC", "abc.ABC", "Generic", "typing.Generic", "Protocol", "typing.Protocol"})
@@ -93,8 +93,10 @@ def _class_block_names(text: str, class_line: int) -> Iterable[str]:
     head = lines[class_line]
     indent = len(head) - len(head.lstrip())
     body_indent = None
-    for line in lines[class_line + 1 :]:
-        if not line.strip() or line.lstrip().startswith("#"):
+    body = lines[class_line + 1 :]
+    in_string = string_lines(body)
+    for i, line in enumerate(body):
+        if i in in_string or not line.strip() or line.lstrip().startswith("#"):
             continue
         here = len(line) - len(line.lstrip())
         if here <= indent:

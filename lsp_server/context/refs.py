@@ -70,23 +70,35 @@ def split_bases(text: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def string_lines(lines: list[str]) -> set[int]:
+    """Indices of the lines that start inside a triple-quoted string (their indentation means
+    nothing: a docstring or an SQL text may run at column 0)."""
+    inside, out = False, set()
+    for i, line in enumerate(lines):
+        if inside:
+            out.add(i)
+        if (line.count('"""') + line.count("'''")) % 2:
+            inside = not inside
+    return out
+
+
 def enclosing_class(text: str, cursor: int) -> ClassAtCursor | None:
     """The class whose body holds the cursor, by indentation going up from the cursor's line."""
     start = text.rfind("\n", 0, cursor) + 1
     line = text[start:cursor]
     limit = len(line) - len(line.lstrip()) if line.strip() else 1 << 30
-    pos, scanned = start, 0
-    while pos > 0 and scanned < CLASS_SCAN_LINES:
-        prev = text.rfind("\n", 0, pos - 1) + 1
-        row = text[prev : pos - 1] if text[pos - 1] == "\n" else text[prev:pos]
-        pos, scanned = prev, scanned + 1
-        if not row.strip() or row.lstrip().startswith("#"):
+    above = text[:start].split("\n")[:-1][-CLASS_SCAN_LINES:]  # the lines above the cursor's
+    first = text.count("\n", 0, start) - len(above)  # the line number of above[0]
+    in_string = string_lines(above)
+    for i in range(len(above) - 1, -1, -1):
+        row = above[i]
+        if i in in_string or not row.strip() or row.lstrip().startswith("#"):
             continue
         indent = len(row) - len(row.lstrip())
         if indent >= limit:
             continue
         if (m := _CLASS.match(row)) is not None:
-            return ClassAtCursor(m.group(2), split_bases(m.group(3) or ""), text.count("\n", 0, prev))
+            return ClassAtCursor(m.group(2), split_bases(m.group(3) or ""), first + i)
         if indent == 0:
             return None
         limit = indent

@@ -78,6 +78,13 @@ def test_a_base_from_outside_the_workspace_or_a_chain_gives_no_names():
     assert names_at("shop/io.py", "import os\n\n\ndef where():\n    return os.") is None  # not a workspace module
 
 
+def test_a_string_whose_lines_start_at_column_zero_does_not_end_the_class():
+    text = ("class Query:\n    def sql(self):\n        return \"\"\"\nSELECT *\nFROM t\n\"\"\"\n\n"
+            "    def run(self):\n        self.rows = []\n        return self.")
+    known = names_at("shop/query.py", text)
+    assert known is not None and {"sql", "run", "rows"} <= known.names
+
+
 def test_a_class_defined_above_in_the_same_buffer_counts_as_a_base():
     text = ("class Base:\n    def ping(self):\n        pass\n\n\n"
             "class Child(Base):\n    def run(self):\n        return self.")
