@@ -131,7 +131,7 @@ async def test_missing_model_directory_is_shown_and_the_old_model_keeps_serving(
     assert status["description"].startswith(f"local: {DEFAULT} ")
     assert status["requestedModel"] == "no-such-model" and "Model directory not found" in status["message"]
     assert client.statuses[-1]["model"] == DEFAULT and client.statuses[-1]["message"] == status["message"]
-    uri = (workspace / "calc.py").as_uri()
+    uri = lc.open_doc(client, workspace / "calc.py")  # (again: under `--dist load` the opening test may run elsewhere)
     result = await lc.inline(client, uri, 1, 11)
     assert result.items and result.items[0].insert_text.strip()  # and it still suggests
     prompt = await lc.last_prompt(client, uri)
@@ -147,7 +147,7 @@ async def test_model_change_reloads_in_the_background_and_no_model_goes_back_to_
         settings={"codellama": {"model": str(other)}}))
     status = await lc.wait_for(client, lambda s: s["model"] == "second-model" and s["state"] == "ready")
     assert "second-model" in status["description"] and status["message"] is None  # the earlier failure is gone
-    uri = (workspace / "calc.py").as_uri()
+    uri = lc.open_doc(client, workspace / "calc.py")
     assert isinstance(await lc.inline(client, uri, 1, 11), T.InlineCompletionList)
     await loading_progress_began(client, "second-model")
     # The status bar showed "loading", naming the model being loaded, before "ready": even though the
