@@ -67,7 +67,12 @@ class Recipe:
     name_loss: float = 1.0  # a factor on the loss of tokens spelling a name the workspace defines
     heldout_fraction: float = 0.2
     eval_cases: int = 200
-    seed: int = 0
+    seed: int = 0  # the held-out files and the cursors scored on them
+    train_seed: int | None = None  # the training examples, their order and the adapter's start (None: seed)
+
+    @property
+    def training_seed(self) -> int:
+        return self.seed if self.train_seed is None else self.train_seed
 
     def steps_for(self, train_tokens: int) -> int:
         """The training budget: a few passes over the workspace, more would learn its files by heart
@@ -116,8 +121,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            p.add_argument(flag, type=type(value), default=None)
+        else:  # a field whose default is None is an optional int
+            p.add_argument(flag, type=int if value is None else type(value), default=None)
     return p.parse_args(argv)
 
 
@@ -221,9 +226,9 @@ class Adaptation:
         stream, loss_weights = self._cached_windows(split, loaded.tokenizer)
         lcfg = LoRAConfig(rank=r.rank, alpha=r.alpha, targets=tuple(r.targets.split(",")),
                           train_embeddings=r.train_embeddings)
-        trainable = add_lora(loaded.model, lcfg, seed=r.seed)
+        trainable = add_lora(loaded.model, lcfg, seed=r.training_seed)
         cfg = TrainConfig(steps=r.steps, seq_len=r.seq_len, lr=r.lr, warmup_steps=r.warmup_steps, weight_decay=0.0,
-                          seed=r.seed, dtype="bf16", gradient_checkpointing=True, checkpoint_every_s=120.0,
+                          seed=r.training_seed, dtype="bf16", gradient_checkpointing=True, checkpoint_every_s=120.0,
                           log_every=1, extra={"recipe": asdict(r), "workspace": str(self.workspace)})
         started = time.monotonic()
         first_step: list[int] = []  # the step this process started from (a resumed run starts late)
@@ -238,7 +243,7 @@ class Adaptation:
                         loss=round(float(record.get("loss", math.nan)), 4), elapsed_s=round(elapsed, 1),
                         eta_s=round(eta, 1))
 
-        sampler = WindowSampler(stream, r.seq_len, 1, r.seed, loss_weights=loss_weights)
+        sampler = WindowSampler(stream, r.seq_len, 1, r.training_seed, loss_weights=loss_weights)
         record = train(loaded.model, sampler, cfg, self.out / "run", resume=self.args.resume, trainable=trainable,
                        on_log=on_log)
         if "signal" in record:
@@ -258,7 +263,7 @@ class Adaptation:
             weights = np.load(weights_path, mmap_mode="r") if weights_path.is_file() else None
             return np.load(path, mmap_mode="r"), weights
         t0 = time.monotonic()
-        stream, weights, counts = training_windows(split.train, tok, r.seq_len, r.steps, r.mix(), r.seed)
+        stream, weights, counts = training_windows(split.train, tok, r.seq_len, r.steps, r.mix(), r.training_seed)
         # Weights first: windows.npy is what marks the data as complete for --resume.
         weights_path.unlink(missing_ok=True)
         for array, where in ((weights, weights_path), (stream, path)):

@@ -83,3 +83,14 @@ def test_the_adapter_is_offered_only_when_held_out_exact_match_rises():
     assert verdict(before, better)[0] and "+10.0 points" in verdict(before, better)[1]
     gain, message = verdict(before, same)
     assert not gain and "no gain" in message
+
+
+def test_a_training_seed_varies_the_training_not_the_heldout_files_or_cursors():
+    """--train-seed measures how much of a gain is the luck of one training run: the held-out files
+    and the cursors scored on them stay those of --seed."""
+    from lsp_server.adapt.run import parse_args, recipe_from
+
+    plain = recipe_from(parse_args(["--workspace", "w", "--out", "o"]))
+    other = recipe_from(parse_args(["--workspace", "w", "--out", "o", "--train-seed", "3"]))
+    assert (plain.seed, plain.training_seed) == (0, 0)
+    assert (other.seed, other.training_seed) == (0, 3)
