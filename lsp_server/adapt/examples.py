@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.generate import common_prefix_length
 from engine.healing import TokenHealer
 from engine.tokenizer import Tokenizer
 from engine.train.sources import SourceFile
@@ -233,7 +234,7 @@ class ServedExamples:
         if spm:  # <MID> encode(prefix + middle): the middle starts where the prefix's own tokens stop matching
             prefix_ids = tok.encode(prefix)
             body = tokens[after_mid:]
-            snippets_at, middle_at = after_mid, after_mid + _common_prefix(prefix_ids, body)
+            snippets_at, middle_at = after_mid, after_mid + common_prefix_length(prefix_ids, body)
         else:  # BOS <PRE> prefix... <SUF> suffix <MID> middle
             snippets_at, middle_at = 2, after_mid
         weights = np.ones(len(tokens), dtype=np.float32)
@@ -274,11 +275,6 @@ class ServedExamples:
             kept = ids[:-1]
         return (head + kept + [tok.suffix_id] + tok.encode_infill(suffix) + [tok.middle_id]
                 + tok.encode_infill(healed + middle) + [tok.eot_id])
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    return next((i for i in range(n) if a[i] != b[i]), n)
 
 
 def pack_windows(examples: Iterator[ServedExample], seq_len: int, n_windows: int, filler: np.ndarray,

@@ -65,6 +65,7 @@ class Gatherer:
         self._files: tuple[tuple[int, frozenset[str]], set[str]] | None = None
         self._module_memo: tuple[int, dict[tuple[str, int, str], str | None]] = (-1, {})
         self._buffer_imports: tuple[str, str, dict[str, Binding]] | None = None
+        self._import_lines_of: tuple[str, str] | None = None  # (a buffer's text, its import lines)
 
     def gather(self, req: Request, index: WorkspaceIndex | None, query: set[str],
                similar_limit: int = 32) -> list[Snippet]:
@@ -88,7 +89,7 @@ class Gatherer:
                 out.append(Snippet(path, body.rstrip("\n") + "\n", start, start + len(lines), "edit"))
         if index is not None or req.others:
             # The import lines and the file list serve both the definitions and the imports.
-            import_lines = "\n".join(_IMPORT_LINE.findall(req.text[:200_000]))
+            import_lines = self._import_lines(req)
             files = self._workspace_files(index, frozenset(texts))
             if req.language in PY_LANGS or req.path.endswith(".py"):
                 out += self._definition_snippets(req, index, texts, import_lines, files)
@@ -133,10 +134,19 @@ class Gatherer:
         if req.isolated:
             index = None
         open_docs = {d.path: d for d in req.others} if index is not None else {}
-        import_lines = "\n".join(_IMPORT_LINE.findall(req.text[:200_000]))
+        import_lines = self._import_lines(req)
         files = self._workspace_files(index, frozenset(open_docs)) if index is not None else set()
         resolver, bindings = self._resolver(req, index, open_docs, import_lines, files)
         return known_names(req.path, req.text, req.cursor, resolver, bindings)
+
+    def _import_lines(self, req: Request) -> str:
+        """The buffer's import lines, found once per buffer text (snippets and known names both
+        need them for the same keystroke)."""
+        hit = self._import_lines_of
+        if hit is None or not (hit[0] is req.text or hit[0] == req.text):
+            hit = (req.text, "\n".join(_IMPORT_LINE.findall(req.text[:200_000])))
+            self._import_lines_of = hit
+        return hit[1]
 
     def _resolver(self, req: Request, index: WorkspaceIndex | None, open_docs: dict[str, OpenDoc],
                   import_lines: str, files: set[str]) -> tuple[Resolver, dict[str, Binding]]:

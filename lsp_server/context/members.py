@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..lru import LRU
 from .definitions import MAX_DEPTH, MAX_OUTLINE_CHARS, Resolver
-from .refs import Binding, ClassAtCursor, cursor_chain, enclosing_class, split_bases, string_lines
+from .refs import Binding, ClassAtCursor, class_named, cursor_chain, enclosing_class, string_lines
 
 # Bases that add no attribute a completion would write.
 NEUTRAL_BASES = frozenset({"object", "ABC", "abc.ABC", "Generic", "typing.Generic", "Protocol", "typing.Protocol"})
@@ -28,7 +28,6 @@ DYNAMIC = frozenset({"__getattr__", "__getattribute__"})
 OBJECT_NAMES = frozenset(dir(object)) | {"__dict__", "__module__", "__weakref__", "__slots__"}
 MODULE_NAMES = frozenset({"__name__", "__file__", "__doc__", "__all__", "__path__", "__package__", "__spec__",
                           "__loader__", "__dict__", "__builtins__"})
-_CLASS_LINE = re.compile(r"^([ \t]*)class[ \t]+([A-Za-z_]\w*)[ \t]*(?:\(([^)]*)\))?[ \t]*:", re.M)
 _MEMBER_LINE = re.compile(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]+([A-Za-z_]\w*)|^[ \t]*([A-Za-z_]\w*)[ \t]*(?::[^=\n]*)?=(?!=)")
 _SELF_ATTR = re.compile(r"\b(?:self|cls)\.([A-Za-z_]\w*)")
 _SLOT = re.compile(r"['\"]([A-Za-z_]\w*)['\"]")
@@ -75,7 +74,7 @@ def buffer_class_names(text: str, cls: ClassAtCursor, resolver: Resolver, path: 
     for base in cls.bases:
         if base in NEUTRAL_BASES:
             continue
-        local = _buffer_class(text, base) if depth < MAX_DEPTH else None
+        local = class_named(text, base) if depth < MAX_DEPTH else None
         if local is not None:
             more = buffer_class_names(text, local, resolver, path, bindings, depth + 1)
         else:
@@ -108,13 +107,6 @@ def _class_block_names(text: str, class_line: int) -> Iterable[str]:
             if m.group(2) == "__slots__":
                 yield from _SLOT.findall(line)
         yield from _SELF_ATTR.findall(line)
-
-
-def _buffer_class(text: str, name: str) -> ClassAtCursor | None:
-    for m in _CLASS_LINE.finditer(text):
-        if m.group(2) == name:
-            return ClassAtCursor(name, split_bases(m.group(3) or ""), text.count("\n", 0, m.start()))
-    return None
 
 
 def _imported_class_names(resolver: Resolver, path: str, base: str, bindings: dict[str, Binding]) -> frozenset[str] | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 _FROM = re.compile(r"^[ \t]*from[ \t]+(\.*)([\w.]*)[ \t]+import[ \t]+(\([^)]{0,4000}\)?|[^\n#;]*)", re.M)
 _IMPORT = re.compile(r"^[ \t]*import[ \t]+([^\n#;]+)", re.M)
 _CLASS = re.compile(r"^([ \t]*)class[ \t]+([A-Za-z_]\w*)[ \t]*(?:\(([^)]*)\))?[ \t]*:")
+_CLASS_ANYWHERE = re.compile(_CLASS.pattern, re.M)
 _CHAIN = re.compile(r"((?:[A-Za-z_]\w*[ \t]*\.[ \t]*)*)([A-Za-z_]\w*)?$")
 _IDENT = re.compile(r"[A-Za-z_]\w*")
 SCAN_CHARS = 200_000  # imports are searched in the file's head only
@@ -102,6 +103,14 @@ def enclosing_class(text: str, cursor: int) -> ClassAtCursor | None:
         if indent == 0:
             return None
         limit = indent
+    return None
+
+
+def class_named(text: str, name: str) -> ClassAtCursor | None:
+    """The first class of the buffer called `name`, at any indentation."""
+    for m in _CLASS_ANYWHERE.finditer(text):
+        if m.group(2) == name:
+            return ClassAtCursor(name, split_bases(m.group(3) or ""), text.count("\n", 0, m.start()))
     return None
 
 
