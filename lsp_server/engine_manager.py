@@ -44,7 +44,7 @@ def load_backend(settings: Settings) -> Backend:
         return load_local_backend(settings.model, device=settings.device, dtype=dtype,
                                   adapter=settings.adapter, quantization=settings.quantization,
                                   kv_cache_dtype=settings.kv_cache_dtype, cache_budget_mb=settings.kv_cache_mb,
-                                  cuda_graphs=settings.cuda_graphs)
+                                  cuda_graphs=settings.cuda_graphs, compile_decode=settings.compile_decode)
     except BackendError:
         raise  # the engine's own: out of memory, a bad checkpoint, ... (said for the user already)
     except Exception as exc:

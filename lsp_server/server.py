@@ -96,7 +96,8 @@ class CodeLlamaServer(LanguageServer):
         self._last_problem: tuple[str, float] = ("", 0.0)
         self.status: dict[str, Any] = {
             "state": "starting", "model": None, "requestedModel": None, "backend": "local", "description": None, "device": None,
-            "dtype": None, "quantization": None, "kvCacheDtype": None, "message": None, "indexing": False,
+            "dtype": None, "quantization": None, "kvCacheDtype": None, "decodeStep": None, "message": None,
+            "indexing": False,
             "indexedFiles": 0, "lastLatencyMs": None,
             "lastPromptTokens": None, "lastCachedTokens": None, "lastFromCache": False,
             "lastError": None,  # why the last completion failed (the engine raised), until one succeeds

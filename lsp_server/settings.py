@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from engine.backends.base import DTYPE_NAMES, KV_CACHE_DTYPES, Backend, FimFormat
+from engine.backends.base import COMPILE_DECODE_MODES, DTYPE_NAMES, KV_CACHE_DTYPES, Backend, FimFormat
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPE_ALIASES = {"auto": "auto", **DTYPE_NAMES}  # the engine's names, and "auto"
@@ -40,6 +40,9 @@ class Settings:
     exclude: tuple[str, ...] = field(default_factory=tuple)
     speculative_decoding: bool = True
     cuda_graphs: bool = True  # the local engine's decode steps replay CUDA graphs on a CUDA GPU
+    # The local engine on CPU compiles its decode step in the background ("auto") or never ("off": the
+    # default, see engine/compiled_decode.py for why)
+    compile_decode: str = "off"
     kv_cache_mb: int = 512  # the local engine's KV caches, all sequences together
     instruct_model: str | None = None  # None: code actions use the completion model
     instruct_max_new_tokens: int = 512
@@ -56,7 +59,7 @@ class Settings:
     def engine_key(self) -> tuple[Any, ...]:
         """The settings that need a model (re)load when they change."""
         return (self.model, self.adapter, self.device, self.dtype, self.quantization, self.kv_cache_dtype, self.backend,
-                self.api_key, self.remote_model, self.kv_cache_mb, self.cuda_graphs)
+                self.api_key, self.remote_model, self.kv_cache_mb, self.cuda_graphs, self.compile_decode)
 
     def for_instruct_model(self) -> Settings:
         """What the code actions' own model (`instructModel`) loads with: these settings, that model
@@ -198,6 +201,7 @@ PARSERS = {
     "exclude": _patterns,
     "speculative_decoding": _bool,
     "cuda_graphs": _bool,
+    "compile_decode": _choice(*COMPILE_DECODE_MODES),
     "kv_cache_mb": _int_range(16, 1 << 20),
     "instruct_model": _optional_path,
     "instruct_max_new_tokens": _int_range(16, 4096),

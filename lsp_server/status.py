@@ -38,6 +38,7 @@ def model_fields(settings: Settings, engine: EngineManager) -> dict[str, Any]:
         "device": placement.device if placement else None, "dtype": placement.dtype if placement else None,
         "quantization": placement.quantization if placement else None,
         "kvCacheDtype": placement.kv_cache_dtype if placement else None,
+        "decodeStep": placement.decode_step if placement else None,
     }
 
 

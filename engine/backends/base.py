@@ -18,6 +18,9 @@ DTYPE_NAMES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
 }
 KV_CACHE_DTYPES = ("auto", "bfloat16", "int8")  # "auto": as the model's dtype
+# How the local engine runs one-token CPU decode steps: "auto" compiles them in the background
+# (engine/compiled_decode.py), "off" keeps them eager.
+COMPILE_DECODE_MODES = ("auto", "off")
 StopReason = Literal["eot", "eos", "max_tokens", "stop_string", "cancelled", "context_full"]
 
 
@@ -97,6 +100,8 @@ class Placement:
     dtype: str | None = None  # "bfloat16", ...; None: not known (a remote server)
     quantization: str | None = None  # the weights': "none", "int8", "int4"
     kv_cache_dtype: str | None = None  # "bfloat16", "int8", ...
+    # How one-token decode steps run: "eager", "compiling", "compiled" (CPU), "CUDA graphs"; None: not known
+    decode_step: str | None = None
 
 
 @dataclass(frozen=True)

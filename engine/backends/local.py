@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from engine.backends.base import (
+    COMPILE_DECODE_MODES,
     DTYPE_NAMES,
     KV_CACHE_DTYPES,
     BackendError,
@@ -30,6 +31,7 @@ from engine.backends.base import (
 )
 from engine.cache import KVCache
 from engine.checkpoints import CheckpointError, LoadedModel, load_model
+from engine.compiled_decode import ServedCompile
 from engine.decode_graphs import ServedGraphs
 from engine.generate import Sampling, common_prefix_length, generate, prefill
 from engine.healing import TokenHealer
@@ -218,6 +220,7 @@ class LocalBackend:
         kv_dtype: torch.dtype | None = None,
         speculation: Speculation | None = None,
         cuda_graphs: bool = True,
+        compile_decode: str = "off",
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -236,6 +239,9 @@ class LocalBackend:
         # One-token decode steps replay CUDA graphs where they run (engine/decode_graphs.py); passes
         # that verify a draft run the model's forward.
         self.graphs = ServedGraphs(self.model, device, enabled=cuda_graphs, drafts=speculation is not None)
+        # On CPU, one-token decode steps run compiled once a background compile is done
+        # (engine/compiled_decode.py: the same logits; eager until then, or for good if it fails).
+        self.compiled = ServedCompile(self.model, device, self.kv_dtype, compile_decode, adapter=adapter is not None)
 
     # ---- Backend properties -------------------------------------------------------------------
 
@@ -256,7 +262,15 @@ class LocalBackend:
     @property
     def placement(self) -> Placement:
         return Placement(self.device.type, str(self.dtype).removeprefix("torch."), self.quantization,
-                         str(self.kv_dtype).removeprefix("torch."))
+                         str(self.kv_dtype).removeprefix("torch."), self.decode_step_kind)
+
+    @property
+    def decode_step_kind(self) -> str:
+        """How one-token decode steps run now: "compiled", "compiling" (eager until it is ready),
+        "CUDA graphs" or "eager"."""
+        if self.compiled.state != "eager":
+            return self.compiled.state
+        return "CUDA graphs" if self.graphs.active else "eager"
 
     @property
     def instruct_capability(self) -> InstructCapability:
@@ -364,7 +378,7 @@ class LocalBackend:
             cache = self._acquire(prompt, len(prompt) + max_new)
             try:
                 result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, watch, constrain,
-                                  speculation, step=self.graphs.step)
+                                  speculation, step=self._decode_step)
             finally:
                 self._release()
         reason: StopReason = result.stop_reason
@@ -385,6 +399,12 @@ class LocalBackend:
             total_ms=1000 * (time.perf_counter() - start),
         )
         return Completion(text, reason, prompt_tokens=prompt, tokens=result.tokens, timings=timings)
+
+    def _decode_step(self, cache: KVCache, token: int) -> torch.Tensor:
+        """engine.generate.decode_step's contract: compiled where it is ready and applies, else a CUDA
+        graph's replay or the eager step (ServedGraphs)."""
+        logits = self.compiled.step(cache, token)
+        return logits if logits is not None else self.graphs.step(cache, token)
 
     def _acquire(self, prompt: list[int], positions: int) -> KVCache:
         """The pool's cache for `prompt` with room for `positions` (bucketed while CUDA graphs run, so a
@@ -440,13 +460,16 @@ def load_local_backend(
     group_size: int = DEFAULT_GROUP_SIZE,
     kv_cache_dtype: str | None = None,
     cuda_graphs: bool = True,
+    compile_decode: str = "off",
 ) -> LocalBackend:
     """Load a model directory (default: the embedded model) into a ready backend.
 
     `quantization` ("none", "int8", "int4") quantizes the weights as they load (engine/quant.py); a
     checkpoint saved quantized loads quantized whatever it says. `kv_cache_dtype`: "auto" (the model's
     dtype), "bfloat16" or "int8" (see resolve_kv_dtype). `cuda_graphs`: decode steps replay CUDA graphs
-    on a CUDA device (engine/decode_graphs.py); False decodes eagerly. Raises BackendError with a user-facing
+    on a CUDA device (engine/decode_graphs.py); False decodes eagerly. `compile_decode`: "auto" compiles the
+    CPU decode step in a background thread (engine/compiled_decode.py; tens of seconds of CPU, so worth it
+    for a server, not a one-off completion), "off" decodes eagerly. Raises BackendError with a user-facing
     message for anything the user must fix.
     """
     path = Path(model_dir) if model_dir else default_model_dir()
@@ -454,6 +477,8 @@ def load_local_backend(
     dt = resolve_dtype(dtype, dev)
     spec = resolve_quantization(quantization, group_size, dev)
     kv_dt = resolve_kv_dtype(kv_cache_dtype, dt)
+    if compile_decode not in COMPILE_DECODE_MODES:
+        raise BackendError(f"unknown compileDecode {compile_decode!r} (use {' or '.join(COMPILE_DECODE_MODES)})")
     try:
         loaded = load_model(path, device=dev, dtype=dt, quantization=spec)
         if adapter:
@@ -472,4 +497,5 @@ def load_local_backend(
     # weights (an int8 cache or quantized weights batch the verification differently).
     exact = kv_dt == dt and loaded.quantization is None
     return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter, kv_dtype=kv_dt,
-                        speculation=default_speculation(dev, dt) if exact else None, cuda_graphs=cuda_graphs)
+                        speculation=default_speculation(dev, dt) if exact else None, cuda_graphs=cuda_graphs,
+                        compile_decode=compile_decode)

@@ -57,6 +57,7 @@ test("with nothing set, the server gets its own defaults for every key", () => {
     instructCapable: null,
     speculativeDecoding: true,
     cudaGraphs: true,
+    compileDecode: "off",
     kvCacheMb: 512,
   });
 });
