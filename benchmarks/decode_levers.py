@@ -11,6 +11,9 @@ Variants (each against "shipped", the engine as it is):
   SDPA decode    one-query attention through PyTorch's fused bf16 SDPA kernel instead of float32
                  matrix-vector products (different rounding: greedy completions can change)
   1 thread       decode on one thread instead of --threads (no fork/join per op)
+  compiled       the step compiled with torch.compile (engine/compiled_decode.py; its compile time is
+                 printed, cold or from Inductor's on-disk cache as it happens)
+  compiled, float32 KV   both
 No assertions: numbers.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import sys
@@ -34,7 +38,8 @@ import torch.nn.functional as F  # noqa: E402
 from engine import default_model_dir  # noqa: E402
 from engine.cache import KVCache  # noqa: E402
 from engine.checkpoints import LoadedModel, load_model  # noqa: E402
-from engine.generate import decode_step, generate, prefill  # noqa: E402
+from engine.compiled_decode import CompiledStep  # noqa: E402
+from engine.generate import DecodeFn, decode_step, generate, prefill  # noqa: E402
 from engine.kernels import reference  # noqa: E402
 from engine.quant import spec_for_mode  # noqa: E402
 
@@ -44,6 +49,10 @@ from engine_bench import code_tokens  # noqa: E402
 STEPS = 16  # decode steps per timing
 COMPLETIONS = 8  # greedy completions per variant for the token check
 NEW_TOKENS = 24
+
+
+# A variant: a context manager around its runs, which may yield the decode step to use (None: the eager one).
+Variant = Callable[[LoadedModel], contextlib.AbstractContextManager[DecodeFn | None]]
 
 
 @contextlib.contextmanager
@@ -84,30 +93,53 @@ def as_shipped(_: LoadedModel) -> Iterator[None]:
     yield
 
 
+_compiled: dict[tuple[int, torch.dtype], CompiledStep] = {}  # per model and KV dtype, built once
+
+
+def compiled(kv_dtype: torch.dtype | None) -> Variant:
+    @contextlib.contextmanager
+    def run(loaded: LoadedModel) -> Iterator[DecodeFn]:
+        dtype = kv_dtype or next(loaded.model.parameters()).dtype
+        key = (id(loaded.model), dtype)
+        if key not in _compiled:
+            step = CompiledStep(loaded.model, dtype)
+            t0 = time.perf_counter()
+            step.build()
+            print(f"compiled the step ({dtype}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            _compiled[key] = step
+        yield _compiled[key]
+
+    return run
+
+
 # name -> (context manager around the run, KV cache dtype: None = the model's)
-VARIANTS: dict[str, tuple[Callable[[LoadedModel], contextlib.AbstractContextManager], torch.dtype | None]] = {
+VARIANTS: dict[str, tuple[Variant, torch.dtype | None]] = {
     "shipped": (as_shipped, None),
     "unfused": (unfused, None),
     "float32 KV": (as_shipped, torch.float32),
     "SDPA decode": (sdpa_decode, None),
     "1 thread": (one_thread, None),
+    "compiled": (compiled(None), None),
+    "compiled, float32 KV": (compiled(torch.float32), torch.float32),
 }
 
 
-def step_ms(loaded: LoadedModel, cache: KVCache, ctx: int) -> float:
+def step_ms(loaded: LoadedModel, cache: KVCache, ctx: int, step: DecodeFn | None) -> float:
+    step = step or functools.partial(decode_step, loaded.model)
     cache.truncate(ctx)
     t0 = time.perf_counter()
     for i in range(STEPS):
-        decode_step(loaded.model, cache, 100 + i)
+        step(cache, 100 + i)
     return 1000 * (time.perf_counter() - t0) / STEPS
 
 
-def completions(loaded: LoadedModel, prompt: list[int], kv_dtype: torch.dtype) -> list[list[int]]:
+def completions(loaded: LoadedModel, prompt: list[int], kv_dtype: torch.dtype,
+                step: DecodeFn | None = None) -> list[list[int]]:
     out = []
     for n in range(COMPLETIONS):
         cut = 64 + n * (len(prompt) - 64) // COMPLETIONS
         cache = KVCache(loaded.args, cut + NEW_TOKENS, "cpu", kv_dtype)
-        out.append(generate(loaded.model, cache, prompt[:cut], NEW_TOKENS, stop_ids=set()).tokens)
+        out.append(generate(loaded.model, cache, prompt[:cut], NEW_TOKENS, stop_ids=set(), step=step).tokens)
     return out
 
 
@@ -117,8 +149,11 @@ def main() -> int:
     ap.add_argument("--quant", nargs="+", default=["int8", "int4", "none"], choices=["none", "int8", "int4"])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="the variants to run (shipped always runs: the others are measured against it)")
     opts = ap.parse_args()
     torch.set_num_threads(opts.threads)
+    variants = {name: VARIANTS[name] for name in VARIANTS if name == "shipped" or name in opts.variants}
     rows = []
     for mode in opts.quant:
         loaded = load_model(default_model_dir(), dtype=torch.bfloat16, quantization=spec_for_mode(mode))
@@ -126,19 +161,19 @@ def main() -> int:
         for ctx in opts.contexts:
             prompt = code_tokens(loaded, ctx)
             caches = {}
-            for name, (_, kv_dtype) in VARIANTS.items():
+            for name, (_, kv_dtype) in variants.items():
                 caches[name] = KVCache(loaded.args, ctx + STEPS, "cpu", kv_dtype or model_dtype)
                 prefill(loaded.model, caches[name], prompt)
-            times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+            times: dict[str, list[float]] = {name: [] for name in variants}
             for _ in range(opts.rounds):
-                for name, (variant, _) in VARIANTS.items():
-                    with variant(loaded):
-                        times[name].append(step_ms(loaded, caches[name], ctx))
+                for name, (variant, _) in variants.items():
+                    with variant(loaded) as step:
+                        times[name].append(step_ms(loaded, caches[name], ctx, step))
             shipped = completions(loaded, prompt, model_dtype)
-            for name, (variant, kv_dtype) in VARIANTS.items():
-                with variant(loaded):
-                    same = sum(a == b for a, b in zip(completions(loaded, prompt, kv_dtype or model_dtype), shipped,
-                                                      strict=True))
+            for name, (variant, kv_dtype) in variants.items():
+                with variant(loaded) as step:
+                    same = sum(a == b for a, b in zip(completions(loaded, prompt, kv_dtype or model_dtype, step),
+                                                      shipped, strict=True))
                 ratio = statistics.median(s / v for s, v in zip(times["shipped"], times[name], strict=True))
                 rows.append((mode, ctx, name, statistics.median(times[name]), ratio, same))
             print(f"done: {mode} ctx={ctx}", file=sys.stderr, flush=True)

@@ -17,6 +17,9 @@ bits (`engine export --quant`) beside ours: cold latency, time to first token an
     .venv/bin/python benchmarks/engine_bench.py                 # default model + a larger random model
     .venv/bin/python benchmarks/engine_bench.py --contexts 1024 4096 16384 --large-contexts 1024 4096
 
+With --quant --compiled, ours also runs with the compiled decode step (engine/compiled_decode.py) in the
+same rounds, in a table of its own beside ours eager and llama.cpp.
+
 With --quant, a second table: ours in bf16, int8 and int4 weights (engine/quant.py) on the same
 prompts (cold latency, decode tok/s, weight bytes), on the default model and a 7B-shaped model cut to
 --seven-b-layers of its 32 layers (random weights; per-layer costs are the 7B's), and beside them
@@ -51,8 +54,9 @@ import torch  # noqa: E402
 from engine import default_model_dir  # noqa: E402
 from engine.cache import KVCache  # noqa: E402
 from engine.checkpoints import LoadedModel, load_model, save_hf_checkpoint  # noqa: E402
+from engine.compiled_decode import CompiledStep  # noqa: E402
 from engine.config import ModelArgs  # noqa: E402
-from engine.generate import generate  # noqa: E402
+from engine.generate import DecodeFn, generate  # noqa: E402
 from engine.model import Transformer, init_weights  # noqa: E402
 from engine.quant import QuantSpec, spec_for_mode  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
@@ -223,12 +227,13 @@ def seven_b_dir(tokenizer_model: Path, layers: int, out: Path) -> Path:
     return random_model_dir(args, tokenizer_model, out)
 
 
-def ours_cold_run(loaded: LoadedModel, prompt: list[int]) -> dict[str, float]:
-    """One cold completion on our engine: its time, time to first token and decode tok/s."""
+def ours_cold_run(loaded: LoadedModel, prompt: list[int], step: DecodeFn | None = None) -> dict[str, float]:
+    """One cold completion on our engine: its time, time to first token and decode tok/s. `step`: the
+    one-token decode step (None: the eager one)."""
     dtype = next(loaded.model.parameters()).dtype
     cache = KVCache(loaded.args, len(prompt) + NEW_TOKENS, "cpu", dtype)
     t0 = time.perf_counter()
-    r = generate(loaded.model, cache, prompt, NEW_TOKENS, stop_ids=set())
+    r = generate(loaded.model, cache, prompt, NEW_TOKENS, stop_ids=set(), step=step)
     cold_ms = 1000 * (time.perf_counter() - t0)
     return {"cold_ms": cold_ms, "ttft_cold_ms": r.first_token_ms,
             "decode_tok_s": 1000 * (NEW_TOKENS - 1) / max(r.decode_ms, 1e-6)}
@@ -294,6 +299,13 @@ def bench_quantized(models: list[tuple[str, Path]], contexts: dict[str, list[int
         for mode in QUANT_MODES:  # "none" first: its parameter count is the model's
             ours[mode] = load_model(path, dtype=torch.bfloat16, quantization=spec_for_mode(mode))
             n_params = ours[mode].model.num_parameters() if mode == "none" else n_params
+        compiled: dict[str, CompiledStep] = {}
+        for mode, loaded in ours.items() if opts.compiled else ():
+            compiled[mode] = CompiledStep(loaded.model, next(loaded.model.parameters()).dtype)
+            t0 = time.perf_counter()
+            compiled[mode].build()
+            print(f"{name} {mode}: compiled the decode step in {time.perf_counter() - t0:.1f} s", file=sys.stderr,
+                  flush=True)
         theirs = {}
         if use_llama_cpp:
             from benchmarks.llama_cpp_compat import open_llama
@@ -311,6 +323,8 @@ def bench_quantized(models: list[tuple[str, Path]], contexts: dict[str, list[int
             for _ in range(opts.repeats):
                 for mode, loaded in ours.items():
                     samples.setdefault(("ours", mode, ctx), []).append(ours_cold_run(loaded, prompt))
+                for mode, step in compiled.items():
+                    samples.setdefault(("compiled", mode, ctx), []).append(ours_cold_run(ours[mode], prompt, step))
                 for mode, (llm, _) in theirs.items():
                     samples.setdefault(("llama.cpp", mode, ctx), []).append(llama_cpp_cold_run(llm, prompt))
                 for mode in QUANT_MODES if baseline else ():
@@ -322,9 +336,11 @@ def bench_quantized(models: list[tuple[str, Path]], contexts: dict[str, list[int
         for mode, (_, note) in theirs.items():
             results[("llama.cpp", mode, contexts[name][0])]["extra_buffers_off"] = float(bool(note))
         rows.append((name, sizes, results))
-        del ours, theirs
+        del ours, theirs, compiled
     if baseline:
         baseline.close()
+    if opts.compiled:
+        print(compiled_table(rows, contexts, use_llama_cpp, opts))
 
     nan = float("nan")
     print(f"\nQuantized weights: ours bf16 / int8 / int4 (group {QuantSpec(4).group_size}) and llama.cpp "
@@ -375,6 +391,29 @@ def bench_quantized(models: list[tuple[str, Path]], contexts: dict[str, list[int
                       f"{lc.get('decode_tok_s', nan):.1f} | {o['decode_tok_s'] / lc.get('decode_tok_s', nan):.2f}x |")
 
 
+def compiled_table(rows: list, contexts: dict[str, list[int]], use_llama_cpp: bool, opts: argparse.Namespace) -> str:
+    """Ours eager and compiled (engine/compiled_decode.py) beside llama.cpp at the same bits, same rounds."""
+    nan = float("nan")
+    lines = ["", f"Ours eager and with the compiled decode step (--compiled), llama.cpp at the same bits, same rounds "
+             f"(median of {opts.repeats}); ratios > 1: the first named faster", "",
+             "| model | weights | context | ours decode tok/s | compiled decode tok/s | compiled/eager | "
+             "llama.cpp decode tok/s | eager/llama.cpp | compiled/llama.cpp | ours cold | compiled cold | "
+             "llama.cpp cold | compiled/llama.cpp cold |", "|---|---|" + "---:|" * 11]
+    for name, _, r in rows:
+        for mode in QUANT_MODES:
+            for ctx in contexts[name]:
+                o, c = r[("ours", mode, ctx)], r[("compiled", mode, ctx)]
+                lc = r.get(("llama.cpp", mode, ctx), {}) if use_llama_cpp else {}
+                their_rate, their_cold = lc.get("decode_tok_s", nan), lc.get("cold_ms", nan)
+                label = f"{mode} / {GGUF_TYPES[mode].upper()}" if mode in GGUF_TYPES else mode
+                lines.append(
+                    f"| {name} | {label} | {ctx} | {o['decode_tok_s']:.1f} | {c['decode_tok_s']:.1f} | "
+                    f"{c['decode_tok_s'] / o['decode_tok_s']:.2f}x | {their_rate:.1f} | "
+                    f"{o['decode_tok_s'] / their_rate:.2f}x | {c['decode_tok_s'] / their_rate:.2f}x | "
+                    f"{o['cold_ms']:.0f} | {c['cold_ms']:.0f} | {their_cold:.0f} | {their_cold / c['cold_ms']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096])
@@ -389,6 +428,9 @@ def main() -> int:
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--no-llama-cpp", action="store_true")
     ap.add_argument("--quant", action="store_true", help="only the quantized-weights table (see above)")
+    ap.add_argument("--compiled", action="store_true",
+                    help="with --quant: also run ours with the compiled decode step (engine/compiled_decode.py) in "
+                         "the same rounds, and a table of it beside eager and llama.cpp")
     ap.add_argument("--seven-b-layers", type=int, default=2,
                     help="layers of the 7B-shaped model in the --quant table (0: none)")
     ap.add_argument("--llama-cpp-quant", nargs="*", default=[], choices=["q8_0", "q4_0"],
