@@ -1,7 +1,7 @@
 """End to end: `compileDecode: "auto"` through the real server with the default model. The server answers
 at once (eager decode steps while the step compiles in the background), the status says how steps run,
-and its suggestions, compiled or not, are the ones a server decoding eagerly makes. (The engine-level tests, with the compile held
-at a gate and failing, are tests/engine/test_compiled_decode.py.)"""
+and its suggestions, compiled or not, are the ones a server decoding eagerly makes. (The engine-level
+tests, with the compile held at a gate and failing, are tests/engine/test_compiled_decode.py.)"""
 
 from __future__ import annotations
 
@@ -14,14 +14,7 @@ from . import lsp_client as lc
 
 CODE = "def area(width, height):\n    return \n\n\nprint(area(3, 4))\n"
 
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("compiled-ws")
-    (root / "shapes.py").write_text(CODE)
-    return root
+pytestmark = [pytest.mark.slow, pytest.mark.asyncio]
 
 
 async def suggestion(client, workspace: Path) -> str:
@@ -56,5 +49,6 @@ async def two_suggestions(workspace: Path, compile_decode: str) -> list[str]:
         await client.stop()
 
 
-async def test_answers_while_compiling_and_then_suggests_what_eager_decoding_does(workspace):
-    assert await two_suggestions(workspace, "auto") == await two_suggestions(workspace, "off")
+async def test_answers_while_compiling_and_then_suggests_what_eager_decoding_does(tmp_path: Path):
+    (tmp_path / "shapes.py").write_text(CODE)
+    assert await two_suggestions(tmp_path, "auto") == await two_suggestions(tmp_path, "off")
