@@ -19,8 +19,7 @@ the cache buffers' length a symbolic size). It takes tens of seconds (less with 
 graph cache warm), so the backend compiles in a background thread after the model loads, decodes
 eagerly until the compiled step is ready, and decodes eagerly for good, with one logged warning, when
 compiling fails (no C++ compiler, say). Steps the compiled step was not built for run eagerly too: an
-int8 or other-dtype KV cache, the first two positions (a size of 0 or 1 would be specialised and
-recompile), a model whose projections changed since (a LoRA adapter, engine/fused.py's stacking undone),
+int8 or other-dtype KV cache, the first two positions and a cache's last one (each would recompile), a model whose projections changed since (a LoRA adapter, engine/fused.py's stacking undone),
 or a kernel backend forced by a test. Like the eager step, it runs under inference mode (no gradients).
 
 Measured on the default model (benchmarks/decode_levers.py, benchmarks/RESULTS.md): 1.06-1.19x the eager
@@ -156,15 +155,19 @@ class CompiledStep:
         self._fn = fn
 
     def applies(self, cache: KVCache) -> bool:
+        # Room for the step and one more position: growing the cache here, under inference mode, would
+        # make inference tensors, and the compile assumes the position is not the cache's last one (it
+        # would recompile for that). engine.generate.generate reserves room for the whole answer and
+        # never feeds the last token it samples, so decode steps stop two positions short of its end.
         return (self._fn is not None and cache.dtype == self.kv_dtype and cache.batch == 1
-                and cache.device.type == "cpu" and cache.length >= MIN_POSITION and not cache.k[0].is_inference()
+                and cache.device.type == "cpu" and MIN_POSITION <= cache.length < cache.capacity - 1
+                and not cache.k[0].is_inference()
                 and kernels.backend_name() == "auto"
                 and all(a is b for a, b in zip(_projection_state(self.model), self._state, strict=True)))
 
     @torch.inference_mode()
     def __call__(self, cache: KVCache, token: int) -> torch.Tensor:
-        assert self._fn is not None, "build() the compiled step first"
-        cache.ensure_capacity(cache.length + 1)
+        assert self._fn is not None and cache.length < cache.capacity, "build() it, and leave it room to write"
         cos, sin = self.model.rope(0, cache.capacity, cache.device)
         logits = self._fn(self.model, torch.tensor([[token]]), cache.length, cache.k, cache.v, cos, sin)
         cache.tokens.append(token)
@@ -221,19 +224,49 @@ class ServedCompile:
     def _compile(self) -> None:
         start = time.perf_counter()
         try:
-            self._build(self.compiled)
+            for attempt in range(BUILD_ATTEMPTS):
+                try:
+                    self._build(self.compiled)
+                    break
+                except CompileError as exc:
+                    # Another backend's request ran its compiled step meanwhile (see `step`): try again.
+                    if not _refused_recompile(exc) or attempt == BUILD_ATTEMPTS - 1:
+                        raise
         except Exception as exc:
-            self.reason = f"compiling the decode step failed ({exc})"
-            log.warning("compiled decode step: decoding eagerly: %s", self.reason)
+            self.disable(f"compiling the decode step failed ({exc})")
         else:
             self.compile_s = time.perf_counter() - start
             log.info("compiled decode step: ready after %.1f s", self.compile_s)
         finally:
             self._ready.set()
 
+    def disable(self, reason: str) -> None:
+        """Decode eagerly from now on."""
+        self.reason = reason
+        log.warning("compiled decode step: decoding eagerly: %s", reason)
+
     def step(self, cache: KVCache, token: int) -> torch.Tensor | None:
         """The compiled step's logits, or None where the caller must decode eagerly."""
         if self.reason is not None or not self._ready.is_set() or not self.compiled.applies(cache):
             return None
+        try:
+            # A step the compile does not cover would recompile: seconds, in the middle of a request.
+            # Dynamo refuses instead (before running anything), and this step and the rest run eagerly.
+            with torch.compiler.set_stance("fail_on_recompile"):
+                logits = self.compiled(cache, token)
+        except RuntimeError as exc:
+            if not _refused_recompile(exc):
+                raise
+            self.disable(f"a decode step needed another compile ({str(exc).splitlines()[-1].strip()})")
+            return None
         self.steps += 1
-        return self.compiled(cache, token)
+        return logits
+
+
+BUILD_ATTEMPTS = 3
+
+
+def _refused_recompile(exc: BaseException) -> bool:
+    """Whether Dynamo refused to recompile because some thread had the "fail_on_recompile" stance on (the
+    stance is process-wide)."""
+    return "fail_on_recompile" in str(exc)

@@ -87,7 +87,9 @@ def test_compiled_logits_are_the_eager_logits_bit_for_bit(loaded: LoadedModel, c
         prefill(loaded.model, ours, tokens[:length])
         for token in tokens[length : length + 5]:
             assert compiled.applies(ours)
-            assert torch.equal(compiled(ours, token), decode_step(loaded.model, eager, token)), length
+            with torch.compiler.set_stance("fail_on_recompile"):  # one compile serves every length
+                logits = compiled(ours, token)
+            assert torch.equal(logits, decode_step(loaded.model, eager, token)), length
         for layer in range(loaded.args.n_layers):  # the keys and values it wrote, too
             assert torch.equal(ours.k[layer][:, :, : ours.length], eager.k[layer][:, :, : eager.length])
             assert torch.equal(ours.v[layer][:, :, : ours.length], eager.v[layer][:, :, : eager.length])
@@ -104,22 +106,50 @@ def test_greedy_completions_are_identical(loaded: LoadedModel, compiled: Compile
 
 
 def test_steps_it_was_not_built_for_are_left_to_the_eager_step(loaded: LoadedModel, compiled: CompiledStep):
-    cache = KVCache(loaded.args, 64, "cpu", BF16)
-    prefill(loaded.model, cache, [1])
-    assert not compiled.applies(cache)  # position 1: would specialise the compile
-    prefill(loaded.model, cache, [5, 6])
-    assert compiled.applies(cache)
-    assert not compiled.applies(KVCache(loaded.args, 64, "cpu", torch.float32))  # another dtype
+    def filled(length: int, capacity: int = 256, dtype: torch.dtype = BF16) -> KVCache:
+        cache = KVCache(loaded.args, capacity, "cpu", dtype)
+        prefill(loaded.model, cache, list(range(5, 5 + length)))
+        return cache
+
+    assert compiled.applies(filled(2))
+    assert not compiled.applies(filled(1))  # position 1: would specialise the compile
+    assert not compiled.applies(filled(8, dtype=torch.float32))  # another KV dtype: another compile
+    full = filled(256)
+    assert not compiled.applies(full)  # no room: the eager step grows the cache
+    full.truncate(255)
+    assert not compiled.applies(full)  # the last position would recompile
+    full.truncate(254)
+    assert compiled.applies(full)
+    with torch.compiler.set_stance("fail_on_recompile"):
+        assert torch.equal(compiled(full, 9), decode_step(loaded.model, filled(254), 9))
     with torch.inference_mode():  # inference tensors: Dynamo would recompile for them
-        assert not compiled.applies(KVCache(loaded.args, 64, "cpu", BF16))
-    wq = loaded.model.layers[0].attention.wq
+        inference_cache = KVCache(loaded.args, 256, "cpu", BF16)
+    prefill(loaded.model, inference_cache, [5, 6, 7])
+    assert not compiled.applies(inference_cache)
+    cache = filled(8)
     fused = loaded.model.layers[0].attention.fused_qkv
     loaded.model.layers[0].attention.fused_qkv = None  # the projections as the compile saw them no longer
     try:
         assert not compiled.applies(cache)
     finally:
         loaded.model.layers[0].attention.fused_qkv = fused
-    assert compiled.applies(cache) and loaded.model.layers[0].attention.wq is wq
+    assert compiled.applies(cache)
+    eager = filled(8)
+    assert torch.equal(compiled(cache, 9), decode_step(loaded.model, eager, 9))
+
+
+def test_a_step_that_would_recompile_runs_eagerly_instead(loaded: LoadedModel, compiled: CompiledStep,
+                                                          caplog: pytest.LogCaptureFixture):
+    served = ServedCompile(loaded.model, CPU, BF16, "auto")  # Dynamo has this compile: ready at once
+    assert served.wait(timeout=600) and served.state == "compiled", served.reason
+    served.compiled.applies = lambda cache: True  # type: ignore[method-assign]  # let an uncovered step through
+    cache = KVCache(loaded.args, 256, "cpu", BF16)
+    prefill(loaded.model, cache, list(range(5, 260)))  # the cache's last position: the compile assumed not
+    with caplog.at_level(logging.WARNING, logger="engine.compiled_decode"):
+        assert served.step(cache, 9) is None  # refused, not compiled in the request: the caller runs eagerly
+    assert served.state == "eager" and "another compile" in (served.reason or "")
+    assert any("decoding eagerly" in r.getMessage() for r in caplog.records)
+    assert cache.length == 255  # nothing ran
 
 
 def test_a_failed_compile_leaves_the_backend_decoding_eagerly_with_a_warning(
