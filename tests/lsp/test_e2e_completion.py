@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 SECRET_WORD = "zebra_quantum_flux"
 PRIVATE_KEY = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7zebra\n-----END RSA PRIVATE KEY-----\n"
-AVERAGE = 'def average(numbers):\n    """Return the arithmetic mean of a list of numbers."""\n    \n'
+TOTAL = 'def total(values):\n    """Return the sum of the values."""\n    \n'
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +108,18 @@ async def test_with_no_model_configured_the_server_loads_the_default_model_with_
 
 
 async def test_function_body_after_the_docstring_gets_code_that_compiles_and_uses_the_parameter(client, repo):
-    uri = lc.open_doc(client, repo / "stats.py", AVERAGE)
+    uri = lc.open_doc(client, repo / "stats.py", TOTAL)
     item = await suggestion_at(client, uri, 2, 4)
-    compile(inserted(AVERAGE, 2, 4, item.insert_text), "stats.py", "exec")  # the file still compiles
-    assert re.search(r"\bnumbers\b", item.insert_text), item.insert_text
+    compile(inserted(TOTAL, 2, 4, item.insert_text), "stats.py", "exec")  # the file still compiles
+    assert re.search(r"\bvalues\b", item.insert_text), item.insert_text
     prompt = await lc.last_prompt(client, uri)
     assert item.insert_text == prompt["completion"]
-    assert prompt["prefix"].endswith("# Path: stats.py\n" + AVERAGE[: offset(AVERAGE, 2, 4)])
+    assert prompt["prefix"].endswith("# Path: stats.py\n" + TOTAL[: offset(TOTAL, 2, 4)])
     assert prompt["suffix"] == "\n" and prompt["fimFormat"] == "spm" and prompt["promptTokens"] > 0
 
 
 async def test_completion_fallback_is_the_same_suggestion_as_one_item_with_a_text_edit(client, repo):
-    uri = lc.open_doc(client, repo / "stats.py", AVERAGE)
+    uri = lc.open_doc(client, repo / "stats.py", TOTAL)
     inline = await suggestion_at(client, uri, 2, 4)
     result = await asyncio.wait_for(client.text_document_completion_async(T.CompletionParams(
         text_document=T.TextDocumentIdentifier(uri), position=T.Position(2, 4),

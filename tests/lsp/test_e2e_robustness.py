@@ -173,7 +173,7 @@ def test_hostile_traffic_gets_answers_and_the_server_keeps_serving(server: RawSe
     status = server.wait_ready()
     assert status["state"] == "ready" and status["model"] == default_model_dir().name
     server.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///fuzz/ok.py", "languageId": "python",
-                                                            "version": 1, "text": "def mul(a, b):\n    return "}})
+                                                            "version": 1, "text": "def add(a, b):\n    return "}})
     answer = server.request("valid", "textDocument/inlineCompletion", {
         "context": {"triggerKind": 1}, "textDocument": {"uri": "file:///fuzz/ok.py"},
         "position": {"line": 1, "character": 11}})
@@ -181,7 +181,7 @@ def test_hostile_traffic_gets_answers_and_the_server_keeps_serving(server: RawSe
     [item] = answer["result"]["items"]  # a real suggestion from the model
     assert item["insertText"].strip()
     prompt = server.request("valid-prompt", "codellama/lastPrompt", {"uri": "file:///fuzz/ok.py"})["result"]
-    assert prompt["prefix"].endswith("def mul(a, b):\n    return ")
+    assert prompt["prefix"].endswith("def add(a, b):\n    return ")
 
 
 def test_binary_non_utf8_and_huge_files_in_the_workspace(server: RawServer, workspace: Path):

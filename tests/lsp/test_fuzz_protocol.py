@@ -331,7 +331,7 @@ def test_fuzzed_traffic_every_request_answered_once_and_the_server_keeps_complet
         assert at < 0, stderr[at : at + 3000]
     # A valid request afterwards: a real suggestion from the model.
     server.notify("textDocument/didOpen", {"textDocument": {"uri": (workspace / "after.py").as_uri(),
-                  "languageId": "python", "version": 1, "text": "def mul(a, b):\n    return "}})
+                  "languageId": "python", "version": 1, "text": "def add(a, b):\n    return "}})
     answer = server.request("after", "textDocument/inlineCompletion", {
         "context": {"triggerKind": 1}, "textDocument": {"uri": (workspace / "after.py").as_uri()},
         "position": {"line": 1, "character": 11}})
