@@ -24,12 +24,13 @@ def packages(files: Sequence[SourceFile], min_files: int = 3) -> dict[str, list[
 
 
 def served_examples(tok: Tokenizer, files: Sequence[SourceFile], max_tokens: int, seed: int,
-                    per_cycle: int = 100) -> Iterator[ServedExample]:
+                    per_cycle: int = 100, spm_rate: float = 0.7) -> Iterator[ServedExample]:
     """Examples of at most max_tokens, without end. The packages are visited in a random order, again
     and again; a cycle over all of them gives about per_cycle examples, shared out by the square root
     of each package's file count (big packages, the stdlib, do not drown the rest). Each visit writes
     and indexes the package once, so ask for about as many examples per cycle as will be used.
-    The prompt budget is the server's CPU budget half of the time, a smaller one otherwise."""
+    The prompt budget is the server's CPU budget half of the time, a smaller one otherwise; spm_rate
+    of the prompts are in SPM order, the rest PSM."""
     rng = random.Random(seed)
     groups = packages(files)
     names = sorted(groups)
@@ -41,7 +42,7 @@ def served_examples(tok: Tokenizer, files: Sequence[SourceFile], max_tokens: int
         for name in names:
             visit += 1
             want = max(1, round(per_cycle * weight[name] / total))
-            ex = ServedExamples(tok, groups[name], seed=seed * 100_003 + visit)
+            ex = ServedExamples(tok, groups[name], seed=seed * 100_003 + visit, spm_rate=spm_rate)
             made = tries = 0
             while made < want and tries < want * 6:
                 tries += 1

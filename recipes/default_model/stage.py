@@ -71,7 +71,13 @@ STAGES = {
     # ordinary FIM code in the rest, so nothing learnt before is lost. Windows hold one server
     # prompt at the CPU budget (2,048 tokens) with its middle.
     "served": dict(seq_len=2304, rope_theta=1e6, micro_batch=2, grad_accum=1, lr=1.5e-4, warmup=20,
-                   max_chars=12_000_000, recall_share=0.3, served_share=0.45, context=4096),
+                   max_chars=12_000_000, recall_share=0.3, served_share=0.45, served_spm_rate=0.7, context=4096),
+    # The same, with 70 % of the server's prompts in PSM order instead of 30 %: the model barely
+    # infills in PSM (it has to continue a prefix that ended before the suffix) and the PSM layout is
+    # the one whose prefix stays put as the cursor moves (issue 15, "both FIM orders").
+    "served-psm": dict(seq_len=2304, rope_theta=1e6, micro_batch=2, grad_accum=1, lr=1.5e-4, warmup=20,
+                       max_chars=12_000_000, recall_share=0.3, served_share=0.45, served_spm_rate=0.3,
+                       context=4096),
 }
 SHARD_BYTES = 15 * 2**20
 
@@ -101,7 +107,7 @@ def load_weights_from(model: Transformer, ckpt_dir: Path) -> None:
     load_params(model, state["params"])
 
 
-PREVIOUS = {"lcft": "pretrain", "lcft-recall": "lcft", "served": "lcft-recall"}  # the stage each one starts from
+PREVIOUS = {"lcft": "pretrain", "lcft-recall": "lcft", "served": "lcft-recall", "served-psm": "served"}  # the stage each one starts from
 
 
 def start_from(model: Transformer, previous: str, run: Path, shards: Path | None,
@@ -190,7 +196,7 @@ def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers:
         stream, counts = add_served_windows(stream, st, all_files, tok_path, seed=passes)
         docs.update(counts)
     h = hashlib.sha256(f"{stage}:{st['seq_len']}:{passes}:{len(groups)}:{st.get('recall_share')}:"
-                       f"{st.get('served_share')}\n".encode())
+                       f"{st.get('served_share')}:{st.get('served_spm_rate')}\n".encode())
     h.update(Path(tok_path).read_bytes())
     for f in files:
         h.update(f"{f.repo}\0{f.path}\0{len(f.text)}\n".encode())
@@ -227,7 +233,8 @@ def add_served_windows(stream: np.ndarray, st: dict, files: list[SourceFile], to
     seq_len, share = st["seq_len"], st["served_share"]
     n_served = int(stream.size // seq_len * share / (1 - share))
     # About 1.3 examples fill a window (a prompt at the full budget fills one alone).
-    examples = served_examples(Tokenizer(tok_path), files, seq_len, seed=seed, per_cycle=int(n_served * 1.4))
+    examples = served_examples(Tokenizer(tok_path), files, seq_len, seed=seed, per_cycle=int(n_served * 1.4),
+                               spm_rate=st["served_spm_rate"])
     served, _, counts = pack_windows(examples, seq_len, n_served, stream, seed=seed)
     return np.concatenate([stream[: stream.size // seq_len * seq_len], served]), counts
 
@@ -257,7 +264,7 @@ def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
 
 
 def newest(run: Path, stage: str | None) -> tuple[str, Path]:
-    for name in (stage,) if stage else ("served", "lcft-recall", "lcft", "pretrain"):
+    for name in (stage,) if stage else ("served-psm", "served", "lcft-recall", "lcft", "pretrain"):
         ckpt = latest_checkpoint(run / name)
         if ckpt is not None:
             return name, ckpt

@@ -1,6 +1,6 @@
 """The default model's recipe, stage after stage, on a small corpus: pretraining from random weights, LCFT
 from its checkpoint, LCFT with recall documents from that one, training on the server's own prompts
-from that one, and the export the engine loads."""
+from that one (and its PSM-weighted variant), and the export the engine loads."""
 
 from __future__ import annotations
 
@@ -49,9 +49,15 @@ def test_stages_chain_from_random_weights_to_an_exported_model(tmp_path, tiny_mo
     assert "lcft-recall/step-0000002" in out
     meta = json.loads((run / "streams" / "served.json").read_text())
     assert meta["docs"]["served_windows"] > 0 and meta["docs"]["served_examples"] >= meta["docs"]["served_windows"]
+    # The PSM-weighted variant continues from it, with most of the server's prompts in PSM order.
+    out = stage(run, "served-psm", "--steps", "1", "--micro-batch", "1", *common)
+    assert "served/step-0000001" in out
+    psm_meta = json.loads((run / "streams" / "served-psm.json").read_text())
+    assert psm_meta["docs"]["served_psm"] > psm_meta["docs"]["served_spm"]
+    assert meta["docs"]["served_spm"] > meta["docs"]["served_psm"]
 
     stage(run, "export", "--out", str(tmp_path / "model"))
     state = json.loads((tmp_path / "model" / "training_state.json").read_text())
-    assert state["stage"] == "served" and state["step"] == 1
+    assert state["stage"] == "served-psm" and state["step"] == 1
     args, layout = read_args(tmp_path / "model")  # (the tiny test tokenizer has fewer pieces than SHAPE)
     assert layout == "hf" and args.max_seq_len == 4096 and args.rope_theta == 1e6  # LCFT's context, not 2,048
