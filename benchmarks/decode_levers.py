@@ -103,9 +103,7 @@ def compiled(kv_dtype: torch.dtype | None) -> Variant:
         key = (id(loaded.model), dtype)
         if key not in _compiled:
             step = CompiledStep(loaded.model, dtype)
-            t0 = time.perf_counter()
-            step.build()
-            print(f"compiled the step ({dtype}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            print(f"compiled the step ({dtype}) in {step.build():.1f} s", file=sys.stderr, flush=True)
             _compiled[key] = step
         yield _compiled[key]
 

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 # Inductor options for an exact step (see the module's docstring).
 COMPILE_OPTIONS: dict[str, str | int | bool | Callable[..., Any]] = {"emulate_precision_casts": True, "pattern_matcher": False}
 MIN_POSITION = 2  # decode steps at earlier positions run eagerly (0 and 1 would specialise the compile)
+BUILD_ATTEMPTS = 3  # ServedCompile's tries when another thread's fail_on_recompile stance refused a build
 
 
 @torch.library.custom_op("codellama::rms_norm_float", mutates_args=())
@@ -124,7 +125,7 @@ def _projection_state(model: Transformer) -> list[object]:
 class CompiledStep:
     """engine.generate.decode_step's contract for one model and one KV cache dtype, compiled.
 
-    `build()` compiles it (blocking; raises CompileError); `applies(cache)` says whether a step on
+    `build()` compiles it; `applies(cache)` says whether a step on
     `cache` may take it (else decode eagerly); calling it runs one step."""
 
     def __init__(self, model: Transformer, kv_dtype: torch.dtype) -> None:
@@ -132,7 +133,9 @@ class CompiledStep:
         self._fn: Callable[..., torch.Tensor] | None = None
         self._state: list[object] = []
 
-    def build(self) -> None:
+    def build(self) -> float:
+        """Compile the step (blocking); its seconds. Raises CompileError."""
+        start = time.perf_counter()
         model = self.model
         try:
             # Not inference tensors, as the backend's pool makes them (Dynamo guards on the difference).
@@ -153,6 +156,7 @@ class CompiledStep:
         except Exception as exc:
             raise CompileError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         self._fn = fn
+        return time.perf_counter() - start
 
     def applies(self, cache: KVCache) -> bool:
         # Room for the step and one more position: growing the cache here, under inference mode, would
@@ -262,8 +266,6 @@ class ServedCompile:
         self.steps += 1
         return logits
 
-
-BUILD_ATTEMPTS = 3
 
 
 def _refused_recompile(exc: BaseException) -> bool:

@@ -72,13 +72,11 @@ STAGES = {
     # prompt at the CPU budget (2,048 tokens) with its middle.
     "served": dict(seq_len=2304, rope_theta=1e6, micro_batch=2, grad_accum=1, lr=1.5e-4, warmup=20,
                    max_chars=12_000_000, recall_share=0.3, served_share=0.45, served_spm_rate=0.7, context=4096),
-    # The same, with 70 % of the server's prompts in PSM order instead of 30 %: the model barely
-    # infills in PSM (it has to continue a prefix that ended before the suffix) and the PSM layout is
-    # the one whose prefix stays put as the cursor moves (issue 15, "both FIM orders").
-    "served-psm": dict(seq_len=2304, rope_theta=1e6, micro_batch=2, grad_accum=1, lr=1.5e-4, warmup=20,
-                       max_chars=12_000_000, recall_share=0.3, served_share=0.45, served_spm_rate=0.3,
-                       context=4096),
 }
+# The served stage with 70 % of the server's prompts in PSM order instead of 30 %: the model barely
+# infills in PSM (it has to continue a prefix that ended before the suffix) and the PSM layout is the
+# one whose prefix stays put as the cursor moves (issue 15, "both FIM orders").
+STAGES["served-psm"] = {**STAGES["served"], "served_spm_rate": 0.3}
 SHARD_BYTES = 15 * 2**20
 
 
