@@ -21,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crossfile import workspace  # noqa: E402
-from crossfile_cases import PACKAGES  # noqa: E402
+
+from engine.evaluate.crossfile_cases import PACKAGES  # noqa: E402  (crossfile put the repository on the path)
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("line", "punct", "ident", "cross")

@@ -38,10 +38,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from crossfile_cases import PACKAGES, Case, Package, build_cases, sample_cases
 from lsp_session import REPO, Editor, configure, percentile, start_server, stop_server, wait_ready
 
 from engine.atomic import atomic_directory  # importable: lsp_session put the repository on the path
+from engine.evaluate.crossfile_cases import PACKAGES, Case, Package, build_cases, sample_cases
 from engine.evaluate.infill import edit_similarity
 
 CACHE = REPO / ".cache" / "crossfile"

@@ -33,8 +33,10 @@ from lsp_server.context.gather import Gatherer, Request
 from lsp_server.context.prompt import build_prompt, in_memory_index
 
 SERVER_CPU_BUDGET = 2048  # lsp_server.settings.Settings.context_budget on CPU
-KINDS = ("cross", "line", "punct", "ident", "block")
-KIND_WEIGHTS = (0.35, 0.2, 0.2, 0.15, 0.1)
+KINDS = ("cross", "line", "punct", "ident", "block", "linestart")
+# "linestart" (the cursor at column 0, the whole line with its indentation the middle: HumanEval's
+# single-line layout) is off by default; the default model's recipe asks for it.
+KIND_WEIGHTS = (0.35, 0.2, 0.2, 0.15, 0.1, 0.0)
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FROM_IMPORT = re.compile(r"^\s*from\s+(\.*[\w.]*)\s+import\s+\(?([^)#\n]*)", re.M)
 _IMPORT_AS = re.compile(r"^\s*import\s+([\w.]+)(?:\s+as\s+(\w+))?", re.M)
@@ -157,6 +159,8 @@ def pick_cursor(text: str, kind: str, cross: list[int], rng: random.Random) -> T
     indent = len(line) - len(line.lstrip())
     if kind == "line":
         return Target(base + indent, base + len(line), kind)
+    if kind == "linestart":
+        return Target(base, base + len(line), kind)
     if kind == "punct":
         spots = [j + 1 for j, c in enumerate(line) if c in ".(=," and j >= indent and j + 1 < len(line)]
         if not spots:

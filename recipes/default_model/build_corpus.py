@@ -38,7 +38,7 @@ STDLIB_SKIP = {"test", "idlelib", "site-packages", "lib2to3", "tkinter", "turtle
                "config-3.11-x86_64-linux-gnu", "__pycache__"}
 HELDOUT_FRACTION = 0.02
 # Never trained on, even when installed: the packages the cross-file benchmark measures with
-# (benchmarks/crossfile_cases.py, PACKAGES) must stay unseen by the model it measures.
+# (engine/evaluate/crossfile_cases.py, PACKAGES) must stay unseen by the model it measures.
 BENCHMARK_PACKAGES = frozenset({"marshmallow", "markdown", "parso", "wtforms"})
 
 

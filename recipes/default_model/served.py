@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 from engine.tokenizer import Tokenizer
 from engine.train.sources import SourceFile
-from lsp_server.adapt.examples import SERVER_CPU_BUDGET, ServedExample, ServedExamples
+from lsp_server.adapt.examples import KIND_WEIGHTS, SERVER_CPU_BUDGET, ServedExample, ServedExamples
 
 
 def packages(files: Sequence[SourceFile], min_files: int = 3) -> dict[str, list[SourceFile]]:
@@ -24,13 +24,16 @@ def packages(files: Sequence[SourceFile], min_files: int = 3) -> dict[str, list[
 
 
 def served_examples(tok: Tokenizer, files: Sequence[SourceFile], max_tokens: int, seed: int,
-                    per_cycle: int = 100, spm_rate: float = 0.7) -> Iterator[ServedExample]:
+                    per_cycle: int = 100, spm_rate: float = 0.7, budgets: tuple[int, int] = (384, SERVER_CPU_BUDGET),
+                    full_budget_rate: float = 0.5, kind_weights: Sequence[float] = KIND_WEIGHTS,
+                    ) -> Iterator[ServedExample]:
     """Examples of at most max_tokens, without end. The packages are visited in a random order, again
     and again; a cycle over all of them gives about per_cycle examples, shared out by the square root
     of each package's file count (big packages, the stdlib, do not drown the rest). Each visit writes
     and indexes the package once, so ask for about as many examples per cycle as will be used.
-    The prompt budget is the server's CPU budget half of the time, a smaller one otherwise; spm_rate
-    of the prompts are in SPM order, the rest PSM."""
+    The prompt budget is the server's CPU budget in full_budget_rate of the prompts, a budget drawn
+    from `budgets` otherwise (short prompts put several middles in one window); spm_rate of the
+    prompts are in SPM order, the rest PSM; kind_weights: how often each kind of cursor (KINDS)."""
     rng = random.Random(seed)
     groups = packages(files)
     names = sorted(groups)
@@ -42,11 +45,12 @@ def served_examples(tok: Tokenizer, files: Sequence[SourceFile], max_tokens: int
         for name in names:
             visit += 1
             want = max(1, round(per_cycle * weight[name] / total))
-            ex = ServedExamples(tok, groups[name], seed=seed * 100_003 + visit, spm_rate=spm_rate)
+            ex = ServedExamples(tok, groups[name], seed=seed * 100_003 + visit, spm_rate=spm_rate,
+                                kind_weights=kind_weights)
             made = tries = 0
             while made < want and tries < want * 6:
                 tries += 1
-                budget = SERVER_CPU_BUDGET if rng.random() < 0.5 else rng.randint(384, SERVER_CPU_BUDGET)
+                budget = SERVER_CPU_BUDGET if rng.random() < full_budget_rate else rng.randint(*budgets)
                 one = ex.example(rng.choice(groups[name]), min(budget, max_tokens - 160))
                 if one is not None and len(one.tokens) <= max_tokens:
                     made += 1

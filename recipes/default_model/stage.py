@@ -77,6 +77,13 @@ STAGES = {
 # infills in PSM (it has to continue a prefix that ended before the suffix) and the PSM layout is the
 # one whose prefix stays put as the cursor moves (issue 15, "both FIM orders").
 STAGES["served-psm"] = {**STAGES["served"], "served_spm_rate": 0.3}
+# Short served prompts (256-1,024 tokens), several to a window, half of them PSM, a quarter with the
+# cursor at a line's start (HumanEval's single-line layout). A FIM example teaches where the middle
+# begins only at its first token or two, and a PSM middle must begin where the prefix stopped, far
+# behind the <MID> piece: windows of one long example hold one such lesson, these hold four or five.
+STAGES["served-short"] = {**STAGES["served"], "max_chars": 4_000_000, "recall_share": 0.35, "served_share": 0.6,
+                          "served_spm_rate": 0.5, "served_budget": (256, 1024), "served_full_rate": 0.0,
+                          "served_kinds": (0.25, 0.15, 0.15, 0.1, 0.1, 0.25)}
 SHARD_BYTES = 15 * 2**20
 
 
@@ -105,7 +112,8 @@ def load_weights_from(model: Transformer, ckpt_dir: Path) -> None:
     load_params(model, state["params"])
 
 
-PREVIOUS = {"lcft": "pretrain", "lcft-recall": "lcft", "served": "lcft-recall", "served-psm": "served"}  # the stage each one starts from
+PREVIOUS = {"lcft": "pretrain", "lcft-recall": "lcft", "served": "lcft-recall", "served-psm": "served",
+            "served-short": "served"}  # the stage each one starts from
 
 
 def start_from(model: Transformer, previous: str, run: Path, shards: Path | None,
@@ -193,8 +201,10 @@ def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers:
     if "served_share" in st:  # repository examples laid out by the server, beside the windows above
         stream, counts = add_served_windows(stream, st, all_files, tok_path, seed=passes)
         docs.update(counts)
-    h = hashlib.sha256(f"{stage}:{st['seq_len']}:{passes}:{len(groups)}:{st.get('recall_share')}:"
-                       f"{st.get('served_share')}:{st.get('served_spm_rate')}\n".encode())
+    served_mix = f"{st.get('served_share')}:{st.get('served_spm_rate')}"
+    if "served_budget" in st:  # (stages without these keep the hash they had)
+        served_mix += f":{st['served_budget']}:{st['served_full_rate']}:{st['served_kinds']}"
+    h = hashlib.sha256(f"{stage}:{st['seq_len']}:{passes}:{len(groups)}:{st.get('recall_share')}:{served_mix}\n".encode())
     h.update(Path(tok_path).read_bytes())
     for f in files:
         h.update(f"{f.repo}\0{f.path}\0{len(f.text)}\n".encode())
@@ -226,13 +236,16 @@ def add_served_windows(stream: np.ndarray, st: dict, files: list[SourceFile], to
     corpus, not the stage's sample, so that each package keeps all its files."""
     from served import served_examples
 
-    from lsp_server.adapt.examples import pack_windows
+    from lsp_server.adapt.examples import KIND_WEIGHTS, SERVER_CPU_BUDGET, pack_windows
 
     seq_len, share = st["seq_len"], st["served_share"]
     n_served = int(stream.size // seq_len * share / (1 - share))
-    # About 1.3 examples fill a window (a prompt at the full budget fills one alone).
-    examples = served_examples(Tokenizer(tok_path), files, seq_len, seed=seed, per_cycle=int(n_served * 1.4),
-                               spm_rate=st["served_spm_rate"])
+    # About 1.3 examples fill a window (a prompt at the full budget fills one alone); short ones, ~4.
+    per_window = 4.0 if "served_budget" in st else 1.4
+    examples = served_examples(Tokenizer(tok_path), files, seq_len, seed=seed, per_cycle=int(n_served * per_window),
+                               spm_rate=st["served_spm_rate"], budgets=st.get("served_budget", (384, SERVER_CPU_BUDGET)),
+                               full_budget_rate=st.get("served_full_rate", 0.5),
+                               kind_weights=st.get("served_kinds", KIND_WEIGHTS))
     served, _, counts = pack_windows(examples, seq_len, n_served, stream, seed=seed)
     return np.concatenate([stream[: stream.size // seq_len * seq_len], served]), counts
 
@@ -262,7 +275,7 @@ def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
 
 
 def newest(run: Path, stage: str | None) -> tuple[str, Path]:
-    for name in (stage,) if stage else ("served-psm", "served", "lcft-recall", "lcft", "pretrain"):
+    for name in (stage,) if stage else ("served-short", "served-psm", "served", "lcft-recall", "lcft", "pretrain"):
         ckpt = latest_checkpoint(run / name)
         if ckpt is not None:
             return name, ckpt

@@ -133,3 +133,20 @@ def test_every_package_is_visited_not_only_the_first(tok):
     files = [SourceFile(f"pkg{k}-1", f.path, f.text) for k in range(4) for f in FILES]
     gen = served_examples(tok, files, max_tokens=1024, seed=0, per_cycle=8)
     assert {next(gen).package for _ in range(8)} == {"pkg0-1", "pkg1-1", "pkg2-1", "pkg3-1"}
+
+
+def test_line_start_cursors_ask_for_the_whole_line_with_its_indentation(tok):
+    """The recipe's short stage puts the cursor at column 0, as HumanEval's single-line benchmark does:
+    the middle is a whole line of the file, indentation included, and the prompt stops at a line end."""
+    only_line_starts = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    files = [SourceFile("shapes-1.0", f.path, f.text) for f in FILES]
+    gen = served_examples(tok, files, max_tokens=1024, seed=0, per_cycle=8, spm_rate=0.0,
+                          budgets=(128, 256), full_budget_rate=0.0, kind_weights=only_line_starts)
+    lines = {line for f in FILES for line in f.text.split("\n") if line.strip()}
+    for _ in range(8):
+        one = next(gen)
+        assert one.kind == "linestart" and not one.spm
+        assert one.prompt_tokens <= 256  # the short budget, not the server's full one
+        mid = one.tokens.index(tok.middle_id)
+        healed, _, middle = tok.decode_infill(one.tokens[mid + 1 : -1]).rpartition("\n")
+        assert middle in lines  # after the prefix's held-back last token (`():\n`, `\n`), one whole line

@@ -9,7 +9,8 @@ Three kinds, each a use of something defined in *another* file of the package:
   `name` (and the class itself does not); the cursor after `self.`.
 
 For each case the rest of the line from the cursor on is removed (that is the target); everything
-else of the file stays.
+else of the file stays. benchmarks/crossfile.py measures completions on the packages below; the default
+model's recipe finds the same kinds of cursor in its training corpus (never in these packages).
 """
 
 from __future__ import annotations

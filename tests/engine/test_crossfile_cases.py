@@ -1,9 +1,9 @@
-"""The cross-file benchmark's case builder (benchmarks/crossfile_cases.py) on a tiny synthetic package:
+"""The cross-file benchmark's case builder (engine/evaluate/crossfile_cases.py) on a tiny synthetic package:
 each kind of case is found where the code uses another file's name, and nowhere else."""
 
 from __future__ import annotations
 
-from benchmarks.crossfile_cases import build_cases, sample_cases
+from engine.evaluate.crossfile_cases import build_cases, sample_cases
 
 PACKAGE = {
     "shop/__init__.py": "from .money import Price\n",
@@ -65,7 +65,7 @@ def test_sampling_takes_the_kinds_in_turn_and_is_stable():
 
 
 def test_the_benchmark_packages_are_kept_out_of_training():
-    from benchmarks.crossfile_cases import PACKAGES
+    from engine.evaluate.crossfile_cases import PACKAGES
     from recipes.default_model.build_corpus import is_benchmark_package
 
     assert all(is_benchmark_package(p.name) for p in PACKAGES)
