@@ -99,11 +99,11 @@ def _summarise(path: str, tree: ast.Module, files: set[str]) -> _Module:
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             mod.defined.update(t.id for t in targets if isinstance(t, ast.Name))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = _from_base(path, node.level, node.module)
+    for imp in ast.walk(tree):
+        if isinstance(imp, ast.ImportFrom):
+            base = _from_base(path, imp.level, imp.module)
             target = module_path(base, files) if base else None
-            for alias in node.names:
+            for alias in imp.names:
                 if alias.name == "*":
                     continue
                 local = alias.asname or alias.name
@@ -112,8 +112,8 @@ def _summarise(path: str, tree: ast.Module, files: set[str]) -> _Module:
                     mod.bindings[local] = ("module", sub, "")
                 elif target is not None:
                     mod.bindings[local] = ("name", target, alias.name)
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
+        elif isinstance(imp, ast.Import):
+            for alias in imp.names:
                 target = module_path(alias.name, files)
                 if target is not None and alias.asname:
                     mod.bindings[alias.asname] = ("module", target, "")
@@ -149,10 +149,10 @@ def _class_members(modules: dict[str, _Module], file: str, cls: ast.ClassDef, de
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             names.update(t.id for t in targets if isinstance(t, ast.Name))
-    for node in ast.walk(cls):
-        if (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
-                and isinstance(node.value, ast.Name) and node.value.id == "self"):
-            names.add(node.attr)
+    for sub in ast.walk(cls):
+        if (isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store)
+                and isinstance(sub.value, ast.Name) and sub.value.id == "self"):
+            names.add(sub.attr)
     if depth < 4:
         for base_file, base in _bases(modules, file, cls):
             names |= _class_members(modules, base_file, base, depth + 1)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine.evaluate.crossfile_cases import build_cases
 from engine.generate import common_prefix_length
 from engine.healing import TokenHealer
 from engine.tokenizer import Tokenizer
@@ -33,10 +34,11 @@ from lsp_server.context.gather import Gatherer, Request
 from lsp_server.context.prompt import build_prompt, in_memory_index
 
 SERVER_CPU_BUDGET = 2048  # lsp_server.settings.Settings.context_budget on CPU
-KINDS = ("cross", "line", "punct", "ident", "block", "linestart")
-# "linestart" (the cursor at column 0, the whole line with its indentation the middle: HumanEval's
-# single-line layout) is off by default; the default model's recipe asks for it.
-KIND_WEIGHTS = (0.35, 0.2, 0.2, 0.15, 0.1, 0.0)
+KINDS = ("cross", "line", "punct", "ident", "block", "linestart", "inherited")
+# Off by default; the default model's recipe asks for them: "linestart" (the cursor at column 0, the
+# whole line with its indentation the middle: HumanEval's single-line layout) and "inherited" (the
+# cursor after `self.` where the attribute comes from a base class defined in another file).
+KIND_WEIGHTS = (0.35, 0.2, 0.2, 0.15, 0.1, 0.0, 0.0)
 IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _FROM_IMPORT = re.compile(r"^\s*from\s+(\.*[\w.]*)\s+import\s+\(?([^)#\n]*)", re.M)
 _IMPORT_AS = re.compile(r"^\s*import\s+([\w.]+)(?:\s+as\s+(\w+))?", re.M)
@@ -203,12 +205,33 @@ class ServedExamples:
         names = (m.group(1) or m.group(2) for f in self.files for m in _DEFINED.finditer(f.text))
         self.defined = {n for n in names if len(n) >= 4}  # shorter ones are mostly `self`-like noise
         self._version = 0
+        self._inherited: dict[str, list[int]] | None = None
 
-    def example(self, f: SourceFile, budget: int) -> ServedExample | None:
+    def inherited_cursors(self) -> dict[str, list[int]]:
+        """Per file, offsets right after `self.` where the attribute is inherited from a base class
+        that another file of the package defines (the cross-file benchmark's `self_base` cases).
+        Parses every file of the package, once, on first use."""
+        if self._inherited is None:
+            self._inherited = {}
+            texts = {f.path: f.text for f in self.files}
+            for case in build_cases(texts):
+                if case.kind == "self_base":
+                    text = texts[case.path]
+                    line_start = sum(len(line) + 1 for line in text.split("\n")[: case.line])
+                    self._inherited.setdefault(case.path, []).append(line_start + case.column)
+        return self._inherited
+
+    def example(self, f: SourceFile, budget: int, kind: str | None = None) -> ServedExample | None:
+        """An example for a cursor in file f, of the given kind (drawn by kind_weights when None)."""
         r = self.rng
-        kind = r.choices(KINDS, self.kind_weights)[0]
-        names, modules = sibling_names(f.text, self.modules)
-        cur = pick_cursor(f.text, kind, cross_file_cursors(f.text, names, modules) if kind == "cross" else [], r)
+        kind = kind or r.choices(KINDS, self.kind_weights)[0]
+        if kind == "inherited":
+            offsets = self.inherited_cursors().get(f.path)
+            at = r.choice(offsets) if offsets else None
+            cur = None if at is None else Target(at, _line_end(f.text, at), kind)
+        else:
+            names, modules = sibling_names(f.text, self.modules)
+            cur = pick_cursor(f.text, kind, cross_file_cursors(f.text, names, modules) if kind == "cross" else [], r)
         if cur is None or cur.end <= cur.offset or cur.end - cur.offset > 600:
             return None
         middle = f.text[cur.offset : cur.end]

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 from engine.tokenizer import Tokenizer
 from engine.train.sources import SourceFile
-from lsp_server.adapt.examples import KIND_WEIGHTS, SERVER_CPU_BUDGET, ServedExample, ServedExamples
+from lsp_server.adapt.examples import KIND_WEIGHTS, KINDS, SERVER_CPU_BUDGET, ServedExample, ServedExamples
 
 
 def packages(files: Sequence[SourceFile], min_files: int = 3) -> dict[str, list[SourceFile]]:
@@ -33,7 +33,8 @@ def served_examples(tok: Tokenizer, files: Sequence[SourceFile], max_tokens: int
     and indexes the package once, so ask for about as many examples per cycle as will be used.
     The prompt budget is the server's CPU budget in full_budget_rate of the prompts, a budget drawn
     from `budgets` otherwise (short prompts put several middles in one window); spm_rate of the
-    prompts are in SPM order, the rest PSM; kind_weights: how often each kind of cursor (KINDS)."""
+    prompts are in SPM order, the rest PSM; kind_weights: how often each kind of cursor (KINDS). An
+    `inherited` cursor is looked for in the files that have one, the other kinds in any file."""
     rng = random.Random(seed)
     groups = packages(files)
     names = sorted(groups)
@@ -51,7 +52,10 @@ def served_examples(tok: Tokenizer, files: Sequence[SourceFile], max_tokens: int
             while made < want and tries < want * 6:
                 tries += 1
                 budget = SERVER_CPU_BUDGET if rng.random() < full_budget_rate else rng.randint(*budgets)
-                one = ex.example(rng.choice(groups[name]), min(budget, max_tokens - 160))
+                kind = rng.choices(KINDS, kind_weights)[0]
+                with_kind = ex.inherited_cursors() if kind == "inherited" else {}
+                files = [f for f in groups[name] if f.path in with_kind] if with_kind else groups[name]
+                one = ex.example(rng.choice(files), min(budget, max_tokens - 160), kind)
                 if one is not None and len(one.tokens) <= max_tokens:
                     made += 1
                     yield one

@@ -83,7 +83,7 @@ STAGES["served-psm"] = {**STAGES["served"], "served_spm_rate": 0.3}
 # behind the <MID> piece: windows of one long example hold one such lesson, these hold four or five.
 STAGES["served-short"] = {**STAGES["served"], "max_chars": 4_000_000, "recall_share": 0.35, "served_share": 0.6,
                           "served_spm_rate": 0.5, "served_budget": (256, 1024), "served_full_rate": 0.0,
-                          "served_kinds": (0.25, 0.15, 0.15, 0.1, 0.1, 0.25)}
+                          "served_kinds": (0.25, 0.15, 0.15, 0.1, 0.1, 0.25, 0.0)}
 SHARD_BYTES = 15 * 2**20
 
 

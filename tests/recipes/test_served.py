@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "recipes" / "defaul
 from served import served_examples  # noqa: E402
 
 from lsp_server.adapt.examples import (
+    KINDS,
     LossWeights,
     ServedExamples,
     cross_file_cursors,
@@ -138,7 +139,7 @@ def test_every_package_is_visited_not_only_the_first(tok):
 def test_line_start_cursors_ask_for_the_whole_line_with_its_indentation(tok):
     """The recipe's short stage puts the cursor at column 0, as HumanEval's single-line benchmark does:
     the middle is a whole line of the file, indentation included, and the prompt stops at a line end."""
-    only_line_starts = (0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    only_line_starts = tuple(1.0 if kind == "linestart" else 0.0 for kind in KINDS)
     files = [SourceFile("shapes-1.0", f.path, f.text) for f in FILES]
     gen = served_examples(tok, files, max_tokens=1024, seed=0, per_cycle=8, spm_rate=0.0,
                           budgets=(128, 256), full_budget_rate=0.0, kind_weights=only_line_starts)
@@ -150,3 +151,23 @@ def test_line_start_cursors_ask_for_the_whole_line_with_its_indentation(tok):
         mid = one.tokens.index(tok.middle_id)
         healed, _, middle = tok.decode_infill(one.tokens[mid + 1 : -1]).rpartition("\n")
         assert middle in lines  # after the prefix's held-back last token (`():\n`, `\n`), one whole line
+
+
+BASE = "class Shape:\n    def area(self):\n        return 0\n\n    def describe(self):\n        return 'a shape'\n"
+SQUARE = ("from .base import Shape\n\n\nclass Square(Shape):\n    def __init__(self, side):\n        self.side = side\n\n"
+          "    def report(self):\n        return self.describe() + str(self.side)\n")
+
+
+def test_inherited_cursors_sit_after_self_where_a_base_class_in_another_file_defines_the_name(tok):
+    """`self.describe()` in Square comes from Shape in base.py: a cursor after `self.`, the rest of the
+    line the middle, and the prompt quotes the base class; `self.side` (Square's own) is no such cursor."""
+    files = [SourceFile("shapes-1.0", "shapes/base.py", BASE), SourceFile("shapes-1.0", "shapes/square.py", SQUARE)]
+    ex = ServedExamples(tok, files, seed=0, spm_rate=1.0, context_rate=1.0)
+    at = SQUARE.index("describe()")
+    assert ex.inherited_cursors() == {"shapes/square.py": [at]}
+    one = ex.example(files[1], budget=1024, kind="inherited")
+    assert one is not None and one.kind == "inherited"
+    text = tok.decode(one.tokens[:-1])
+    assert text.endswith("return self.describe() + str(self.side)")  # SPM: the prompt, then the middle
+    assert "# Path: shapes/base.py" in text and "def describe(self):" in text
+    assert ex.example(files[0], budget=1024, kind="inherited") is None  # base.py inherits nothing
