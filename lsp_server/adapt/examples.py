@@ -63,10 +63,14 @@ class LossWeights:
     snippets: float = 1.0
     middle: float = 1.0
     names: float = 1.0  # a factor on the tokens that spell a name the workspace defines (`def`, `class`, `X =`)
+    # A factor on the middle's first tokens, where the model must find where the middle begins (in PSM,
+    # right after a prefix that ended before the suffix; with token healing, the prefix's held-back token).
+    boundary: float = 1.0
+    boundary_tokens: int = 4
 
     @property
     def plain(self) -> bool:
-        return self.snippets == 1.0 and self.middle == 1.0 and self.names == 1.0
+        return self.snippets == 1.0 and self.middle == 1.0 and self.names == 1.0 and self.boundary == 1.0
 
 
 @dataclass
@@ -253,7 +257,8 @@ class ServedExamples:
 
     def _weights(self, tokens: list[int], prefix: str, snippet_chars: int, spm: bool) -> np.ndarray:
         """The loss weight of each token of a laid-out example: the snippets' tokens (the prefix's
-        first `snippet_chars` characters), the middle's tokens and the closing EOT, 1.0 elsewhere."""
+        first `snippet_chars` characters), the middle's tokens and the closing EOT (its first ones
+        times `boundary`), 1.0 elsewhere."""
         tok = self.tok
         assert tok.middle_id is not None
         after_mid = tokens.index(tok.middle_id) + 1
@@ -267,6 +272,7 @@ class ServedExamples:
         weights = np.ones(len(tokens), dtype=np.float32)
         weights[snippets_at : snippets_at + snippet_tokens] = self.loss_weights.snippets
         weights[middle_at:] = self.loss_weights.middle
+        weights[middle_at : middle_at + self.loss_weights.boundary_tokens] *= self.loss_weights.boundary
         if self.loss_weights.names != 1.0:
             weights[self._defined_name_tokens(tokens)] *= self.loss_weights.names
         return weights

@@ -11,7 +11,14 @@ from collections.abc import Iterator, Sequence
 
 from engine.tokenizer import Tokenizer
 from engine.train.sources import SourceFile
-from lsp_server.adapt.examples import KIND_WEIGHTS, KINDS, SERVER_CPU_BUDGET, ServedExample, ServedExamples
+from lsp_server.adapt.examples import (
+    KIND_WEIGHTS,
+    KINDS,
+    SERVER_CPU_BUDGET,
+    LossWeights,
+    ServedExample,
+    ServedExamples,
+)
 
 
 def packages(files: Sequence[SourceFile], min_files: int = 3) -> dict[str, list[SourceFile]]:
@@ -26,7 +33,7 @@ def packages(files: Sequence[SourceFile], min_files: int = 3) -> dict[str, list[
 def served_examples(tok: Tokenizer, files: Sequence[SourceFile], max_tokens: int, seed: int,
                     per_cycle: int = 100, spm_rate: float = 0.7, budgets: tuple[int, int] = (384, SERVER_CPU_BUDGET),
                     full_budget_rate: float = 0.5, kind_weights: Sequence[float] = KIND_WEIGHTS,
-                    ) -> Iterator[ServedExample]:
+                    loss_weights: LossWeights | None = None) -> Iterator[ServedExample]:
     """Examples of at most max_tokens, without end. The packages are visited in a random order, again
     and again; a cycle over all of them gives about per_cycle examples, shared out by the square root
     of each package's file count (big packages, the stdlib, do not drown the rest). Each visit writes
@@ -34,7 +41,8 @@ def served_examples(tok: Tokenizer, files: Sequence[SourceFile], max_tokens: int
     The prompt budget is the server's CPU budget in full_budget_rate of the prompts, a budget drawn
     from `budgets` otherwise (short prompts put several middles in one window); spm_rate of the
     prompts are in SPM order, the rest PSM; kind_weights: how often each kind of cursor (KINDS). An
-    `inherited` cursor is looked for in the files that have one, the other kinds in any file."""
+    `inherited` cursor is looked for in the files that have one, the other kinds in any file;
+    loss_weights: how much each part of an example counts (examples.LossWeights; None: alike)."""
     rng = random.Random(seed)
     groups = packages(files)
     names = sorted(groups)
@@ -47,7 +55,7 @@ def served_examples(tok: Tokenizer, files: Sequence[SourceFile], max_tokens: int
             visit += 1
             want = max(1, round(per_cycle * weight[name] / total))
             ex = ServedExamples(tok, groups[name], seed=seed * 100_003 + visit, spm_rate=spm_rate,
-                                kind_weights=kind_weights)
+                                kind_weights=kind_weights, loss_weights=loss_weights or LossWeights())
             made = tries = 0
             while made < want and tries < want * 6:
                 tries += 1

@@ -84,6 +84,14 @@ STAGES["served-psm"] = {**STAGES["served"], "served_spm_rate": 0.3}
 STAGES["served-short"] = {**STAGES["served"], "max_chars": 4_000_000, "recall_share": 0.35, "served_share": 0.6,
                           "served_spm_rate": 0.5, "served_budget": (256, 1024), "served_full_rate": 0.0,
                           "served_kinds": (0.25, 0.15, 0.15, 0.1, 0.1, 0.25, 0.0)}
+# Then short and full-budget prompts together, more of them cross-file (`inherited`: `self.` members
+# that a base class in another file defines, which the cross-file benchmark asks for and the other
+# stages never showed), so the model uses the repository snippets where they hold the answer.
+# The first tokens of every served middle weigh served_boundary in the loss: after 665 steps of
+# served-short the model repeated the prefix's held-back token first in only 26 % of HumanEval's PSM
+# cases (9 % before), and PSM pass@1 had not moved (2 %).
+STAGES["served-mix"] = {**STAGES["served-short"], "served_budget": (256, 2048), "served_full_rate": 0.3,
+                        "served_kinds": (0.3, 0.1, 0.1, 0.1, 0.05, 0.15, 0.2), "served_boundary": 10.0}
 SHARD_BYTES = 15 * 2**20
 
 
@@ -113,7 +121,7 @@ def load_weights_from(model: Transformer, ckpt_dir: Path) -> None:
 
 
 PREVIOUS = {"lcft": "pretrain", "lcft-recall": "lcft", "served": "lcft-recall", "served-psm": "served",
-            "served-short": "served"}  # the stage each one starts from
+            "served-short": "served", "served-mix": "served-short"}  # the stage each one starts from
 
 
 def start_from(model: Transformer, previous: str, run: Path, shards: Path | None,
@@ -198,20 +206,26 @@ def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers:
         n_windows = int(stream.size // st["seq_len"] / (1 - share))
         stream, counts = mix_windows(stream, recall, st["seq_len"], n_windows, share, seed=passes)
         docs.update(counts)
+    weights = None
     if "served_share" in st:  # repository examples laid out by the server, beside the windows above
-        stream, counts = add_served_windows(stream, st, all_files, tok_path, seed=passes)
+        stream, weights, counts = add_served_windows(stream, st, all_files, tok_path, seed=passes)
         docs.update(counts)
     served_mix = f"{st.get('served_share')}:{st.get('served_spm_rate')}"
     if "served_budget" in st:  # (stages without these keep the hash they had)
         served_mix += f":{st['served_budget']}:{st['served_full_rate']}:{st['served_kinds']}"
+    if "served_boundary" in st:
+        served_mix += f":{st['served_boundary']}"
     h = hashlib.sha256(f"{stage}:{st['seq_len']}:{passes}:{len(groups)}:{st.get('recall_share')}:{served_mix}\n".encode())
     h.update(Path(tok_path).read_bytes())
     for f in files:
         h.update(f"{f.repo}\0{f.path}\0{len(f.text)}\n".encode())
     meta = {"data_hash": h.hexdigest()[:16], "n_tokens": int(stream.size), "dtype": str(stream.dtype),
             "files": len(files), "chars": sum(len(f.text) for f in files), "passes": passes, "docs": docs,
-            "seq_len": st["seq_len"], "seconds": round(time.time() - t, 1)}
+            "seq_len": st["seq_len"], "seconds": round(time.time() - t, 1), "loss_weights": weights is not None}
     out_dir.mkdir(parents=True, exist_ok=True)
+    if weights is not None:  # before the stream's metadata, which readers take as the sign that all is there
+        with atomic_file(out_dir / f"{stage}.weights.bin") as tmp:
+            weights.astype(np.float16).tofile(tmp)
     save_stream(stream, meta, bin_path, meta_path)
     print(f"{stage} stream: {meta}", flush=True)
     return load_stream(bin_path, meta)
@@ -233,10 +247,11 @@ def manifest_files(files: list[SourceFile], run_manifest: Path) -> list[SourceFi
 def add_served_windows(stream: np.ndarray, st: dict, files: list[SourceFile], tok_path: str, seed: int):
     """The stream with served-example windows appended (served_share of all windows; the sampler
     draws windows in a random order, so where they sit does not matter), drawn from `files`: the whole
-    corpus, not the stage's sample, so that each package keeps all its files."""
+    corpus, not the stage's sample, so that each package keeps all its files. Also the loss weight of
+    every token (None unless the stage weighs the middles' first tokens: served_boundary)."""
     from served import served_examples
 
-    from lsp_server.adapt.examples import KIND_WEIGHTS, SERVER_CPU_BUDGET, pack_windows
+    from lsp_server.adapt.examples import KIND_WEIGHTS, SERVER_CPU_BUDGET, LossWeights, pack_windows
 
     seq_len, share = st["seq_len"], st["served_share"]
     n_served = int(stream.size // seq_len * share / (1 - share))
@@ -245,9 +260,12 @@ def add_served_windows(stream: np.ndarray, st: dict, files: list[SourceFile], to
     examples = served_examples(Tokenizer(tok_path), files, seq_len, seed=seed, per_cycle=int(n_served * per_window),
                                spm_rate=st["served_spm_rate"], budgets=st.get("served_budget", (384, SERVER_CPU_BUDGET)),
                                full_budget_rate=st.get("served_full_rate", 0.5),
-                               kind_weights=st.get("served_kinds", KIND_WEIGHTS))
-    served, _, counts = pack_windows(examples, seq_len, n_served, stream, seed=seed)
-    return np.concatenate([stream[: stream.size // seq_len * seq_len], served]), counts
+                               kind_weights=st.get("served_kinds", KIND_WEIGHTS),
+                               loss_weights=LossWeights(boundary=st.get("served_boundary", 1.0)))
+    served, served_weights, counts = pack_windows(examples, seq_len, n_served, stream, seed=seed)
+    ordinary = stream[: stream.size // seq_len * seq_len]
+    weights = None if served_weights is None else np.concatenate([np.ones(ordinary.size, np.float32), served_weights])
+    return np.concatenate([ordinary, served]), weights, counts
 
 
 def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
@@ -269,13 +287,16 @@ def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
         fit_to_seconds=a.fit_minutes * 60,
         extra={"stage": stage, "data": meta, "model_args": args.to_dict()},
     )
-    sampler = WindowSampler(stream, cfg.seq_len, cfg.micro_batch, cfg.seed)
+    weights = None
+    if meta.get("loss_weights"):
+        weights = np.memmap(run / "streams" / f"{stage}.weights.bin", dtype=np.float16, mode="r", shape=stream.shape)
+    sampler = WindowSampler(stream, cfg.seq_len, cfg.micro_batch, cfg.seed, loss_weights=weights)
     limit = a.max_minutes or (a.fit_minutes * 1.05 if a.fit_minutes else None)
     train(model, sampler, cfg, run / stage, resume=a.resume, time_limit_s=limit * 60 if limit else None)
 
 
 def newest(run: Path, stage: str | None) -> tuple[str, Path]:
-    for name in (stage,) if stage else ("served-short", "served-psm", "served", "lcft-recall", "lcft", "pretrain"):
+    for name in (stage,) if stage else ("served-mix", "served-short", "served-psm", "served", "lcft-recall", "lcft", "pretrain"):
         ckpt = latest_checkpoint(run / name)
         if ckpt is not None:
             return name, ckpt

@@ -1,6 +1,7 @@
 """The default model's recipe, stage after stage, on a small corpus: pretraining from random weights, LCFT
 from its checkpoint, LCFT with recall documents from that one, training on the server's own prompts
-from that one (and its PSM-weighted variant), and the export the engine loads."""
+from that one (its PSM-weighted variant; short prompts, then short and full ones with weighted middles),
+and the export the engine loads."""
 
 from __future__ import annotations
 
@@ -55,9 +56,21 @@ def test_stages_chain_from_random_weights_to_an_exported_model(tmp_path, tiny_mo
     psm_meta = json.loads((run / "streams" / "served-psm.json").read_text())
     assert psm_meta["docs"]["served_psm"] > psm_meta["docs"]["served_spm"]
     assert meta["docs"]["served_spm"] > meta["docs"]["served_psm"]
+    # Short prompts, several to a window, some with the cursor at a line's start; then short and full
+    # ones with the middles' first tokens weighing more (a weights file beside the stream).
+    out = stage(run, "served-short", "--steps", "1", "--micro-batch", "1", *common)
+    assert "served/step-0000001" in out
+    short_meta = json.loads((run / "streams" / "served-short.json").read_text())
+    assert short_meta["docs"]["served_examples"] > 2 * short_meta["docs"]["served_windows"]
+    assert short_meta["docs"]["served_linestart"] > 0 and not short_meta["loss_weights"]
+    out = stage(run, "served-mix", "--steps", "1", "--micro-batch", "1", *common)
+    assert "served-short/step-0000001" in out
+    mix_meta = json.loads((run / "streams" / "served-mix.json").read_text())
+    assert mix_meta["loss_weights"]
+    assert (run / "streams" / "served-mix.weights.bin").stat().st_size == 2 * mix_meta["n_tokens"]  # float16
 
     stage(run, "export", "--out", str(tmp_path / "model"))
     state = json.loads((tmp_path / "model" / "training_state.json").read_text())
-    assert state["stage"] == "served-psm" and state["step"] == 1
+    assert state["stage"] == "served-mix" and state["step"] == 1
     args, layout = read_args(tmp_path / "model")  # (the tiny test tokenizer has fewer pieces than SHAPE)
     assert layout == "hf" and args.max_seq_len == 4096 and args.rope_theta == 1e6  # LCFT's context, not 2,048

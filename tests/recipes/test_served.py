@@ -171,3 +171,21 @@ def test_inherited_cursors_sit_after_self_where_a_base_class_in_another_file_def
     assert text.endswith("return self.describe() + str(self.side)")  # SPM: the prompt, then the middle
     assert "# Path: shapes/base.py" in text and "def describe(self):" in text
     assert ex.example(files[0], budget=1024, kind="inherited") is None  # base.py inherits nothing
+
+
+@pytest.mark.parametrize("spm", [True, False])
+def test_the_middles_first_tokens_weigh_boundary(tok, spm):
+    """Where the middle begins is what a PSM model gets wrong first: its first tokens (the prefix's
+    held-back token among them) weigh `boundary` times the middle's weight; the rest weighs 1.0."""
+    ex = ServedExamples(tok, FILES, seed=0, spm_rate=1.0 if spm else 0.0, context_rate=0.0,
+                        loss_weights=LossWeights(boundary=10.0, boundary_tokens=3))
+    found = [one for one in (ex.example(FILES[1], budget=1024) for _ in range(20)) if one is not None]
+    assert found
+    for one in found:
+        w = one.loss_weights
+        assert w is not None
+        heavy = np.flatnonzero(w == 10.0)
+        assert len(heavy) == min(3, len(one.tokens) - heavy[0]) and (np.diff(heavy) == 1).all()
+        assert (w[: heavy[0]] == 1.0).all() and (w[heavy[-1] + 1 :] == 1.0).all()
+        if not spm:  # PSM: the middle starts right after <MID>
+            assert one.tokens[heavy[0] - 1] == tok.middle_id
