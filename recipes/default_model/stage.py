@@ -92,7 +92,7 @@ STAGES["served-short"] = {**STAGES["served"], "max_chars": 4_000_000, "recall_sh
 # cases (9 % before), and PSM pass@1 had not moved (2 %).
 STAGES["served-mix"] = {**STAGES["served-short"], "served_budget": (256, 2048), "served_full_rate": 0.3,
                         "served_kinds": (0.3, 0.1, 0.1, 0.1, 0.05, 0.15, 0.2), "served_boundary": 10.0}
-# The served stage again from the shipped model, on new examples, a sixth of whose cursors are now
+# The served stage again from the shipped model, on new examples, a fifth of whose cursors are now
 # `inherited`: the one cross-file kind of the benchmark that no stage had shown.
 STAGES["served-more"] = {**STAGES["served"], "max_chars": 6_000_000,
                          "served_kinds": (0.3, 0.15, 0.15, 0.1, 0.1, 0.0, 0.2)}
@@ -299,11 +299,13 @@ def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
 
 
 def newest(run: Path, stage: str | None) -> tuple[str, Path]:
-    for name in (stage,) if stage else ("served-more", "served-mix", "served-short", "served-psm", "served", "lcft-recall", "lcft", "pretrain"):
-        ckpt = latest_checkpoint(run / name)
-        if ckpt is not None:
-            return name, ckpt
-    raise SystemExit(f"no checkpoint under {run}")
+    """A stage's newest checkpoint; without a stage, that of the stage trained last (a run may hold
+    several experimental stages that start from the same one)."""
+    found = [(name, ckpt) for name in ((stage,) if stage else STAGES)
+             if (ckpt := latest_checkpoint(run / name)) is not None]
+    if not found:
+        raise SystemExit(f"no checkpoint under {run}")
+    return max(found, key=lambda item: item[1].stat().st_mtime)
 
 
 def write_shards(run: Path, stage: str, out: Path) -> None:
