@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import re
 import shutil
 import subprocess
@@ -189,6 +190,33 @@ def print_table(outcomes: list[Outcome], packages: list[Package]) -> None:
         print(f"\np90 latency with context / without: {percentile(on, 0.9) / percentile(off, 0.9):.2f}x "
               f"(per package: " + ", ".join(
                   f"{p.name} {_p90_ratio([o for o in outcomes if o.package == p.name]):.2f}x" for p in packages) + ")")
+    print()
+    print_gains(outcomes)
+
+
+def paired_gain(outcomes: list[Outcome], metric: str, resamples: int = 2000,
+                seed: int = 0) -> tuple[float, float, float, int, int]:
+    """What context adds to a yes/no metric ("exact" or "identifier"), case by case: each case ran
+    with context and without, so the gain is the mean of per-case differences, in points, with a 95 %
+    bootstrap interval over the cases, and how many cases context turned right and wrong. On 160
+    cases one case is 0.6 points: the interval says whether a gain is more than the draw of cases."""
+    runs: dict[tuple[str, str, int], dict[bool, bool]] = {}
+    for o in outcomes:
+        runs.setdefault((o.package, o.path, o.line), {})[o.context] = getattr(o, metric)
+    diffs = [int(r[True]) - int(r[False]) for r in runs.values() if len(r) == 2]
+    if not diffs:
+        return float("nan"), float("nan"), float("nan"), 0, 0
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(diffs, k=len(diffs))) / len(diffs) for _ in range(resamples))
+    lo, hi = means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+    return 100 * sum(diffs) / len(diffs), 100 * lo, 100 * hi, diffs.count(1), diffs.count(-1)
+
+
+def print_gains(outcomes: list[Outcome]) -> None:
+    for metric, label in (("exact", "exact match"), ("identifier", "identifier match")):
+        gain, lo, hi, fixed, broke = paired_gain(outcomes, metric)
+        print(f"Context adds to {label}: {gain:+.1f} points (95 % bootstrap interval {lo:+.1f} to {hi:+.1f}; "
+              f"right only with context: {fixed} cases, only without: {broke})")
 
 
 def _p90_ratio(rows: list[Outcome]) -> float:
