@@ -16,6 +16,7 @@ Laid out as tokens the way the engine serves them, token healing included:
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections.abc import Iterator, Sequence
@@ -218,11 +219,14 @@ class ServedExamples:
         if self._inherited is None:
             self._inherited = {}
             texts = {f.path: f.text for f in self.files}
+            line_starts: dict[str, list[int]] = {}
             for case in build_cases(texts):
                 if case.kind == "self_base":
-                    text = texts[case.path]
-                    line_start = sum(len(line) + 1 for line in text.split("\n")[: case.line])
-                    self._inherited.setdefault(case.path, []).append(line_start + case.column)
+                    if case.path not in line_starts:  # a file's line offsets, once per file
+                        lines = texts[case.path].split("\n")
+                        line_starts[case.path] = [0, *itertools.accumulate(len(line) + 1 for line in lines)]
+                    offset = line_starts[case.path][case.line] + case.column
+                    self._inherited.setdefault(case.path, []).append(offset)
         return self._inherited
 
     def example(self, f: SourceFile, budget: int, kind: str | None = None) -> ServedExample | None:

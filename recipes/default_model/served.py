@@ -61,9 +61,10 @@ def served_examples(tok: Tokenizer, files: Sequence[SourceFile], max_tokens: int
                 tries += 1
                 budget = SERVER_CPU_BUDGET if rng.random() < full_budget_rate else rng.randint(*budgets)
                 kind = rng.choices(KINDS, kind_weights)[0]
-                with_kind = ex.inherited_cursors() if kind == "inherited" else {}
-                files = [f for f in groups[name] if f.path in with_kind] if with_kind else groups[name]
-                one = ex.example(rng.choice(files), min(budget, max_tokens - 160), kind)
+                pool = groups[name]
+                if kind == "inherited":
+                    pool = [f for f in pool if f.path in ex.inherited_cursors()] or pool
+                one = ex.example(rng.choice(pool), min(budget, max_tokens - 160), kind)
                 if one is not None and len(one.tokens) <= max_tokens:
                     made += 1
                     yield one

@@ -3,24 +3,14 @@ that says whether the gain is more than the draw of cases."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmarks.scripts import load_benchmark
 
 
 @pytest.fixture()
 def crossfile(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports lsp_session, as when run as a script
-    spec = importlib.util.spec_from_file_location("crossfile", BENCHMARKS / "crossfile.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "crossfile", module)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("crossfile", monkeypatch)  # it imports lsp_session
 
 
 def outcomes(crossfile, results: list[tuple[bool, bool]]):

@@ -6,24 +6,19 @@ same weights, and writes the markdown table a GPU session would commit.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.scripts import load_benchmark
+
 pytest.importorskip("transformers", reason="the benchmark compares against transformers")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_bench.py"
 
 
 @pytest.mark.parametrize("kv_cache", ["auto", "int8"])
 def test_gpu_bench_smoke_writes_the_table(kv_cache: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_bench", bench)  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("gpu_bench", monkeypatch)
     out = tmp_path / "gpu.md"
     text = bench.main(["--smoke", "--out", str(out), "--kv-cache-dtype", kv_cache])
     assert out.read_text() == text

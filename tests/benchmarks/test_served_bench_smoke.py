@@ -4,22 +4,15 @@ with cudaGraphs on and off and through the raw loop, times warm keystrokes, and 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmarks.scripts import load_benchmark
 
 
 def test_served_bench_smoke_writes_the_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports gpu_bench's helpers, as when run as a script
-    spec = importlib.util.spec_from_file_location("served_bench", BENCHMARKS / "served_bench.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "served_bench", bench)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("served_bench", monkeypatch)  # it imports gpu_bench's helpers
     out = tmp_path / "served.md"
     text = bench.main(["--smoke", "--out", str(out)])
     assert out.read_text() == text
