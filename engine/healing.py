@@ -12,6 +12,16 @@ from collections.abc import Sequence
 import torch
 
 
+def worth_healing(text: str) -> bool:
+    """Whether to hold back a prompt-ending token with this text. Not when it ends a line: the cursor
+    is then at a line's start, a boundary no piece of a code tokenizer crosses into indentation (Code
+    Llama's newline is a byte piece of its own), so healing could only let the model re-decide the
+    line break itself (`):\n` becoming `):\n\n`, a blank line). Measured on HumanEval single-line
+    infilling, whose cursors all sit at a line's start, healing there cost the default model a point
+    in SPM (11.5 against 12.5 %) and 0.4 in PSM."""
+    return bool(text) and not text.endswith("\n")
+
+
 class TokenHealer:
     """Finds the ids whose text is compatible with a given held-back string."""
 

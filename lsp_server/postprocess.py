@@ -340,13 +340,28 @@ def _process(raw: str, cur: Cursor, truncated: bool = False) -> tuple[Suggestion
     return Suggestion(out if out.strip() else "", replaces and bool(out.strip())), stopped
 
 
+def _closer_after(cur: Cursor) -> str:
+    """The character after the cursor that may close a bracket the cursor's line opened ('' for none):
+    the first one of the rest of the line, or of the next line with code when the rest is blank. A
+    closer that starts a line indented less than the cursor's closes what an earlier line opened (the
+    `if (` of a condition split over lines, whose `):` follows the cursor's `f(x, |`), not the
+    cursor's line's bracket."""
+    if cur.line_suffix.strip():
+        return cur.line_suffix.lstrip()[0]
+    for line in cur.next_lines.split("\n"):
+        if line.strip():
+            below = indentation(line) < indentation(cur.line_prefix)
+            return "" if below and line.lstrip()[0] in CLOSERS else line.lstrip()[0]
+    return ""
+
+
 class _LineWalk:
     """The output's lines, kept one by one until a rule ends the suggestion."""
 
     def __init__(self, cur: Cursor, lines: list[str], truncated: bool) -> None:
         self.cur, self.lines, self.truncated = cur, lines, truncated
         self.tail = cur.line_suffix.rstrip()
-        self.after_cursor = (cur.line_suffix + "\n" + cur.next_lines).lstrip()
+        self.next_closer = _closer_after(cur)
         self.block = _block_indent(cur)
         self.below = _Below.of(cur.next_lines)
         self.fresh_line = not cur.line_prefix.strip()  # the suggestion's first line is a whole line
@@ -414,7 +429,7 @@ class _LineWalk:
                 break  # past the end of a line cut where it loops
             # The output closes a bracket opened before the cursor. Fine when the text after the
             # cursor does not close it too; when it does, the suggestion must end there.
-            if self.after_cursor[:1] != line[at]:
+            if self.next_closer != line[at]:
                 continue
             rest_of_line = line[at:].rstrip()
             if i == 0 and self.tail and rest_of_line.startswith(self.tail) and rest_of_line != self.tail:

@@ -96,6 +96,14 @@ STAGES["served-mix"] = {**STAGES["served-short"], "served_budget": (256, 2048), 
 # `inherited`: the one cross-file kind of the benchmark that no stage had shown.
 STAGES["served-more"] = {**STAGES["served"], "max_chars": 6_000_000,
                          "served_kinds": (0.3, 0.15, 0.15, 0.1, 0.1, 0.0, 0.2)}
+# Very short served prompts (96-448 tokens), seven or eight to a window, three quarters of them PSM and
+# almost a third with the cursor at a line's start. After <MID> in PSM order the shipped model's next
+# token is close to its unigram distribution (it writes `# Path: ...`, the start of a served prompt):
+# the one token per example that teaches where a PSM middle begins was too rare in every stage so far
+# (served-short: 2,687 PSM examples in 1,000 steps; these windows hold about four times as many).
+STAGES["served-dense"] = {**STAGES["served"], "max_chars": 3_000_000, "recall_share": 0.3, "served_share": 0.7,
+                          "served_spm_rate": 0.25, "served_budget": (96, 448), "served_full_rate": 0.05,
+                          "served_kinds": (0.2, 0.15, 0.15, 0.1, 0.1, 0.3, 0.0), "served_per_window": 7.0}
 SHARD_BYTES = 15 * 2**20
 
 
@@ -125,7 +133,8 @@ def load_weights_from(model: Transformer, ckpt_dir: Path) -> None:
 
 
 PREVIOUS = {"lcft": "pretrain", "lcft-recall": "lcft", "served": "lcft-recall", "served-psm": "served",
-            "served-short": "served", "served-mix": "served-short", "served-more": "served"}  # the stage each one starts from
+            "served-short": "served", "served-mix": "served-short", "served-more": "served",
+            "served-dense": "served"}  # the stage each one starts from
 
 
 def start_from(model: Transformer, previous: str, run: Path, shards: Path | None,
@@ -215,7 +224,7 @@ def prepare(stage: str, run: Path, max_chars: int = 0, passes: int = 1, workers:
         stream, weights, counts = add_served_windows(stream, st, all_files, tok_path, seed=passes)
         docs.update(counts)
     served_mix = f"{st.get('served_share')}:{st.get('served_spm_rate')}"
-    for key in ("served_budget", "served_full_rate", "served_kinds", "served_boundary"):
+    for key in ("served_budget", "served_full_rate", "served_kinds", "served_boundary", "served_per_window"):
         if key in st:  # (stages without these keep the hash they had)
             served_mix += f":{st[key]}"
     h = hashlib.sha256(f"{stage}:{st['seq_len']}:{passes}:{len(groups)}:{st.get('recall_share')}:{served_mix}\n".encode())
@@ -259,7 +268,7 @@ def add_served_windows(stream: np.ndarray, st: dict, files: list[SourceFile], to
     seq_len, share = st["seq_len"], st["served_share"]
     n_served = int(stream.size // seq_len * share / (1 - share))
     # About 1.3 examples fill a window (a prompt at the full budget fills one alone); short ones, ~4.
-    per_window = 4.0 if "served_budget" in st else 1.4
+    per_window = st.get("served_per_window", 4.0 if "served_budget" in st else 1.4)
     examples = served_examples(Tokenizer(tok_path), files, seq_len, seed=seed, per_cycle=int(n_served * per_window),
                                spm_rate=st["served_spm_rate"], budgets=st.get("served_budget", (384, SERVER_CPU_BUDGET)),
                                full_budget_rate=st.get("served_full_rate", 0.5),

@@ -46,6 +46,16 @@ def test_token_healing_regenerates_the_held_back_token(backend):
     assert full.startswith(held) and healed.text == full[len(held):]
 
 
+@pytest.mark.parametrize("fim_format", ["spm", "psm"])
+def test_a_cursor_at_a_line_start_is_not_healed(backend, fim_format):
+    # Healing there would let the model re-decide the line break (a blank line before the suggestion).
+    req = CompletionRequest(prefix="def add(a, b):\n", suffix="\n", max_new_tokens=4, fim_format=fim_format)
+    prompt, held = backend.build_prompt(req)
+    assert held == ""
+    assert prompt == backend.build_prompt(CompletionRequest(prefix=req.prefix, suffix=req.suffix,
+                                                            fim_format=fim_format, token_healing=False))[0]
+
+
 def test_repeated_keystrokes_reuse_the_cache_and_match_cold(backend, tiny_model_dir):
     base = "import os\n\n\ndef walk(root):\n    for name in os.listdir(root):\n        "
     first = backend.complete(CompletionRequest(prefix=base, suffix="\n", max_new_tokens=6))

@@ -46,6 +46,19 @@ def test_closing_a_bracket_from_the_prefix_is_fine_when_the_suffix_does_not_clos
     assert s.text == "b)"
 
 
+def test_a_closer_on_a_less_indented_line_below_closes_an_earlier_line_s_bracket():
+    # The `):` below closes the `if (` two lines up; the suggestion's `)` closes the call on its own
+    # line, and dropping it would leave the user's code broken.
+    s = postprocess("version, node)", cur("            and _any_fstring_error(self._normalizer.", "",
+                                            "        ):\n            message = 1\n"))
+    assert s.text == "version, node)"
+
+
+def test_a_closer_on_the_next_line_at_the_cursor_line_s_indentation_is_the_suffix_s():
+    s = postprocess("a, b)", cur("    x = foo(", "", "    )\n"))
+    assert s.text == "a, b"
+
+
 def test_block_ends_by_indentation():
     raw = "\n    y = x * 2\n    return y\n\ndef other():\n    pass"
     s = postprocess(raw, cur("def double(x):"))
