@@ -1,7 +1,9 @@
-"""CPU latency of candidate shapes for the default model (random weights, bf16): a 1,024-token prefill
-and the mean of 12 decode steps, median of 4 runs, shapes interleaved so a noisy machine hits all alike.
+"""CPU latency of candidate shapes for the default model (random weights, bf16, or int8 weights with
+--quant int8): a 1,024-token prefill and the mean of 12 decode steps, median of 4 runs, shapes
+interleaved so a noisy machine hits all alike. "single line" is what a one-line suggestion after a
+1K-token prompt costs: the prefill and 12 decode steps (issue 15's limit: 300 ms at p50 on two cores).
 
-    python recipes/default_model/shape_latency.py [--threads 2]
+    python recipes/default_model/shape_latency.py [--threads 2] [--quant int8]
 """
 
 from __future__ import annotations
@@ -16,26 +18,30 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from stage import SHAPES  # noqa: E402  (every shape the recipe can train)
+
 from engine.cache import KVCache  # noqa: E402
 from engine.config import ModelArgs  # noqa: E402
 from engine.model import Transformer, init_weights  # noqa: E402
-
-SHAPES = {"256x6": (256, 6, 4), "320x8": (320, 8, 5), "384x6": (384, 6, 6), "384x8": (384, 8, 6)}
+from engine.quant import quantize_model, spec_for_mode  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=4)
+    ap.add_argument("--quant", choices=("none", "int8"), default="none")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    models = {}
-    for name, (dim, layers, heads) in SHAPES.items():
-        args = ModelArgs(dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=heads, vocab_size=8192,
-                         multiple_of=16, max_seq_len=4096)
-        model = Transformer(args)
+    models: dict[str, torch.nn.Module] = {}
+    spec = spec_for_mode(a.quant)
+    sizes: dict[str, int] = {}
+    for name, shape in SHAPES.items():
+        model = Transformer(ModelArgs(**shape, max_seq_len=4096))
         init_weights(model, seed=0)
-        models[name] = model.to(torch.bfloat16).eval()
+        sizes[name] = model.num_parameters()
+        bf16 = model.to(torch.bfloat16).eval()
+        models[name] = quantize_model(bf16, spec) if spec is not None else bf16
     prompt = torch.randint(7, 8192, (1, 1024))
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in models}
     with torch.inference_mode():
@@ -48,12 +54,13 @@ def main() -> None:
                 for i in range(12):
                     model(prompt[:, i : i + 1], 1024 + i, cache)
                 times[name].append((t1 - t0, (time.perf_counter() - t1) / 12))
-    print("| shape | parameters | bf16 MB | prefill 1K ms | decode ms/token |\n|---|---|---|---|---|")
-    for name, model in models.items():
-        n = model.num_parameters()
+    print(f"weights: {a.quant}, {a.threads} threads\n")
+    print("| shape | parameters | prefill 1K ms | decode ms/token | single line ms |\n|---|---|---|---|---|")
+    for name in models:
+        n = sizes[name]
         prefill = statistics.median(t[0] for t in times[name]) * 1e3
         decode = statistics.median(t[1] for t in times[name]) * 1e3
-        print(f"| {name} | {n / 1e6:.1f} M | {2 * n / 1e6:.1f} | {prefill:.0f} | {decode:.1f} |")
+        print(f"| {name} | {n / 1e6:.1f} M | {prefill:.0f} | {decode:.1f} | {prefill + 12 * decode:.0f} |")
 
 
 if __name__ == "__main__":

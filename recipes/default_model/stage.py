@@ -55,9 +55,17 @@ from engine.train.recall import RecallDocuments, mix_windows  # noqa: E402
 from engine.train.sources import SourceFile  # noqa: E402
 from engine.train.trainer import TrainConfig, latest_checkpoint, train  # noqa: E402
 
-# The shape (see models/default/MODEL_CARD.md for why): 15.2 M parameters, 30.4 MB in bf16.
-SHAPE = dict(dim=320, n_layers=8, n_heads=5, n_kv_heads=5, vocab_size=8192, multiple_of=16,
-             norm_eps=1e-5)
+# Model shapes the recipe trains (`--shape`; the exported config.json records it). 320x8 is the shipped
+# default model's (15.2 M parameters, 30.4 MB in bf16; models/default/MODEL_CARD.md says why); the larger ones are for a GPU run (issue 15: a larger default model within the CPU
+# latency limit, 300 ms at p50 for a one-line suggestion after a 1K-token prompt on two cores;
+# `shape_latency.py` measures them).
+SHAPES = {
+    name: dict(dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=heads, vocab_size=8192, multiple_of=16,
+               norm_eps=1e-5)
+    for name, (dim, layers, heads) in {"320x8": (320, 8, 5), "384x10": (384, 10, 6), "448x10": (448, 10, 7),
+                                        "512x10": (512, 10, 8), "512x12": (512, 12, 8), "640x12": (640, 12, 10)}.items()
+}
+DEFAULT_SHAPE = "320x8"
 STAGES = {
     "pretrain": dict(seq_len=1024, rope_theta=1e4, micro_batch=4, grad_accum=1, lr=2e-3, warmup=60,
                      max_chars=8_000_000),
@@ -115,16 +123,31 @@ def read_corpus(run: Path) -> list[SourceFile]:
     return manifest_files(files, run / "corpus" / "manifest.json")
 
 
-def stage_args(stage: str, serving: bool = False) -> ModelArgs:
+def stage_args(stage: str, serving: bool = False, shape: str = DEFAULT_SHAPE) -> ModelArgs:
     """The model's shape with a stage's rope base; its training window, or (serving) the context
     it is exported with."""
     st = STAGES[stage]
-    return ModelArgs(**SHAPE, rope_theta=st["rope_theta"],
+    return ModelArgs(**SHAPES[shape], rope_theta=st["rope_theta"],
                      max_seq_len=st.get("context", st["seq_len"]) if serving else st["seq_len"])
 
 
 def load_params(model: Transformer, params: dict[str, torch.Tensor]) -> None:
+    """Weights into `model`; weights of another shape stop the run with the first tensor that differs
+    (a stage started with one --shape from weights trained with another)."""
+    own = model.state_dict()
+    for name, tensor in params.items():
+        if name in own and own[name].shape != tensor.shape:
+            raise SystemExit(f"{name}: the weights are {tuple(tensor.shape)}, this model's is {tuple(own[name].shape)}: "
+                             "start the stage with the --shape the weights were trained with")
     model.load_state_dict({k: v.float() for k, v in params.items()}, strict=True)
+
+
+def shape_of(model_args: dict) -> str:
+    """The SHAPES name of a checkpoint's stored model arguments."""
+    for name, shape in SHAPES.items():
+        if all(model_args.get(k) == v for k, v in shape.items()):
+            return name
+    raise SystemExit(f"no shape in SHAPES has dim={model_args.get('dim')}, n_layers={model_args.get('n_layers')}")
 
 
 def load_weights_from(model: Transformer, ckpt_dir: Path) -> None:
@@ -284,7 +307,7 @@ def run_stage(stage: str, run: Path, a: argparse.Namespace) -> None:
     st = STAGES[stage]
     stream, meta = prepare(stage, run, a.max_chars, a.passes, a.workers)
     print(f"data {meta['data_hash']}: {meta['n_tokens']:,} tokens, docs {meta['docs']}", flush=True)
-    args = stage_args(stage)
+    args = stage_args(stage, shape=a.shape)
     model = Transformer(args)
     init_weights(model, std=0.02, seed=0)
     if stage != "pretrain":
@@ -366,11 +389,12 @@ def export(run: Path, out: Path, from_shards: Path | None) -> None:
     if from_shards is not None:
         params, meta = read_shards(from_shards)
         stage, step, source = meta["stage"], int(meta["step"]), str(from_shards)
+        stored = json.loads(meta["model_args"])
     else:
         stage, ckpt = newest(run, None)
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
-        params, step, source = state["params"], state["step"], str(ckpt)
-    model = Transformer(stage_args(stage, serving=True))
+        params, step, source, stored = state["params"], state["step"], str(ckpt), state["model_args"]
+    model = Transformer(stage_args(stage, serving=True, shape=shape_of(stored)))
     load_params(model, params)
     # A completion model: the language server offers no instruct code actions on it (lsp_server/capability.py).
     training_state = json.dumps({"stage": stage, "checkpoint": source, "step": step}, indent=1) + "\n"
@@ -384,6 +408,8 @@ def main() -> None:
     ap.add_argument("action", choices=["prepare", *STAGES, "shards", "export"])
     ap.add_argument("--run", type=Path, default=Path("/work/runs/default"))
     ap.add_argument("--stage", choices=list(STAGES), help="prepare/shards: which stage")
+    ap.add_argument("--shape", choices=list(SHAPES), default=DEFAULT_SHAPE,
+                    help=f"the model's shape, dim x layers (default {DEFAULT_SHAPE}: the shipped model's)")
     ap.add_argument("--steps", type=int, default=1000, help="optimiser steps (the most, with --fit-minutes)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--device", default="cpu")

@@ -29,14 +29,30 @@ def stage(run: Path, *args: str) -> str:
     return done.stdout
 
 
-def test_stages_chain_from_random_weights_to_an_exported_model(tmp_path, tiny_model_dir):
+def stage_fails(run: Path, *args: str) -> str:
+    cmd = [sys.executable, str(ROOT / "recipes/default_model/stage.py"), *args, "--run", str(run)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode != 0
+    return done.stdout + done.stderr
+
+
+def new_run(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    """A run directory with a small corpus (a few stdlib modules) and the tiny test tokenizer."""
     run = tmp_path / "run"
     (run / "corpus").mkdir(parents=True)
     with open(run / "corpus" / "train.jsonl", "w") as fh:
         for name in FILES:
             fh.write(json.dumps({"repo": "stdlib", "path": name, "text": (STDLIB / name).read_text()}) + "\n")
     (run / "tokenizer.model").write_bytes((tiny_model_dir / "tokenizer.model").read_bytes())
-    common = ("--threads", "1", "--workers", "1", "--log-every", "1")
+    return run
+
+
+COMMON = ("--threads", "1", "--workers", "1", "--log-every", "1")
+
+
+def test_stages_chain_from_random_weights_to_an_exported_model(tmp_path, tiny_model_dir):
+    run = new_run(tmp_path, tiny_model_dir)
+    common = COMMON
 
     stage(run, "pretrain", "--steps", "1", "--micro-batch", "1", *common)
     out = stage(run, "lcft", "--steps", "1", *common)
@@ -74,3 +90,16 @@ def test_stages_chain_from_random_weights_to_an_exported_model(tmp_path, tiny_mo
     assert state["stage"] == "served-mix" and state["step"] == 1
     args, layout = read_args(tmp_path / "model")  # (the tiny test tokenizer has fewer pieces than SHAPE)
     assert layout == "hf" and args.max_seq_len == 4096 and args.rope_theta == 1e6  # LCFT's context, not 2,048
+
+
+def test_a_larger_shape_trains_exports_and_is_not_mixed_with_another(tmp_path, tiny_model_dir):
+    """--shape: the larger default model a GPU run trains. The export records its shape; a stage
+    started with another shape from its weights stops, naming the tensor that differs."""
+    run = new_run(tmp_path, tiny_model_dir)
+    stage(run, "pretrain", "--steps", "1", "--micro-batch", "1", "--shape", "384x10", *COMMON)
+    message = stage_fails(run, "lcft", "--steps", "1", *COMMON)  # the default shape, 320x8
+    assert "the weights are" in message and "--shape" in message
+    stage(run, "lcft", "--steps", "1", "--shape", "384x10", *COMMON)
+    stage(run, "export", "--out", str(tmp_path / "model"))
+    args, _ = read_args(tmp_path / "model")
+    assert (args.dim, args.n_layers, args.n_heads) == (384, 10, 6) and args.rope_theta == 1e6
