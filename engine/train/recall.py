@@ -125,9 +125,17 @@ class RecallDocuments:
         self.planter = Planter(words, self.rng)
         self.spm_rate = spm_rate
 
-    def document(self, n: int) -> RecallDocument:
+    def document(self, n: int, tries: int = 20) -> RecallDocument:
         """Exactly n tokens (a few hundred at least): BOS, code with planted definitions, questions, EOS; or the SPM
-        layout of the same, whose middle is the last answer."""
+        layout of the same, whose middle is the last answer. A draw whose fixed parts leave no room for
+        code (an SPM suffix made of a corpus's rare very long lines) is drawn again."""
+        for _ in range(tries):
+            doc = self._draw(n)
+            if doc is not None:
+                return doc
+        raise ValueError(f"a recall document needs more than {n} tokens")
+
+    def _draw(self, n: int) -> RecallDocument | None:
         r, tok = self.rng, self.tok
         planted = [self.planter.plant() for _ in range(r.randint(2, 5))]
         questions = planted[:]
@@ -149,7 +157,7 @@ class RecallDocuments:
         fixed = len(head) + sum(map(len, qa)) + sum(map(len, defs)) + len(tail)
         budget = n - fixed
         if budget < 16:
-            raise ValueError(f"a recall document needs more than {n} tokens")
+            return None
         code: list[list[int]] = []
         start, total = r.randrange(len(self.filler.lines)), 0
         while total < budget:

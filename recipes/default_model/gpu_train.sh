@@ -7,10 +7,10 @@
 # file) and train.log (the run's output, then every stage's metrics as JSON lines).
 #   PRETRAIN_MINUTES=4 LCFT_MINUTES=1 bash recipes/default_model/gpu_train.sh
 # SHAPE (stage.py's SHAPES, default 320x8, the shipped model's) trains a larger model through every
-# stage. The served stage's examples take the language server's context builder about ten minutes
+# stage. The served stage's examples take the language server's context builder about four minutes
 # on one core: build them here first (`stage.py prepare --stage served --run $RUN`) and carry
-# $RUN/streams/served.{bin,json} as CARRY/streams/ (about 19 MB); the other streams are built there.
-#   SHAPE=384x10 PRETRAIN_MINUTES=5 LCFT_MINUTES=1.5 RECALL_MINUTES=1.5 SERVED_MINUTES=1.5 bash recipes/default_model/gpu_train.sh
+# $RUN/streams/served.{bin,json} as CARRY/streams/ (19 MB); the other streams are built there.
+#   SHAPE=384x10 PRETRAIN_MINUTES=4 LCFT_MINUTES=1 RECALL_MINUTES=1 SERVED_MINUTES=1 bash recipes/default_model/gpu_train.sh
 # Back here:  python recipes/default_model/stage.py export --from-shards OUT/lcft --out models/default
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -39,7 +39,7 @@ train() { stage "$@" --shape "$SHAPE" --device "$DEVICE" --loss-chunk 16384 --st
       --micro-batch "${LCFT_BATCH:-8}" --lr 3e-4 --warmup 10 --log-every 20 --fit-minutes "${LCFT_MINUTES:-1}" \
     && stage shards --stage lcft --out "$OUT" \
     && if [ -n "${RECALL_MINUTES:-}" ]; then
-      train lcft-recall --max-chars "${MAX_CHARS:--1}" --workers "$WORKERS" \
+      train lcft-recall --max-chars "${RECALL_CHARS:-0}" --workers "$WORKERS" \
         --micro-batch "${RECALL_BATCH:-16}" --log-every 20 --fit-minutes "$RECALL_MINUTES" \
         && stage shards --stage lcft-recall --out "$OUT" \
         && if [ -n "${SERVED_MINUTES:-}" ]; then

@@ -66,6 +66,15 @@ def test_too_short_a_document_is_an_error(tok, files):
         RecallDocuments(tok, files, seed=0).document(20)
 
 
+def test_a_corpus_with_very_long_lines_still_gives_documents_of_the_asked_length(tok, files):
+    """An SPM suffix drawn from a file of huge lines (data, minified code) can leave no room for code in
+    a short document: that draw is made again rather than failing the whole stream."""
+    huge = SourceFile("data", "table.py", "".join(f"ROW_{i} = {list(range(400))!r}\n" for i in range(40)))
+    docs = RecallDocuments(tok, [*files, huge], seed=3, spm_rate=1.0)
+    for n in (300, 400, 600) * 4:
+        assert len(docs.document(n).tokens) == n
+
+
 def test_mixed_windows_keep_real_slices_in_order_and_recall_documents_whole(tok, files):
     seq_len = 1536
     real = np.arange(10 * seq_len, dtype=np.uint16) % 5000 + 100  # recognisable "real" tokens
