@@ -56,9 +56,9 @@ from engine.train.sources import SourceFile  # noqa: E402
 from engine.train.trainer import TrainConfig, latest_checkpoint, train  # noqa: E402
 
 # Model shapes the recipe trains (`--shape`; the exported config.json records it). 320x8 is the shipped
-# default model's (15.2 M parameters, 30.4 MB in bf16; models/default/MODEL_CARD.md says why); the larger ones are for a GPU run (issue 15: a larger default model within the CPU
-# latency limit, 300 ms at p50 for a one-line suggestion after a 1K-token prompt on two cores;
-# `shape_latency.py` measures them).
+# default model's (15.2 M parameters, 30.4 MB in bf16; models/default/MODEL_CARD.md says why). The
+# larger ones are for a GPU run (issue 15: a larger default model within the CPU latency limit, 300 ms
+# at p50 for a one-line suggestion after a 1K-token prompt on two cores; `shape_latency.py` measures them).
 SHAPES = {
     name: dict(dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=heads, vocab_size=8192, multiple_of=16,
                norm_eps=1e-5)
