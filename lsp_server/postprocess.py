@@ -350,8 +350,8 @@ def _closer_after(cur: Cursor) -> str:
         return cur.line_suffix.lstrip()[0]
     for line in cur.next_lines.split("\n"):
         if line.strip():
-            below = indentation(line) < indentation(cur.line_prefix)
-            return "" if below and line.lstrip()[0] in CLOSERS else line.lstrip()[0]
+            first = line.lstrip()[0]
+            return "" if first in CLOSERS and indentation(line) < indentation(cur.line_prefix) else first
     return ""
 
 

@@ -34,7 +34,7 @@ from engine.checkpoints import CheckpointError, LoadedModel, load_model
 from engine.compiled_decode import ServedCompile
 from engine.decode_graphs import ServedGraphs
 from engine.generate import Sampling, common_prefix_length, generate, prefill
-from engine.healing import TokenHealer, worth_healing
+from engine.healing import TokenHealer
 from engine.instruct import follows_instructions
 from engine.lookup import Speculation
 from engine.name_choice import Constraint, NameChoices
@@ -314,7 +314,7 @@ class LocalBackend:
                 self.tok.suffix_id  # type: ignore[arg-type]
             ) - 1
             text = self.healer.heal_text(prompt[at])
-            if worth_healing(text) and len(self.healer.allowed(text)) > 0 and at > 2:
+            if text and at > 2:
                 healed = text
                 prompt = prompt[:at] + prompt[at + 1 :]
         return prompt, healed

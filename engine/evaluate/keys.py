@@ -22,7 +22,7 @@ import torch
 
 from engine.cache import KVCache
 from engine.generate import Sampling, generate
-from engine.healing import TokenHealer, worth_healing
+from engine.healing import TokenHealer
 from engine.model import Transformer
 from engine.tokenizer import Tokenizer
 from engine.train.data import path_header
@@ -114,7 +114,7 @@ def ask(
     constrain, healed = None, ""
     if healer is not None:
         text = healer.heal_text(prompt[-1])
-        if worth_healing(text) and len(healer.allowed(text)) > 0:
+        if text:
             healed, prompt = text, prompt[:-1]
             constrain = healer.constraint(healed)
     result = generate(model, cache, prompt, max_new_tokens + (1 if healed else 0), tok.stop_ids(),

@@ -26,7 +26,7 @@ import numpy as np
 
 from engine.evaluate.crossfile_cases import build_cases
 from engine.generate import common_prefix_length
-from engine.healing import TokenHealer, worth_healing
+from engine.healing import TokenHealer
 from engine.tokenizer import Tokenizer
 from engine.train.sources import SourceFile
 from lsp_server.context.budget import TokenCounter
@@ -306,7 +306,7 @@ class ServedExamples:
         if not ids:
             return None
         healed = self.healer.heal_text(ids[-1])
-        if not worth_healing(healed) or not prefix.endswith(healed) or len(self.healer.allowed(healed)) == 0:
+        if not healed or not prefix.endswith(healed):
             healed, kept = "", ids
         else:
             kept = ids[:-1]

@@ -150,7 +150,7 @@ def test_line_start_cursors_ask_for_the_whole_line_with_its_indentation(tok):
         assert one.prompt_tokens <= 256  # the short budget, not the server's full one
         mid = one.tokens.index(tok.middle_id)
         # One whole line, and nothing before it: at a line's start no prefix token is held back for
-        # healing (engine.healing.worth_healing), as the engine serves it.
+        # healing (engine.healing.TokenHealer.heal_text), as the engine serves it.
         assert tok.decode_infill(one.tokens[mid + 1 : -1]) in lines
 
 
