@@ -34,6 +34,11 @@ benchmarks/llama_cpp_compat.open_llama. --baseline DIR adds ours from another ch
 change) to the same rounds, through benchmarks/baseline_worker.py, and a before/after table.
 
     .venv/bin/python benchmarks/engine_bench.py --llama-cpp-quant q8_0 q4_0 --kv-cache-dtype int8
+
+Run it with OpenMP's default wait policy, as the language server runs: under OMP_WAIT_POLICY=PASSIVE
+(the test suite's setting, for a machine shared with other jobs) threads sleep between ops, and on this
+2-core machine that made our decode step 2.5x slower and llama.cpp's 7x (benchmarks/RESULTS.md,
+"The wait policy").
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402

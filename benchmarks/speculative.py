@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
