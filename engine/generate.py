@@ -161,6 +161,7 @@ def generate(
     constrain: Callable[[list[int]], torch.Tensor | None] | None = None,
     speculation: Speculation | None = None,
     step: DecodeFn | None = None,
+    first_token_bias: tuple[torch.Tensor, float] | None = None,
 ) -> GenerationResult:
     """Generate after `prompt`, reusing whatever prefix of it `cache` already holds.
 
@@ -175,6 +176,8 @@ def generate(
 
     `step` runs every one-token decode pass (default: `decode_step`, the model's forward); passes
     that verify a draft always run the model's forward.
+
+    `first_token_bias` (ids, amount) adds `amount` to those ids' logits for the first token only.
     """
     if step is None:
         step = functools.partial(decode_step, model)
@@ -215,6 +218,9 @@ def generate(
     ahead: list[torch.Tensor] = []  # ahead[i]: logits after draft[i]
     while len(generated) < max_new_tokens:
         allowed = constrain(generated) if constrain else None
+        if first_token_bias is not None and not generated:
+            ids, amount = first_token_bias
+            logits = logits.index_add(0, ids.to(logits.device), torch.full((len(ids),), amount, device=logits.device))
         token = sample(logits, sampling, generator, allowed)
         if not generated:
             result.first_token_ms = 1000 * (time.perf_counter() - t0)

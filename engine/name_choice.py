@@ -86,6 +86,24 @@ class NameChoices:
 
         return constrain
 
+    def leaning(self, healed: str, names: Collection[str]) -> torch.Tensor:
+        """First tokens that spell out `healed` and then begin one of `names` (or write a whole name
+        and something else: `Field(`): those the first token leans toward. Single characters count
+        too: leaving out ` L` while ` Node` leans turned the model's `Leaf(value)` into `Node...` where
+        both names were favored."""
+        out: set[int] = set()
+        for name in names:
+            for k in range(1, len(name) + 1):
+                out.update(self._by_text.get(healed + name[:k], ()))
+            whole = healed + name
+            at = bisect.bisect_right(self._sorted_texts, whole)
+            while at < len(self._sorted) and self._sorted_texts[at].startswith(whole):
+                text, i = self._sorted[at]
+                if not _is_name_char(text[len(whole)]):
+                    out.add(i)
+                at += 1
+        return torch.tensor(sorted(out), dtype=torch.long)
+
     def _healing(self, remainder: str, names: frozenset[str]) -> torch.Tensor:
         """Tokens that spell on the held-back text; those that reach past it must fit a name."""
         ids = self.healer.allowed(remainder)

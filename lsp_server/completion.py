@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 from engine.backends.base import Backend, BackendError, CompletionRequest, OutOfMemory
 from engine.sourcefiles import is_secret_path
@@ -205,14 +205,22 @@ def engine_failure(exc: Exception) -> str:
             "the next request tries again. Details are in the server log.")
 
 
-def known_name_choices(gatherer: Gatherer, req: Request, index: WorkspaceIndex | None,
-                       settings: Settings) -> tuple[str, ...] | None:
-    """The names the suggestion's first identifier must be one of at the cursor (the setting
-    `knownNames`; the workspace is read only with repository context on), or None."""
+class NameGuidance(TypedDict):
+    name_choices: tuple[str, ...] | None
+    favored_names: tuple[str, ...] | None
+
+
+def name_guidance(gatherer: Gatherer, req: Request, index: WorkspaceIndex | None,
+                  settings: Settings) -> NameGuidance:
+    """CompletionRequest's `name_choices` (the names the suggestion's first identifier must be one
+    of at the cursor; the workspace is read only with repository context on) and `favored_names`
+    (where no such rule applies, the names its first token leans toward), both by the setting
+    `knownNames`."""
     if not settings.known_names:
-        return None
+        return {"name_choices": None, "favored_names": None}
     known = gatherer.known_names(req, index if settings.repository_context else None)
-    return known.choices() if known is not None else None
+    choices = known.choices() if known is not None else None
+    return {"name_choices": choices, "favored_names": None if choices else gatherer.favored_names(req)}
 
 
 def cursor_info(doc: Document, cursor: int, line: int, multiline_mode: str) -> Cursor:
@@ -525,7 +533,7 @@ class CompletionService:
             prefix=redact_secrets(built.prefix), suffix=redact_secrets(built.suffix),
             fim_format=settings.fim_format, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
             stop=[] if multiline else ["\n"], speculative=settings.speculative_decoding,
-            name_choices=known_name_choices(self._gatherer, snap, self.get_index(), settings))
+            **name_guidance(self._gatherer, snap, self.get_index(), settings))
         return request, built
 
     def _run_then_trim(self, *args: Any) -> Suggestion | None:

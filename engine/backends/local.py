@@ -108,6 +108,11 @@ def resolve_kv_dtype(kv_cache_dtype: str | None, model_dtype: torch.dtype) -> to
 
 
 WARM_CHUNK = 256  # tokens per prefill step while warming
+# Added to the logits of the first pieces of CompletionRequest.favored_names. Enough to turn the
+# default model's `ValueError(` into the imported `ValidationError(` (cross-file benchmark, cursors before
+# an imported name: 22 -> 32 of 181 right with repository context; 1.0: 26, 3.0: 34), and at 300 other
+# expression starts in the same files it changed 3 suggestions and no exact match.
+FAVORED_NAME_BONUS = 2.0
 
 
 class CachePool:
@@ -325,10 +330,13 @@ class LocalBackend:
         prompt, healed = self.build_prompt(request)
         stop_ids = self.tok.stop_ids()
         constrain: Constraint | None = None
+        bias = None
         if request.name_choices:
             constrain = self.name_choices.constraint(healed, request.name_choices, stop_ids)
         elif healed:
             constrain = self.healer.constraint(healed)
+        if request.favored_names and not request.name_choices:
+            bias = (self.name_choices.leaning(healed, request.favored_names), FAVORED_NAME_BONUS)
 
         def text_of(ids: list[int]) -> str:
             text = self.tok.decode_infill(ids)
@@ -336,7 +344,7 @@ class LocalBackend:
 
         speculation = self.speculation if request.speculative else None
         with _out_of_memory_as_error():
-            return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation)
+            return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation, bias)
 
     def instruct(
         self, request: InstructRequest, should_stop: ShouldStop | None = None, on_text: OnText | None = None
@@ -366,7 +374,7 @@ class LocalBackend:
     def _run(self, prompt: list[int], request: CompletionRequest | InstructRequest, stop_ids: set[int],
              text_of: Callable[[list[int]], str], should_stop: ShouldStop | None, on_text: OnText | None,
              constrain: Callable[[list[int]], torch.Tensor | None] | None,
-             speculation: Speculation | None) -> Completion:
+             speculation: Speculation | None, bias: tuple[torch.Tensor, float] | None = None) -> Completion:
         limit = self.context_length
         max_new = max(0, min(request.max_new_tokens, limit - len(prompt)))
         if max_new == 0:
@@ -378,7 +386,7 @@ class LocalBackend:
             cache = self._acquire(prompt, len(prompt) + max_new)
             try:
                 result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, watch, constrain,
-                                  speculation, step=self._decode_step)
+                                  speculation, step=self._decode_step, first_token_bias=bias)
             finally:
                 self._release()
         reason: StopReason = result.stop_reason

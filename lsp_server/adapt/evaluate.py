@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from engine.backends.base import Backend, CompletionRequest
 from engine.evaluate.infill import edit_similarity
 from engine.train.sources import SourceFile
-from lsp_server.completion import cursor_info, known_name_choices
+from lsp_server.completion import cursor_info, name_guidance
 from lsp_server.context.budget import TokenCounter
 from lsp_server.context.gather import Gatherer, Request
 from lsp_server.context.prompt import build_prompt, in_memory_index
@@ -82,7 +82,7 @@ def _suggest(backend: Backend, case: LineCase, index, gatherer: Gatherer, count:
     request = CompletionRequest(prefix=built.prefix, suffix=built.suffix, fim_format=settings.fim_format,
                                 max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=["\n"],
                                 speculative=settings.speculative_decoding,
-                                name_choices=known_name_choices(gatherer, req, index, settings))
+                                **name_guidance(gatherer, req, index, settings))
     completion = backend.complete(request)
     doc = Document(f"file:///{case.path}", case.text)
     cur = cursor_info(doc, case.offset, case.text.count("\n", 0, case.offset), "never")

@@ -17,7 +17,7 @@ from .definitions import OutlineCache, Resolver, definition_snippets
 from .imports import PY_LANGS, outline, resolve_imports
 from .index import WorkspaceIndex
 from .members import KnownNames, known_names
-from .refs import Binding, buffer_imports
+from .refs import Binding, buffer_imports, own_package_names, starts_expression
 from .snippets import WINDOW_STRIDE, Snippet, windows
 
 EDIT_WINDOW = 30
@@ -139,6 +139,17 @@ class Gatherer:
         resolver, bindings = self._resolver(req, index, open_docs, import_lines, files)
         return known_names(req.path, req.text, req.cursor, resolver, bindings)
 
+    def favored_names(self, req: Request) -> tuple[str, ...] | None:
+        """At the start of an expression in Python, the names the buffer imports from its own
+        package (refs.own_package_names), which the suggestion's first token leans toward; else None."""
+        if not (req.language in PY_LANGS or req.path.endswith(".py")):
+            return None
+        line_prefix = req.text[req.text.rfind("\n", 0, req.cursor) + 1 : req.cursor]
+        if not starts_expression(line_prefix):
+            return None
+        names = own_package_names(req.path, self._bindings(req, self._import_lines(req)))
+        return tuple(names) or None
+
     def _import_lines(self, req: Request) -> str:
         """The buffer's import lines, found once per buffer text (snippets and known names both
         need them for the same keystroke)."""
@@ -154,15 +165,18 @@ class Gatherer:
         generation = index.generation if index is not None else 0
         if self._module_memo[0] != generation:
             self._module_memo = (generation, {})
-        if self._buffer_imports is None or self._buffer_imports[:2] != (req.path, import_lines):
-            self._buffer_imports = (req.path, import_lines, buffer_imports(req.text))
-
         def read(path: str) -> str | None:
             doc = open_docs.get(path)
             return doc.text if doc is not None else index.text(path) if index is not None else None
 
         resolver = Resolver(files, read, self._outlines, req.path, self._module_memo[1])
-        return resolver, self._buffer_imports[2]
+        return resolver, self._bindings(req, import_lines)
+
+    def _bindings(self, req: Request, import_lines: str) -> dict[str, Binding]:
+        """The buffer's import bindings, read again only when its import lines change."""
+        if self._buffer_imports is None or self._buffer_imports[:2] != (req.path, import_lines):
+            self._buffer_imports = (req.path, import_lines, buffer_imports(req.text))
+        return self._buffer_imports[2]
 
     def _import_snippets(self, req: Request, index: WorkspaceIndex | None, open_docs: dict[str, OpenDoc],
                          import_lines: str, files: set[str]) -> list[Snippet]:

@@ -47,6 +47,23 @@ def buffer_imports(text: str) -> dict[str, Binding]:
     return out
 
 
+def own_package_names(path: str, bindings: dict[str, Binding]) -> list[str]:
+    """The names the buffer imports from its own package: `from .x import A` anywhere, `from pkg.x
+    import A` where `pkg` is a folder of the file's path. Modules bound by `import` are left out: a
+    name after them follows a dot, where the known-names rule decides."""
+    folders = set(path.split("/")[:-1])
+    return sorted(local for local, (level, module, name) in bindings.items()
+                  if name is not None and (level > 0 or module.split(".")[0] in folders))
+
+
+def starts_expression(line_prefix: str) -> bool:
+    """Whether a name could start at the end of `line_prefix` (the line up to the cursor): not
+    inside one or after a dot, nor (as far as one line tells) in a comment or a string."""
+    if line_prefix and (line_prefix[-1].isalnum() or line_prefix[-1] in "_.'\""):
+        return False
+    return "#" not in line_prefix and line_prefix.count('"') % 2 == 0 and line_prefix.count("'") % 2 == 0
+
+
 @dataclass(frozen=True)
 class ClassAtCursor:
     name: str

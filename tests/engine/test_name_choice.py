@@ -73,3 +73,33 @@ def test_a_whole_name_typed_may_end_or_go_on_to_a_longer_one(backend):
     texts = healer.texts
     assert all(not texts[i] or not texts[i][0].isalnum() for i in allowed)  # never a new name's letters
     assert any(texts[i] == "_" or texts[i].startswith("_t") for i in allowed)
+
+
+# A file that imports ValidationError from its own package and has used it once: at `raise |` the
+# default model's own first choice is still the builtin.
+RAISES = (
+    "from .errors import ValidationError\n\n\n"
+    "def check_name(value):\n    if not value:\n        raise ValidationError(\"name is required\")\n    return value\n\n\n"
+    "def check_age(value):\n    if value < 0:\n        raise "
+)
+
+
+def test_the_leaning_pieces_spell_the_held_back_text_then_start_a_favored_name(backend):
+    texts = backend.healer.texts
+    leaning = {texts[i] for i in NameChoices(backend.healer).leaning(" ", ["ValidationError", "Leaf"]).tolist()}
+    assert {" Valid", " V", " L"} <= leaning  # single characters too: every favored name is reachable
+    assert " ValueError" not in leaning and "Valid" not in leaning  # another name; no held-back space
+    assert all(t.startswith(" ") and ("ValidationError".startswith(t[1:]) or "Leaf".startswith(t[1:]))
+               for t in leaning)
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_a_favored_name_wins_the_first_token_where_the_model_leaned_elsewhere(backend, speculative):
+    def complete(favored):
+        return backend.complete(CompletionRequest(prefix=RAISES, suffix="\n    return value\n", max_new_tokens=24,
+                                                  stop=["\n"], favored_names=favored, speculative=speculative)).text
+
+    assert complete(None).startswith("ValueError")
+    assert complete(("ValidationError",)).startswith("ValidationError(")
+    # Only the first token leans: a name the model does not want at all stays out.
+    assert not complete(("ZorbulatedThing",)).startswith("Zorbulated")

@@ -189,6 +189,26 @@ async def test_after_self_dot_the_suggestion_names_a_method_that_exists_in_the_b
             settings={"codellama": {"knownNames": True}}))
 
 
+async def test_at_an_expression_start_the_suggestion_leans_toward_a_name_the_file_imports_from_its_package(client, repo):
+    """`raise |` in a file that imports ValidationError from its own package: the suggestion raises
+    it (favored names), where with `knownNames` off the model writes the builtin ValueError."""
+    text = ("from .errors import ValidationError\n\n\n"
+            "def check_name(value):\n    if not value:\n        raise ValidationError(\"name is required\")\n"
+            "    return value\n\n\ndef check_age(value):\n    if value < 0:\n        raise ")
+    uri = lc.open_doc(client, repo / "ledger" / "checks.py", text)
+    line, end = text.count("\n"), len(text.splitlines()[-1])
+    item = await suggestion_at(client, uri, line, end)
+    assert item.insert_text.startswith("ValidationError("), item.insert_text
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+        settings={"codellama": {"knownNames": False}}))
+    try:
+        free = await lc.inline(client, uri, line, end)
+        assert free.items and not free.items[0].insert_text.startswith("Validation"), free.items
+    finally:
+        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
+            settings={"codellama": {"knownNames": True}}))
+
+
 async def test_a_name_imported_through_a_package_re_export_brings_its_value_from_the_defining_module(client, repo):
     """WHOLESALE_MARGIN is imported from the package `wholesale`, whose __init__ only re-exports it from
     wholesale/pricing.py: the retrieval follows the import there, and its value (0.35) comes back in

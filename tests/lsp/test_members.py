@@ -134,3 +134,62 @@ def test_the_gatherer_reads_the_workspace_only_with_repository_context():
     with_index = Gatherer().known_names(req, Index())  # type: ignore[arg-type]
     assert with_index is not None and "persist_to" in with_index.names
     assert Gatherer().known_names(req, None) is None  # the buffer alone: Model cannot be followed
+
+
+# ---- names favored at the start of an expression (refs.own_package_names, Gatherer.favored_names) ----
+
+IMPORTS = (
+    "import os\n"
+    "from typing import Any\n"
+    "from . import units\n"
+    "from .money import Price as Amount, TAX_RATE\n"
+    "from shop.storage.model import Model\n"
+    "from elsewhere.thing import Widget\n"
+    "import shop.lazy as lazy\n\n\n"
+)
+
+
+def test_own_package_names_are_what_the_file_imports_from_its_package_by_their_local_names():
+    from lsp_server.context.refs import own_package_names
+
+    names = own_package_names("shop/order.py", buffer_imports(IMPORTS))
+    # Relative imports and the file's own top-level package; not the standard library, another
+    # package, or modules bound by `import` (a name after them follows a dot).
+    assert names == ["Amount", "Model", "TAX_RATE", "units"]
+    assert own_package_names("order.py", buffer_imports(IMPORTS)) == ["Amount", "TAX_RATE", "units"]
+
+
+def test_a_name_may_start_after_a_space_a_bracket_or_an_operator_not_inside_a_word_a_comment_or_a_string():
+    from lsp_server.context.refs import starts_expression
+
+    for line in ("", "        raise ", "    x = ", "    f(a, ", "    return [", "    if not "):
+        assert starts_expression(line), line
+    for line in ("    self.", "    val", "    x = 1  # a ", '    print("a ', "    s = 'it ", "    n = 3"):
+        assert not starts_expression(line), line
+
+
+def test_the_gatherer_favors_own_package_names_at_an_expression_start_only():
+    text = IMPORTS + "def check(order):\n    if not order:\n        raise "
+    gatherer = Gatherer()
+    assert gatherer.favored_names(Request("shop/order.py", text, "python", len(text), 1)) == (
+        "Amount", "Model", "TAX_RATE", "units")
+    dotted = text + "order."
+    assert gatherer.favored_names(Request("shop/order.py", dotted, "python", len(dotted), 2)) is None
+    assert gatherer.favored_names(Request("shop/order.js", text, "javascript", len(text), 1)) is None
+    alone = "def check(order):\n    raise "
+    assert gatherer.favored_names(Request("shop/order.py", alone, "python", len(alone), 1)) is None
+
+
+def test_name_guidance_gives_choices_after_a_dot_favored_names_elsewhere_and_nothing_when_turned_off():
+    from lsp_server.completion import name_guidance
+    from lsp_server.settings import Settings
+
+    start = IMPORTS + "class Order(Model):\n    def save(self, store):\n        store.append("
+    dotted = start + "self."
+    on, off = Settings(), Settings(known_names=False)
+    assert name_guidance(Gatherer(), Request("shop/order.py", start, "python", len(start), 1), None, on) == {
+        "name_choices": None, "favored_names": ("Amount", "Model", "TAX_RATE", "units")}
+    guided = name_guidance(Gatherer(), Request("shop/order.py", dotted, "python", len(dotted), 1), None, on)
+    assert guided["favored_names"] is None
+    assert name_guidance(Gatherer(), Request("shop/order.py", start, "python", len(start), 1), None, off) == {
+        "name_choices": None, "favored_names": None}
