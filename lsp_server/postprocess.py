@@ -340,19 +340,21 @@ def _process(raw: str, cur: Cursor, truncated: bool = False) -> tuple[Suggestion
     return Suggestion(out if out.strip() else "", replaces and bool(out.strip())), stopped
 
 
-def _closer_after(cur: Cursor) -> str:
-    """The character after the cursor that may close a bracket the cursor's line opened ('' for none):
-    the first one of the rest of the line, or of the next line with code when the rest is blank. A
-    closer that starts a line indented less than the cursor's closes what an earlier line opened (the
-    `if (` of a condition split over lines, whose `):` follows the cursor's `f(x, |`), not the
-    cursor's line's bracket."""
+def _closers_after(cur: Cursor) -> tuple[str, str]:
+    """The characters after the cursor that may close a bracket open before it ('' for none): one for
+    the brackets the cursor's line opened, one for those an earlier line opened. The first is the first
+    character of the rest of the line, or of the next line with code when the rest is blank. A closer
+    that starts a line indented less than the cursor's is the second kind (the `):` of `if (` split
+    over lines after `f(x, |`; the `) from exc` under `raise ValueError(` after `msg or self.|`)."""
     if cur.line_suffix.strip():
-        return cur.line_suffix.lstrip()[0]
+        return cur.line_suffix.lstrip()[0], ""
     for line in cur.next_lines.split("\n"):
         if line.strip():
             first = line.lstrip()[0]
-            return "" if first in CLOSERS and indentation(line) < indentation(cur.line_prefix) else first
-    return ""
+            if first in CLOSERS and indentation(line) < indentation(cur.line_prefix):
+                return "", first
+            return first, ""
+    return "", ""
 
 
 class _LineWalk:
@@ -361,7 +363,7 @@ class _LineWalk:
     def __init__(self, cur: Cursor, lines: list[str], truncated: bool) -> None:
         self.cur, self.lines, self.truncated = cur, lines, truncated
         self.tail = cur.line_suffix.rstrip()
-        self.next_closer = _closer_after(cur)
+        self.next_closer, self.earlier_closer = _closers_after(cur)
         self.block = _block_indent(cur)
         self.below = _Below.of(cur.next_lines)
         self.fresh_line = not cur.line_prefix.strip()  # the suggestion's first line is a whole line
@@ -384,7 +386,7 @@ class _LineWalk:
             closes_outer = _outer_closers(line, states)  # closers of brackets opened before the cursor
             if self._ends_before(i, line, stripped, indent, closes_outer):
                 return True
-            if not self._keep(i, line, closes_outer):
+            if not self._keep(i, line, closes_outer, states):
                 return True
             if stripped:
                 self.scope = indent if self.scope is None else self.scope
@@ -419,7 +421,7 @@ class _LineWalk:
                 self.replaces = True
         return True
 
-    def _keep(self, i: int, line: str, closes_outer: list[int]) -> bool:
+    def _keep(self, i: int, line: str, closes_outer: list[int], states: list[_Open]) -> bool:
         """Keep line i, or the part of it before a rule cuts it; whether the walk goes on."""
         loop = _loop_end(line, self.line_open, open_end=self.truncated and i == len(self.lines) - 1)
         if loop is not None:
@@ -427,9 +429,10 @@ class _LineWalk:
         for at in closes_outer:
             if at >= len(line):
                 break  # past the end of a line cut where it loops
-            # The output closes a bracket opened before the cursor. Fine when the text after the
-            # cursor does not close it too; when it does, the suggestion must end there.
-            if self.next_closer != line[at]:
+            # The output closes a bracket opened before the cursor (on its line while any of that
+            # line's are open, else on an earlier line). Fine when the text after the cursor does not
+            # close it too; when it does, the suggestion must end there.
+            if line[at] != (self.next_closer if states[at].outer else self.earlier_closer):
                 continue
             rest_of_line = line[at:].rstrip()
             if i == 0 and self.tail and rest_of_line.startswith(self.tail) and rest_of_line != self.tail:

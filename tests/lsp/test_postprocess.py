@@ -54,6 +54,18 @@ def test_a_closer_on_a_less_indented_line_below_closes_an_earlier_line_s_bracket
     assert s.text == "version, node)"
 
 
+def test_a_suggestion_does_not_close_an_earlier_line_s_bracket_that_a_less_indented_line_below_closes():
+    # `raise ValueError(` two lines up is closed by the `) from exc` below: the model's second `)`
+    # would close it twice (wtforms, cross-file benchmark). One the cursor's line opened stays.
+    below = "            ) from exc\n"
+    s = postprocess('gettext("Not a valid integer value."))', cur("                msg or self.", "", below))
+    assert s.text == 'gettext("Not a valid integer value.")'
+    s = postprocess("b, c))", cur("                msg or self.f(a, ", "", below))
+    assert s.text == "b, c)"
+    s = postprocess("x)", cur("                msg or self.", "", "            ] from exc\n"))
+    assert s.text == "x)"  # another kind of bracket below: not what this closer closes
+
+
 def test_a_closer_on_the_next_line_at_the_cursor_line_s_indentation_is_the_suffix_s():
     s = postprocess("a, b)", cur("    x = foo(", "", "    )\n"))
     assert s.text == "a, b"
