@@ -93,15 +93,7 @@ class NameChoices:
         both names were favored."""
         out: set[int] = set()
         for name in names:
-            for k in range(1, len(name) + 1):
-                out.update(self._by_text.get(healed + name[:k], ()))
-            whole = healed + name
-            at = bisect.bisect_right(self._sorted_texts, whole)
-            while at < len(self._sorted) and self._sorted_texts[at].startswith(whole):
-                text, i = self._sorted[at]
-                if not _is_name_char(text[len(whole)]):
-                    out.add(i)
-                at += 1
+            self._add_pieces_toward(healed, name, out)
         return torch.tensor(sorted(out), dtype=torch.long)
 
     def _healing(self, remainder: str, names: frozenset[str]) -> torch.Tensor:
@@ -116,15 +108,19 @@ class NameChoices:
         name, or the whole rest followed by a non-name character (`name(` as one token)."""
         out: set[int] = set()
         for name in names:
-            if not name.startswith(typed) or name == typed:
-                continue
-            rest = name[len(typed) :]
-            for k in range(1, len(rest) + 1):
-                out.update(self._by_text.get(rest[:k], ()))
-            at = bisect.bisect_right(self._sorted_texts, rest)  # texts that extend `rest` sort right after it
-            while at < len(self._sorted) and self._sorted_texts[at].startswith(rest):
-                text, i = self._sorted[at]
-                if not _is_name_char(text[len(rest)]):
-                    out.add(i)
-                at += 1
+            if name.startswith(typed) and name != typed:
+                self._add_pieces_toward("", name[len(typed) :], out)
         return torch.tensor(sorted(out), dtype=torch.long)
+
+    def _add_pieces_toward(self, lead: str, rest: str, out: set[int]) -> None:
+        """Add to `out` the tokens that spell `lead` and then the start of `rest`, or `lead`, all of
+        `rest` and a non-name character."""
+        for k in range(1, len(rest) + 1):
+            out.update(self._by_text.get(lead + rest[:k], ()))
+        whole = lead + rest
+        at = bisect.bisect_right(self._sorted_texts, whole)  # texts that extend `whole` sort right after it
+        while at < len(self._sorted) and self._sorted_texts[at].startswith(whole):
+            text, i = self._sorted[at]
+            if not _is_name_char(text[len(whole)]):
+                out.add(i)
+            at += 1

@@ -8,6 +8,7 @@ files of the workspace), never as exact strings; the prompt the engine saw is re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -147,6 +148,16 @@ async def test_imported_file_is_in_the_prompt_under_its_path(client, repo):
     assert any(s["path"] == "geometry.py" and s["source"] in ("import", "definition") for s in prompt["snippets"])
 
 
+@contextlib.contextmanager
+def turned_off(client, setting: str):
+    """A boolean setting off for the block, on again after it (the tests share one server)."""
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings={"codellama": {setting: False}}))
+    try:
+        yield
+    finally:
+        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings={"codellama": {setting: True}}))
+
+
 async def test_repository_context_brings_a_value_from_another_file_into_the_suggestion(client, repo):
     """A fair test: GRID_SPACING's value, 4821, is defined in geometry.py only, and nothing the model could
     guess: with the repository context turned off it suggests something else (checked below). So when
@@ -158,15 +169,10 @@ async def test_repository_context_brings_a_value_from_another_file_into_the_sugg
     assert re.match(r"\s*4821\b", item.insert_text), item.insert_text
     prompt = await lc.last_prompt(client, uri)
     assert any(s["path"] == "geometry.py" and s["source"] in ("import", "definition") for s in prompt["snippets"])
-    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-        settings={"codellama": {"repositoryContext": False}}))
-    try:
+    with turned_off(client, "repositoryContext"):
         alone = await lc.inline(client, uri, 2, end)
         assert (await lc.last_prompt(client, uri))["snippets"] == []
         assert "4821" not in "".join(i.insert_text for i in alone.items)
-    finally:
-        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-            settings={"codellama": {"repositoryContext": True}}))
 
 
 async def test_after_self_dot_the_suggestion_names_a_method_that_exists_in_the_base_class(client, repo):
@@ -179,14 +185,9 @@ async def test_after_self_dot_the_suggestion_names_a_method_that_exists_in_the_b
     line, end = 5, len(text.splitlines()[-1])
     item = await suggestion_at(client, uri, line, end)
     assert item.insert_text.startswith("rbulate_entries"), item.insert_text
-    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-        settings={"codellama": {"knownNames": False}}))
-    try:
+    with turned_off(client, "knownNames"):
         free = await lc.inline(client, uri, line, end)
         assert not any(i.insert_text.startswith("rbulate_entries") for i in free.items), free.items
-    finally:
-        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-            settings={"codellama": {"knownNames": True}}))
 
 
 async def test_at_an_expression_start_the_suggestion_leans_toward_a_name_the_file_imports_from_its_package(client, repo):
@@ -199,14 +200,9 @@ async def test_at_an_expression_start_the_suggestion_leans_toward_a_name_the_fil
     line, end = text.count("\n"), len(text.splitlines()[-1])
     item = await suggestion_at(client, uri, line, end)
     assert item.insert_text.startswith("ValidationError("), item.insert_text
-    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-        settings={"codellama": {"knownNames": False}}))
-    try:
+    with turned_off(client, "knownNames"):
         free = await lc.inline(client, uri, line, end)
         assert free.items and not free.items[0].insert_text.startswith("Validation"), free.items
-    finally:
-        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-            settings={"codellama": {"knownNames": True}}))
 
 
 async def test_a_name_imported_through_a_package_re_export_brings_its_value_from_the_defining_module(client, repo):
@@ -222,14 +218,9 @@ async def test_a_name_imported_through_a_package_re_export_brings_its_value_from
     prompt = await lc.last_prompt(client, uri)
     assert any(s["path"] == "wholesale/pricing.py" and s["source"] == "definition" for s in prompt["snippets"])
     assert "# Path: wholesale/pricing.py\n# WHOLESALE_MARGIN = 0.35\n" in prompt["prefix"]
-    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-        settings={"codellama": {"repositoryContext": False}}))
-    try:
+    with turned_off(client, "repositoryContext"):
         alone = await lc.inline(client, uri, line, end)
         assert "0.35" not in "".join(i.insert_text for i in alone.items)
-    finally:
-        client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
-            settings={"codellama": {"repositoryContext": True}}))
 
 
 async def test_secret_ignored_vendored_and_binary_files_never_reach_the_prompt(client, repo):
