@@ -4,7 +4,8 @@
 The repository totals its items with a function whose name the model cannot know, `zorbulate_ledger`,
 called the same way in every module. The editor asks for a completion in a new module (open, not on
 disk: never trained on) that imports it, at the line where every module of the repository calls it;
-repository context is off, so no other file's use of it is in the prompt. The default model suggests
+repository context is off, so no other file's use of it is in the prompt, and so are known names, so
+its import does not steer the suggestion. The default model suggests
 `0` there. Then: the train command with a small budget, its progress, cancelling it from its progress
 and training again (it resumes from its checkpoint), a completion while it trains (from the current
 model), the report and "Use adapter", the adapter applied, and the same completion now calls
@@ -33,7 +34,9 @@ STEPS = 12  # with --quick's 24 held-out cursors: one to two minutes on two busy
 # A new module of the repository; the cursor is where every module of the repository calls NAME.
 FRESH = f"from shop.ledger import {NAME}\n\n\ndef report_99(items):\n    total = \n    return total\n"
 CURSOR = (4, len("    total = "))
-SETTINGS = {"repositoryContext": False, "maxNewTokens": 16}
+# Neither repository context nor favored names (knownNames): the import of NAME would steer the first
+# token to it before any training (lsp_server/context/refs.py own_package_names); here only the adapter may.
+SETTINGS = {"repositoryContext": False, "knownNames": False, "maxNewTokens": 16}
 VERBS = ("report", "check", "invoice", "refund", "audit", "summary", "export", "preview", "archive", "notify")
 
 
