@@ -577,6 +577,7 @@ class CompletionService:
             "uri": job.uri, "version": snap.version,
             "position": {"line": position[0], "character": position[1]},
             "fimFormat": settings.fim_format, "prefix": request.prefix, "suffix": request.suffix,
+            "nameChoices": request.name_choices, "favoredNames": request.favored_names,
             "snippets": [{"path": s.path, "source": s.source, "startLine": s.start_line,
                           "endLine": s.end_line, "score": round(s.score, 4)} for s in built.snippets],
             "budgetTokens": built.budget, "promptTokens": timings.prompt_tokens or built.tokens,

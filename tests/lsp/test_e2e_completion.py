@@ -185,6 +185,8 @@ async def test_after_self_dot_the_suggestion_names_a_method_that_exists_in_the_b
     line, end = 5, len(text.splitlines()[-1])
     item = await suggestion_at(client, uri, line, end)
     assert item.insert_text.startswith("rbulate_entries"), item.insert_text
+    prompt = await lc.last_prompt(client, uri)
+    assert "rbulate_entries" in prompt["nameChoices"] and prompt["favoredNames"] is None
     with turned_off(client, "knownNames"):
         free = await lc.inline(client, uri, line, end)
         assert not any(i.insert_text.startswith("rbulate_entries") for i in free.items), free.items
@@ -200,6 +202,7 @@ async def test_at_an_expression_start_the_suggestion_leans_toward_a_name_the_fil
     line, end = text.count("\n"), len(text.splitlines()[-1])
     item = await suggestion_at(client, uri, line, end)
     assert item.insert_text.startswith("ValidationError("), item.insert_text
+    assert (await lc.last_prompt(client, uri))["favoredNames"] == ["ValidationError"]
     with turned_off(client, "knownNames"):
         free = await lc.inline(client, uri, line, end)
         assert free.items and not free.items[0].insert_text.startswith("Validation"), free.items
