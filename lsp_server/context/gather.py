@@ -46,6 +46,10 @@ class Request:
     edits: list[tuple[str, int]] = field(default_factory=list)  # (path, line), most recent first
     isolated: bool = False  # a document outside the workspace: no other file's content may join it
 
+    @property
+    def is_python(self) -> bool:
+        return self.language in PY_LANGS or self.path.endswith(".py")
+
 
 def _windows_chars(key: tuple[str, str], entry: tuple[int, list[Snippet]]) -> int:
     return sum(len(s.text) for s in entry[1])
@@ -91,7 +95,7 @@ class Gatherer:
             # The import lines and the file list serve both the definitions and the imports.
             import_lines = self._import_lines(req)
             files = self._workspace_files(index, frozenset(texts))
-            if req.language in PY_LANGS or req.path.endswith(".py"):
+            if req.is_python:
                 out += self._definition_snippets(req, index, texts, import_lines, files)
             out += self._import_snippets(req, index, texts, import_lines, files)
         if len(req.text) <= MAX_LOCAL_CHARS:
@@ -129,7 +133,7 @@ class Gatherer:
     def known_names(self, req: Request, index: WorkspaceIndex | None) -> KnownNames | None:
         """The attribute names possible at the cursor (members.py), Python only; `index` None for
         the buffer alone (repository context off)."""
-        if not (req.language in PY_LANGS or req.path.endswith(".py")):
+        if not req.is_python:
             return None
         if req.isolated:
             index = None
@@ -142,7 +146,7 @@ class Gatherer:
     def favored_names(self, req: Request) -> tuple[str, ...] | None:
         """At the start of an expression in Python, the names the buffer imports from its own
         package (refs.own_package_names), which the suggestion's first token leans toward; else None."""
-        if not (req.language in PY_LANGS or req.path.endswith(".py")):
+        if not req.is_python:
             return None
         line_prefix = req.text[req.text.rfind("\n", 0, req.cursor) + 1 : req.cursor]
         if not starts_expression(line_prefix):

@@ -3,10 +3,12 @@ per kind of owner. The buffer never parses at the cursor (the line is unfinished
 
 from __future__ import annotations
 
+from lsp_server.completion import name_guidance
 from lsp_server.context.definitions import OutlineCache, Resolver
 from lsp_server.context.gather import Gatherer, Request
 from lsp_server.context.members import KnownNames, known_names
-from lsp_server.context.refs import buffer_imports
+from lsp_server.context.refs import buffer_imports, own_package_names, starts_expression
+from lsp_server.settings import Settings
 
 WORKSPACE = {
     "shop/__init__.py": "from .money import Price\nfrom .units import *\n",
@@ -150,8 +152,6 @@ IMPORTS = (
 
 
 def test_own_package_names_are_what_the_file_imports_from_its_package_by_their_local_names():
-    from lsp_server.context.refs import own_package_names
-
     names = own_package_names("shop/order.py", buffer_imports(IMPORTS))
     # Relative imports and the file's own top-level package; not the standard library, another
     # package, or modules bound by `import` (a name after them follows a dot).
@@ -160,8 +160,6 @@ def test_own_package_names_are_what_the_file_imports_from_its_package_by_their_l
 
 
 def test_a_name_may_start_after_a_space_a_bracket_or_an_operator_not_inside_a_word_a_comment_or_a_string():
-    from lsp_server.context.refs import starts_expression
-
     for line in ("", "        raise ", "    x = ", "    f(a, ", "    return [", "    if not "):
         assert starts_expression(line), line
     for line in ("    self.", "    val", "    x = 1  # a ", '    print("a ', "    s = 'it ", "    n = 3"):
@@ -181,9 +179,6 @@ def test_the_gatherer_favors_own_package_names_at_an_expression_start_only():
 
 
 def test_name_guidance_gives_choices_after_a_dot_favored_names_elsewhere_and_nothing_when_turned_off():
-    from lsp_server.completion import name_guidance
-    from lsp_server.settings import Settings
-
     start = IMPORTS + "class Order(Model):\n    def save(self, store):\n        store.append("
     dotted = start + "self."
     on, off = Settings(), Settings(known_names=False)
