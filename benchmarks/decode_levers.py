@@ -4,16 +4,19 @@ how many greedy completions each variant leaves unchanged.
 
     .venv/bin/python benchmarks/decode_levers.py --contexts 1024 4096 --quant int8 int4 none
 
-Variants (each against "shipped", the engine as it is):
+Variants (each against "shipped", the engine as it is: engine/cpu_step.py's step, and the KV cache
+dtype that kvCacheDtype "auto" picks, float32 for the default model on CPU):
+  forward pass   the step through Transformer.forward with a bfloat16 cache: what decoded before
+                 engine/cpu_step.py and float32 caches (the same bits)
+  bfloat16 KV    the KV cache stored as bfloat16 (kvCacheDtype "bfloat16"): the one-query attention
+                 converts the whole cache to float32 in every layer of every step (the same bits)
   unfused        q/k/v and gate/up as separate matmuls (engine/fused.py off): what fusing gained
-  float32 KV     the KV cache stored as float32: the one-query attention no longer converts the whole
-                 bf16 cache to float32 in every layer of every step (the same bits; twice the KV bytes)
   SDPA decode    one-query attention through PyTorch's fused bf16 SDPA kernel instead of float32
                  matrix-vector products (different rounding: greedy completions can change)
   1 thread       decode on one thread instead of --threads (no fork/join per op)
   compiled       the step compiled with torch.compile (engine/compiled_decode.py; its compile time is
                  printed, cold or from Inductor's on-disk cache as it happens)
-  compiled, float32 KV   both
+  compiled, bfloat16 KV  the compiled step over a bfloat16 cache
 No assertions: numbers.
 """
 
@@ -34,6 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from engine import default_model_dir  # noqa: E402
+from engine.backends.local import resolve_kv_dtype  # noqa: E402
 from engine.cache import KVCache  # noqa: E402
 from engine.checkpoints import LoadedModel, load_model  # noqa: E402
 from engine.compiled_decode import CompiledStep  # noqa: E402
@@ -91,13 +95,25 @@ def as_shipped(_: LoadedModel) -> Iterator[None]:
     yield
 
 
+@contextlib.contextmanager
+def forward_pass(loaded: LoadedModel) -> Iterator[DecodeFn]:
+    def step(cache: KVCache, token: int) -> torch.Tensor:
+        cache.ensure_capacity(cache.length + 1)
+        with torch.inference_mode():
+            logits = loaded.model(torch.tensor([[token]]), start_pos=cache.length, cache=cache)
+        cache.tokens.append(token)
+        return logits[0, -1].float()
+
+    yield step
+
+
 _compiled: dict[tuple[int, torch.dtype], CompiledStep] = {}  # per model and KV dtype, built once
 
 
 def compiled(kv_dtype: torch.dtype | None) -> Variant:
     @contextlib.contextmanager
     def run(loaded: LoadedModel) -> Iterator[DecodeFn]:
-        dtype = kv_dtype or next(loaded.model.parameters()).dtype
+        dtype = kv_dtype or auto_kv_dtype(loaded)
         key = (id(loaded.model), dtype)
         if key not in _compiled:
             step = CompiledStep(loaded.model, dtype)
@@ -108,16 +124,21 @@ def compiled(kv_dtype: torch.dtype | None) -> Variant:
     return run
 
 
-# name -> (context manager around the run, KV cache dtype: None = the model's)
+# name -> (context manager around the run, KV cache dtype: None = what kvCacheDtype "auto" picks)
 VARIANTS: dict[str, tuple[Variant, torch.dtype | None]] = {
     "shipped": (as_shipped, None),
+    "forward pass": (forward_pass, torch.bfloat16),
+    "bfloat16 KV": (as_shipped, torch.bfloat16),
     "unfused": (unfused, None),
-    "float32 KV": (as_shipped, torch.float32),
     "SDPA decode": (sdpa_decode, None),
     "1 thread": (one_thread, None),
     "compiled": (compiled(None), None),
-    "compiled, float32 KV": (compiled(torch.float32), torch.float32),
+    "compiled, bfloat16 KV": (compiled(torch.bfloat16), torch.bfloat16),
 }
+
+
+def auto_kv_dtype(loaded: LoadedModel) -> torch.dtype:
+    return resolve_kv_dtype("auto", next(loaded.model.parameters()).dtype, torch.device("cpu"), loaded.args)
 
 
 def step_ms(loaded: LoadedModel, cache: KVCache, ctx: int, step: DecodeFn | None) -> float:
@@ -153,22 +174,22 @@ def main() -> int:
     rows = []
     for mode in opts.quant:
         loaded = load_model(default_model_dir(), dtype=torch.bfloat16, quantization=spec_for_mode(mode))
-        model_dtype = next(loaded.model.parameters()).dtype
+        shipped_kv = auto_kv_dtype(loaded)
         for ctx in opts.contexts:
             prompt = code_tokens(loaded, ctx)
             caches = {}
             for name, (_, kv_dtype) in variants.items():
-                caches[name] = KVCache(loaded.args, ctx + STEPS, "cpu", kv_dtype or model_dtype)
+                caches[name] = KVCache(loaded.args, ctx + STEPS, "cpu", kv_dtype or shipped_kv)
                 prefill(loaded.model, caches[name], prompt)
             times: dict[str, list[float]] = {name: [] for name in variants}
             for _ in range(opts.rounds):
                 for name, (variant, _) in variants.items():
                     with variant(loaded) as step:
                         times[name].append(step_ms(loaded, caches[name], ctx, step))
-            shipped = completions(loaded, prompt, model_dtype)
+            shipped = completions(loaded, prompt, shipped_kv)
             for name, (variant, kv_dtype) in variants.items():
                 with variant(loaded) as step:
-                    same = sum(a == b for a, b in zip(completions(loaded, prompt, kv_dtype or model_dtype, step),
+                    same = sum(a == b for a, b in zip(completions(loaded, prompt, kv_dtype or shipped_kv, step),
                                                       shipped, strict=True))
                 ratio = statistics.median(s / v for s, v in zip(times["shipped"], times[name], strict=True))
                 rows.append((mode, ctx, name, statistics.median(times[name]), ratio, same))

@@ -3,7 +3,7 @@
 Public API (what the language server, the training module and the CLI use):
     load_local_backend(model_dir=None, device="auto", dtype=None, adapter=None,
                        kv_cache_dtype=None, cuda_graphs=True, compile_decode="off") -> LocalBackend
-        (kv_cache_dtype: "auto" | "bfloat16" | "int8"; compile_decode: "auto" | "off")
+        (kv_cache_dtype: "auto" | "bfloat16" | "float32" | "int8"; compile_decode: "auto" | "off")
     default_model_dir() -> Path
     Backend, CompletionRequest, InstructRequest, Completion, BackendError   (engine.backends.base)
     load_model, save_hf_checkpoint, save_meta_checkpoint, CheckpointError  (engine.checkpoints)

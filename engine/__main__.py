@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from engine.backends.base import KV_CACHE_DTYPES
+
 # Subcommands registered by the modules that implement them (each imported only to build the parser).
 SUBCOMMAND_MODULES = ("engine.train.cli", "engine.evaluate.cli", "engine.export")
 
@@ -30,8 +32,9 @@ def add_quant_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", choices=("none", "int8", "int4"), default="none",
                    help="quantize the weights as they load (int8: per channel; int4: group-wise)")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
-    p.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "bfloat16", "int8"),
-                   help="KV cache storage: the model's dtype (auto), bfloat16, or int8 (half of bf16's bytes)")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                   help="KV cache storage: auto (float32 for a small bfloat16 model on CPU, else the model's dtype), "
+                        "bfloat16, float32, or int8 (half of bf16's bytes)")
 
 
 def _read(path: str | None) -> str:

@@ -26,7 +26,7 @@ class Settings:
     device: str = "auto"
     dtype: str = "auto"
     quantization: str = "none"  # weight quantization of the local engine: "none", "int8", "int4"
-    kv_cache_dtype: str = "auto"  # the KV cache's storage: "auto" (the model's dtype), "bfloat16", "int8"
+    kv_cache_dtype: str = "auto"  # the KV cache's storage: "auto", "bfloat16", "float32", "int8"
     fim_format: FimFormat = "spm"
     max_context_tokens: int | None = None  # None: automatic
     max_new_tokens: int = 128

@@ -17,7 +17,7 @@ DTYPE_NAMES = {
     "float16": "float16", "fp16": "float16", "half": "float16",
     "float32": "float32", "fp32": "float32", "float": "float32",
 }
-KV_CACHE_DTYPES = ("auto", "bfloat16", "int8")  # "auto": as the model's dtype
+KV_CACHE_DTYPES = ("auto", "bfloat16", "float32", "int8")  # "auto": see engine/backends/local.py's resolve_kv_dtype
 # How the local engine runs one-token CPU decode steps: "auto" compiles them in the background
 # (engine/compiled_decode.py), "off" keeps them eager.
 COMPILE_DECODE_MODES = ("auto", "off")

@@ -32,6 +32,7 @@ from engine.backends.base import (
 from engine.cache import KVCache
 from engine.checkpoints import CheckpointError, LoadedModel, load_model
 from engine.compiled_decode import ServedCompile
+from engine.config import ModelArgs
 from engine.decode_graphs import ServedGraphs
 from engine.generate import Sampling, common_prefix_length, generate, prefill
 from engine.healing import TokenHealer
@@ -95,16 +96,34 @@ def resolve_quantization(mode: str | None, group_size: int, device: torch.device
 
 
 
-def resolve_kv_dtype(kv_cache_dtype: str | None, model_dtype: torch.dtype) -> torch.dtype:
-    """The KV cache's storage: "auto" (or None) is the model's dtype; "int8" stores K/V as int8 with a
-    scale per token and head (about half of bf16's bytes)."""
+# "auto" stores a bfloat16 model's keys and values as float32 on CPU when they take at most this many
+# bytes a token that way (the default model: 20 KiB; a 7B model: 1 MiB, which stays bfloat16). A CPU
+# decode step's attention works in float32 and converted the whole bfloat16 cache, in every layer, at
+# every step: the default model's step went from 3.8 to 2.9 ms at 1K tokens (int8 weights), 9.6 to
+# about 6 ms at 4K (benchmarks/RESULTS.md). The values stored are the same bfloat16 numbers, so every
+# logit is bit for bit what a bfloat16 cache gives; the pool's byte budget then holds half the positions.
+AUTO_FLOAT32_KV_BYTES = 64 * 2**10
+_KV_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
+              "fp32": torch.float32, "int8": torch.int8}
+
+
+def check_kv_dtype(kv_cache_dtype: str | None) -> None:
+    """Raise BackendError for a KV cache dtype that is not one of KV_CACHE_DTYPES (before any loading)."""
+    if kv_cache_dtype not in (None, "", "auto") and kv_cache_dtype not in _KV_DTYPES:
+        raise BackendError(f"unknown KV cache dtype {kv_cache_dtype!r} (use {', '.join(KV_CACHE_DTYPES)})")
+
+
+def resolve_kv_dtype(kv_cache_dtype: str | None, model_dtype: torch.dtype, device: torch.device | None = None,
+                     args: ModelArgs | None = None) -> torch.dtype:
+    """The KV cache's storage. "auto" (or None): float32 for a bfloat16 model on CPU whose float32 K/V
+    fit AUTO_FLOAT32_KV_BYTES a token, else the model's dtype; "int8" stores K/V as int8 with a scale
+    per token and head (about half of bf16's bytes)."""
+    check_kv_dtype(kv_cache_dtype)
     if kv_cache_dtype in (None, "", "auto"):
-        return model_dtype
-    if kv_cache_dtype == "int8":
-        return torch.int8
-    if kv_cache_dtype in ("bfloat16", "bf16"):
-        return torch.bfloat16
-    raise BackendError(f"unknown KV cache dtype {kv_cache_dtype!r} (use {', '.join(KV_CACHE_DTYPES)})")
+        small = args is not None and 2 * args.n_layers * args.kv_dim * 4 <= AUTO_FLOAT32_KV_BYTES
+        on_cpu = device is not None and device.type == "cpu"
+        return torch.float32 if model_dtype == torch.bfloat16 and on_cpu and small else model_dtype
+    return _KV_DTYPES[kv_cache_dtype]
 
 
 WARM_CHUNK = 256  # tokens per prefill step while warming
@@ -474,8 +493,8 @@ def load_local_backend(
     """Load a model directory (default: the embedded model) into a ready backend.
 
     `quantization` ("none", "int8", "int4") quantizes the weights as they load (engine/quant.py); a
-    checkpoint saved quantized loads quantized whatever it says. `kv_cache_dtype`: "auto" (the model's
-    dtype), "bfloat16" or "int8" (see resolve_kv_dtype). `cuda_graphs`: decode steps replay CUDA graphs
+    checkpoint saved quantized loads quantized whatever it says. `kv_cache_dtype`: "auto", "bfloat16",
+    "float32" or "int8" (see resolve_kv_dtype). `cuda_graphs`: decode steps replay CUDA graphs
     on a CUDA device (engine/decode_graphs.py); False decodes eagerly. `compile_decode`: "auto" compiles the
     CPU decode step in a background thread (engine/compiled_decode.py; tens of seconds of CPU, so worth it
     for a server, not a one-off completion), "off" decodes eagerly. Raises BackendError with a user-facing
@@ -485,7 +504,7 @@ def load_local_backend(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     spec = resolve_quantization(quantization, group_size, dev)
-    kv_dt = resolve_kv_dtype(kv_cache_dtype, dt)
+    check_kv_dtype(kv_cache_dtype)
     if compile_decode not in COMPILE_DECODE_MODES:
         raise BackendError(f"unknown compileDecode {compile_decode!r} (use {' or '.join(COMPILE_DECODE_MODES)})")
     try:
@@ -502,9 +521,11 @@ def load_local_backend(
         if is_out_of_memory(exc):
             raise OutOfMemory(f"{path}: out of {dev.type.upper()} memory while loading the model") from exc
         raise
-    # Speculation is verified bit for bit only with the model's own dtype in the cache and unquantized
-    # weights (an int8 cache or quantized weights batch the verification differently).
-    exact = kv_dt == dt and loaded.quantization is None
+    kv_dt = resolve_kv_dtype(kv_cache_dtype, dt, dev, loaded.args)
+    # Speculation is verified bit for bit only with the model's own values in the cache (its dtype, or a
+    # float32 cache holding its bfloat16 numbers) and unquantized weights (an int8 cache or quantized
+    # weights batch the verification differently).
+    exact = (kv_dt == dt or kv_dt == torch.float32) and loaded.quantization is None
     return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter, kv_dtype=kv_dt,
                         speculation=default_speculation(dev, dt) if exact else None, cuda_graphs=cuda_graphs,
                         compile_decode=compile_decode)

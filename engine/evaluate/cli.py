@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.backends.base import KV_CACHE_DTYPES
+
 TASKS = ("humaneval", "keys", "perplexity", "infill")
 
 
@@ -98,8 +100,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", nargs="+", choices=("none", "int8", "int4"), default=["none"],
                    help="weight quantization(s): each model is evaluated in each")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
-    p.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "bfloat16", "int8"),
-                   help="KV cache storage: the model's dtype (auto), bfloat16, or int8")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
+                   help="KV cache storage: auto (see engine/backends/local.py), bfloat16, float32, or int8")
     p.add_argument("--rope-theta", type=float, default=None, help="override the rotary base of every system")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
