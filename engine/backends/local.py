@@ -99,8 +99,8 @@ def resolve_quantization(mode: str | None, group_size: int, device: torch.device
 # "auto" stores a bfloat16 model's keys and values as float32 on CPU when they take at most this many
 # bytes a token that way (the default model: 20 KiB; a 7B model: 1 MiB, which stays bfloat16). A CPU
 # decode step's attention works in float32 and converted the whole bfloat16 cache, in every layer, at
-# every step: the default model's step went from 3.8 to 2.9 ms at 1K tokens (int8 weights), 9.6 to
-# about 6 ms at 4K (benchmarks/RESULTS.md). The values stored are the same bfloat16 numbers, so every
+# every step: the default model's step (int8 weights) went from 3.8 to 3.3 ms at 1K tokens of context,
+# 9.5 to 7.5 ms at 4K (benchmarks/decode_levers.py, "bfloat16 KV"). The values stored are the same bfloat16 numbers, so every
 # logit is bit for bit what a bfloat16 cache gives; the pool's byte budget then holds half the positions.
 AUTO_FLOAT32_KV_BYTES = 64 * 2**10
 _KV_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
