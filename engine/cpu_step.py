@@ -40,6 +40,8 @@ def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if type(layer) is nn.Linear:
         return F.linear(x, layer.weight, layer.bias)
     if type(layer) is QuantizedLinear and layer.lora is None:
+        if layer.spec.bits == 8:  # what quant_cpu.quantized_matmul runs for one row
+            return quant_cpu.int8_matmul(x, layer.qweight, layer.scales)
         return quant_cpu.quantized_matmul(layer, x)  # what kernels.quantized_matmul calls on CPU
     return layer(x)
 

@@ -39,6 +39,8 @@ def int4_supported(spec: QuantSpec) -> bool:
 
 
 def int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 2:  # rows already (a CPU decode step): no reshaping around the op
+        return torch.ops.aten._weight_int8pack_mm(x, qweight, scales.to(x.dtype))
     shape = x.shape
     y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), qweight, scales.to(x.dtype))
     return y.view(*shape[:-1], qweight.shape[0])
