@@ -118,7 +118,10 @@ _scratch = threading.local()
 
 def _weight_buffer(rows: int, cols: int, dtype: torch.dtype) -> torch.Tensor:
     buf: torch.Tensor | None = getattr(_scratch, "buf", None)
-    if buf is None or buf.dtype != dtype or buf.numel() < rows * cols:
+    # A buffer made under inference mode (a decode step's prefill) cannot be written outside it
+    # (training, or a test, running the same layers next): that needs a buffer of its own.
+    stale = buf is not None and buf.is_inference() and not torch.is_inference_mode_enabled()
+    if buf is None or stale or buf.dtype != dtype or buf.numel() < rows * cols:
         buf = _scratch.buf = torch.empty(rows * cols, dtype=dtype)
     return buf[: rows * cols].view(rows, cols)
 

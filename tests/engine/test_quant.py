@@ -76,6 +76,18 @@ def test_cpu_matmul_matches_the_dequantize_reference(rows: int, spec: QuantSpec,
     torch.testing.assert_close(got.float(), expect, **tol)
 
 
+@pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, 32)], ids=str)
+def test_prefill_matmul_runs_outside_inference_mode_after_a_run_inside_it(spec: QuantSpec) -> None:
+    """The dequantized weight's scratch buffer, first made during a served prefill (inference mode),
+    must not break the same layers run with autograd's tensors afterwards (training, adapters)."""
+    layer = QuantizedLinear.from_weight(randn(50, 192, seed=1), spec)
+    x = randn(40, 192).bfloat16()
+    with torch.inference_mode():
+        inside = layer(x)
+    outside = layer(x)
+    assert torch.equal(inside, outside)
+
+
 @pytest.mark.parametrize("out_f,in_f,group", [(50, 192, 32), (864, 320, 32), (64, 160, 128)])
 def test_cpu_int4_layout_reads_back_exactly(out_f: int, in_f: int, group: int) -> None:
     # The CPU kernel's layout (probed, not documented by PyTorch) must give back our tensors bit for
