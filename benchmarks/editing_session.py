@@ -53,6 +53,9 @@ def variants(budget: int) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
         "one-sequence": ({"kvCacheMb": one_sequence_mb}, {}),
         "no-speculative": ({"speculativeDecoding": False}, {}),
         "no-prefetch": ({"prefetchAfterAccept": False}, {}),
+        # Twice the bytes a position (half the positions in the pool's budget); decode steps read it
+        # without converting it to float32 (kvCacheDtype "auto" picks it for quantized small models).
+        "float32-kv": ({"kvCacheDtype": "float32"}, {}),
     }
 
 

@@ -33,7 +33,7 @@ def add_quant_options(p: argparse.ArgumentParser) -> None:
                    help="quantize the weights as they load (int8: per channel; int4: group-wise)")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size (default 32)")
     p.add_argument("--kv-cache-dtype", default="auto", choices=KV_CACHE_DTYPES,
-                   help="KV cache storage: auto (float32 for a small bfloat16 model on CPU, else the model's dtype), "
+                   help="KV cache storage: auto (float32 for a small quantized bfloat16 model on CPU, else the model's dtype), "
                         "bfloat16, float32, or int8 (half of bf16's bytes)")
 
 

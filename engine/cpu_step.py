@@ -53,14 +53,6 @@ def _projections(fused: object, parts: tuple[nn.Module, ...], x: torch.Tensor) -
     return [_project(p, x) for p in parts]
 
 
-def _one_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """reference._one_query_attention for q (Hk, group, D) over k/v (Hk, S, D), as three-dimensional
-    batched products: the four-dimensional ones it makes copy the transposed keys first."""
-    keys, values = k.float(), v.float()
-    scores = torch.bmm(q.float(), keys.transpose(1, 2)) * q.shape[-1] ** -0.5
-    return torch.bmm(scores.softmax(-1), values).to(q.dtype)
-
-
 @torch.inference_mode()
 def step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
     """engine.generate.decode_step's contract (see `applies` for when it holds)."""
@@ -83,8 +75,10 @@ def step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
         keys, values = cache.k[attn.layer_id][0], cache.v[attn.layer_id][0]  # (Hk, capacity, D)
         keys[:, pos] = k
         values[:, pos] = v.view(n_kv, head_dim)
-        out = _one_query_attention(q.view(n_kv, n_heads // n_kv, head_dim), keys[:, : pos + 1], values[:, : pos + 1])
-        h = h + _project(attn.wo, out.view(1, n_heads * head_dim))
+        # reference._one_query_attention, without its reshaping of a batch
+        out = reference.grouped_attention(q.view(n_kv, n_heads // n_kv, head_dim).float(),
+                                          keys[:, : pos + 1].float(), values[:, : pos + 1].float())
+        h = h + _project(attn.wo, out.view(1, n_heads * head_dim).type_as(h))
         x = reference.rms_norm(h, layer.ffn_norm.weight, layer.ffn_norm.eps)
         gate, up = _projections(ff.fused_gate_up, (ff.w1, ff.w3), x)
         h = h + _project(ff.w2, reference.silu_mul(gate, up))

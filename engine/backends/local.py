@@ -96,12 +96,15 @@ def resolve_quantization(mode: str | None, group_size: int, device: torch.device
 
 
 
-# "auto" stores a bfloat16 model's keys and values as float32 on CPU when they take at most this many
-# bytes a token that way (the default model: 20 KiB; a 7B model: 1 MiB, which stays bfloat16). A CPU
-# decode step's attention works in float32 and converted the whole bfloat16 cache, in every layer, at
-# every step: the default model's step (int8 weights) went from 3.8 to 3.3 ms at 1K tokens of context,
-# 9.5 to 7.5 ms at 4K (benchmarks/decode_levers.py, "bfloat16 KV"). The values stored are the same bfloat16 numbers, so every
-# logit is bit for bit what a bfloat16 cache gives; the pool's byte budget then holds half the positions.
+# "auto" stores the keys and values of a small model with quantized weights as float32 on CPU: at most
+# this many bytes a token that way (the default model: 20 KiB; a 7B model: 1 MiB, which stays
+# bfloat16). A CPU decode step's attention works in float32 and converted the whole bfloat16 cache, in
+# every layer, at every step: the default model's int8 step went from 3.8 to 3.3 ms at 1K tokens of
+# context, 9.5 to 7.5 ms at 4K (benchmarks/decode_levers.py, "bfloat16 KV"). The values stored are the
+# same bfloat16 numbers, so every logit is bit for bit what a bfloat16 cache gives; the pool's byte
+# budget holds half the positions. Not for unquantized weights: they decode with speculation on CPU,
+# whose verification passes read the cache once per drafted token either way, and a keystroke measured
+# the same (112 ms p50 both ways, benchmarks/RESULTS.md) for twice the memory.
 AUTO_FLOAT32_KV_BYTES = 64 * 2**10
 _KV_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
               "fp32": torch.float32, "int8": torch.int8}
@@ -114,15 +117,15 @@ def check_kv_dtype(kv_cache_dtype: str | None) -> None:
 
 
 def resolve_kv_dtype(kv_cache_dtype: str | None, model_dtype: torch.dtype, device: torch.device | None = None,
-                     args: ModelArgs | None = None) -> torch.dtype:
-    """The KV cache's storage. "auto" (or None): float32 for a bfloat16 model on CPU whose float32 K/V
-    fit AUTO_FLOAT32_KV_BYTES a token, else the model's dtype; "int8" stores K/V as int8 with a scale
-    per token and head (about half of bf16's bytes)."""
+                     args: ModelArgs | None = None, quantized: bool = False) -> torch.dtype:
+    """The KV cache's storage. "auto" (or None): float32 on CPU for a bfloat16 model with quantized
+    weights whose float32 K/V fit AUTO_FLOAT32_KV_BYTES a token, else the model's dtype; "int8" stores
+    K/V as int8 with a scale per token and head (about half of bf16's bytes)."""
     check_kv_dtype(kv_cache_dtype)
     if kv_cache_dtype in (None, "", "auto"):
         small = args is not None and 2 * args.n_layers * args.kv_dim * 4 <= AUTO_FLOAT32_KV_BYTES
         on_cpu = device is not None and device.type == "cpu"
-        return torch.float32 if model_dtype == torch.bfloat16 and on_cpu and small else model_dtype
+        return torch.float32 if model_dtype == torch.bfloat16 and on_cpu and small and quantized else model_dtype
     return _KV_DTYPES[kv_cache_dtype]
 
 
@@ -521,7 +524,7 @@ def load_local_backend(
         if is_out_of_memory(exc):
             raise OutOfMemory(f"{path}: out of {dev.type.upper()} memory while loading the model") from exc
         raise
-    kv_dt = resolve_kv_dtype(kv_cache_dtype, dt, dev, loaded.args)
+    kv_dt = resolve_kv_dtype(kv_cache_dtype, dt, dev, loaded.args, quantized=loaded.quantization is not None)
     # Speculation is verified bit for bit only with the model's own values in the cache (its dtype, or a
     # float32 cache holding its bfloat16 numbers) and unquantized weights (an int8 cache or quantized
     # weights batch the verification differently).

@@ -56,10 +56,10 @@ def attention(q: torch.Tensor, k: torch.Tensor | Int8KV, v: torch.Tensor | Int8K
         k, v = k.dequantize(q.dtype), v.dequantize(q.dtype)
     if q.shape[2] == 1 and mask is None and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
         return _one_query_attention(q, k, v)
-    if k.dtype != q.dtype:  # a bf16 cache under a float32/float16 model: SDPA needs one dtype
-        k, v = k.to(q.dtype), v.to(q.dtype)
     if mask is not None and q.shape[2] <= FEW_QUERIES and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
-        return _few_queries_attention(q, k, v, mask)
+        return _few_queries_attention(q, k, v, mask)  # in float32, whatever the cache stores
+    if k.dtype != q.dtype:  # a cache of another dtype than the model's (float32 under bf16): SDPA needs one
+        k, v = k.to(q.dtype), v.to(q.dtype)
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
 
@@ -87,9 +87,19 @@ def _one_query_float_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     bsz, n_heads, _, head_dim = q.shape
     n_kv = k.shape[1]
     qg = q.reshape(bsz, n_kv, n_heads // n_kv, head_dim).float()
+    if bsz == 1:  # three-dimensional products: the four-dimensional ones copied K and V (a slice of
+        # the cache's buffers) first, for every query of a verification pass (the same bits either way)
+        return grouped_attention(qg[0], k[0], v[0]).view(1, n_heads, 1, head_dim).to(q.dtype)
     scores = (qg @ k.transpose(-1, -2)) * head_dim**-0.5  # (B, Hk, group, S)
     out = scores.softmax(-1) @ v  # (B, Hk, group, D)
     return out.reshape(bsz, n_heads, 1, head_dim).to(q.dtype)
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Float32 q (Hk, group, D) over float32 k/v (Hk, S, D): (Hk, group, D), query heads grouped over
+    their key/value head."""
+    scores = torch.bmm(q, k.transpose(1, 2)) * q.shape[-1] ** -0.5
+    return torch.bmm(scores.softmax(-1), v)
 
 
 def _few_queries_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -99,16 +99,18 @@ def args_of(n_layers: int, dim: int, n_heads: int, n_kv_heads: int) -> ModelArgs
     return ModelArgs(dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, vocab_size=32016)
 
 
-def test_auto_kv_dtype_is_float32_for_small_bfloat16_models_on_cpu_only() -> None:
+def test_auto_kv_dtype_is_float32_for_small_quantized_bfloat16_models_on_cpu_only() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     default = args_of(8, 320, 5, 5)  # the default model: 20 KiB a token in float32
     seven_b = args_of(32, 4096, 32, 32)  # Code Llama 7B: 1 MiB a token in float32
     assert 2 * default.n_layers * default.kv_dim * 4 <= AUTO_FLOAT32_KV_BYTES < 2 * seven_b.n_layers * seven_b.kv_dim * 4
-    assert resolve_kv_dtype("auto", torch.bfloat16, cpu, default) == torch.float32
-    assert resolve_kv_dtype(None, torch.bfloat16, cpu, default) == torch.float32
-    assert resolve_kv_dtype("auto", torch.bfloat16, cpu, seven_b) == torch.bfloat16
-    assert resolve_kv_dtype("auto", torch.bfloat16, cuda, default) == torch.bfloat16
-    assert resolve_kv_dtype("auto", torch.float16, cuda, default) == torch.float16
+    assert resolve_kv_dtype("auto", torch.bfloat16, cpu, default, quantized=True) == torch.float32
+    assert resolve_kv_dtype(None, torch.bfloat16, cpu, default, quantized=True) == torch.float32
+    # Unquantized weights speculate, and their keystrokes measured the same with either cache.
+    assert resolve_kv_dtype("auto", torch.bfloat16, cpu, default) == torch.bfloat16
+    assert resolve_kv_dtype("auto", torch.bfloat16, cpu, seven_b, quantized=True) == torch.bfloat16
+    assert resolve_kv_dtype("auto", torch.bfloat16, cuda, default, quantized=True) == torch.bfloat16
+    assert resolve_kv_dtype("auto", torch.float16, cuda, default, quantized=True) == torch.float16
     assert resolve_kv_dtype("bfloat16", torch.bfloat16, cpu, default) == torch.bfloat16
     assert resolve_kv_dtype("float32", torch.bfloat16, cpu, seven_b) == torch.float32
     assert resolve_kv_dtype("int8", torch.bfloat16, cpu, default) == torch.int8
@@ -119,10 +121,13 @@ def test_auto_kv_dtype_is_float32_for_small_bfloat16_models_on_cpu_only() -> Non
 def test_backend_with_a_float32_cache_keeps_speculation_and_the_bfloat16_suggestion(tiny_model_dir: Path) -> None:
     prefix = "".join(f"def f{i}(x):\n    return x * {i}\n\n" for i in range(6)) + "def g(y):\n    return "
     req = CompletionRequest(prefix=prefix, suffix="\n", max_new_tokens=12, token_healing=False)
-    auto = load_local_backend(tiny_model_dir, device="cpu", dtype="bfloat16")
-    bf16 = load_local_backend(tiny_model_dir, device="cpu", dtype="bfloat16", kv_cache_dtype="bfloat16")
-    assert auto.kv_dtype == torch.float32 and "float32 KV cache" in auto.description
-    assert auto.speculation is not None and bf16.speculation is not None  # verification stays exact
-    assert auto.complete(req).tokens == bf16.complete(req).tokens
-    (cache,) = auto.pool.caches
+    fp32 = load_local_backend(tiny_model_dir, device="cpu", dtype="bfloat16", kv_cache_dtype="float32")
+    bf16 = load_local_backend(tiny_model_dir, device="cpu", dtype="bfloat16")
+    assert fp32.kv_dtype == torch.float32 and "float32 KV cache" in fp32.description
+    assert bf16.kv_dtype == torch.bfloat16  # auto: unquantized weights keep the model's dtype
+    assert fp32.speculation is not None and bf16.speculation is not None  # verification stays exact
+    assert fp32.complete(req).tokens == bf16.complete(req).tokens
+    (cache,) = fp32.pool.caches
     assert cache.k[0].dtype == torch.float32
+    int8 = load_local_backend(tiny_model_dir, device="cpu", dtype="bfloat16", quantization="int8")
+    assert int8.kv_dtype == torch.float32 and int8.speculation is None
