@@ -19,6 +19,7 @@ The pinned wheels are fetched with pip into .cache/crossfile/ on the first run (
 
     python benchmarks/crossfile.py                          # all packages, 120 cases each (about 7 minutes)
     python benchmarks/crossfile.py --packages marshmallow --cases 10 --json /tmp/cases.json
+    python benchmarks/crossfile.py --typed 2                # asked after the name's first 2 characters
 
 No thresholds: this script reports, it does not judge.
 """
@@ -89,9 +90,10 @@ def first_line(text: str) -> str:
     return text.split("\n", 1)[0].strip()
 
 
-def starts_with_name(suggestion: str, name: str) -> bool:
-    s = suggestion.lstrip()
-    return s.startswith(name) and not (len(s) > len(name) and (s[len(name)].isalnum() or s[len(name)] == "_"))
+def starts_with_name(suggestion: str, name: str, at_cursor: bool = False) -> bool:
+    """Whether the suggestion writes `name` whole (after blanks, unless it must start `at_cursor`)."""
+    s = suggestion if at_cursor else suggestion.lstrip()
+    return s.startswith(name) and not (len(s) > len(name) and _is_name_char(s[len(name)]))
 
 
 @dataclass
@@ -120,11 +122,17 @@ def snippets_part(prompt: dict[str, Any], path: str) -> str:
 
 def score(pkg: str, context: bool, case: Case, suggestion: str, latency_ms: float,
           prompt: dict[str, Any]) -> Outcome:
-    got, want = first_line(suggestion), case.target.strip()
+    got, want = first_line(suggestion), case.expected.strip()
+    if case.typed:  # the rest of a name starts right at the cursor: no blank to strip before it
+        got = suggestion.split("\n", 1)[0].rstrip()
     found = re.search(rf"\b{re.escape(case.name)}\b", snippets_part(prompt, case.path)) is not None
+    identifier = starts_with_name(suggestion, case.name[len(case.typed) :], at_cursor=bool(case.typed))
     return Outcome(pkg, context, case.kind, case.path, case.line, case.target, suggestion, got == want,
-                   starts_with_name(suggestion, case.name), edit_similarity(got, want), latency_ms,
-                   int(prompt.get("promptTokens") or 0), found)
+                   identifier, edit_similarity(got, want), latency_ms, int(prompt.get("promptTokens") or 0), found)
+
+
+def _is_name_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -235,10 +243,13 @@ async def main_async(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     print(f"# Cross-file completion: model {args.model or 'default'}, device {args.device}, maxNewTokens "
           f"{args.max_new_tokens}, {args.cases} cases per package (seed {args.seed}), "
+          f"{f'the first {args.typed} characters of each name typed, ' if args.typed else ''}"
           f"threads {args.threads or 'default'}\n")
     for pkg in packages:
         root = workspace(pkg)
         all_cases = build_cases(package_files(root))
+        if args.typed:
+            all_cases = [t for t in (c.typed_to(args.typed) for c in all_cases) if t is not None]
         cases = sample_cases(all_cases, args.cases, args.seed)
         kinds = {k: sum(c.kind == k for c in cases) for k in sorted({c.kind for c in cases})}
         print(f"- {pkg.name} {pkg.version} ({pkg.licence}): {len(all_cases)} cases found, {len(cases)} run {kinds}",
@@ -263,6 +274,9 @@ def main() -> None:
                         help="the server's maxNewTokens (default 48: a line; only the first line is scored)")
     parser.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the server (default: all cores; 1 on a "
                         "machine shared with other jobs, where two threads stall each other)")
+    parser.add_argument("--typed", type=int, default=0,
+                        help="the first N characters of each name already typed at the cursor (completion asked "
+                             "while typing it; names of N characters or fewer are left out); default 0")
     parser.add_argument("--json", help="write every case's outcome here")
     asyncio.run(main_async(parser.parse_args()))
 

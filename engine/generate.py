@@ -21,6 +21,7 @@ from engine.backends.base import StopReason
 from engine.cache import KVCache
 from engine.lookup import PromptLookup, Speculation
 from engine.model import Transformer
+from engine.name_choice import Lean
 
 PREFILL_CHUNK = 1024  # tokens per prefill step: bounds the activation and attention-mask memory
 
@@ -165,7 +166,7 @@ def generate(
     constrain: Callable[[list[int]], torch.Tensor | None] | None = None,
     speculation: Speculation | None = None,
     step: DecodeFn | None = None,
-    first_token_bias: tuple[torch.Tensor, float] | None = None,
+    lean: Lean | None = None,
 ) -> GenerationResult:
     """Generate after `prompt`, reusing whatever prefix of it `cache` already holds.
 
@@ -181,7 +182,8 @@ def generate(
     `step` runs every one-token decode pass (default: `decode_step`, the model's forward); passes
     that verify a draft always run the model's forward.
 
-    `first_token_bias` (ids, amount) adds `amount` to those ids' logits for the first token only.
+    `lean(generated)` may return (ids, amount): `amount` is added to those ids' logits for the next
+    token (the names a completion leans toward, engine/name_choice.py), or None for no bias.
     """
     if step is None:
         step = functools.partial(decode_step, model)
@@ -222,8 +224,9 @@ def generate(
     ahead: list[torch.Tensor] = []  # ahead[i]: logits after draft[i]
     while len(generated) < max_new_tokens:
         allowed = constrain(generated) if constrain else None
-        if first_token_bias is not None and not generated:
-            ids, amount = first_token_bias
+        bias = lean(generated) if lean else None
+        if bias is not None:
+            ids, amount = bias
             logits = logits.index_add(0, ids.to(logits.device), torch.full((len(ids),), amount, device=logits.device))
         token = sample(logits, sampling, generator, allowed)
         if not generated:

@@ -22,6 +22,8 @@ import torch
 from engine.healing import TokenHealer
 
 Constraint = Callable[[list[int]], torch.Tensor | None]
+# lean(generated) -> (ids, amount) to add to those ids' logits for the next token, or None.
+Lean = Callable[[list[int]], tuple[torch.Tensor, float] | None]
 
 
 def _is_name_char(ch: str) -> bool:
@@ -95,6 +97,32 @@ class NameChoices:
         for name in names:
             self._add_pieces_toward(healed, name, out)
         return torch.tensor(sorted(out), dtype=torch.long)
+
+    def lean(self, healed: str, names: Collection[str], amount: float) -> Lean:
+        """A `lean(generated)` callback for engine.generate: `amount` more for the tokens that carry
+        the text after the cursor on toward one of `names` (relative to the cursor), for as long as
+        the text written is on its way to one. A first piece that several names share (` Val` of
+        `ValidationError` and `ValueError`) does not settle which one is written: the pieces after it
+        lean too. Once the text leaves every name, or a whole name is written, nothing leans."""
+        names = frozenset(names)
+        done = [False]
+
+        def lean(generated: list[int]) -> tuple[torch.Tensor, float] | None:
+            if done[0]:
+                return None
+            produced = "".join(self.texts[t] for t in generated)
+            if len(produced) < len(healed):  # the held-back text is still being spelt out
+                ids = self.leaning(healed[len(produced) :], names) if healed.startswith(produced) else None
+            else:
+                typed = produced[len(healed) :]
+                on_the_way = leading_name(typed) == typed and any(n.startswith(typed) and n != typed for n in names)
+                ids = self._continuations(typed, names) if on_the_way and produced.startswith(healed) else None
+            if ids is None or not len(ids):
+                done[0] = True
+                return None
+            return ids, amount
+
+        return lean
 
     def _healing(self, remainder: str, names: frozenset[str]) -> torch.Tensor:
         """Tokens that spell on the held-back text; those that reach past it must fit a name."""

@@ -45,10 +45,11 @@ class CompletionRequest:
     # `self.na` with members name and nav: "me", "v"); None for no such rule. The local backend
     # keeps to them while decoding (engine/name_choice.py); a remote one cannot, and ignores them.
     name_choices: tuple[str, ...] | None = None
-    # Names the completion's first token leans toward when no rule above applies: at the start of an
-    # expression, the names the file imports from its own package (`raise |` in a file that imports
-    # ValidationError from .exceptions). The local backend raises their first pieces' logits by
-    # FAVORED_NAME_BONUS; a remote one ignores them.
+    # Names the completion leans toward when no rule above applies, relative to the cursor like
+    # name_choices: at the start of an expression, the names the file imports from its own package
+    # (`raise |` in a file that imports ValidationError from .exceptions: "ValidationError"; `raise
+    # Valid|`: "ationError"). The local backend raises the logits of the pieces that carry the text on
+    # toward one by FAVORED_NAME_BONUS (engine/name_choice.py, NameChoices.lean); a remote one ignores them.
     favored_names: tuple[str, ...] | None = None
 
 

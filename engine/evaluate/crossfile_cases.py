@@ -54,6 +54,23 @@ class Case:
     name: str  # the identifier the completion should start with
     target: str  # the removed rest of the line (trailing blanks stripped)
     text: str  # the file with that rest of the line removed
+    typed: str = ""  # the start of `name` already typed before the cursor (see `typed`)
+
+    def typed_to(self, n: int) -> Case | None:
+        """The same case with the first `n` characters of the name typed (as when completion is asked
+        while typing it): the cursor after them, the completion to write the rest of the line. None
+        when the name is not longer than `n`."""
+        if len(self.name) <= n:
+            return None
+        lines = self.text.split("\n")
+        lines[self.line] += self.name[:n]
+        return Case(self.path, self.kind, self.line, self.column + n, self.name, self.target, "\n".join(lines),
+                    self.name[:n])
+
+    @property
+    def expected(self) -> str:
+        """What the completion should write: the line's removed rest, less what was typed."""
+        return self.target[len(self.typed) :]
 
     @property
     def utf16_column(self) -> int:

@@ -25,6 +25,7 @@ MAX_LOCAL_CHARS = 500_000  # bigger current files get no `local` windows (too co
 MAX_OPEN_CHARS = 1_000_000
 MAX_WINDOW_CHARS = 16_000_000  # windows cached across keystrokes (each line is in two windows)
 _IMPORT_LINE = re.compile(r"^.*\b(?:import|require|from)\b.*$", re.M)
+_TRAILING_NAME = re.compile(r"[A-Za-z0-9_]*$")  # the part of a name typed before the cursor
 
 
 @dataclass
@@ -145,14 +146,21 @@ class Gatherer:
 
     def favored_names(self, req: Request) -> tuple[str, ...] | None:
         """At the start of an expression in Python, the names the buffer imports from its own
-        package (refs.own_package_names), which the suggestion's first token leans toward; else None."""
+        package (refs.own_package_names), which the suggestion's first token leans toward; inside a
+        name typed there, the rest of those that go on from what is typed (`raise Valid|`:
+        "ationError"), relative to the cursor as name choices are. None elsewhere, and where what is
+        typed is already one of the names (it may be complete)."""
         if not req.is_python:
             return None
         line_prefix = req.text[req.text.rfind("\n", 0, req.cursor) + 1 : req.cursor]
-        if not starts_expression(line_prefix):
+        typed = _TRAILING_NAME.search(line_prefix).group()  # type: ignore[union-attr]
+        if typed[:1].isdigit() or not starts_expression(line_prefix[: len(line_prefix) - len(typed)]):
             return None
         names = own_package_names(req.path, self._bindings(req, self._import_lines(req)))
-        return tuple(names) or None
+        if typed in names:
+            return None
+        rests = [name[len(typed) :] for name in names if name.startswith(typed)]
+        return tuple(rests) or None
 
     def _import_lines(self, req: Request) -> str:
         """The buffer's import lines, found once per buffer text (snippets and known names both

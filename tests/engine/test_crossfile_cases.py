@@ -71,3 +71,14 @@ def test_the_benchmark_packages_are_kept_out_of_training():
     assert all(is_benchmark_package(p.name) for p in PACKAGES)
     assert is_benchmark_package("python3-markdown") and is_benchmark_package("WTForms")  # Debian, PyPI spellings
     assert not is_benchmark_package("markdown-it-py")  # in the corpus, and a different project
+
+
+def test_a_case_typed_into_puts_the_cursor_after_the_typed_start_of_the_name():
+    """`crossfile.py --typed N`: completion asked while typing the name; what is expected is the rest."""
+    imported = next(c for c in build_cases(PACKAGE) if c.name == "Price" and c.path == "shop/cart.py")
+    typed = imported.typed_to(2)
+    assert typed is not None and (typed.typed, typed.column, typed.expected) == ("Pr", 18, "ice(cents).with_tax()")
+    assert typed.text.split("\n")[11] == "        total = Pr"
+    assert typed.text.replace("total = Pr\n", "total = Price(cents).with_tax()\n") == PACKAGE["shop/cart.py"]
+    assert imported.typed_to(5) is None  # nothing of the name left to complete
+    assert imported.expected == imported.target

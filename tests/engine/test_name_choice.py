@@ -101,5 +101,30 @@ def test_a_favored_name_wins_the_first_token_where_the_model_leaned_elsewhere(ba
 
     assert complete(None).startswith("ValueError")
     assert complete(("ValidationError",)).startswith("ValidationError(")
-    # Only the first token leans: a name the model does not want at all stays out.
+    # It only leans: a name the model does not want at all stays out.
     assert not complete(("ZorbulatedThing",)).startswith("Zorbulated")
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_inside_a_typed_name_the_rest_of_a_favored_one_wins(backend, speculative):
+    """`raise V|`: the model's own choice is `alueError`; the rest of the favored name, relative to the
+    cursor as the language server sends it, takes over (through token healing of the typed `V`)."""
+    def complete(favored):
+        return backend.complete(CompletionRequest(prefix=RAISES + "V", suffix="\n    return value\n", max_new_tokens=24,
+                                                  stop=["\n"], favored_names=favored, speculative=speculative)).text
+
+    assert complete(None).startswith("alueError")
+    assert complete(("alidationError",)).startswith("alidationError(")
+
+
+def test_the_lean_goes_on_past_a_shared_first_piece_and_stops_once_the_text_leaves_the_names(backend):
+    texts = backend.healer.texts
+    ids = {t: i for i, t in enumerate(texts) if t}
+    lean = NameChoices(backend.healer).lean(" Va", ["lidationError"], 2.0)
+    first, amount = lean([])
+    assert amount == 2.0 and ids[" Valid"] in first.tolist()  # the held-back " Va", then the name
+    after = lean([ids[" Valid"]])
+    assert after is not None and {texts[i] for i in after[0].tolist()} >= {"ation"}  # on toward the name
+    assert all("ationError".startswith(texts[i]) or texts[i].startswith("ationError") for i in after[0].tolist())
+    assert lean([ids[" Valid"], ids["ed"]]) is None  # `Valided`: no favored name goes on from it
+    assert lean([ids[" Valid"]]) is None  # and it stays done

@@ -207,6 +207,15 @@ async def test_at_an_expression_start_the_suggestion_leans_toward_a_name_the_fil
         free = await lc.inline(client, uri, line, end)
         assert free.items and not free.items[0].insert_text.startswith("Validation"), free.items
 
+    # While the name is being typed (`raise V|`) the rest of it is what leans, relative to the cursor.
+    lc.insert(client, uri, 2, line, end, "V")
+    item = await suggestion_at(client, uri, line, end + 1)
+    assert item.insert_text.startswith("alidationError("), item.insert_text
+    assert (await lc.last_prompt(client, uri))["favoredNames"] == ["alidationError"]
+    with turned_off(client, "knownNames"):
+        free = await lc.inline(client, uri, line, end + 1)
+        assert free.items and not free.items[0].insert_text.startswith("alidation"), free.items
+
 
 async def test_a_name_imported_through_a_package_re_export_brings_its_value_from_the_defining_module(client, repo):
     """WHOLESALE_MARGIN is imported from the package `wholesale`, whose __init__ only re-exports it from

@@ -178,6 +178,20 @@ def test_the_gatherer_favors_own_package_names_at_an_expression_start_only():
     assert gatherer.favored_names(Request("shop/order.py", alone, "python", len(alone), 1)) is None
 
 
+def test_inside_a_name_typed_at_an_expression_start_the_rest_of_the_names_it_begins_is_favored():
+    def favored(typed: str) -> tuple[str, ...] | None:
+        text = IMPORTS + "def check(order):\n    total = " + typed
+        return Gatherer().favored_names(Request("shop/order.py", text, "python", len(text), 1))
+
+    assert favored("T") == ("AX_RATE",)  # relative to the cursor, as name choices are
+    assert favored("A") == ("mount",)
+    assert favored("Amo") == ("unt",)
+    assert favored("Z") is None  # no name goes on from it
+    assert favored("Amount") is None  # a whole name: it may be complete
+    assert favored("order.T") is None  # after a dot the known-names rule decides
+    assert favored("3") is None
+
+
 def test_name_guidance_gives_choices_after_a_dot_favored_names_elsewhere_and_nothing_when_turned_off():
     start = IMPORTS + "class Order(Model):\n    def save(self, store):\n        store.append("
     dotted = start + "self."
