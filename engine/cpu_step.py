@@ -5,8 +5,8 @@ through `Transformer.forward` dispatched about 630 aten ops and a hundred module
 products and 16 attention products (4.2 ms at 1K tokens of context with int8 weights, where those
 products take 1.4 ms). This step runs the same kernels on the same values (the logits are bit for bit
 those of the forward pass: tests/engine/test_cpu_step.py) and skips the rest: module calls, the kernel
-dispatch, a rotary table built per layer, transposes of one-row tensors, and the checks that
-`FusedProjections.applies` repeats for every call (they are made once per step here).
+dispatch, a rotary table built per layer, reshaping of one-row tensors, and the dispatch of each
+quantized matmul.
 
 It reads the model's modules at every call and keeps no state of its own, so whatever changes the
 model (an adapter, a cast, unfused projections) changes what it computes, as it changes the forward.
@@ -23,6 +23,7 @@ from torch import nn
 
 from engine import kernels
 from engine.cache import KVCache
+from engine.fused import FusedProjections
 from engine.kernels import quant_cpu, reference
 from engine.model import Transformer
 from engine.quant import QuantizedLinear
@@ -46,10 +47,10 @@ def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return layer(x)
 
 
-def _projections(fused: object, parts: tuple[nn.Module, ...], x: torch.Tensor) -> list[torch.Tensor]:
+def _projections(fused: FusedProjections | None, parts: tuple[nn.Module, ...], x: torch.Tensor) -> list[torch.Tensor]:
     """The outputs of `parts` for x: one stacked matmul where the fused form still applies."""
-    if fused is not None and fused.applies(x, parts):  # type: ignore[attr-defined]
-        return fused(x)  # type: ignore[operator]
+    if fused is not None and fused.applies(x, parts):
+        return fused(x)
     return [_project(p, x) for p in parts]
 
 

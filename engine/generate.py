@@ -179,8 +179,8 @@ def generate(
     (for sampling too: one draw per token from the same generator), only fewer passes run. The
     cache forgets the positions of drafts the chosen tokens did not follow.
 
-    `step` runs every one-token decode pass (default: `decode_step`, the model's forward); passes
-    that verify a draft always run the model's forward.
+    `step` runs every one-token decode pass (default: `decode_step`); passes that verify a draft
+    always run the model's forward.
 
     `lean(generated)` may return (ids, amount): `amount` is added to those ids' logits for the next
     token (the names a completion leans toward, engine/name_choice.py), or None for no bias.
