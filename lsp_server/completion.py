@@ -214,7 +214,7 @@ def name_guidance(gatherer: Gatherer, req: Request, index: WorkspaceIndex | None
                   settings: Settings) -> NameGuidance:
     """CompletionRequest's `name_choices` (the names the suggestion's first identifier must be one
     of at the cursor; the workspace is read only with repository context on) and `favored_names`
-    (where no such rule applies, the names its first token leans toward), both by the setting
+    (where no such rule applies, the names it leans toward, relative to the cursor), both by the setting
     `knownNames`."""
     if not settings.known_names:
         return {"name_choices": None, "favored_names": None}

@@ -146,7 +146,7 @@ class Gatherer:
 
     def favored_names(self, req: Request) -> tuple[str, ...] | None:
         """At the start of an expression in Python, the names the buffer imports from its own
-        package (refs.own_package_names), which the suggestion's first token leans toward; inside a
+        package (refs.own_package_names), which the suggestion leans toward; inside a
         name typed there, the rest of those that go on from what is typed (`raise Valid|`:
         "ationError"), relative to the cursor as name choices are. None elsewhere, and where what is
         typed is already one of the names (it may be complete)."""
