@@ -37,12 +37,12 @@ def source_text() -> str:
     return (Path(pygls.__file__).parent.parent / SOURCE).read_text(encoding="utf-8")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quant", nargs="+", default=["none", "int8"], choices=["none", "int8", "int4"])
     ap.add_argument("--threads", type=int, nargs="+", default=[2])
     ap.add_argument("--keystrokes", type=int, default=30)
-    opts = ap.parse_args()
+    opts = ap.parse_args(argv)
     src = source_text()
     cut = len(src) // 2
     rows = []
@@ -74,15 +74,17 @@ def main() -> int:
                                                             strict=True))
             rows.append((threads, quant, spec, med, ratio))
             print(f"done: {quant}, {threads} thread(s)", file=sys.stderr, flush=True)
-    print(f"\nDefault model, CPU, one character typed per request at the middle of {SOURCE}, 16 new tokens, "
-          f"{opts.keystrokes} keystrokes per backend, interleaved; p50 ms (request / prefill / decode)\n")
-    print("| threads | weights | speculation | bfloat16 KV | float32 KV | float32 speedup (median of pairs) |")
-    print("|---:|---|---|---:|---:|---:|")
+    lines = [f"Default model, CPU, one character typed per request at the middle of {SOURCE}, 16 new tokens, "
+             f"{opts.keystrokes} keystrokes per backend, interleaved; p50 ms (request / prefill / decode)", "",
+             "| threads | weights | speculation | bfloat16 KV | float32 KV | float32 speedup (median of pairs) |",
+             "|---:|---|---|---:|---:|---:|"]
     for threads, quant, spec, med, ratio in rows:
         cells = [f"{med[kv]['total']:.0f} / {med[kv]['prefill']:.0f} / {med[kv]['decode']:.0f}" for kv in ("bfloat16", "float32")]
-        print(f"| {threads} | {quant} | {spec} | {cells[0]} | {cells[1]} | {ratio:.2f}x |")
-    return 0
+        lines.append(f"| {threads} | {quant} | {spec} | {cells[0]} | {cells[1]} | {ratio:.2f}x |")
+    text = "\n".join(lines)
+    print("\n" + text)
+    return text
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
