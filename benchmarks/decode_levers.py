@@ -5,7 +5,7 @@ how many greedy completions each variant leaves unchanged.
     .venv/bin/python benchmarks/decode_levers.py --contexts 1024 4096 --quant int8 int4 none
 
 Variants (each against "shipped", the engine as it is: engine/cpu_step.py's step, and the KV cache
-dtype that kvCacheDtype "auto" picks, float32 for the default model on CPU):
+dtype that kvCacheDtype "auto" picks: float32 for the default model with int8/int4 weights on CPU):
   forward pass   the step through Transformer.forward with a bfloat16 cache: what decoded before
                  engine/cpu_step.py and float32 caches (the same bits)
   bfloat16 KV    the KV cache stored as bfloat16 (kvCacheDtype "bfloat16"): the one-query attention
@@ -138,7 +138,8 @@ VARIANTS: dict[str, tuple[Variant, torch.dtype | None]] = {
 
 
 def auto_kv_dtype(loaded: LoadedModel) -> torch.dtype:
-    return resolve_kv_dtype("auto", next(loaded.model.parameters()).dtype, torch.device("cpu"), loaded.args)
+    return resolve_kv_dtype("auto", next(loaded.model.parameters()).dtype, torch.device("cpu"), loaded.args,
+                            quantized=loaded.quantization is not None)
 
 
 def step_ms(loaded: LoadedModel, cache: KVCache, ctx: int, step: DecodeFn | None) -> float:
