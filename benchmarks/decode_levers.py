@@ -41,7 +41,7 @@ from engine.backends.local import resolve_kv_dtype  # noqa: E402
 from engine.cache import KVCache  # noqa: E402
 from engine.checkpoints import LoadedModel, load_model  # noqa: E402
 from engine.compiled_decode import CompiledStep  # noqa: E402
-from engine.generate import DecodeFn, decode_step, generate, prefill  # noqa: E402
+from engine.generate import DecodeFn, decode_step, forward_step, generate, prefill  # noqa: E402
 from engine.kernels import reference  # noqa: E402
 from engine.quant import spec_for_mode  # noqa: E402
 
@@ -97,14 +97,7 @@ def as_shipped(_: LoadedModel) -> Iterator[None]:
 
 @contextlib.contextmanager
 def forward_pass(loaded: LoadedModel) -> Iterator[DecodeFn]:
-    def step(cache: KVCache, token: int) -> torch.Tensor:
-        cache.ensure_capacity(cache.length + 1)
-        with torch.inference_mode():
-            logits = loaded.model(torch.tensor([[token]]), start_pos=cache.length, cache=cache)
-        cache.tokens.append(token)
-        return logits[0, -1].float()
-
-    yield step
+    yield functools.partial(forward_step, loaded.model)
 
 
 _compiled: dict[tuple[int, torch.dtype], CompiledStep] = {}  # per model and KV dtype, built once

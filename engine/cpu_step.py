@@ -5,8 +5,7 @@ through `Transformer.forward` dispatched about 630 aten ops and a hundred module
 products and 16 attention products (4.2 ms at 1K tokens of context with int8 weights, where those
 products take 1.4 ms). This step runs the same kernels on the same values (the logits are bit for bit
 those of the forward pass: tests/engine/test_cpu_step.py) and skips the rest: module calls, the kernel
-dispatch, a rotary table built per layer, reshaping of one-row tensors, and the dispatch of each
-quantized matmul.
+dispatch, a rotary table built per layer, and reshaping of one-row tensors.
 
 It reads the model's modules at every call and keeps no state of its own, so whatever changes the
 model (an adapter, a cast, unfused projections) changes what it computes, as it changes the forward.
@@ -41,8 +40,6 @@ def _project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if type(layer) is nn.Linear:
         return F.linear(x, layer.weight, layer.bias)
     if type(layer) is QuantizedLinear and layer.lora is None:
-        if layer.spec.bits == 8:  # what quant_cpu.quantized_matmul runs for one row
-            return quant_cpu.int8_matmul(x, layer.qweight, layer.scales)
         return quant_cpu.quantized_matmul(layer, x)  # what kernels.quantized_matmul calls on CPU
     return layer(x)
 
@@ -62,17 +59,14 @@ def step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
     args = model.args
     n_heads, n_kv, head_dim = args.n_heads, cache.k[0].shape[1], args.head_dim
     cos, sin = model.rope(pos, pos + 1, cache.device)
-    # reference.apply_rotary's tables and formula, built once for every layer.
-    cos2, sin2 = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
-    half = head_dim // 2
+    cos2, sin2 = reference.rotary_tables(cos, sin)  # built once for every layer
     h = model.tok_embeddings.weight[token : token + 1]  # (1, dim)
     for layer in model.layers:
         attn, ff = layer.attention, layer.feed_forward
         x = reference.rms_norm(h, layer.attention_norm.weight, layer.attention_norm.eps)
         q, k, v = _projections(attn.fused_qkv, (attn.wq, attn.wk, attn.wv), x)
-        q32, k32 = q.view(n_heads, head_dim).float(), k.view(n_kv, head_dim).float()
-        q = (q32 * cos2 + q32.roll(half, dims=-1) * sin2).type_as(h)
-        k = (k32 * cos2 + k32.roll(half, dims=-1) * sin2).type_as(h)
+        q = reference.rotate(q.view(n_heads, head_dim), cos2, sin2)
+        k = reference.rotate(k.view(n_kv, head_dim), cos2, sin2)
         keys, values = cache.k[attn.layer_id][0], cache.v[attn.layer_id][0]  # (Hk, capacity, D)
         keys[:, pos] = k
         values[:, pos] = v.view(n_kv, head_dim)

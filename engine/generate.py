@@ -116,6 +116,12 @@ def decode_step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
     On CPU, engine/cpu_step.py computes the same logits with a fraction of the forward pass's overhead."""
     if cpu_step.applies(cache):
         return cpu_step.step(model, cache, token)
+    return forward_step(model, cache, token)
+
+
+@torch.inference_mode()
+def forward_step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
+    """decode_step through Transformer.forward, wherever it runs (what engine/cpu_step.py matches)."""
     cache.ensure_capacity(cache.length + 1)
     x = torch.tensor([[token]], dtype=torch.long, device=cache.device)
     logits = model(x, start_pos=cache.length, cache=cache)

@@ -113,10 +113,8 @@ class NameChoices:
             produced = "".join(self.texts[t] for t in generated)
             if len(produced) < len(healed):  # the held-back text is still being spelt out
                 ids = self.leaning(healed[len(produced) :], names) if healed.startswith(produced) else None
-            else:
-                typed = produced[len(healed) :]
-                on_the_way = leading_name(typed) == typed and any(n.startswith(typed) and n != typed for n in names)
-                ids = self._continuations(typed, names) if on_the_way and produced.startswith(healed) else None
+            else:  # empty once the text has left every name, or written one whole
+                ids = self._continuations(produced[len(healed) :], names) if produced.startswith(healed) else None
             if ids is None or not len(ids):
                 done[0] = True
                 return None

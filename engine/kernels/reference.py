@@ -23,15 +23,20 @@ def apply_rotary(
     out = (x1 cos - x2 sin, x2 cos + x1 sin) = x * (cos, cos) + roll(x, D/2) * (-sin, sin), the same
     bits in half the ops (a decode step runs this in every layer).
     """
-    cos = torch.cat((cos, cos), dim=-1)[None, :, None, :]
-    sin = torch.cat((-sin, sin), dim=-1)[None, :, None, :]
-    half = q.shape[-1] // 2
+    cos2, sin2 = rotary_tables(cos, sin)
+    cos2, sin2 = cos2[None, :, None, :], sin2[None, :, None, :]
+    return rotate(q, cos2, sin2), rotate(k, cos2, sin2)
 
-    def rotate(x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        return (x32 * cos + x32.roll(half, dims=-1) * sin).type_as(x)
 
-    return rotate(q), rotate(k)
+def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, cos) and (-sin, sin) along the last dim: what `rotate` multiplies by."""
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+
+
+def rotate(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
+    """x * (cos, cos) + roll(x, D/2) * (-sin, sin) in float32, back in x's dtype (see apply_rotary)."""
+    x32 = x.float()
+    return (x32 * cos2 + x32.roll(x.shape[-1] // 2, dims=-1) * sin2).type_as(x)
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

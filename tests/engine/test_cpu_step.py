@@ -15,19 +15,10 @@ from engine.backends.local import AUTO_FLOAT32_KV_BYTES, load_local_backend, res
 from engine.cache import KVCache
 from engine.checkpoints import load_model
 from engine.config import ModelArgs
-from engine.generate import prefill
+from engine.generate import forward_step, prefill
 from engine.quant import spec_for_mode
 
 PROMPT = [1, 5, 9, 200, 17, 42, 301, 7, 88, 150, 11, 3]
-
-
-def forward_step(model, cache: KVCache, token: int) -> torch.Tensor:
-    """One token through Transformer.forward (what engine.generate.decode_step ran before cpu_step)."""
-    cache.ensure_capacity(cache.length + 1)
-    with torch.inference_mode():
-        logits = model(torch.tensor([[token]]), start_pos=cache.length, cache=cache)
-    cache.tokens.append(token)
-    return logits[0, -1].float()
 
 
 def run(step, model, kv_dtype: torch.dtype, steps: int = 12) -> tuple[list[torch.Tensor], KVCache]:
