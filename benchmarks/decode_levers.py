@@ -1,11 +1,15 @@
-"""What a CPU decode step of the default model spends its time on: the step as shipped beside variants
-that each pull one lever, in one process, interleaved round by round (medians of per-round ratios), with
-how many greedy completions each variant leaves unchanged.
+"""What a CPU decode step of the default model spends its time on: the eager step beside variants that
+each pull one lever, in one process, interleaved round by round (medians of per-round ratios), with how
+many greedy completions each variant leaves unchanged.
 
     .venv/bin/python benchmarks/decode_levers.py --contexts 1024 4096 --quant int8 int4 none
 
-Variants (each against "shipped", the engine as it is: engine/cpu_step.py's step, and the KV cache
-dtype that kvCacheDtype "auto" picks: float32 for the default model with int8/int4 weights on CPU):
+Variants (each against "eager": engine/cpu_step.py's step, and the KV cache dtype that kvCacheDtype
+"auto" picks for it: float32 for the default model with int8/int4 weights on CPU; what unquantized and
+int4 weights decode with, and int8 weights where the native step cannot be built):
+  native         the native step (engine/native_step.py, int8 weights only) over a bfloat16 cache: what
+                 the local backend decodes int8 weights with (to bfloat16 precision, not the same bits)
+  native, float32 KV  the native step over a float32 cache
   forward pass   the step through Transformer.forward with a bfloat16 cache: what decoded before
                  engine/cpu_step.py and float32 caches (the same bits)
   bfloat16 KV    the KV cache stored as bfloat16 (kvCacheDtype "bfloat16"): the one-query attention
@@ -36,13 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from engine import default_model_dir  # noqa: E402
+from engine import default_model_dir, native_step  # noqa: E402
 from engine.backends.local import resolve_kv_dtype  # noqa: E402
 from engine.cache import KVCache  # noqa: E402
 from engine.checkpoints import LoadedModel, load_model  # noqa: E402
 from engine.compiled_decode import CompiledStep  # noqa: E402
 from engine.generate import DecodeFn, decode_step, forward_step, generate, prefill  # noqa: E402
 from engine.kernels import reference  # noqa: E402
+from engine.native_step import NativeStep  # noqa: E402
 from engine.quant import spec_for_mode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,8 +96,19 @@ def one_thread(_: LoadedModel) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def as_shipped(_: LoadedModel) -> Iterator[None]:
+def eager_step(_: LoadedModel) -> Iterator[None]:
     yield
+
+
+class Unserved(Exception):
+    """A variant that does not apply to these weights (its rows are left out)."""
+
+
+@contextlib.contextmanager
+def native(loaded: LoadedModel) -> Iterator[DecodeFn]:
+    if not native_step.serves(loaded.model, torch.device("cpu")):
+        raise Unserved
+    yield NativeStep(loaded.model).step
 
 
 @contextlib.contextmanager
@@ -119,9 +135,11 @@ def compiled(kv_dtype: torch.dtype | None) -> Variant:
 
 # name -> (context manager around the run, KV cache dtype: None = what kvCacheDtype "auto" picks)
 VARIANTS: dict[str, tuple[Variant, torch.dtype | None]] = {
-    "shipped": (as_shipped, None),
+    "eager": (eager_step, None),
+    "native": (native, torch.bfloat16),
+    "native, float32 KV": (native, torch.float32),
     "forward pass": (forward_pass, torch.bfloat16),
-    "bfloat16 KV": (as_shipped, torch.bfloat16),
+    "bfloat16 KV": (eager_step, torch.bfloat16),
     "unfused": (unfused, None),
     "SDPA decode": (sdpa_decode, None),
     "1 thread": (one_thread, None),
@@ -161,38 +179,45 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
-                    help="the variants to run (shipped always runs: the others are measured against it)")
+                    help="the variants to run (eager always runs: the others are measured against it)")
     opts = ap.parse_args()
     torch.set_num_threads(opts.threads)
-    variants = {name: VARIANTS[name] for name in VARIANTS if name == "shipped" or name in opts.variants}
+    chosen = {name: VARIANTS[name] for name in VARIANTS if name == "eager" or name in opts.variants}
     rows = []
     for mode in opts.quant:
         loaded = load_model(default_model_dir(), dtype=torch.bfloat16, quantization=spec_for_mode(mode))
-        shipped_kv = auto_kv_dtype(loaded)
+        eager_kv = auto_kv_dtype(loaded)
+        variants = {}
+        for name, (variant, kv_dtype) in chosen.items():
+            try:
+                with variant(loaded):
+                    variants[name] = (variant, kv_dtype)
+            except Unserved:
+                print(f"{name}: not for {mode} weights", file=sys.stderr, flush=True)
         for ctx in opts.contexts:
             prompt = code_tokens(loaded, ctx)
             caches = {}
             for name, (_, kv_dtype) in variants.items():
-                caches[name] = KVCache(loaded.args, ctx + STEPS, "cpu", kv_dtype or shipped_kv)
+                caches[name] = KVCache(loaded.args, ctx + STEPS, "cpu", kv_dtype or eager_kv)
                 prefill(loaded.model, caches[name], prompt)
             times: dict[str, list[float]] = {name: [] for name in variants}
             for _ in range(opts.rounds):
                 for name, (variant, _) in variants.items():
                     with variant(loaded) as step:
                         times[name].append(step_ms(loaded, caches[name], ctx, step))
-            shipped = completions(loaded, prompt, shipped_kv)
+            eager_tokens = completions(loaded, prompt, eager_kv)
             for name, (variant, kv_dtype) in variants.items():
                 with variant(loaded) as step:
-                    same = sum(a == b for a, b in zip(completions(loaded, prompt, kv_dtype or shipped_kv, step),
-                                                      shipped, strict=True))
-                ratio = statistics.median(s / v for s, v in zip(times["shipped"], times[name], strict=True))
+                    same = sum(a == b for a, b in zip(completions(loaded, prompt, kv_dtype or eager_kv, step),
+                                                      eager_tokens, strict=True))
+                ratio = statistics.median(s / v for s, v in zip(times["eager"], times[name], strict=True))
                 rows.append((mode, ctx, name, statistics.median(times[name]), ratio, same))
             print(f"done: {mode} ctx={ctx}", file=sys.stderr, flush=True)
     print(f"\nDefault model, CPU, {opts.threads} threads, one decode step after a prompt of `context` tokens "
           f"(median ms over {opts.rounds} rounds of {STEPS} steps, every variant once per round); speedup: "
-          f"median of per-round shipped/variant time ratios; identical: greedy completions ({NEW_TOKENS} "
-          f"tokens, {COMPLETIONS} prompts) equal to shipped's\n")
-    print("| weights | context | variant | ms/step | speedup vs shipped | identical |")
+          f"median of per-round eager/variant time ratios; identical: greedy completions ({NEW_TOKENS} "
+          f"tokens, {COMPLETIONS} prompts) equal to eager's\n")
+    print("| weights | context | variant | ms/step | speedup vs eager | identical |")
     print("|---|---:|---|---:|---:|---:|")
     for mode, ctx, name, ms, ratio, same in rows:
         print(f"| {mode} | {ctx} | {name} | {ms:.2f} | {ratio:.2f}x | {same}/{COMPLETIONS} |")

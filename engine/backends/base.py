@@ -106,7 +106,8 @@ class Placement:
     dtype: str | None = None  # "bfloat16", ...; None: not known (a remote server)
     quantization: str | None = None  # the weights': "none", "int8", "int4"
     kv_cache_dtype: str | None = None  # "bfloat16", "int8", ...
-    # How one-token decode steps run: "eager", "compiling", "compiled" (CPU), "CUDA graphs"; None: not known
+    # How one-token decode steps run: "eager", "native", "compiling", "compiled" (CPU), "CUDA graphs"; None:
+    # not known
     decode_step: str | None = None
 
 

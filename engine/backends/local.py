@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from engine import native_step
 from engine.backends.base import (
     COMPILE_DECODE_MODES,
     DTYPE_NAMES,
@@ -39,6 +40,7 @@ from engine.healing import TokenHealer
 from engine.instruct import follows_instructions
 from engine.lookup import Speculation
 from engine.name_choice import Constraint, Lean, NameChoices
+from engine.native_step import NativeStep
 from engine.paths import default_model_dir
 from engine.prompts import infill_prompt, instruct_prompt, left_to_right_prompt
 from engine.quant import DEFAULT_GROUP_SIZE, QuantizationError, QuantSpec, spec_for_mode
@@ -96,15 +98,17 @@ def resolve_quantization(mode: str | None, group_size: int, device: torch.device
 
 
 
-# "auto" stores the keys and values of a small model with quantized weights as float32 on CPU: at most
-# this many bytes a token that way (the default model: 20 KiB; a 7B model: 1 MiB, which stays
-# bfloat16). A CPU decode step's attention works in float32 and converted the whole bfloat16 cache, in
-# every layer, at every step: the default model's int8 step went from 3.8 to 3.3 ms at 1K tokens of
-# context, 9.5 to 7.5 ms at 4K (benchmarks/decode_levers.py, "bfloat16 KV"). The values stored are the
-# same bfloat16 numbers, so every logit is bit for bit what a bfloat16 cache gives; the pool's byte
-# budget holds half the positions. Not for unquantized weights: they decode with speculation on CPU,
-# whose verification passes read the cache once per drafted token either way, and a keystroke measured
-# the same (112 ms p50 both ways, benchmarks/RESULTS.md) for twice the memory.
+# "auto" stores the keys and values of a small model with quantized weights as float32 on CPU when its
+# decode steps run in PyTorch: at most this many bytes a token that way (the default model: 20 KiB; a 7B
+# model: 1 MiB, which stays bfloat16). The eager step's attention works in float32 and converted the
+# whole bfloat16 cache, in every layer, at every step: the default model's int8 step went from 3.8 to
+# 3.3 ms at 1K tokens of context, 9.5 to 7.5 ms at 4K (benchmarks/decode_levers.py, "bfloat16 KV"). The
+# values stored are the same bfloat16 numbers, so every logit is bit for bit what a bfloat16 cache
+# gives; the pool's byte budget holds half the positions. Not for unquantized weights: they decode with
+# speculation on CPU, whose verification passes read the cache once per drafted token either way, and a
+# keystroke measured the same (112 ms p50 both ways, benchmarks/RESULTS.md) for twice the memory. Not
+# where the native step decodes (engine/native_step.py): it converts as it reads, and reads half the
+# bytes from a bfloat16 cache (0.8 against 1.0 ms a step at 1K, 1.6 against 4.5 ms at 4K).
 AUTO_FLOAT32_KV_BYTES = 64 * 2**10
 _KV_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
               "fp32": torch.float32, "int8": torch.int8}
@@ -117,15 +121,17 @@ def check_kv_dtype(kv_cache_dtype: str | None) -> None:
 
 
 def resolve_kv_dtype(kv_cache_dtype: str | None, model_dtype: torch.dtype, device: torch.device | None = None,
-                     args: ModelArgs | None = None, quantized: bool = False) -> torch.dtype:
+                     args: ModelArgs | None = None, quantized: bool = False, native: bool = False) -> torch.dtype:
     """The KV cache's storage. "auto" (or None): float32 on CPU for a bfloat16 model with quantized
-    weights whose float32 K/V fit AUTO_FLOAT32_KV_BYTES a token, else the model's dtype; "int8" stores
-    K/V as int8 with a scale per token and head (about half of bf16's bytes)."""
+    weights whose float32 K/V fit AUTO_FLOAT32_KV_BYTES a token and whose steps do not run `native`ly,
+    else the model's dtype; "int8" stores K/V as int8 with a scale per token and head (about half of
+    bf16's bytes)."""
     check_kv_dtype(kv_cache_dtype)
     if kv_cache_dtype in (None, "", "auto"):
         small = args is not None and 2 * args.n_layers * args.kv_dim * 4 <= AUTO_FLOAT32_KV_BYTES
         on_cpu = device is not None and device.type == "cpu"
-        return torch.float32 if model_dtype == torch.bfloat16 and on_cpu and small and quantized else model_dtype
+        eager_quantized = quantized and not native
+        return torch.float32 if model_dtype == torch.bfloat16 and on_cpu and small and eager_quantized else model_dtype
     return _KV_DTYPES[kv_cache_dtype]
 
 
@@ -250,6 +256,7 @@ class LocalBackend:
         speculation: Speculation | None = None,
         cuda_graphs: bool = True,
         compile_decode: str = "off",
+        native: NativeStep | None = None,
     ) -> None:
         self.loaded = loaded
         self.model = loaded.model
@@ -271,6 +278,9 @@ class LocalBackend:
         # On CPU, one-token decode steps run compiled once a background compile is done
         # (engine/compiled_decode.py: the same logits; eager until then, or for good if it fails).
         self.compiled = ServedCompile(self.model, device, self.kv_dtype, compile_decode, adapter=adapter is not None)
+        # Or one native call a step (engine/native_step.py), where the backend was given one: int8 weights
+        # on CPU, whose decode needs no bit-exact agreement with verification passes (no speculation).
+        self.native = native
 
     # ---- Backend properties -------------------------------------------------------------------
 
@@ -295,8 +305,10 @@ class LocalBackend:
 
     @property
     def decode_step_kind(self) -> str:
-        """How one-token decode steps run now: "compiled", "compiling" (eager until it is ready),
-        "CUDA graphs" or "eager"."""
+        """How one-token decode steps run now: "native", "compiled", "compiling" (eager until it is
+        ready), "CUDA graphs" or "eager"."""
+        if self.native is not None:
+            return "native"
         if self.compiled.state != "eager":
             return self.compiled.state
         return "CUDA graphs" if self.graphs.active else "eager"
@@ -434,8 +446,10 @@ class LocalBackend:
         return Completion(text, reason, prompt_tokens=prompt, tokens=result.tokens, timings=timings)
 
     def _decode_step(self, cache: KVCache, token: int) -> torch.Tensor:
-        """engine.generate.decode_step's contract: compiled where it is ready and applies, else a CUDA
+        """engine.generate.decode_step's contract: native or compiled where that applies, else a CUDA
         graph's replay or the eager step (ServedGraphs)."""
+        if self.native is not None and self.native.applies(cache):
+            return self.native.step(cache, token)
         logits = self.compiled.step(cache, token)
         return logits if logits is not None else self.graphs.step(cache, token)
 
@@ -526,11 +540,14 @@ def load_local_backend(
         if is_out_of_memory(exc):
             raise OutOfMemory(f"{path}: out of {dev.type.upper()} memory while loading the model") from exc
         raise
-    kv_dt = resolve_kv_dtype(kv_cache_dtype, dt, dev, loaded.args, quantized=loaded.quantization is not None)
+    # int8 weights on CPU decode with one native call a step where the C step builds (engine/native_step.py).
+    native = NativeStep(loaded.model) if native_step.serves(loaded.model, dev) else None
+    kv_dt = resolve_kv_dtype(kv_cache_dtype, dt, dev, loaded.args, quantized=loaded.quantization is not None,
+                             native=native is not None)
     # Speculation is verified bit for bit only with the model's own values in the cache (its dtype, or a
     # float32 cache holding its bfloat16 numbers) and unquantized weights (an int8 cache or quantized
     # weights batch the verification differently).
     exact = (kv_dt == dt or kv_dt == torch.float32) and loaded.quantization is None
     return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter, kv_dtype=kv_dt,
                         speculation=default_speculation(dev, dt) if exact else None, cuda_graphs=cuda_graphs,
-                        compile_decode=compile_decode)
+                        compile_decode=compile_decode, native=native)

@@ -32,6 +32,9 @@ from engine.quant import QuantizedLinear, QuantSpec, pack_int4, unpack_int4
 
 CPU_INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
 PACKED_OP_MAX_ROWS = 8
+# aten._weight_int8pack_mm reads its input in blocks of 16: with another width it returned wrong values
+# (and, in a loop, crashed the process) here, on torch 2.13 (tests/engine/test_quant.py).
+INT8_PACKED_OP_WIDTH = 16
 
 
 def int4_supported(spec: QuantSpec) -> bool:
@@ -39,6 +42,8 @@ def int4_supported(spec: QuantSpec) -> bool:
 
 
 def int8_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    if qweight.shape[1] % INT8_PACKED_OP_WIDTH:  # not for the packed op: a dense matmul, as prefill does
+        return F.linear(x, qweight.to(x.dtype)) * scales.to(x.dtype)
     if x.dim() == 2:  # rows already (a CPU decode step): no reshaping around the op
         return torch.ops.aten._weight_int8pack_mm(x, qweight, scales.to(x.dtype))
     shape = x.shape

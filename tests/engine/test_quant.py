@@ -66,9 +66,11 @@ def test_int4_groups_nibbles_and_partial_last_group(group: int) -> None:
 @pytest.mark.parametrize("rows", [1, 3, 40])  # decode (the packed aten ops) and prefill (dequantize + matmul)
 @pytest.mark.parametrize("spec", [QuantSpec(8), QuantSpec(4, 32), QuantSpec(4, 128)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_matmul_matches_the_dequantize_reference(rows: int, spec: QuantSpec, dtype: torch.dtype) -> None:
-    layer = QuantizedLinear.from_weight(randn(50, 192, seed=1), spec)  # 50 rows: not a multiple of 16
-    x = randn(rows, 192).to(dtype)
+@pytest.mark.parametrize("width", [192, 72])  # 72: not for aten's int8 op, which reads blocks of 16
+def test_cpu_matmul_matches_the_dequantize_reference(rows: int, spec: QuantSpec, dtype: torch.dtype,
+                                                     width: int) -> None:
+    layer = QuantizedLinear.from_weight(randn(50, width, seed=1), spec)  # 50 rows: not a multiple of 16
+    x = randn(rows, width).to(dtype)
     expect = x.float() @ layer.dequantized().t()
     got = layer(x)
     assert got.shape == (rows, 50) and got.dtype == dtype

@@ -1,0 +1,224 @@
+"""The CPU decode step of a model with int8 weights, as one native call (engine/native/decode_step.c).
+
+Why: PyTorch runs a decode step of the 15 M default model as about two hundred kernels, and on CPU
+each costs a few microseconds of dispatch whatever its size: that, not the weights, is most of the
+step (benchmarks/RESULTS.md, "CPU decode steps"). The C step does all of it in one call and one OpenMP
+team (PyTorch's own: it loads the same libgomp).
+
+It is not bit for bit the eager step: the dot products add in another order, so a logit may differ in
+its last bfloat16 bit, and a near tie between two tokens may go the other way. So it serves only where
+nothing compares its logits with a forward pass's: with int8 weights, which decode without speculation
+(whose verification passes must reproduce one-token steps exactly). `applies` says where it serves.
+
+The library is compiled from source at first use with the system's C compiler (about a second) into
+a per-user cache directory, keyed by a hash of the source, the flags and the compiler; without a
+compiler, or when the build or a self-check fails, steps stay eager and one warning says why.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine import kernels
+from engine.cache import KVCache
+from engine.model import Transformer
+from engine.quant import QuantizedLinear
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "native" / "decode_step.c"
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
+ABI_VERSION = 1
+
+DISABLE_ENV = "CODELLAMA_NATIVE_DECODE"  # "0": never (for comparisons and bug reports)
+
+
+class _QLinear(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(name, _QLinear) for name in ("wq", "wk", "wv", "wo", "w1", "w3", "w2")] + [
+        ("attn_norm", ctypes.c_void_p), ("ffn_norm", ctypes.c_void_p), ("k", ctypes.c_void_p), ("v", ctypes.c_void_p)]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        ("dim", ctypes.c_int), ("n_layers", ctypes.c_int), ("n_heads", ctypes.c_int), ("n_kv_heads", ctypes.c_int),
+        ("head_dim", ctypes.c_int), ("hidden", ctypes.c_int), ("vocab", ctypes.c_int), ("capacity", ctypes.c_int),
+        ("kv_bf16", ctypes.c_int), ("n_threads", ctypes.c_int), ("eps", ctypes.c_float), ("embeddings", ctypes.c_void_p), ("final_norm", ctypes.c_void_p),
+        ("output", _QLinear), ("rope_cos", ctypes.c_void_p), ("rope_sin", ctypes.c_void_p),
+        ("layers", ctypes.POINTER(_Layer)), ("scratch", ctypes.c_void_p)]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "codellama-lsp" / "native"
+
+
+_lock = threading.Lock()
+_library: ctypes.CDLL | None = None
+_failure: str | None = None  # why there is no library, once a build failed
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def _build(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + version.encode()).hexdigest()[:16]
+    target = cache_dir() / f"decode_step-{key}.so"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # built aside, then renamed: never half-written
+        out = Path(tmp) / target.name
+        run = subprocess.run([compiler, *CFLAGS, str(SOURCE), "-o", str(out), "-lm"],
+                             capture_output=True, text=True, timeout=120)
+        if run.returncode != 0:
+            raise RuntimeError(f"{compiler} failed: {run.stderr.strip()[-500:]}")
+        os.replace(out, target)
+    return target
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled step, built at first call; None (with one warning) where it cannot be built."""
+    global _library, _failure
+    with _lock:
+        if _library is not None or _failure is not None:
+            return _library
+        compiler = _compiler()
+        try:
+            if compiler is None:
+                raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+            lib = ctypes.CDLL(str(_build(compiler)))
+            if lib.native_abi_version() != ABI_VERSION:
+                raise RuntimeError("the built library has another ABI version")
+            lib.native_decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+            lib.native_decode_step.restype = ctypes.c_int
+            lib.native_scratch_floats.argtypes = [ctypes.c_int] * 6
+            lib.native_scratch_floats.restype = ctypes.c_long
+            _library = lib
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            _failure = str(exc)
+            log.warning("native decode step unavailable, decoding with PyTorch: %s", _failure)
+        return _library
+
+
+def _int8(layer: nn.Module) -> QuantizedLinear | None:
+    """The layer if the C step can read it: int8, no run-time adapter, row-major weight and scales."""
+    if (type(layer) is QuantizedLinear and layer.spec.bits == 8 and layer.lora is None and layer._cpu is None
+            and layer.qweight.is_contiguous() and layer.scales.is_contiguous()
+            and layer.scales.dtype == torch.bfloat16):
+        return layer
+    return None
+
+
+def model_supported(model: Transformer) -> bool:
+    """Whether every projection is an int8 layer the C step reads and the rest is bfloat16."""
+    a = model.args
+    if (model.tok_embeddings.weight.dtype != torch.bfloat16 or model.norm.weight.dtype != torch.bfloat16
+            or a.n_heads % (a.n_kv_heads or a.n_heads) or _int8(model.output) is None):
+        return False
+    for layer in model.layers:
+        attn, ff = layer.attention, layer.feed_forward
+        if any(_int8(p) is None for p in (attn.wq, attn.wk, attn.wv, attn.wo, ff.w1, ff.w3, ff.w2)):
+            return False
+        if layer.attention_norm.weight.dtype != torch.bfloat16 or layer.ffn_norm.weight.dtype != torch.bfloat16:
+            return False
+    return True
+
+
+def enabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "1") != "0"
+
+
+def serves(model: Transformer, device: torch.device) -> bool:
+    """Whether the C step can serve this model's decode steps on `device` (the library is built on the
+    first call that gets this far)."""
+    return enabled() and device.type == "cpu" and model_supported(model) and library() is not None
+
+
+class NativeStep:
+    """The C step's view of one model and one cache: pointers into their tensors, rebuilt whenever a
+    tensor they point to is replaced (a cache grown, another cache of a pool, the rotary table extended).
+
+    For a model that `serves` and whose layers stay as they are (the local backend's: an adapter is
+    applied before, by loading another backend)."""
+
+    def __init__(self, model: Transformer) -> None:
+        assert model_supported(model), "NativeStep needs a model that native_step.serves"
+        self.model = model
+        self._key: tuple | None = None
+        self._keep: list[torch.Tensor] = []  # what the pointers point into, alive while they are used
+        self._struct: _Model | None = None
+
+    def _pointers(self, cache: KVCache, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> _Model:
+        key = (id(cache), cache.capacity, cache.k[0].data_ptr(), rope_cos.data_ptr(), torch.get_num_threads())
+        if key == self._key and self._struct is not None:
+            return self._struct
+        m, a = self.model, self.model.args
+        lib = library()
+        assert lib is not None
+
+        def q(layer: nn.Module) -> _QLinear:
+            ql = _int8(layer)
+            assert ql is not None
+            return _QLinear(ql.qweight.data_ptr(), ql.scales.data_ptr())
+
+        layers = (_Layer * a.n_layers)()
+        keep = [rope_cos, rope_sin]
+        for i, layer in enumerate(m.layers):
+            attn, ff = layer.attention, layer.feed_forward
+            k, v = cache.k[i][0], cache.v[i][0]  # (n_kv, capacity, head_dim), contiguous
+            assert k.is_contiguous() and v.is_contiguous()
+            keep += [k, v]
+            layers[i] = _Layer(q(attn.wq), q(attn.wk), q(attn.wv), q(attn.wo), q(ff.w1), q(ff.w3), q(ff.w2),
+                               layer.attention_norm.weight.data_ptr(), layer.ffn_norm.weight.data_ptr(),
+                               k.data_ptr(), v.data_ptr())
+        hidden = m.layers[0].feed_forward.w1.out_features
+        scratch = torch.empty(lib.native_scratch_floats(a.dim, a.n_heads, a.n_kv_heads, a.head_dim, hidden,
+                                                        cache.capacity), dtype=torch.float32)
+        keep.append(scratch)
+        self._struct = _Model(a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.head_dim, hidden, a.vocab_size,
+                              cache.capacity, int(cache.dtype == torch.bfloat16), torch.get_num_threads(),
+                              a.norm_eps, m.tok_embeddings.weight.data_ptr(), m.norm.weight.data_ptr(), q(m.output),
+                              rope_cos.data_ptr(), rope_sin.data_ptr(), layers, scratch.data_ptr())
+        self._layers, self._keep, self._key = layers, keep, key
+        return self._struct
+
+    @staticmethod
+    def applies(cache: KVCache) -> bool:
+        """Whether `step` serves this cache now (a CPU cache of one sequence in float32 or bfloat16, no
+        kernel backend forced by a test). The step never records gradients, whatever the mode."""
+        return (cache.device.type == "cpu" and cache.batch == 1 and cache.dtype in (torch.float32, torch.bfloat16)
+                and kernels.backend_name() == "auto" and enabled())
+
+    @torch.inference_mode()
+    def step(self, cache: KVCache, token: int) -> torch.Tensor:
+        """engine.generate.decode_step's contract, to bfloat16 precision (see the module's docstring)."""
+        pos = cache.length
+        cache.ensure_capacity(pos + 1)
+        self.model.rope(pos, pos + 1, cache.device)  # extends the rotary table if pos is past it
+        rope_cos, rope_sin = self.model._rope_cos, self.model._rope_sin
+        assert rope_cos is not None and rope_sin is not None
+        struct = self._pointers(cache, rope_cos, rope_sin)
+        logits = torch.empty(self.model.args.vocab_size, dtype=torch.float32)
+        lib = library()
+        assert lib is not None
+        if lib.native_decode_step(ctypes.byref(struct), int(token), pos, logits.data_ptr()) != 0:
+            raise ValueError(f"native decode step refused token {token} at position {pos}")
+        cache.tokens.append(token)
+        return logits
