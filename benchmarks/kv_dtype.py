@@ -4,7 +4,7 @@ kvCacheDtype "auto" should pick for the default model on CPU (engine/backends/lo
 A real file (pygls's lsp/_base_client.py from the venv, as editing_session.py uses) is cut in the middle:
 the prompt is its prefix up to the cursor (a fixed start, so typing only appends) and the 2,000
 characters after it. Each round types one character at the cursor and asks for 16 tokens with the
-backend's defaults (speculation where it has it), once per cache dtype, interleaved; after a warm-up
+backend's defaults (its decode step, speculation where it has it), once per cache dtype, interleaved; after a warm-up
 request per backend every keystroke reuses its cache's prompt. Printed: p50 of the whole request, its
 prefill and its decode, per weight format and cache dtype, and float32's speedup over bfloat16.
 
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> str:
                     times[kv]["decode"].append(result.timings.decode_ms)
             med = {kv: {k: statistics.median(v) for k, v in t.items()} for kv, t in times.items()}
             spec = "on" if backends["bfloat16"].speculation is not None else "off"
+            spec += f" ({backends['bfloat16'].decode_step_kind} step)"
             ratio = statistics.median(b / f for b, f in zip(times["bfloat16"]["total"], times["float32"]["total"],
                                                             strict=True))
             rows.append((threads, quant, spec, med, ratio))

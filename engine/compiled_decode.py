@@ -179,10 +179,12 @@ class CompiledStep:
 
 
 def compile_unavailable_reason(device: torch.device, kv_dtype: torch.dtype, mode: str,
-                               adapter: bool) -> str | None:
-    """Why the backend's decode steps stay eager (None: it compiles them)."""
+                               adapter: bool, native: bool = False) -> str | None:
+    """Why the backend's decode steps are not compiled (None: it compiles them)."""
     if mode == "off":
         return "turned off (setting compileDecode: off)"
+    if native:
+        return "the native step decodes, faster (engine/native_step.py)"
     if device.type != "cpu":
         return f"the model runs on {device.type.upper()} (the compiled step is for the CPU; CUDA has graphs)"
     if not kv_dtype.is_floating_point:
@@ -199,8 +201,10 @@ class ServedCompile:
     `build` replaces CompiledStep.build (tests hold or fail the compile with it)."""
 
     def __init__(self, model: Transformer, device: torch.device, kv_dtype: torch.dtype, mode: str = "auto",
-                 adapter: bool = False, build: Callable[[CompiledStep], None] | None = None) -> None:
-        self.reason = compile_unavailable_reason(device, kv_dtype, mode, adapter)  # None: compiling or compiled
+                 adapter: bool = False, build: Callable[[CompiledStep], None] | None = None,
+                 native: bool = False) -> None:
+        # None: compiling or compiled
+        self.reason = compile_unavailable_reason(device, kv_dtype, mode, adapter, native)
         self.compiled = CompiledStep(model, kv_dtype)
         self._build = build or CompiledStep.build
         self._ready = threading.Event()

@@ -22,6 +22,7 @@ from engine.cache import KVCache
 from engine.lookup import PromptLookup, Speculation
 from engine.model import Transformer
 from engine.name_choice import Lean
+from engine.native_step import NativeStep
 
 PREFILL_CHUNK = 1024  # tokens per prefill step: bounds the activation and attention-mask memory
 
@@ -111,9 +112,13 @@ def _feed(model: Transformer, cache: KVCache, chunk: list[int]) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def decode_step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
+def decode_step(model: Transformer, cache: KVCache, token: int, native: NativeStep | None = None) -> torch.Tensor:
     """Feed one token at the next position; return float32 logits (vocab,) for the position after.
-    On CPU, engine/cpu_step.py computes the same logits with a fraction of the forward pass's overhead."""
+    On CPU, engine/cpu_step.py computes the same logits with a fraction of the forward pass's overhead;
+    `native` (the local backend's, engine/native_step.py), where it applies, the same to bfloat16
+    precision in one native call."""
+    if native is not None and native.applies(cache):
+        return native.step(cache, token)
     if cpu_step.applies(cache):
         return cpu_step.step(model, cache, token)
     return forward_step(model, cache, token)

@@ -1,4 +1,5 @@
-"""The CPU decode step of a model with int8 weights, as one native call (engine/native/decode_step.c).
+"""The CPU decode step of a model with int8, int4 or bfloat16 weights, as one native call
+(engine/native/decode_step.c).
 
 Why: PyTorch runs a decode step of the 15 M default model as about two hundred kernels, and on CPU
 each costs a few microseconds of dispatch whatever its size: that, not the weights, is most of the
@@ -7,8 +8,8 @@ team (PyTorch's own: it loads the same libgomp).
 
 It is not bit for bit the eager step: the dot products add in another order, so a logit may differ in
 its last bfloat16 bit, and a near tie between two tokens may go the other way. So it serves only where
-nothing compares its logits with a forward pass's: with int8 weights, which decode without speculation
-(whose verification passes must reproduce one-token steps exactly). `applies` says where it serves.
+nothing compares its logits with a forward pass's: the local backend decodes without speculation where
+it serves (a verification pass must reproduce one-token steps exactly). `serves` and `applies` say where.
 
 The library is compiled from source at first use with the system's C compiler (about a second) into
 a per-user cache directory, keyed by a hash of the source, the flags and the compiler; without a
@@ -33,19 +34,24 @@ from torch import nn
 from engine import kernels
 from engine.cache import KVCache
 from engine.model import Transformer
+from engine.kernels.quant_cpu import int4_supported
 from engine.quant import QuantizedLinear
 
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "native" / "decode_step.c"
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
-ABI_VERSION = 1
+ABI_VERSION = 3
 
 DISABLE_ENV = "CODELLAMA_NATIVE_DECODE"  # "0": never (for comparisons and bug reports)
 
 
+W_INT8, W_BF16, W_INT4 = 0, 1, 2  # the C step's weight kinds
+
+
 class _QLinear(ctypes.Structure):
-    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p)]
+    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("kind", ctypes.c_int), ("group", ctypes.c_int),
+                ("group_stride", ctypes.c_long)]
 
 
 class _Layer(ctypes.Structure):
@@ -117,24 +123,38 @@ def library() -> ctypes.CDLL | None:
         return _library
 
 
-def _int8(layer: nn.Module) -> QuantizedLinear | None:
-    """The layer if the C step can read it: int8, no run-time adapter, row-major weight and scales."""
-    if (type(layer) is QuantizedLinear and layer.spec.bits == 8 and layer.lora is None and layer._cpu is None
-            and layer.qweight.is_contiguous() and layer.scales.is_contiguous()
-            and layer.scales.dtype == torch.bfloat16):
-        return layer
+def _weights(layer: nn.Module) -> _QLinear | None:
+    """The C step's view of a projection, or None where it cannot read it. It reads int8 (one bfloat16
+    scale a row), int4 in PyTorch's CPU layout (built here if the layer has not run yet, as its first
+    eager matmul would; bfloat16 scales, no padded input columns) and bias-free bfloat16 weights, all
+    without a run-time adapter."""
+    if type(layer) is QuantizedLinear and layer.lora is None:
+        if layer.spec.bits == 8 and layer._cpu is None:
+            if layer.qweight.is_contiguous() and layer.scales.is_contiguous() and layer.scales.dtype == torch.bfloat16:
+                return _QLinear(layer.qweight.data_ptr(), layer.scales.data_ptr(), W_INT8, 0, 0)
+            return None
+        if layer.spec.bits == 4 and int4_supported(layer.spec):
+            cpu = layer.cpu_int4(torch.bfloat16)
+            pairs = cpu.scales_and_zeros
+            if (cpu.packed.is_contiguous() and cpu.packed.shape[1] * 2 == layer.in_features
+                    and pairs.stride(2) == 1 and pairs.stride(1) == 2):
+                return _QLinear(cpu.packed.data_ptr(), pairs.data_ptr(), W_INT4, layer.spec.group_size, pairs.stride(0))
+        return None
+    if (type(layer) is nn.Linear and layer.bias is None and layer.weight.dtype == torch.bfloat16
+            and layer.weight.is_contiguous()):
+        return _QLinear(layer.weight.data_ptr(), 0, W_BF16, 0, 0)
     return None
 
 
 def model_supported(model: Transformer) -> bool:
-    """Whether every projection is an int8 layer the C step reads and the rest is bfloat16."""
+    """Whether every projection is one the C step reads (int8 or bfloat16) and the rest is bfloat16."""
     a = model.args
     if (model.tok_embeddings.weight.dtype != torch.bfloat16 or model.norm.weight.dtype != torch.bfloat16
-            or a.n_heads % (a.n_kv_heads or a.n_heads) or _int8(model.output) is None):
+            or a.n_heads % (a.n_kv_heads or a.n_heads) or _weights(model.output) is None):
         return False
     for layer in model.layers:
         attn, ff = layer.attention, layer.feed_forward
-        if any(_int8(p) is None for p in (attn.wq, attn.wk, attn.wv, attn.wo, ff.w1, ff.w3, ff.w2)):
+        if any(_weights(p) is None for p in (attn.wq, attn.wk, attn.wv, attn.wo, ff.w1, ff.w3, ff.w2)):
             return False
         if layer.attention_norm.weight.dtype != torch.bfloat16 or layer.ffn_norm.weight.dtype != torch.bfloat16:
             return False
@@ -174,9 +194,9 @@ class NativeStep:
         assert lib is not None
 
         def q(layer: nn.Module) -> _QLinear:
-            ql = _int8(layer)
-            assert ql is not None
-            return _QLinear(ql.qweight.data_ptr(), ql.scales.data_ptr())
+            view = _weights(layer)
+            assert view is not None
+            return view
 
         layers = (_Layer * a.n_layers)()
         keep = [rope_cos, rope_sin]

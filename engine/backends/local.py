@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from engine import generate as generate_module
 from engine import native_step
 from engine.backends.base import (
     COMPILE_DECODE_MODES,
@@ -277,9 +278,11 @@ class LocalBackend:
         self.graphs = ServedGraphs(self.model, device, enabled=cuda_graphs, drafts=speculation is not None)
         # On CPU, one-token decode steps run compiled once a background compile is done
         # (engine/compiled_decode.py: the same logits; eager until then, or for good if it fails).
-        self.compiled = ServedCompile(self.model, device, self.kv_dtype, compile_decode, adapter=adapter is not None)
-        # Or one native call a step (engine/native_step.py), where the backend was given one: int8 weights
-        # on CPU, whose decode needs no bit-exact agreement with verification passes (no speculation).
+        self.compiled = ServedCompile(self.model, device, self.kv_dtype, compile_decode, adapter=adapter is not None,
+                                      native=native is not None)
+        # Or one native call a step (engine/native_step.py), where the backend was given one: int8 or
+        # bfloat16 weights on CPU, decoding without speculation (whose verification passes would have to
+        # reproduce one-token steps bit for bit, which the native step does not).
         self.native = native
 
     # ---- Backend properties -------------------------------------------------------------------
@@ -448,8 +451,8 @@ class LocalBackend:
     def _decode_step(self, cache: KVCache, token: int) -> torch.Tensor:
         """engine.generate.decode_step's contract: native or compiled where that applies, else a CUDA
         graph's replay or the eager step (ServedGraphs)."""
-        if self.native is not None and self.native.applies(cache):
-            return self.native.step(cache, token)
+        if self.native is not None:  # looked up per call: tests inject faults there
+            return generate_module.decode_step(self.model, cache, token, native=self.native)
         logits = self.compiled.step(cache, token)
         return logits if logits is not None else self.graphs.step(cache, token)
 
@@ -540,14 +543,15 @@ def load_local_backend(
         if is_out_of_memory(exc):
             raise OutOfMemory(f"{path}: out of {dev.type.upper()} memory while loading the model") from exc
         raise
-    # int8 weights on CPU decode with one native call a step where the C step builds (engine/native_step.py).
+    # int8 and bfloat16 weights on CPU decode with one native call a step where the C step builds
+    # (engine/native_step.py), without speculation: 3-6x the eager step, more than drafts gained it.
     native = NativeStep(loaded.model) if native_step.serves(loaded.model, dev) else None
     kv_dt = resolve_kv_dtype(kv_cache_dtype, dt, dev, loaded.args, quantized=loaded.quantization is not None,
                              native=native is not None)
     # Speculation is verified bit for bit only with the model's own values in the cache (its dtype, or a
-    # float32 cache holding its bfloat16 numbers) and unquantized weights (an int8 cache or quantized
-    # weights batch the verification differently).
-    exact = (kv_dt == dt or kv_dt == torch.float32) and loaded.quantization is None
+    # float32 cache holding its bfloat16 numbers), unquantized weights (an int8 cache or quantized
+    # weights batch the verification differently) and eager one-token steps.
+    exact = (kv_dt == dt or kv_dt == torch.float32) and loaded.quantization is None and native is None
     return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter, kv_dtype=kv_dt,
                         speculation=default_speculation(dev, dt) if exact else None, cuda_graphs=cuda_graphs,
                         compile_decode=compile_decode, native=native)

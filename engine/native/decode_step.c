@@ -1,4 +1,4 @@
-/* One decode step of a Llama model with int8 weights, on CPU, as one C function.
+/* One decode step of a Llama model with int8, int4 or bfloat16 weights, on CPU, as one C function.
 
    Why: a small model's decode step costs per operation, not per weight byte (benchmarks/RESULTS.md,
    "CPU decode steps"). PyTorch runs a step of the 15 M default model as about two hundred kernels, each
@@ -9,8 +9,11 @@
    inside each stage. Only the order of the additions inside a dot product differs, so logits agree to
    about bfloat16's precision, not bit for bit (engine/native_step.py says where that is allowed).
 
-   Layout (batch 1): weights int8 [out, in] row-major with one bfloat16 scale per output row; norms,
-   embeddings in bfloat16; the KV cache float32 or bfloat16 [n_kv_heads, capacity, head_dim] per layer;
+   Layout (batch 1): weights int8 [out, in] row-major with one bfloat16 scale per output row; bfloat16
+   [out, in] row-major; or int4 in PyTorch's CPU kernel layout (engine/kernels/quant_cpu.py, CpuInt4:
+   per block of 64 output rows, per input column, 32 bytes, byte j holding row j in its low nibble and
+   row j + 32 in its high one; w = (nibble - 8) * scale + zero, bfloat16 (scale, zero) pairs [groups,
+   rows, 2]); norms, embeddings in bfloat16; the KV cache float32 or bfloat16 [n_kv_heads, capacity, head_dim] per layer;
    rotary tables float32 [positions, head_dim / 2] (Hugging Face's "rotate half" row order). */
 
 #include <math.h>
@@ -38,9 +41,13 @@ static inline float round_bf(float f) {
     return v.f;
 }
 
+enum { W_INT8 = 0, W_BF16 = 1, W_INT4 = 2 };
+
 typedef struct {
-    const int8_t *w;   /* [rows, cols] */
-    const bf16 *scale; /* [rows] */
+    const void *w;     /* int8 [rows, cols], bfloat16 [rows, cols] or int4 blocks (see above) */
+    const bf16 *scale; /* int8: [rows]; int4: (scale, zero) pairs, group g at scale + g * group_stride */
+    int kind, group;   /* W_*; int4: the group size (cols is a whole number of groups) */
+    long group_stride; /* int4: elements between groups' pairs */
 } QLinear;
 
 typedef struct {
@@ -62,13 +69,30 @@ typedef struct {
 
 #define CHUNK 256 /* keys per attention work item, so every thread has work at any context length */
 
-int native_abi_version(void) { return 1; }
+int native_abi_version(void) { return 3; }
 
 /* Floats of scratch a step needs. */
 long native_scratch_floats(int dim, int n_heads, int n_kv_heads, int head_dim, int hidden, int capacity) {
     long items = (long)n_heads * (capacity / CHUNK + 1);
     return 4L * dim + (long)(n_heads + 2 * n_kv_heads) * head_dim + 2L * hidden + (long)n_heads * capacity
            + items * (head_dim + 2);
+}
+
+static float dot_bf16(const bf16 *w, const float *x, int n) {
+    int i = 0;
+    float s = 0.0f;
+#if defined(__AVX512F__)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (; i + 32 <= n; i += 32) {
+        __m512i w0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i)));
+        __m512i w1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i + 16)));
+        a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w0, 16)), _mm512_loadu_ps(x + i), a0);
+        a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w1, 16)), _mm512_loadu_ps(x + i + 16), a1);
+    }
+    s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+#endif
+    for (; i < n; i++) s += bf2f(w[i]) * x[i];
+    return s;
 }
 
 static float dot_i8(const int8_t *w, const float *x, int n) {
@@ -88,10 +112,64 @@ static float dot_i8(const int8_t *w, const float *x, int n) {
     return s;
 }
 
-/* out[r] = bf16(dot(w[r], x) * scale[r]) for the rows this thread takes (no barrier after). */
+/* int4 rows [64 * block, 64 * block + 64) of out (those below `rows`), as project() takes them. */
+static void int4_block(const QLinear *q, const float *x, int cols, float *out, int rows, int block) {
+    const uint8_t *bytes = (const uint8_t *)q->w + (long)block * cols * 32;
+    float res[64], part[64];
+    for (int j = 0; j < 64; j++) res[j] = 0.0f;
+    for (int g = 0; g < cols / q->group; g++) {
+        float xs = 0.0f;
+        int k0 = g * q->group;
+#if defined(__AVX512F__)
+        const __m256i low4 = _mm256_set1_epi8(0x0f);
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int k = k0; k < k0 + q->group; k++) {
+            __m256i b = _mm256_loadu_si256((const __m256i *)(bytes + (long)k * 32));
+            __m256i lo = _mm256_and_si256(b, low4), hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
+            __m512 xk = _mm512_set1_ps(x[k]);
+            xs += x[k];
+            acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(lo))), xk, acc[0]);
+            acc[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(lo, 1))), xk, acc[1]);
+            acc[2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(hi))), xk, acc[2]);
+            acc[3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(hi, 1))), xk, acc[3]);
+        }
+        for (int i = 0; i < 4; i++) _mm512_storeu_ps(part + 16 * i, acc[i]);
+#else
+        for (int j = 0; j < 64; j++) part[j] = 0.0f;
+        for (int k = k0; k < k0 + q->group; k++) {
+            const uint8_t *b = bytes + (long)k * 32;
+            xs += x[k];
+            for (int j = 0; j < 32; j++) {
+                part[j] += (float)(b[j] & 0x0f) * x[k];
+                part[j + 32] += (float)(b[j] >> 4) * x[k];
+            }
+        }
+#endif
+        /* sum_k x[k] ((q - 8) scale + zero) = scale * sum_k x[k] q + (zero - 8 scale) * sum_k x[k] */
+        const bf16 *pairs = q->scale + g * q->group_stride + (long)block * 64 * 2;
+        for (int j = 0; j < 64; j++) {
+            float scale = bf2f(pairs[2 * j]), zero = bf2f(pairs[2 * j + 1]);
+            res[j] += scale * part[j] + (zero - 8.0f * scale) * xs;
+        }
+    }
+    for (int j = 0; j < 64 && 64 * block + j < rows; j++) out[64 * block + j] = round_bf(res[j]);
+}
+
+/* out[r] = bf16(dot(w[r], x) * scale[r]) (int8), bf16(dot(w[r], x)) (bfloat16) or the int4 rows, for the
+   rows this thread takes (no barrier after). */
 static void project(const QLinear *q, const float *x, int cols, float *out, int rows) {
+    if (q->kind == W_INT4) {
 #pragma omp for schedule(static) nowait
-    for (int r = 0; r < rows; r++) out[r] = round_bf(dot_i8(q->w + (long)r * cols, x, cols) * bf2f(q->scale[r]));
+        for (int b = 0; b < (rows + 63) / 64; b++) int4_block(q, x, cols, out, rows, b);
+    } else if (q->kind == W_BF16) {
+        const bf16 *w = (const bf16 *)q->w;
+#pragma omp for schedule(static) nowait
+        for (int r = 0; r < rows; r++) out[r] = round_bf(dot_bf16(w + (long)r * cols, x, cols));
+    } else {
+        const int8_t *w = (const int8_t *)q->w;
+#pragma omp for schedule(static) nowait
+        for (int r = 0; r < rows; r++) out[r] = round_bf(dot_i8(w + (long)r * cols, x, cols) * bf2f(q->scale[r]));
+    }
 }
 
 /* bf16(bf16(x * rsqrt(mean(x^2) + eps)) * weight), by one thread. */

@@ -173,6 +173,7 @@ def test_where_the_step_is_not_compiled_and_why():
     assert compile_unavailable_reason(CPU, BF16, "auto", adapter=False) is None
     assert compile_unavailable_reason(CPU, torch.float32, "auto", adapter=False) is None
     assert "compileDecode" in (compile_unavailable_reason(CPU, BF16, "off", adapter=False) or "")
+    assert "native" in (compile_unavailable_reason(CPU, BF16, "auto", adapter=False, native=True) or "")
     assert "CUDA" in (compile_unavailable_reason(torch.device("cuda"), BF16, "auto", adapter=False) or "")
     assert "int8" in (compile_unavailable_reason(CPU, torch.int8, "auto", adapter=False) or "")
     assert "adapter" in (compile_unavailable_reason(CPU, BF16, "auto", adapter=True) or "")

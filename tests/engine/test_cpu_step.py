@@ -111,6 +111,7 @@ def test_auto_kv_dtype_is_float32_for_small_quantized_bfloat16_models_on_cpu_onl
 
 def test_backend_with_a_float32_cache_keeps_speculation_and_the_bfloat16_suggestion(
         tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native_step.DISABLE_ENV, "0")  # the eager step speculates (engine/native_step.py's own tests)
     prefix = "".join(f"def f{i}(x):\n    return x * {i}\n\n" for i in range(6)) + "def g(y):\n    return "
     req = CompletionRequest(prefix=prefix, suffix="\n", max_new_tokens=12, token_healing=False)
     fp32 = load_local_backend(tiny_model_dir, device="cpu", dtype="bfloat16", kv_cache_dtype="float32")
@@ -121,6 +122,5 @@ def test_backend_with_a_float32_cache_keeps_speculation_and_the_bfloat16_suggest
     assert fp32.complete(req).tokens == bf16.complete(req).tokens
     (cache,) = fp32.pool.caches
     assert cache.k[0].dtype == torch.float32
-    monkeypatch.setenv(native_step.DISABLE_ENV, "0")  # decoding with PyTorch (engine/native_step.py's own tests)
     int8 = load_local_backend(tiny_model_dir, device="cpu", dtype="bfloat16", quantization="int8")
     assert int8.kv_dtype == torch.float32 and int8.speculation is None

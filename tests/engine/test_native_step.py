@@ -1,7 +1,8 @@
 """The native CPU decode step (engine/native_step.py) gives the eager step's logits to bfloat16 precision,
-for the shipped model and odd shapes, with either float KV cache, as caches grow and alternate; the
-local backend decodes int8 weights with it (the same suggestions as the eager step); and where it cannot
-serve (no compiler, int4 or unquantized weights, an adapter, an int8 cache) everything stays eager."""
+for int8, int4 and bfloat16 weights, the shipped model and odd shapes, with either float KV cache, as
+caches grow and alternate; the local backend decodes with it (the eager step's suggestions, without
+speculation); and where it cannot serve (no compiler, float32 weights, an adapter, an int8 cache)
+everything stays eager."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc
                                 reason="no C compiler: the native step is not built (tested below)")
 
 
-def int8_model(model_dir: Path) -> Transformer:
-    return load_model(model_dir, device="cpu", dtype=torch.bfloat16, quantization=spec_for_mode("int8")).model
+def int8_model(model_dir: Path, mode: str = "int8") -> Transformer:
+    return load_model(model_dir, device="cpu", dtype=torch.bfloat16, quantization=spec_for_mode(mode)).model
 
 
 def teacher_forced(model: Transformer, step, prompt: list[int], tokens: list[int], kv_dtype: torch.dtype,
@@ -51,9 +52,10 @@ def assert_close(eager: list[torch.Tensor], native: list[torch.Tensor], toleranc
             assert got.argmax() == want.argmax()
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4", "none"])
 @pytest.mark.parametrize("kv_dtype", [torch.bfloat16, torch.float32])
-def test_the_shipped_model_decodes_natively_to_bfloat16_precision(kv_dtype: torch.dtype) -> None:
-    model = int8_model(default_model_dir())
+def test_the_shipped_model_decodes_natively_to_bfloat16_precision(mode: str, kv_dtype: torch.dtype) -> None:
+    model = int8_model(default_model_dir(), mode)
     assert native_step.serves(model, torch.device("cpu"))
     native = native_step.NativeStep(model)
     text = (Path(__file__).parents[2] / "engine" / "generate.py").read_text()
@@ -67,14 +69,17 @@ def test_the_shipped_model_decodes_natively_to_bfloat16_precision(kv_dtype: torc
     assert_close(eager, got, tolerance=0.5)
 
 
+@pytest.mark.parametrize("mode", ["int8", "int4", "none"])
 @pytest.mark.parametrize("shape", [dict(), dict(dim=96, n_heads=4, n_kv_heads=2), dict(dim=96, n_heads=3, n_kv_heads=1)],
                          ids=["tiny", "head_dim-24", "one-kv-head"])
-def test_odd_shapes_and_a_growing_cache(tmp_path: Path, shape: dict) -> None:
+def test_odd_shapes_and_a_growing_cache(tmp_path: Path, shape: dict, mode: str) -> None:
     """Head sizes the vector code does not take (24), grouped and multi-query attention, widths that are
-    not a multiple of the vector length; the cache grows (and moves) under the step twice."""
+    not a multiple of the vector length, output widths that are not a multiple of int4's 64-row blocks;
+    the cache grows (and moves) under the step twice."""
     from tests.tiny_models import build_tiny_model
 
-    model = int8_model(build_tiny_model(tmp_path / "m", **shape))
+    model = int8_model(build_tiny_model(tmp_path / "m", **shape), mode)
+    assert native_step.serves(model, torch.device("cpu"))
     native = native_step.NativeStep(model)
     prompt, tokens = list(range(3, 40)), [(7 * i) % 200 + 3 for i in range(300)]  # past one 256-key item
     for kv_dtype in (torch.bfloat16, torch.float32):
@@ -108,11 +113,10 @@ def test_a_token_outside_the_vocabulary_is_refused_and_the_cache_left_as_it_was(
     assert cache.tokens == [5, 6, 7]
 
 
-def test_it_serves_int8_weights_only_and_stands_aside_for_other_caches(tiny_model_dir: Path) -> None:
+def test_it_stands_aside_for_float32_weights_adapters_and_other_caches(tiny_model_dir: Path) -> None:
     cpu = torch.device("cpu")
-    assert not native_step.serves(load_model(tiny_model_dir, device="cpu", dtype=torch.bfloat16).model, cpu)
-    assert not native_step.serves(load_model(tiny_model_dir, device="cpu", dtype=torch.bfloat16,
-                                             quantization=spec_for_mode("int4")).model, cpu)
+    assert not native_step.serves(load_model(tiny_model_dir, device="cpu", dtype=torch.float32).model, cpu)
+    assert native_step.serves(load_model(tiny_model_dir, device="cpu", dtype=torch.bfloat16).model, cpu)
     model = int8_model(tiny_model_dir)
     assert native_step.serves(model, cpu)
     layer = model.layers[0].attention.wq
@@ -124,15 +128,19 @@ def test_it_serves_int8_weights_only_and_stands_aside_for_other_caches(tiny_mode
     assert not native_step.NativeStep.applies(KVCache(args, 16, "cpu", torch.bfloat16, batch=2))
 
 
-def test_the_backend_decodes_int8_natively_with_the_eager_suggestion(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("mode", ["int8", "none"])
+def test_the_backend_decodes_natively_with_the_eager_suggestion(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
     prefix = "import os\n\n\ndef read_lines(path):\n    with open(path) as f:\n        return "
     req = CompletionRequest(prefix=prefix, suffix="\n", max_new_tokens=24)
-    native = load_local_backend(None, device="cpu", quantization="int8")
-    assert native.decode_step_kind == "native" and native.speculation is None
+    native = load_local_backend(None, device="cpu", dtype="bfloat16", quantization=mode)
+    assert native.decode_step_kind == "native"
+    assert native.speculation is None  # its verification passes would have to match native steps bit for bit
     assert native.kv_dtype == torch.bfloat16  # auto: the native step reads half the bytes from bfloat16
     monkeypatch.setenv(native_step.DISABLE_ENV, "0")
-    eager = load_local_backend(None, device="cpu", quantization="int8")
-    assert eager.decode_step_kind == "eager" and eager.kv_dtype == torch.float32
+    eager = load_local_backend(None, device="cpu", dtype="bfloat16", quantization=mode)
+    assert eager.decode_step_kind == "eager"
+    assert eager.kv_dtype == (torch.float32 if mode == "int8" else torch.bfloat16)
+    assert (eager.speculation is not None) == (mode == "none")
     assert native.complete(req).text == eager.complete(req).text
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from lsprotocol import types as T
 
+from engine import native_step
+
 from . import lsp_client as lc
 
 CODE = "def area(width, height):\n    return \n\n\nprint(area(3, 4))\n"
@@ -31,8 +33,9 @@ async def two_suggestions(workspace: Path, compile_decode: str) -> list[str]:
     """The same spot asked twice (the second time its prompt is in the KV cache but for the last token,
     which a decode step computes): on a fresh server, waiting between the two until the decode step is
     compiled when it compiles."""
+    # Where the native step serves (engine/native_step.py) nothing is compiled: off for this test.
     client = await lc.start(workspace, {"compileDecode": compile_decode, "maxNewTokens": 16,
-                                        "repositoryContext": False})
+                                        "repositoryContext": False}, env={native_step.DISABLE_ENV: "0"})
     try:
         await lc.wait_ready(client)
         status = await lc.request(client, "codellama/getStatus", {})

@@ -63,7 +63,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def client(repo: Path):
     # No `model` setting: the embedded default model. 24 new tokens hold a line of code.
-    client = await lc.start(repo, {"maxNewTokens": 24})
+    client = await lc.start(repo, {"maxNewTokens": 48})
     await lc.wait_ready(client)
     yield client
     await client.shutdown_session()
