@@ -33,8 +33,8 @@ from torch import nn
 
 from engine import kernels
 from engine.cache import KVCache
-from engine.model import Transformer
 from engine.kernels.quant_cpu import int4_supported
+from engine.model import Transformer
 from engine.quant import QuantizedLinear
 
 log = logging.getLogger(__name__)
