@@ -5,10 +5,10 @@ many greedy completions each variant leaves unchanged.
     .venv/bin/python benchmarks/decode_levers.py --contexts 1024 4096 --quant int8 int4 none
 
 Variants (each against "eager": engine/cpu_step.py's step, and the KV cache dtype that kvCacheDtype
-"auto" picks for it: float32 for the default model with int8/int4 weights on CPU; what unquantized and
-int4 weights decode with, and int8 weights where the native step cannot be built):
-  native         the native step (engine/native_step.py, int8 weights only) over a bfloat16 cache: what
-                 the local backend decodes int8 weights with (to bfloat16 precision, not the same bits)
+"auto" picks for it: float32 for the default model with int8/int4 weights on CPU; what the backend
+decodes with where the native step cannot be built):
+  native         the native step (engine/native_step.py) over a bfloat16 cache: what the local backend
+                 decodes with where it builds (to bfloat16 precision, not the same bits)
   native, float32 KV  the native step over a float32 cache
   forward pass   the step through Transformer.forward with a bfloat16 cache: what decoded before
                  engine/cpu_step.py and float32 caches (the same bits)

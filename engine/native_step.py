@@ -47,6 +47,12 @@ DISABLE_ENV = "CODELLAMA_NATIVE_DECODE"  # "0": never (for comparisons and bug r
 
 
 W_INT8, W_BF16, W_INT4 = 0, 1, 2  # the C step's weight kinds
+# The widest model (dim) whose steps it serves, per weight kind: past these PyTorch's own kernels do as
+# well or better. One step of a random two-layer model at 1K tokens of context, 2 threads, native over
+# eager (engine/cpu_step.py): int8 4.1x at dim 1024, 1.5x at 2048, 1.03x at 4096; int4 2.7x, 1.08x, 0.84x;
+# bfloat16 2.0x, 1.26x, 1.04x, where the eager step also speculates (1.3x on HumanEval lines, 2.0x on
+# copied text, benchmarks/RESULTS.md), which the native step does not.
+MAX_DIM = {W_INT8: None, W_INT4: 2048, W_BF16: 1024}
 
 
 class _QLinear(ctypes.Structure):
@@ -147,14 +153,21 @@ def _weights(layer: nn.Module) -> _QLinear | None:
 
 
 def model_supported(model: Transformer) -> bool:
-    """Whether every projection is one the C step reads (int8 or bfloat16) and the rest is bfloat16."""
+    """Whether every projection is one the C step reads, at a width where it is the faster step (MAX_DIM),
+    and the rest is bfloat16."""
     a = model.args
+
+    def served(layer: nn.Module) -> bool:
+        view = _weights(layer)
+        widest = MAX_DIM[view.kind] if view is not None else 0
+        return view is not None and (widest is None or a.dim <= widest)
+
     if (model.tok_embeddings.weight.dtype != torch.bfloat16 or model.norm.weight.dtype != torch.bfloat16
-            or a.n_heads % (a.n_kv_heads or a.n_heads) or _weights(model.output) is None):
+            or a.n_heads % (a.n_kv_heads or a.n_heads) or not served(model.output)):
         return False
     for layer in model.layers:
         attn, ff = layer.attention, layer.feed_forward
-        if any(_weights(p) is None for p in (attn.wq, attn.wk, attn.wv, attn.wo, ff.w1, ff.w3, ff.w2)):
+        if not all(served(p) for p in (attn.wq, attn.wk, attn.wv, attn.wo, ff.w1, ff.w3, ff.w2)):
             return False
         if layer.attention_norm.weight.dtype != torch.bfloat16 or layer.ffn_norm.weight.dtype != torch.bfloat16:
             return False

@@ -18,3 +18,6 @@ ev humaneval --formats spm psm
 ev infill --data-jsonl "$HELDOUT" --formats spm psm --samples 500
 ev keys --data-jsonl "$HELDOUT" --lengths 1024 2048 4096 --samples 8
 ev perplexity --data-jsonl "$HELDOUT" --lengths 512 1024 2048 4096 --plot "$OUT/perplexity.png"
+# Whether each model continues the prefix where a middle begins, PSM against SPM (fim_boundary.py).
+for m in "$AFTER" "$BEFORE"; do $PY recipes/default_model/fim_boundary.py --model "$m" --data-jsonl "$HELDOUT"; done \
+  | tee "$OUT/fim_boundary.md"

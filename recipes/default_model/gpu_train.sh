@@ -10,7 +10,7 @@
 # stage. The served stage's examples take the language server's context builder about four minutes
 # on one core: build them here first (`stage.py prepare --stage served --run $RUN`) and carry
 # $RUN/streams/served.{bin,json} as CARRY/streams/ (19 MB); the other streams are built there.
-#   SHAPE=384x10 PRETRAIN_MINUTES=4 LCFT_MINUTES=1 RECALL_MINUTES=1 SERVED_MINUTES=1 bash recipes/default_model/gpu_train.sh
+#   SHAPE=448x10 PRETRAIN_MINUTES=4 LCFT_MINUTES=1 RECALL_MINUTES=1 SERVED_MINUTES=1 bash recipes/default_model/gpu_train.sh
 # Back here:  python recipes/default_model/stage.py export --from-shards OUT/lcft --out models/default
 set -uo pipefail
 cd "$(dirname "$0")/../.."

@@ -165,3 +165,20 @@ def test_auto_kv_dtype_is_bfloat16_where_the_native_step_decodes() -> None:
     cpu = torch.device("cpu")
     assert resolve_kv_dtype("auto", torch.bfloat16, cpu, default, quantized=True, native=True) == torch.bfloat16
     assert resolve_kv_dtype("auto", torch.bfloat16, cpu, default, quantized=True) == torch.float32
+
+
+def test_wide_models_keep_pytorch_kernels_where_those_are_as_fast() -> None:
+    """int8 at any width; int4 up to 2,048 and bfloat16 up to 1,024 wide (native_step.MAX_DIM)."""
+    from engine.config import ModelArgs
+    from engine.quant import quantize_model
+    from tests.tiny_models import random_model
+
+    cpu = torch.device("cpu")
+    for dim, heads, want in ((1024, 8, {"none": True, "int8": True, "int4": True}),
+                             (2304, 18, {"none": False, "int8": True, "int4": False})):
+        args = ModelArgs(dim=dim, n_layers=1, n_heads=heads, vocab_size=256, multiple_of=256)
+        for mode, served in want.items():
+            model = random_model(args).to(torch.bfloat16)
+            if mode != "none":
+                model = quantize_model(model, spec_for_mode(mode))
+            assert native_step.serves(model, cpu) == served, (dim, mode)
