@@ -56,6 +56,8 @@ def variants(budget: int) -> dict[str, tuple[dict[str, Any], dict[str, str]]]:
         # Twice the bytes a position (half the positions in the pool's budget); decode steps read it
         # without converting it to float32 (kvCacheDtype "auto" picks it for quantized small models).
         "float32-kv": ({"kvCacheDtype": "float32"}, {}),
+        # Decode steps in PyTorch (engine/cpu_step.py, with speculation) instead of the native step.
+        "eager-step": ({}, {"CODELLAMA_NATIVE_DECODE": "0"}),
     }
 
 

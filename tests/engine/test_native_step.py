@@ -182,3 +182,13 @@ def test_wide_models_keep_pytorch_kernels_where_those_are_as_fast() -> None:
             if mode != "none":
                 model = quantize_model(model, spec_for_mode(mode))
             assert native_step.serves(model, cpu) == served, (dim, mode)
+
+
+def test_the_library_builds_from_source_into_an_empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native_step, "_library", None)
+    monkeypatch.setattr(native_step, "_failure", None)
+    assert native_step.library() is not None
+    (built,) = (tmp_path / "codellama-lsp" / "native").glob("decode_step-*.so")
+    assert built.stat().st_size > 0
+    assert native_step.library() is native_step._library  # built once
