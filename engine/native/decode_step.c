@@ -78,37 +78,32 @@ long native_scratch_floats(int dim, int n_heads, int n_kv_heads, int head_dim, i
            + items * (head_dim + 2);
 }
 
-static float dot_bf16(const bf16 *w, const float *x, int n) {
-    int i = 0;
-    float s = 0.0f;
 #if defined(__AVX512F__)
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    for (; i + 32 <= n; i += 32) {
-        __m512i w0 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i)));
-        __m512i w1 = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i + 16)));
-        a0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w0, 16)), _mm512_loadu_ps(x + i), a0);
-        a1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(w1, 16)), _mm512_loadu_ps(x + i + 16), a1);
-    }
-    s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-#endif
-    for (; i < n; i++) s += bf2f(w[i]) * x[i];
-    return s;
+static inline __m512 bf16x16(const bf16 *p) { /* 16 bfloat16 as float32: the bits shifted up */
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 
-static float dot_i8(const int8_t *w, const float *x, int n) {
+static inline __m512 i8x16(const int8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+#endif
+
+/* dot(w, x) over n for a row of bfloat16 (bf) or int8 weights. */
+static float dot_row(const void *w, int bf, const float *x, int n) {
+    const bf16 *wb = (const bf16 *)w;
+    const int8_t *wi = (const int8_t *)w;
     int i = 0;
     float s = 0.0f;
 #if defined(__AVX512F__)
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     for (; i + 32 <= n; i += 32) {
-        __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + i))));
-        __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + i + 16))));
+        __m512 w0 = bf ? bf16x16(wb + i) : i8x16(wi + i), w1 = bf ? bf16x16(wb + i + 16) : i8x16(wi + i + 16);
         a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + i), a0);
         a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + i + 16), a1);
     }
     s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 #endif
-    for (; i < n; i++) s += (float)w[i] * x[i];
+    for (; i < n; i++) s += (bf ? bf2f(wb[i]) : (float)wi[i]) * x[i];
     return s;
 }
 
@@ -164,11 +159,11 @@ static void project(const QLinear *q, const float *x, int cols, float *out, int 
     } else if (q->kind == W_BF16) {
         const bf16 *w = (const bf16 *)q->w;
 #pragma omp for schedule(static) nowait
-        for (int r = 0; r < rows; r++) out[r] = round_bf(dot_bf16(w + (long)r * cols, x, cols));
+        for (int r = 0; r < rows; r++) out[r] = round_bf(dot_row(w + (long)r * cols, 1, x, cols));
     } else {
         const int8_t *w = (const int8_t *)q->w;
 #pragma omp for schedule(static) nowait
-        for (int r = 0; r < rows; r++) out[r] = round_bf(dot_i8(w + (long)r * cols, x, cols) * bf2f(q->scale[r]));
+        for (int r = 0; r < rows; r++) out[r] = round_bf(dot_row(w + (long)r * cols, 0, x, cols) * bf2f(q->scale[r]));
     }
 }
 
@@ -207,9 +202,7 @@ static void kv_store(void *base, int bf, long i, float x) {
 #if defined(__AVX512F__)
 /* 16 floats of the cache from element i, stored as float32 or bfloat16. */
 static inline __m512 kv16(const void *base, int bf, long i) {
-    if (!bf) return _mm512_loadu_ps((const float *)base + i);
-    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const bf16 *)base + i)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+    return bf ? bf16x16((const bf16 *)base + i) : _mm512_loadu_ps((const float *)base + i);
 }
 #endif
 
