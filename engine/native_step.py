@@ -12,8 +12,9 @@ nothing compares its logits with a forward pass's: the local backend decodes wit
 it serves (a verification pass must reproduce one-token steps exactly). `serves` and `applies` say where.
 
 The library is compiled from source at first use with the system's C compiler (about a second) into
-a per-user cache directory, keyed by a hash of the source, the flags and the compiler; without a
-compiler, or when the build or a self-check fails, steps stay eager and one warning says why.
+a per-user cache directory, keyed by a hash of the source, the flags, the compiler and the CPU (it is
+built for this one: -march=native); without a compiler, without AVX-512 (only its vector code beats
+PyTorch's kernels), or when the build fails, steps stay eager and one warning says why.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -88,9 +90,20 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
+def _cpu_identity() -> str:
+    """What -march=native builds for: the CPU's model and flags where Linux says (a home directory shared
+    between machines must not hand one CPU's build to another)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.machine() + platform.processor()
+    return "\n".join(sorted({line for line in info.splitlines() if line.startswith(("model name", "flags"))}))
+
+
 def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(CFLAGS).encode() + version.encode()).hexdigest()[:16]
+    identity = SOURCE.read_bytes() + " ".join(CFLAGS).encode() + version.encode() + _cpu_identity().encode()
+    key = hashlib.sha256(identity).hexdigest()[:16]
     target = cache_dir() / f"decode_step-{key}.so"
     if target.is_file():
         return target
@@ -118,6 +131,8 @@ def library() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(_build(compiler)))
             if lib.native_abi_version() != ABI_VERSION:
                 raise RuntimeError("the built library has another ABI version")
+            if not lib.native_vectorized():
+                raise RuntimeError("this CPU has no AVX-512, and without it PyTorch's kernels are faster")
             lib.native_decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
             lib.native_decode_step.restype = ctypes.c_int
             lib.native_scratch_floats.argtypes = [ctypes.c_int] * 6

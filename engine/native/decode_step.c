@@ -71,6 +71,15 @@ typedef struct {
 
 int native_abi_version(void) { return 3; }
 
+/* Whether this build has the AVX-512 code (else only the plain C loops, slower than PyTorch's kernels). */
+int native_vectorized(void) {
+#if defined(__AVX512F__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* Floats of scratch a step needs. */
 long native_scratch_floats(int dim, int n_heads, int n_kv_heads, int head_dim, int hidden, int capacity) {
     long items = (long)n_heads * (capacity / CHUNK + 1);

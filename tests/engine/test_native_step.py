@@ -192,3 +192,15 @@ def test_the_library_builds_from_source_into_an_empty_cache(tmp_path: Path, monk
     (built,) = (tmp_path / "codellama-lsp" / "native").glob("decode_step-*.so")
     assert built.stat().st_size > 0
     assert native_step.library() is native_step._library  # built once
+
+
+def test_a_build_without_avx512_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Its plain C loops are slower than PyTorch's kernels: a CPU without AVX-512 decodes with PyTorch."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(native_step, "_library", None)
+    monkeypatch.setattr(native_step, "_failure", None)
+    monkeypatch.setattr(native_step, "CFLAGS", [*native_step.CFLAGS, "-mno-avx512f"])
+    with caplog.at_level(logging.WARNING, logger="engine.native_step"):
+        assert native_step.library() is None
+    assert any("no AVX-512" in r.getMessage() for r in caplog.records)
