@@ -200,8 +200,9 @@ def serves(model: Transformer, device: torch.device) -> bool:
 
 
 class NativeStep:
-    """The C step's view of one model and one cache: pointers into their tensors, rebuilt whenever a
-    tensor they point to is replaced (a cache grown, another cache of a pool, the rotary table extended).
+    """The C step's view of one model and one cache: pointers into their tensors, checked at every step
+    and rebuilt whenever one changed (a cache grown, another cache of a pool, the rotary table extended).
+    It holds no cache tensor itself: a cache the pool evicts is freed at once.
 
     For a model that `serves` and whose layers stay as they are (the local backend's: an adapter is
     applied before, by loading another backend)."""
@@ -210,11 +211,12 @@ class NativeStep:
         assert model_supported(model), "NativeStep needs a model that native_step.serves"
         self.model = model
         self._key: tuple | None = None
-        self._keep: list[torch.Tensor] = []  # what the pointers point into, alive while they are used
+        self._scratch: torch.Tensor | None = None  # the C step's working memory, sized for the capacity
         self._struct: _Model | None = None
 
     def _pointers(self, cache: KVCache, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> _Model:
-        key = (id(cache), cache.capacity, cache.k[0].data_ptr(), rope_cos.data_ptr(), torch.get_num_threads())
+        key = (cache.capacity, cache.dtype, *(t.data_ptr() for t in cache.k), *(t.data_ptr() for t in cache.v),
+               rope_cos.data_ptr(), rope_sin.data_ptr(), torch.get_num_threads())
         if key == self._key and self._struct is not None:
             return self._struct
         m, a = self.model, self.model.args
@@ -227,24 +229,21 @@ class NativeStep:
             return view
 
         layers = (_Layer * a.n_layers)()
-        keep = [rope_cos, rope_sin]
         for i, layer in enumerate(m.layers):
             attn, ff = layer.attention, layer.feed_forward
             k, v = cache.k[i][0], cache.v[i][0]  # (n_kv, capacity, head_dim), contiguous
             assert k.is_contiguous() and v.is_contiguous()
-            keep += [k, v]
             layers[i] = _Layer(q(attn.wq), q(attn.wk), q(attn.wv), q(attn.wo), q(ff.w1), q(ff.w3), q(ff.w2),
                                layer.attention_norm.weight.data_ptr(), layer.ffn_norm.weight.data_ptr(),
                                k.data_ptr(), v.data_ptr())
         hidden = m.layers[0].feed_forward.w1.out_features
         scratch = torch.empty(lib.native_scratch_floats(a.dim, a.n_heads, a.n_kv_heads, a.head_dim, hidden,
                                                         cache.capacity), dtype=torch.float32)
-        keep.append(scratch)
         self._struct = _Model(a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.head_dim, hidden, a.vocab_size,
                               cache.capacity, int(cache.dtype == torch.bfloat16), torch.get_num_threads(),
                               a.norm_eps, m.tok_embeddings.weight.data_ptr(), m.norm.weight.data_ptr(), q(m.output),
                               rope_cos.data_ptr(), rope_sin.data_ptr(), layers, scratch.data_ptr())
-        self._layers, self._keep, self._key = layers, keep, key
+        self._layers, self._scratch, self._key = layers, scratch, key
         return self._struct
 
     @staticmethod

@@ -204,3 +204,19 @@ def test_a_build_without_avx512_is_not_used(tmp_path: Path, monkeypatch: pytest.
     with caplog.at_level(logging.WARNING, logger="engine.native_step"):
         assert native_step.library() is None
     assert any("no AVX-512" in r.getMessage() for r in caplog.records)
+
+
+def test_a_cache_it_decoded_into_is_freed_when_its_owner_drops_it(tiny_model_dir: Path) -> None:
+    """The pool's memory budget counts on evicted caches being freed: the step keeps only pointers."""
+    import gc
+    import weakref
+
+    model = int8_model(tiny_model_dir)
+    native = native_step.NativeStep(model)
+    cache = KVCache(model.args, 32, "cpu", torch.bfloat16)
+    prefill(model, cache, [5, 6, 7])
+    native.step(cache, 8)
+    keys = weakref.ref(cache.k[0])
+    del cache
+    gc.collect()
+    assert keys() is None
