@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from engine import native_step
 from tests.benchmarks.scripts import load_benchmark
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(native_step.library() is None,
+                                                    reason="the native step cannot be built here")]
 
 
 def test_native_step_benchmark_prints_a_row_per_weight_format(monkeypatch: pytest.MonkeyPatch) -> None:

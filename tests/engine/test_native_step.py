@@ -7,7 +7,6 @@ everything stays eager."""
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,8 +22,8 @@ from engine.model import Transformer
 from engine.paths import default_model_dir
 from engine.quant import spec_for_mode
 
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
-                                reason="no C compiler: the native step is not built (tested below)")
+pytestmark = pytest.mark.skipif(native_step.library() is None,
+                                reason=f"the native step cannot be built here: {native_step._failure}")
 
 
 def int8_model(model_dir: Path, mode: str = "int8") -> Transformer:

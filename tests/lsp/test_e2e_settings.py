@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types as T
 
-from engine import default_model_dir
+from engine import default_model_dir, native_step
 
 from . import lsp_client as lc
 
@@ -168,9 +168,14 @@ async def test_quantization_change_reloads_the_model_with_int8_weights(client, w
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
         settings={"codellama": {"model": None, "quantization": "int8"}}))
     status = await lc.wait_for(client, lambda s: s["quantization"] == "int8" and s["state"] == "ready")
-    # int8 weights on CPU decode natively (engine/native_step.py), over the model's bfloat16 cache.
-    assert status["model"] == DEFAULT and status["description"].endswith("int8 weights)")
-    assert status["kvCacheDtype"] == "bfloat16" and status["decodeStep"] == "native"
+    # int8 weights on CPU decode natively (engine/native_step.py), over the model's bfloat16 cache; where
+    # it cannot be built (no compiler, no AVX-512), with PyTorch over a float32 one.
+    if native_step.library() is not None:
+        assert status["model"] == DEFAULT and status["description"].endswith("int8 weights)")
+        assert status["kvCacheDtype"] == "bfloat16" and status["decodeStep"] == "native"
+    else:
+        assert status["model"] == DEFAULT and status["description"].endswith("int8 weights, float32 KV cache)")
+        assert status["kvCacheDtype"] == "float32" and status["decodeStep"] == "eager"
     (workspace / "quantized.py").write_text("def add(a, b):\n    return \n")  # a new document: no cached answer
     uri = lc.open_doc(client, workspace / "quantized.py")
     result = await lc.inline(client, uri, 1, 11)
