@@ -22,7 +22,7 @@ same rounds, in a table of its own beside ours eager and llama.cpp.
 
 With --quant, a second table: ours in bf16, int8 and int4 weights (engine/quant.py) on the same
 prompts (cold latency, decode tok/s, weight bytes; each decoding as the local backend does: the native
-step for int8 weights, engine/native_step.py, the eager one otherwise), on the default model and a 7B-shaped model cut to
+step where it serves, engine/native_step.py, the eager one otherwise), on the default model and a 7B-shaped model cut to
 --seven-b-layers of its 32 layers (random weights; per-layer costs are the 7B's), and beside them
 llama.cpp at the same bits (Q8_0, Q4_0) where llama-cpp-python is installed and engine.export can
 write those GGUF types:
@@ -56,15 +56,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from engine import default_model_dir, native_step  # noqa: E402
-from engine.backends.local import resolve_kv_dtype  # noqa: E402
+from engine import default_model_dir  # noqa: E402
+from engine.backends.local import decode_setup  # noqa: E402
 from engine.cache import KVCache  # noqa: E402
 from engine.checkpoints import LoadedModel, load_model, save_hf_checkpoint  # noqa: E402
 from engine.compiled_decode import CompiledStep  # noqa: E402
 from engine.config import ModelArgs  # noqa: E402
 from engine.generate import DecodeFn, generate  # noqa: E402
 from engine.model import Transformer, init_weights  # noqa: E402
-from engine.native_step import NativeStep  # noqa: E402
 from engine.quant import QuantSpec, spec_for_mode  # noqa: E402
 from engine.tokenizer import Tokenizer  # noqa: E402
 
@@ -235,14 +234,10 @@ def seven_b_dir(tokenizer_model: Path, layers: int, out: Path) -> Path:
 
 
 def served_step(loaded: LoadedModel) -> tuple[DecodeFn | None, torch.dtype]:
-    """The decode step and KV cache dtype the local backend uses for these weights on CPU: the native step
-    for int8 weights where it builds (engine/native_step.py), else the eager one (None), and the cache
-    dtype kvCacheDtype "auto" picks with it."""
-    cpu, dtype = torch.device("cpu"), next(loaded.model.parameters()).dtype
-    native = native_step.serves(loaded.model, cpu)
-    kv_dtype = resolve_kv_dtype("auto", dtype, cpu, loaded.args, quantized=loaded.quantization is not None,
-                                native=native)
-    return (NativeStep(loaded.model).step if native else None), kv_dtype
+    """The decode step and KV cache dtype the local backend uses for these weights on CPU
+    (engine.backends.local.decode_setup): the native step where it serves, else the eager one (None)."""
+    native, kv_dtype = decode_setup(loaded, torch.device("cpu"), next(loaded.model.parameters()).dtype)
+    return (native.step if native is not None else None), kv_dtype
 
 
 def ours_cold_run(loaded: LoadedModel, prompt: list[int], step: DecodeFn | None = None) -> dict[str, float]:

@@ -36,7 +36,7 @@ from torch import nn
 from engine import kernels
 from engine.cache import KVCache
 from engine.kernels.quant_cpu import int4_supported
-from engine.model import Transformer
+from engine.model import Transformer, TransformerBlock
 from engine.quant import QuantizedLinear
 
 log = logging.getLogger(__name__)
@@ -167,26 +167,39 @@ def _weights(layer: nn.Module) -> _QLinear | None:
     return None
 
 
-def model_supported(model: Transformer) -> bool:
-    """Whether every projection is one the C step reads, at a width where it is the faster step (MAX_DIM),
-    and the rest is bfloat16."""
+def _projections(layer: TransformerBlock) -> tuple[nn.Module, ...]:
+    """A transformer block's projections, in the order of the C step's Layer struct."""
+    attn, ff = layer.attention, layer.feed_forward
+    return attn.wq, attn.wk, attn.wv, attn.wo, ff.w1, ff.w3, ff.w2
+
+
+def _served_weights(model: Transformer) -> tuple[list[tuple[_QLinear, ...]], _QLinear] | None:
+    """Every block's projections and the output head as the C step reads them, or None unless each one
+    is readable at a width where the C step is the faster one (MAX_DIM) and the rest is bfloat16."""
     a = model.args
 
-    def served(layer: nn.Module) -> bool:
+    def served(layer: nn.Module) -> _QLinear | None:
         view = _weights(layer)
-        widest = MAX_DIM[view.kind] if view is not None else 0
-        return view is not None and (widest is None or a.dim <= widest)
+        widest = MAX_DIM[view.kind] if view is not None else None
+        return None if view is None or (widest is not None and a.dim > widest) else view
 
-    if (model.tok_embeddings.weight.dtype != torch.bfloat16 or model.norm.weight.dtype != torch.bfloat16
-            or a.n_heads % (a.n_kv_heads or a.n_heads) or not served(model.output)):
-        return False
+    norms = [model.norm] + [n for layer in model.layers for n in (layer.attention_norm, layer.ffn_norm)]
+    if (model.tok_embeddings.weight.dtype != torch.bfloat16 or any(n.weight.dtype != torch.bfloat16 for n in norms)
+            or a.n_heads % (a.n_kv_heads or a.n_heads)):
+        return None
+    output = served(model.output)
+    blocks: list[tuple[_QLinear, ...]] = []
     for layer in model.layers:
-        attn, ff = layer.attention, layer.feed_forward
-        if not all(served(p) for p in (attn.wq, attn.wk, attn.wv, attn.wo, ff.w1, ff.w3, ff.w2)):
-            return False
-        if layer.attention_norm.weight.dtype != torch.bfloat16 or layer.ffn_norm.weight.dtype != torch.bfloat16:
-            return False
-    return True
+        views = [served(p) for p in _projections(layer)]
+        if any(view is None for view in views):
+            return None
+        blocks.append(tuple(v for v in views if v is not None))
+    return (blocks, output) if output is not None else None
+
+
+def model_supported(model: Transformer) -> bool:
+    """Whether the C step reads every weight of this model at a width where it is the faster step."""
+    return _served_weights(model) is not None
 
 
 def enabled() -> bool:
@@ -195,63 +208,63 @@ def enabled() -> bool:
 
 def serves(model: Transformer, device: torch.device) -> bool:
     """Whether the C step can serve this model's decode steps on `device` (the library is built on the
-    first call that gets this far)."""
+    first call that gets this far). CODELLAMA_NATIVE_DECODE=0 says no."""
     return enabled() and device.type == "cpu" and model_supported(model) and library() is not None
 
 
 class NativeStep:
-    """The C step's view of one model and one cache: pointers into their tensors, checked at every step
-    and rebuilt whenever one changed (a cache grown, another cache of a pool, the rotary table extended).
-    It holds no cache tensor itself: a cache the pool evicts is freed at once.
+    """The C step's view of one model and one cache: the weights' pointers, read once, and the cache's and
+    rotary tables', checked at every step and refreshed whenever one changed (a cache grown, another cache
+    of a pool, the rotary table extended). It holds no cache tensor itself: a cache the pool evicts is
+    freed at once.
 
     For a model that `serves` and whose layers stay as they are (the local backend's: an adapter is
     applied before, by loading another backend)."""
 
     def __init__(self, model: Transformer) -> None:
-        assert model_supported(model), "NativeStep needs a model that native_step.serves"
-        self.model = model
+        weights = _served_weights(model)
+        assert weights is not None, "NativeStep needs a model that native_step.serves"
+        lib = library()
+        assert lib is not None, "NativeStep needs the built library (native_step.serves)"
+        self.model, self._lib = model, lib
+        blocks, output = weights
+        a = model.args
+        self._hidden = model.layers[0].feed_forward.w1.out_features
+        self._layers = (_Layer * a.n_layers)()
+        for i, (layer, views) in enumerate(zip(model.layers, blocks, strict=True)):
+            self._layers[i] = _Layer(*views, layer.attention_norm.weight.data_ptr(), layer.ffn_norm.weight.data_ptr(),
+                                     0, 0)  # K/V: per cache, in _pointers
+        self._struct = _Model(a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.head_dim, self._hidden, a.vocab_size,
+                              0, 0, 0, a.norm_eps, model.tok_embeddings.weight.data_ptr(), model.norm.weight.data_ptr(),
+                              output, 0, 0, self._layers, 0)
         self._key: tuple | None = None
         self._scratch: torch.Tensor | None = None  # the C step's working memory, sized for the capacity
-        self._struct: _Model | None = None
 
     def _pointers(self, cache: KVCache, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> _Model:
         key = (cache.capacity, cache.dtype, *(t.data_ptr() for t in cache.k), *(t.data_ptr() for t in cache.v),
                rope_cos.data_ptr(), rope_sin.data_ptr(), torch.get_num_threads())
-        if key == self._key and self._struct is not None:
+        if key == self._key:
             return self._struct
-        m, a = self.model, self.model.args
-        lib = library()
-        assert lib is not None
-
-        def q(layer: nn.Module) -> _QLinear:
-            view = _weights(layer)
-            assert view is not None
-            return view
-
-        layers = (_Layer * a.n_layers)()
-        for i, layer in enumerate(m.layers):
-            attn, ff = layer.attention, layer.feed_forward
+        a, st = self.model.args, self._struct
+        for i in range(a.n_layers):
             k, v = cache.k[i][0], cache.v[i][0]  # (n_kv, capacity, head_dim), contiguous
             assert k.is_contiguous() and v.is_contiguous()
-            layers[i] = _Layer(q(attn.wq), q(attn.wk), q(attn.wv), q(attn.wo), q(ff.w1), q(ff.w3), q(ff.w2),
-                               layer.attention_norm.weight.data_ptr(), layer.ffn_norm.weight.data_ptr(),
-                               k.data_ptr(), v.data_ptr())
-        hidden = m.layers[0].feed_forward.w1.out_features
-        scratch = torch.empty(lib.native_scratch_floats(a.dim, a.n_heads, a.n_kv_heads, a.head_dim, hidden,
-                                                        cache.capacity), dtype=torch.float32)
-        self._struct = _Model(a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.head_dim, hidden, a.vocab_size,
-                              cache.capacity, int(cache.dtype == torch.bfloat16), torch.get_num_threads(),
-                              a.norm_eps, m.tok_embeddings.weight.data_ptr(), m.norm.weight.data_ptr(), q(m.output),
-                              rope_cos.data_ptr(), rope_sin.data_ptr(), layers, scratch.data_ptr())
-        self._layers, self._scratch, self._key = layers, scratch, key
-        return self._struct
+            self._layers[i].k, self._layers[i].v = k.data_ptr(), v.data_ptr()
+        if self._scratch is None or st.capacity != cache.capacity:
+            self._scratch = torch.empty(self._lib.native_scratch_floats(a.dim, a.n_heads, a.n_kv_heads, a.head_dim,
+                                                                        self._hidden, cache.capacity),
+                                        dtype=torch.float32)
+        st.capacity, st.kv_bf16, st.n_threads = cache.capacity, int(cache.dtype == torch.bfloat16), torch.get_num_threads()
+        st.rope_cos, st.rope_sin, st.scratch = rope_cos.data_ptr(), rope_sin.data_ptr(), self._scratch.data_ptr()
+        self._key = key
+        return st
 
     @staticmethod
     def applies(cache: KVCache) -> bool:
         """Whether `step` serves this cache now (a CPU cache of one sequence in float32 or bfloat16, no
         kernel backend forced by a test). The step never records gradients, whatever the mode."""
         return (cache.device.type == "cpu" and cache.batch == 1 and cache.dtype in (torch.float32, torch.bfloat16)
-                and kernels.backend_name() == "auto" and enabled())
+                and kernels.backend_name() == "auto")
 
     @torch.inference_mode()
     def step(self, cache: KVCache, token: int) -> torch.Tensor:
@@ -263,9 +276,7 @@ class NativeStep:
         assert rope_cos is not None and rope_sin is not None
         struct = self._pointers(cache, rope_cos, rope_sin)
         logits = torch.empty(self.model.args.vocab_size, dtype=torch.float32)
-        lib = library()
-        assert lib is not None
-        if lib.native_decode_step(ctypes.byref(struct), int(token), pos, logits.data_ptr()) != 0:
+        if self._lib.native_decode_step(ctypes.byref(struct), int(token), pos, logits.data_ptr()) != 0:
             raise ValueError(f"native decode step refused token {token} at position {pos}")
         cache.tokens.append(token)
         return logits

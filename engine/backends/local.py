@@ -136,6 +136,18 @@ def resolve_kv_dtype(kv_cache_dtype: str | None, model_dtype: torch.dtype, devic
     return _KV_DTYPES[kv_cache_dtype]
 
 
+def decode_setup(loaded: LoadedModel, device: torch.device, dtype: torch.dtype,
+                 kv_cache_dtype: str | None = None) -> tuple[NativeStep | None, torch.dtype]:
+    """How the backend decodes `loaded`: the native step where it serves (engine/native_step.py: small
+    models on CPU, one native call a step, 3-6x the eager step, more than speculation gains, so the
+    backend does not speculate there), else None for the eager one; and the KV cache dtype that goes
+    with it (resolve_kv_dtype)."""
+    native = NativeStep(loaded.model) if native_step.serves(loaded.model, device) else None
+    kv_dtype = resolve_kv_dtype(kv_cache_dtype, dtype, device, loaded.args, quantized=loaded.quantization is not None,
+                                native=native is not None)
+    return native, kv_dtype
+
+
 WARM_CHUNK = 256  # tokens per prefill step while warming
 # Added to the logits of the pieces that carry a completion toward CompletionRequest.favored_names
 # (NameChoices.lean: while what it writes is on its way to one). Enough to turn the
@@ -543,11 +555,7 @@ def load_local_backend(
         if is_out_of_memory(exc):
             raise OutOfMemory(f"{path}: out of {dev.type.upper()} memory while loading the model") from exc
         raise
-    # int8 and bfloat16 weights on CPU decode with one native call a step where the C step builds
-    # (engine/native_step.py), without speculation: 3-6x the eager step, more than drafts gained it.
-    native = NativeStep(loaded.model) if native_step.serves(loaded.model, dev) else None
-    kv_dt = resolve_kv_dtype(kv_cache_dtype, dt, dev, loaded.args, quantized=loaded.quantization is not None,
-                             native=native is not None)
+    native, kv_dt = decode_setup(loaded, dev, dt, kv_cache_dtype)
     # Speculation is verified bit for bit only with the model's own values in the cache (its dtype, or a
     # float32 cache holding its bfloat16 numbers), unquantized weights (an int8 cache or quantized
     # weights batch the verification differently) and eager one-token steps.

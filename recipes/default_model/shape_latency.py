@@ -48,9 +48,11 @@ def main() -> None:
         bf16 = model.to(torch.bfloat16).eval()
         models[name] = quantize_model(bf16, spec) if spec is not None else bf16  # type: ignore[assignment]
     steps: dict[str, DecodeFn] = {}
+    kinds = set()
     for name, model in models.items():
         native = not a.eager and native_step.serves(model, torch.device("cpu"))
         steps[name] = native_step.NativeStep(model).step if native else (lambda c, t, m=model: decode_step(m, c, t))
+        kinds.add("native" if native else "eager")
     prompt = torch.randint(7, 8192, (1024,)).tolist()
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in models}
     with torch.inference_mode():
@@ -63,9 +65,7 @@ def main() -> None:
                 for i in range(12):
                     steps[name](cache, prompt[i])
                 times[name].append((t1 - t0, (time.perf_counter() - t1) / 12))
-    kinds = sorted({"native" if isinstance(getattr(s, "__self__", None), native_step.NativeStep) else "eager"
-                    for s in steps.values()})
-    print(f"weights: {a.quant}, {a.threads} threads, decode steps: {' and '.join(kinds)}\n")
+    print(f"weights: {a.quant}, {a.threads} threads, decode steps: {' and '.join(sorted(kinds))}\n")
     print("| shape | parameters | prefill 1K ms | decode ms/token | single line ms |\n|---|---|---|---|---|")
     for name in models:
         n = sizes[name]
