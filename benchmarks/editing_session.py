@@ -77,6 +77,7 @@ class Session:
         self.editors = editors
         self.latencies: dict[str, list[float]] = {k: [] for k in KINDS}
         self.last_spot: dict[str, Spot] = {}
+        self.trace = False
 
     def function_lines(self, name: str) -> list[int]:
         """The first line of each function's body (after its signature, which may span lines)."""
@@ -116,6 +117,19 @@ class Session:
         elapsed, spot.shown = await spot.editor.inline(spot.line, spot.column)
         if kind is not None:
             self.latencies[kind].append(elapsed)
+        if self.trace:
+            await self.print_trace(spot.editor, kind or "warm-up", elapsed)
+
+    async def print_trace(self, editor: Editor, kind: str, elapsed: float) -> None:
+        """One line per event: its latency, how much of its prompt the engine found cached, and what the
+        prompt held (characters of suffix and prefix, the snippets' first lines)."""
+        request = editor.client.protocol.send_request_async
+        status = await request("codellama/getStatus", {})
+        prompt = await request("codellama/lastPrompt", {"uri": editor.uri}) or {}
+        snippets = ",".join(f"{Path(s['path']).name}:{s['startLine']}" for s in prompt.get("snippets", []))
+        print(f"  {kind:9} {elapsed:7.0f} ms  prompt {status.get('lastPromptTokens')}  "
+              f"cached {status.get('lastCachedTokens')}  suffix {len(prompt.get('suffix') or '')} "
+              f"prefix {len(prompt.get('prefix') or '')}  [{snippets}]", file=sys.stderr, flush=True)
 
 
     async def accept(self, spot: Spot) -> None:
@@ -147,6 +161,7 @@ async def run_session(workspace: Path, settings: dict[str, Any], env: dict[str, 
             editors[name] = Editor(client, (workspace / name).as_uri())
             editors[name].open((workspace / name).read_text(encoding="utf-8"))
         session = Session(workspace, editors, random.Random(args.seed))
+        session.trace = args.trace
         for name in names:  # warm-up: each file has been typed in once
             spot = session.new_spot(name, None)
             await session.type_at(spot, None)
@@ -211,6 +226,7 @@ def main() -> None:
     parser.add_argument("--pause-ms", type=int, default=1500, help="idle time before each move")
     parser.add_argument("--accept-pause-ms", type=int, default=400, help="reading a suggestion before Tab")
     parser.add_argument("--package", default="pygls")
+    parser.add_argument("--trace", action="store_true", help="print each event's latency and cached tokens")
     parser.add_argument("--variants", nargs="*", help="run only these (default: all of them)")
     args = parser.parse_args()
     asyncio.run(main_async(args))

@@ -121,6 +121,17 @@ class KVCache:
             Int8KV(self.v[layer][:, :, :end], self.v_scale[layer][:, :, :end]),
         )
 
+    def copy_prefix(self, other: KVCache, length: int) -> None:
+        """Hold `other`'s first `length` positions (same model and storage dtype), and nothing else."""
+        assert other.dtype == self.dtype and other.args == self.args, "caches of different models or dtypes"
+        self.truncate(0)
+        self.ensure_capacity(length)
+        pairs = [(self.k, other.k), (self.v, other.v), (self.k_scale, other.k_scale), (self.v_scale, other.v_scale)]
+        for mine, theirs in pairs:
+            for layer in range(len(mine)):
+                mine[layer][:, :, :length] = theirs[layer][:, :, :length]
+        self.tokens = list(other.tokens[:length])
+
     def truncate(self, length: int) -> None:
         """Forget everything from position `length` on (the buffers are simply overwritten later)."""
         del self.tokens[length:]

@@ -47,7 +47,7 @@ class Attention(nn.Module):
         return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int,
-                cache: KVCache | None, mask: torch.Tensor | None) -> torch.Tensor:
+                cache: KVCache | None) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         projections = (self.wq, self.wk, self.wv)
         if self.fused_qkv is not None and self.fused_qkv.applies(x, projections):
@@ -66,9 +66,9 @@ class Attention(nn.Module):
             cached_k, cached_v = cache.write(self.layer_id, start_pos, k, v)
             if start_pos > 0:  # from position 0 the keys just computed are the whole sequence,
                 keys, values = cached_k, cached_v  # unrounded when the cache stores int8
-        # Causal over the whole sequence only when queries and keys are the same positions.
-        is_causal = mask is None and seqlen > 1 and keys.shape[2] == seqlen
-        out = kernels.attention(q, keys, values, mask, is_causal)
+        # The queries are the last positions of the keys (the whole sequence, or a prompt chunk after a
+        # cached prefix), each seeing the keys up to its own.
+        out = kernels.attention(q, keys, values, None, is_causal=seqlen > 1)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 
@@ -102,8 +102,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start_pos: int,
-                cache: KVCache | None, mask: torch.Tensor | None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache, mask)
+                cache: KVCache | None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -171,17 +171,11 @@ class Transformer(nn.Module):
         _, seqlen = tokens.shape
         h = self.tok_embeddings(tokens)
         cos, sin = self.rope(start_pos, start_pos + seqlen, tokens.device)
-        mask = None
-        if cache is not None and start_pos > 0 and seqlen > 1:
-            # Queries at start_pos+i see keys at positions <= start_pos+i.
-            q_pos = torch.arange(start_pos, start_pos + seqlen, device=tokens.device)
-            k_pos = torch.arange(start_pos + seqlen, device=tokens.device)
-            mask = k_pos[None, :] <= q_pos[:, None]
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and cache is None:
-                h = checkpoint(layer, h, cos, sin, start_pos, None, None, use_reentrant=False)
+                h = checkpoint(layer, h, cos, sin, start_pos, None, use_reentrant=False)
             else:
-                h = layer(h, cos, sin, start_pos, cache, mask)
+                h = layer(h, cos, sin, start_pos, cache)
         h = self.norm(h)
         return h if return_hidden else self.output(h)
 

@@ -25,7 +25,7 @@ from engine.backends.base import Backend, BackendError, CompletionRequest, OutOf
 from engine.sourcefiles import is_secret_path
 
 from .context.budget import TokenCounter
-from .context.builder import Layout, query_words
+from .context.builder import SpotLayouts, query_words
 from .context.gather import Gatherer, OpenDoc, Request
 from .context.index import WorkspaceIndex
 from .context.languages import language_of
@@ -274,7 +274,7 @@ class CompletionService:
         self.last_prompt: LRU[str, dict[str, Any]] = LRU(MAX_DOCUMENT_STATES, LAST_PROMPT_CHARS, _prompt_chars)
         self.last_uri: str | None = None
         # Worker-thread state: per-document layouts, gathered windows, token counts per backend.
-        self._layouts: LRU[str, Layout] = LRU(MAX_DOCUMENT_STATES)
+        self._layouts: LRU[str, SpotLayouts] = LRU(MAX_DOCUMENT_STATES)
         self._gatherer = Gatherer()
         self._counter: tuple[Backend, TokenCounter] | None = None
         self._trim_heap = HeapTrimmer()
@@ -524,10 +524,13 @@ class CompletionService:
     def _request(self, backend: Backend, settings: Settings, uri: str, snap: Request,
                  multiline: bool) -> tuple[CompletionRequest, Any]:
         """The engine request for a completion at the snapshot's cursor, and the built context (worker)."""
+        spots = self._layouts.get(uri) or SpotLayouts()
+        line = snap.text.count("\n", 0, snap.cursor) if len(snap.text) < 1_000_000 else -1
         built = build_prompt(snap, self.get_index(), self._gatherer, budget=settings.prompt_budget(backend),
                              count=self.counter(backend),
-                             repository_context=settings.repository_context, previous=self._layouts.get(uri))
-        self._layouts[uri] = built.layout
+                             repository_context=settings.repository_context, previous=spots.nearest(line))
+        spots.remember(built.layout)
+        self._layouts[uri] = spots
         # A key typed or pasted into the document stays out of the prompt (and out of lastPrompt).
         request = CompletionRequest(
             prefix=redact_secrets(built.prefix), suffix=redact_secrets(built.suffix),

@@ -175,6 +175,7 @@ class CachePool:
     # prompt gets its own cache. (In SPM order every prompt starts with the same few tokens, BOS <PRE>
     # <SUF> and an indentation: a jump took the last spot's cache for those and threw the rest away.)
     MIN_SHARED = 0.5
+    MIN_COPIED = 128  # shared positions worth copying into a new cache rather than recomputing
 
     def __init__(self, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, budget_bytes: int) -> None:
         # dtype: the caches' storage (the model's dtype, or torch.int8)
@@ -187,8 +188,11 @@ class CachePool:
 
     def acquire(self, prompt: list[int], capacity: int) -> KVCache:
         best, best_len = None, 0
+        donor, donor_len = None, 0  # the longest match of all, however small a share of its cache
         for cache in self.caches:
             n = common_prefix_length(cache.tokens, prompt)
+            if n > donor_len:
+                donor, donor_len = cache, n
             if n > best_len and n >= self.MIN_SHARED * cache.length:
                 best, best_len = cache, n
         if best is None:
@@ -199,6 +203,11 @@ class CachePool:
             best = KVCache(self.loaded.args, capacity, self.device, self.dtype)
         else:
             self.caches.remove(best)
+        if donor is not None and donor is not best and donor_len >= self.MIN_COPIED and not best.tokens:
+            # A new prompt that shares a long start with a cache it may not take over (a file's other
+            # spot: the same suffix in SPM, the same snippets and file head in PSM): copying those
+            # positions costs a memory copy, recomputing them a prefill.
+            best.copy_prefix(donor, donor_len)
         self.caches.append(best)  # most recently used last
         best.ensure_capacity(capacity)
         self._recent_needs.append(capacity)

@@ -47,26 +47,61 @@ def attention(q: torch.Tensor, k: torch.Tensor | Int8KV, v: torch.Tensor | Int8K
               is_causal: bool) -> torch.Tensor:
     """q (B, Hq, T, D), k/v (B, Hk, S, D) with Hq a multiple of Hk; returns (B, Hq, T, D).
 
-    `mask` is a boolean (T, S) allow-mask, or None with `is_causal` saying whether T == S causal applies.
+    `mask` is a boolean (T, S) allow-mask, or None. `is_causal` (with no mask): the T queries are the
+    last T positions of the S keys, each seeing the keys up to its own (T == S: ordinary causal; T < S:
+    a chunk of a prompt after a cached prefix).
     PyTorch's SDPA picks a memory-efficient kernel, so no (T, S) score matrix is kept for long prompts.
     An int8 cache (Int8KV): one query (a decode step) goes to `int8_attention`, which reads the int8
     cache a chunk of keys at a time; a chunk of queries (prefill after a cached prefix) dequantizes
     this layer's K/V to q's dtype once and takes SDPA's fused kernel. Measured here (1,024 queries
     over 4K keys, 5 heads of 64, 2 threads under load): SDPA 156 ms, the chunked int8 path 850-2,470 ms.
     """
+    offset_causal = mask is None and is_causal and q.shape[2] < k.shape[2]
     if isinstance(k, Int8KV) or isinstance(v, Int8KV):
         assert isinstance(k, Int8KV) and isinstance(v, Int8KV), "K and V must both be int8 or neither"
         if q.shape[2] == 1:
             return int8_attention(q, k, v, mask, is_causal)
         k, v = k.dequantize(q.dtype), v.dequantize(q.dtype)
-    if q.shape[2] == 1 and mask is None and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
+    if q.shape[2] == 1 and (mask is None or offset_causal) and q.device.type == "cpu" \
+            and k.shape[2] <= ONE_QUERY_MAX_KEYS:
         return _one_query_attention(q, k, v)
-    if mask is not None and q.shape[2] <= FEW_QUERIES and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
+    if offset_causal and q.shape[2] <= FEW_QUERIES and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
+        mask = causal_mask(q.shape[2], k.shape[2], q.device)
         return _few_queries_attention(q, k, v, mask)  # in float32, whatever the cache stores
+    if mask is not None and q.shape[2] <= FEW_QUERIES and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
+        return _few_queries_attention(q, k, v, mask)
     if k.dtype != q.dtype:  # a cache of another dtype than the model's (float32 under bf16): SDPA needs one
         k, v = k.to(q.dtype), v.to(q.dtype)
+    if offset_causal:
+        if q.device.type == "cpu" and q.shape[1] == k.shape[1] and not _needs_grad(q, k, v):
+            return _prefix_then_causal(q, k, v)
+        mask, is_causal = causal_mask(q.shape[2], k.shape[2], q.device), False
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
+
+
+def causal_mask(queries: int, keys: int, device: torch.device) -> torch.Tensor:
+    """(queries, keys) allow-mask for the last `queries` of `keys` positions, each seeing up to itself."""
+    q_pos = torch.arange(keys - queries, keys, device=device)
+    return torch.arange(keys, device=device)[None, :] <= q_pos[:, None]
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _prefix_then_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Bottom-right causal attention of a chunk of T queries over S > T keys, on CPU, without a mask:
+    every query sees all S - T earlier keys (one unmasked pass) and the chunk's own keys causally (a
+    causal pass over T x T), merged by their log-sum-exps. PyTorch's CPU flash kernel takes a boolean
+    mask by converting it to an additive float one in every layer and scores every (query, key) pair;
+    this skips both (an 8K prompt's prefill 2.4 -> 1.6 s on one thread, benchmarks/RESULTS.md)."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    cached = k.shape[2] - q.shape[2]
+    out_before, lse_before = flash(q, k[:, :, :cached], v[:, :, :cached])[:2]
+    out_own, lse_own = flash(q, k[:, :, cached:], v[:, :, cached:], is_causal=True)[:2]
+    weight = torch.sigmoid(lse_before - lse_own).unsqueeze(-1)  # share of the earlier keys' mass
+    return torch.lerp(out_own.float(), out_before.float(), weight).to(q.dtype)
 
 
 # Measured here (5 heads of 64, bf16 cache, 2 threads, interleaved medians): 8.5x faster than SDPA at

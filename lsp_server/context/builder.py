@@ -46,6 +46,24 @@ class Layout:
     budget: int = 0
 
 
+class SpotLayouts:
+    """The layouts of a document's last few spots, so coming back to one (after a jump elsewhere in the
+    file, or from another file) builds the prompt it built there, which its KV cache still holds."""
+
+    def __init__(self, spots: int = 4) -> None:
+        self.spots = spots
+        self.layouts: list[Layout] = []  # most recent last
+
+    def nearest(self, line: int) -> Layout | None:
+        """The layout of the spot nearest `line` (the latest among equals), or None."""
+        return min(reversed(self.layouts), key=lambda lay: abs(lay.anchor_line - line), default=None)
+
+    def remember(self, layout: Layout) -> None:
+        """Keep `layout` as its spot's, in place of one within STICKY_LINES of it."""
+        self.layouts = [lay for lay in self.layouts if abs(lay.anchor_line - layout.anchor_line) > STICKY_LINES]
+        self.layouts = [*self.layouts, layout][-self.spots:]
+
+
 @dataclass
 class BuiltContext:
     prefix: str  # snippets + path header + file text before the cursor
@@ -77,8 +95,15 @@ def render_snippets(snips: list[Snippet], language: str) -> str:
 
 
 def query_words(text: str, cursor: int, lines_before: int = 30, lines_after: int = 5) -> set[str]:
-    """Identifiers around the cursor (30 lines before, 5 after): what snippets are ranked against."""
+    """Identifiers around the cursor (30 lines before, 5 after): what snippets are ranked against. The
+    word being typed at the cursor is left out: half a name matches nothing, and a query that changed
+    with every letter re-picked the snippets mid-word, which costs the prompt's KV cache after them."""
     lo, hi = max(0, cursor - 8000), min(len(text), cursor + 2000)
+    word_start, word_end = cursor, cursor
+    while word_start > lo and (text[word_start - 1].isalnum() or text[word_start - 1] == "_"):
+        word_start -= 1
+    while word_end < hi and (text[word_end].isalnum() or text[word_end] == "_"):
+        word_end += 1
     start = cursor
     for _ in range(lines_before):
         start = text.rfind("\n", lo, max(start - 1, lo))
@@ -91,7 +116,7 @@ def query_words(text: str, cursor: int, lines_before: int = 30, lines_after: int
         if end < 0:
             end = hi
             break
-    return set(words(text[start:end]))
+    return set(words(text[start:word_start])) | set(words(text[word_end:end]))
 
 
 def build_context(
@@ -142,13 +167,27 @@ def _cut_prefix(text: str, cursor: int, cap: int, count: Callable[[str], int],
     start, tokens = take_backward(text, cursor, cap, count)
     if start == 0:
         return 0, tokens
-    if (previous is not None and previous.budget == budget and 0 < previous.prefix_start <= cursor
-            and text.startswith(previous.prefix_anchor, previous.prefix_start)
-            and previous.prefix_start >= start):
-        kept = _tokens_between(text, previous.prefix_start, cursor, count)
+    kept_start = _moved_anchor(text, previous) if previous is not None and previous.budget == budget else -1
+    if 0 < kept_start <= cursor and kept_start >= start:
+        kept = _tokens_between(text, kept_start, cursor, count)
         if kept <= cap and kept >= int(cap * REGROW_SHARE * 0.66):
-            return previous.prefix_start, kept
+            return kept_start, kept
     return take_backward(text, cursor, int(cap * REGROW_SHARE), count)
+
+
+ANCHOR_SEARCH = 8000  # characters around the old cut searched for its text, after edits above it
+
+
+def _moved_anchor(text: str, previous: Layout) -> int:
+    """Where the previous cut's text is now: at its offset, or (after an edit above it moved it) its
+    nearest occurrence within ANCHOR_SEARCH characters; -1 when it is gone."""
+    at, anchor = previous.prefix_start, previous.prefix_anchor
+    if not anchor or text.startswith(anchor, at):
+        return at if anchor else -1
+    before = text.rfind(anchor, max(0, at - ANCHOR_SEARCH), at + len(anchor) - 1)
+    after = text.find(anchor, at, at + ANCHOR_SEARCH)
+    found = [i for i in (before, after) if i >= 0]
+    return min(found, key=lambda i: abs(i - at)) if found else -1
 
 
 def snippets_for_span(candidates: list[Snippet], text: str, start: int, end: int, path: str, language: str,

@@ -111,3 +111,21 @@ def test_a_prompt_sharing_only_its_first_tokens_gets_its_own_cache():
     assert len(pool.caches) == 2
     back = here + [9]
     assert generate(model, pool.acquire(back, len(back) + 8), back, 8, set()).cached_tokens == len(here)
+
+
+def test_a_new_prompt_copies_the_long_start_it_shares_with_a_cache_it_may_not_take():
+    """Another spot of a file shares the prompt's start (in SPM its suffix) with the spot's cache, but
+    less than half of what that cache holds: the new cache copies those positions instead of computing
+    them again, the logits are the same, and the spot's own cache stays whole for a return."""
+    args = tiny_args()
+    model = random_model(args)
+    pool = CachePool(SimpleNamespace(args=args), torch.device("cpu"), torch.float32, 2**30)
+    here = [(7 * i) % 500 + 3 for i in range(600)]
+    there = here[:200] + [(13 * i) % 500 + 3 for i in range(400)]
+    generate(model, pool.acquire(here, len(here) + 8), here, 8, set())
+    result = generate(model, pool.acquire(there, len(there) + 8), there, 8, set())
+    assert result.cached_tokens == 200 and len(pool.caches) == 2
+    fresh = KVCache(args, 700, "cpu", torch.float32)
+    assert generate(model, fresh, there, 8, set()).tokens == result.tokens
+    back = here + [9]
+    assert generate(model, pool.acquire(back, len(back) + 8), back, 8, set()).cached_tokens == len(here)

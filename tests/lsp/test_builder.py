@@ -1,7 +1,7 @@
 import re
 
 from lsp_server.context.budget import TokenCounter, take_backward, take_forward
-from lsp_server.context.builder import SUFFIX_SHARE, build_context
+from lsp_server.context.builder import SUFFIX_SHARE, SpotLayouts, build_context, query_words
 from lsp_server.context.snippets import Snippet, windows
 
 _TOKEN = re.compile(r"\w+|\s|[^\w\s]")
@@ -79,6 +79,44 @@ def test_layout_stays_the_same_while_typing():
         prefixes.append(built.prefix)
     stable = sum(1 for a, b in zip(prefixes, prefixes[1:], strict=False) if b.startswith(a))
     assert stable >= len(typed) - 3  # each prompt extends the previous one, nearly always
+
+
+def test_coming_back_to_a_spot_builds_the_prompt_it_built_there():
+    """A jump elsewhere in the file (which types a line above the spot left) and back: the prompt at the
+    spot left has the same cut and snippets as before, so its KV cache serves everything up to the
+    jump's edit. With only the last layout kept, the jump's own cut and snippets replaced them."""
+    text = python_file(400)
+    cands = [Snippet(f"lib{i}.py", f"def function_{i}_helper(value):\n    return value\n", 0, 2, "similar")
+             for i in range(300)]
+    spots = SpotLayouts()
+
+    def build(text: str, cursor: int):  # noqa: ANN202 - the builder's result
+        line = text.count("\n", 0, cursor)
+        built = build_context(text=text, cursor=cursor, path="m.py", language="python", budget=1500,
+                              count=TokenCounter(count), candidates=cands, previous=spots.nearest(line))
+        spots.remember(built.layout)
+        return built
+
+    here = text.index("def function_300")
+    for i in range(12):  # a few lines typed at the spot: its prefix grows from its cut, which stays
+        text = text[:here] + f"    y_{i} = {i}\n" + text[here:]
+        here += len(f"    y_{i} = {i}\n")
+        before = build(text, here)
+    there = text.index("def function_250")  # 50 functions up: a line typed there lies above the cut
+    text = text[:there] + "    x = 1\n" + text[there:]
+    build(text, there + 9)
+    back = build(text, here + 10)
+    assert [s.key for s in back.snippets] == [s.key for s in before.snippets]
+    assert back.prefix == before.prefix and back.suffix == before.suffix
+
+
+def test_the_word_being_typed_is_not_a_query_word_until_it_is_finished():
+    """Snippets are ranked against the words around the cursor; half a name there (a new word per
+    letter typed) would re-rank them at every keystroke and re-pick the selection mid-word."""
+    text = "result = compute(total)\nvalue = helper_fun"
+    assert query_words(text, len(text)) == {"result", "compute", "total", "value"}
+    text += "ction(result)\n"
+    assert "helper_function" in query_words(text, len(text))
 
 
 def test_a_better_snippet_that_appears_replaces_the_kept_selection():
