@@ -128,7 +128,8 @@ class Session:
         prompt = await request("codellama/lastPrompt", {"uri": editor.uri}) or {}
         snippets = ",".join(f"{Path(s['path']).name}:{s['startLine']}" for s in prompt.get("snippets", []))
         print(f"  {kind:9} {elapsed:7.0f} ms  prompt {status.get('lastPromptTokens')}  "
-              f"cached {status.get('lastCachedTokens')}  suffix {len(prompt.get('suffix') or '')} "
+              f"cached {status.get('lastCachedTokens')}  server {prompt.get('latencyMs')} engine {prompt.get('engineMs')} "
+              f"prefill {prompt.get('prefillMs')}  suffix {len(prompt.get('suffix') or '')} "
               f"prefix {len(prompt.get('prefix') or '')}  [{snippets}]", file=sys.stderr, flush=True)
 
 

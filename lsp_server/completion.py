@@ -587,6 +587,8 @@ class CompletionService:
             "completion": suggestion.text, "rawCompletion": completion.text,
             "stopReason": completion.stop_reason, "fromCache": False, "latencyMs": latency,
             "generatedTokens": timings.generated_tokens, "decodePasses": timings.decode_passes,
+            "cachedTokens": timings.cached_tokens, "prefillMs": round(timings.prefill_ms, 2),
+            "engineMs": round(timings.total_ms, 2),
         }
         self.last_uri = job.uri
         self.on_done({"lastLatencyMs": latency, "lastFromCache": False, "lastError": None,

@@ -50,13 +50,17 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
 
-def tune_malloc(mmap_threshold: int = 256 * 1024, arena_max: int = 2) -> bool:
+def tune_malloc(mmap_threshold: int = 4 * 2**20, arena_max: int = 2) -> bool:
     """Make glibc's malloc hand freed tensor memory back to the system. By default its mmap threshold
     rises to the size of every large block freed (up to 32 MB), after which tensors of many sizes
     (a prefill chunk, attention scores, the KV cache growing) come from the heap, where freed holes
     stay resident; and each thread that allocates gets an arena of its own. A fixed threshold keeps
     large blocks in mmap (unmapped when freed); two arenas bound the heaps. Call it before the
-    threads start. False when not glibc."""
+    threads start. False when not glibc.
+
+    The threshold is 4 MB: a small model's prefill makes a few dozen tensors of 0.5-4 MB per layer, and
+    with 256 KB each was a fresh mapping, its pages faulted in and unmapped again: an 8K-token prefill
+    of the default model took 2.4 s instead of 1.2 (two threads, benchmarks/RESULTS.md, session 18)."""
     if _LIBC is None or not hasattr(_LIBC, "mallopt"):
         return False
     return bool(_LIBC.mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(_LIBC.mallopt(_M_ARENA_MAX, arena_max))
