@@ -95,7 +95,7 @@ def _prefix_then_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
     every query sees all S - T earlier keys (one unmasked pass) and the chunk's own keys causally (a
     causal pass over T x T), merged by their log-sum-exps. PyTorch's CPU flash kernel takes a boolean
     mask by converting it to an additive float one in every layer and scores every (query, key) pair;
-    this skips both (an 8K prompt's prefill 2.4 -> 1.6 s on one thread, benchmarks/RESULTS.md)."""
+    this skips both (an 8K prompt's prefill 2.4 -> 1.9 s on one thread, benchmarks/RESULTS.md)."""
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     cached = k.shape[2] - q.shape[2]
     out_before, lse_before = flash(q, k[:, :, :cached], v[:, :, :cached])[:2]

@@ -52,3 +52,24 @@ def test_rms_norm_and_rotary_train_like_the_textbook_formulas() -> None:
         grads.append((x.grad.clone(), weight.grad.clone()))
         x.grad, weight.grad = None, None
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize(("queries", "keys", "heads", "kv_heads"),
+                         [(40, 40, 5, 5), (40, 300, 5, 5), (5, 300, 5, 5), (64, 200, 4, 2)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_causal_attention_of_a_chunk_after_cached_keys_matches_the_masked_formula(
+        queries: int, keys: int, heads: int, kv_heads: int, dtype: torch.dtype) -> None:
+    """A prompt chunk after a cached prefix: query i sees the keys up to its own position. CPU prefill
+    merges an unmasked pass over the earlier keys with a causal one over the chunk's own (no mask);
+    grouped-query heads and a few queries take the masked paths. All must give what an explicit mask gives."""
+    gen = torch.Generator().manual_seed(queries + keys)
+    q = torch.randn(1, heads, queries, 64, generator=gen).to(dtype)
+    k = torch.randn(1, kv_heads, keys, 64, generator=gen).to(dtype)
+    v = torch.randn(1, kv_heads, keys, 64, generator=gen).to(dtype)
+    allowed = torch.arange(keys)[None, :] <= torch.arange(keys - queries, keys)[:, None]
+    group = heads // kv_heads
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float().repeat_interleave(group, 1), v.float().repeat_interleave(group, 1), attn_mask=allowed)
+    got = reference.attention(q, k, v, None, is_causal=True)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
