@@ -102,8 +102,8 @@ def query_words(text: str, cursor: int, lines_before: int = 30, lines_after: int
     word_start, word_end = cursor, cursor
     while word_start > lo and (text[word_start - 1].isalnum() or text[word_start - 1] == "_"):
         word_start -= 1
-    while word_end < hi and (text[word_end].isalnum() or text[word_end] == "_"):
-        word_end += 1
+    while word_start < cursor and word_end < hi and (text[word_end].isalnum() or text[word_end] == "_"):
+        word_end += 1  # the cursor inside a word: all of it is being edited (one just before a word keeps it)
     start = cursor
     for _ in range(lines_before):
         start = text.rfind("\n", lo, max(start - 1, lo))

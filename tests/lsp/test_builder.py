@@ -117,6 +117,7 @@ def test_the_word_being_typed_is_not_a_query_word_until_it_is_finished():
     assert query_words(text, len(text)) == {"result", "compute", "total", "value"}
     text += "ction(result)\n"
     assert "helper_function" in query_words(text, len(text))
+    assert "helper_function" in query_words(text, text.index("helper_function"))  # before it: a whole word
 
 
 def test_a_better_snippet_that_appears_replaces_the_kept_selection():
