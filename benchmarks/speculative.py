@@ -11,7 +11,6 @@ came out identical (all of them, or speculation is wrong).
 
     .venv/bin/python benchmarks/speculative.py                       # bfloat16 and float32, 1 thread
     .venv/bin/python benchmarks/speculative.py --dtypes bfloat16 --cases 40
-    .venv/bin/python benchmarks/speculative.py --dtypes bfloat16 --quant none int8 int4 --threads 2
 """
 
 from __future__ import annotations
@@ -98,20 +97,19 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     parser.add_argument("--cases", type=int, default=60, help="completions per set")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quant", nargs="+", default=["none"], help="weight quantization: none, int8, int4")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sets = {"copy": copy_requests(args.cases), "humaneval": humaneval_requests(args.cases)}
     print(f"default model, CPU, {args.threads} thread(s), {Speculation()}")
-    print("| dtype | weights | decode step | set | cases | tokens | plain tok/s | speculative tok/s | ratio | identical |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
-    for dtype, quant in ((d, q) for d in args.dtypes for q in args.quant):
-        backend = load_local_backend(device="cpu", dtype=dtype, quantization=quant)
+    print("| dtype | set | cases | tokens | plain tok/s | speculative tok/s | ratio | identical |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for dtype in args.dtypes:
+        backend = load_local_backend(device="cpu", dtype=dtype)
         backend.speculation = Speculation()
         run(backend, sets["humaneval"][0], False, Tally())  # warm-up: first-call allocations
         for name, requests in sets.items():
             plain, fast, identical = measure(backend, requests)
-            print(f"| {dtype} | {quant} | {backend.decode_step_kind} | {name} | {len(requests)} | {plain.tokens} | "
+            print(f"| {dtype} | {name} | {len(requests)} | {plain.tokens} | "
                   f"{plain.tokens_per_s:.1f} | {fast.tokens_per_s:.1f} | "
                   f"{fast.tokens_per_s / plain.tokens_per_s:.2f}x | {identical}/{len(requests)} |", flush=True)
 

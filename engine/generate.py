@@ -29,9 +29,6 @@ PREFILL_CHUNK = 1024  # tokens per prefill step: bounds the activation and atten
 # One decode step: feed a token at the cache's next position, append it to `cache.tokens`, return the
 # float32 logits (vocab,) of the position after (engine.generate.decode_step's contract).
 DecodeFn = Callable[[KVCache, int], torch.Tensor]
-# A verification pass: feed the next token and drafted ones, return their float32 logits (n, vocab)
-# (engine.generate.verify_step's contract).
-VerifyFn = Callable[[KVCache, list[int]], torch.Tensor]
 
 
 @dataclass
@@ -138,13 +135,9 @@ def forward_step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor
 
 
 @torch.inference_mode()
-def verify_step(model: Transformer, cache: KVCache, tokens: list[int], native: NativeStep | None = None
-                ) -> torch.Tensor:
+def verify_step(model: Transformer, cache: KVCache, tokens: list[int]) -> torch.Tensor:
     """Feed `tokens` (the next token, then drafted ones) at the next positions in one pass; return
-    float32 logits (len(tokens), vocab): row i is what follows tokens[: i + 1]. With `native` (where it
-    applies), each row is bit for bit what its native one-token step gives."""
-    if native is not None and native.applies(cache):
-        return native.verify(cache, tokens)
+    float32 logits (len(tokens), vocab): row i is what follows tokens[: i + 1]."""
     return model.output(_feed(model, cache, tokens)).float()
 
 
@@ -184,7 +177,6 @@ def generate(
     constrain: Callable[[list[int]], torch.Tensor | None] | None = None,
     speculation: Speculation | None = None,
     step: DecodeFn | None = None,
-    verify: VerifyFn | None = None,
     lean: Lean | None = None,
 ) -> GenerationResult:
     """Generate after `prompt`, reusing whatever prefix of it `cache` already holds.
@@ -198,16 +190,14 @@ def generate(
     (for sampling too: one draw per token from the same generator), only fewer passes run. The
     cache forgets the positions of drafts the chosen tokens did not follow.
 
-    `step` runs every one-token decode pass (default: `decode_step`), `verify` every pass that verifies
-    a draft (default: `verify_step`, the model's forward); each must give the logits the other would.
+    `step` runs every one-token decode pass (default: `decode_step`); passes that verify a draft
+    always run the model's forward.
 
     `lean(generated)` may return (ids, amount): `amount` is added to those ids' logits for the next
     token (the names a completion leans toward, engine/name_choice.py), or None for no bias.
     """
     if step is None:
         step = functools.partial(decode_step, model)
-    if verify is None:
-        verify = functools.partial(verify_step, model)
     sampling = sampling or Sampling()
     generator = None
     if sampling.temperature > 0:
@@ -276,7 +266,7 @@ def generate(
         result.forward_passes += 1
         result.drafted_tokens += len(draft)
         if draft:
-            rows = verify(cache, [token, *draft])
+            rows = verify_step(model, cache, [token, *draft])
             logits, ahead = rows[0], list(rows[1:])
         else:
             logits, ahead = step(cache, token), []

@@ -43,9 +43,8 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "native" / "decode_step.c"
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
-ABI_VERSION = 4
+ABI_VERSION = 3
 
-MAX_TOKENS = 16  # tokens one native call feeds at most (the C source's MAX_TOKENS)
 DISABLE_ENV = "CODELLAMA_NATIVE_DECODE"  # "0": never (for comparisons and bug reports)
 
 
@@ -130,16 +129,13 @@ def library() -> ctypes.CDLL | None:
             if compiler is None:
                 raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
             lib = ctypes.CDLL(str(_build(compiler)))
-            if lib.native_abi_version() != ABI_VERSION or lib.native_max_tokens() != MAX_TOKENS:
+            if lib.native_abi_version() != ABI_VERSION:
                 raise RuntimeError("the built library has another ABI version")
             if not lib.native_vectorized():
                 raise RuntimeError("this CPU has no AVX-512, and without it PyTorch's kernels are faster")
             lib.native_decode_step.argtypes = [ctypes.POINTER(_Model), ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
             lib.native_decode_step.restype = ctypes.c_int
-            lib.native_decode_tokens.argtypes = [ctypes.POINTER(_Model), ctypes.c_void_p, ctypes.c_int, ctypes.c_int,
-                                                 ctypes.c_void_p]
-            lib.native_decode_tokens.restype = ctypes.c_int
-            lib.native_scratch_floats.argtypes = [ctypes.c_int] * 7
+            lib.native_scratch_floats.argtypes = [ctypes.c_int] * 6
             lib.native_scratch_floats.restype = ctypes.c_long
             _library = lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
@@ -254,12 +250,11 @@ class NativeStep:
             k, v = cache.k[i][0], cache.v[i][0]  # (n_kv, capacity, head_dim), contiguous
             assert k.is_contiguous() and v.is_contiguous()
             self._layers[i].k, self._layers[i].v = k.data_ptr(), v.data_ptr()
-        threads = torch.get_num_threads()
-        if self._scratch is None or st.capacity != cache.capacity or st.n_threads != threads:
+        if self._scratch is None or st.capacity != cache.capacity:
             self._scratch = torch.empty(self._lib.native_scratch_floats(a.dim, a.n_heads, a.n_kv_heads, a.head_dim,
-                                                                        self._hidden, cache.capacity, threads),
+                                                                        self._hidden, cache.capacity),
                                         dtype=torch.float32)
-        st.capacity, st.kv_bf16, st.n_threads = cache.capacity, int(cache.dtype == torch.bfloat16), threads
+        st.capacity, st.kv_bf16, st.n_threads = cache.capacity, int(cache.dtype == torch.bfloat16), torch.get_num_threads()
         st.rope_cos, st.rope_sin, st.scratch = rope_cos.data_ptr(), rope_sin.data_ptr(), self._scratch.data_ptr()
         self._key = key
         return st
@@ -274,25 +269,14 @@ class NativeStep:
     @torch.inference_mode()
     def step(self, cache: KVCache, token: int) -> torch.Tensor:
         """engine.generate.decode_step's contract, to bfloat16 precision (see the module's docstring)."""
-        return self.verify(cache, [token])[0]
-
-    @torch.inference_mode()
-    def verify(self, cache: KVCache, tokens: list[int]) -> torch.Tensor:
-        """engine.generate.verify_step's contract (the next token, then drafted ones, fed in one call):
-        float32 logits (len(tokens), vocab), row i exactly what `step` gives for tokens[i] after the
-        ones before it. The weights and keys are read once for all of them, so a pass of a few tokens
-        costs little more than one step; past MAX_TOKENS the rest go in further calls."""
         pos = cache.length
-        cache.ensure_capacity(pos + len(tokens))
-        self.model.rope(pos, pos + len(tokens), cache.device)  # extends the rotary table if past it
+        cache.ensure_capacity(pos + 1)
+        self.model.rope(pos, pos + 1, cache.device)  # extends the rotary table if pos is past it
         rope_cos, rope_sin = self.model._rope_cos, self.model._rope_sin
         assert rope_cos is not None and rope_sin is not None
         struct = self._pointers(cache, rope_cos, rope_sin)
-        logits = torch.empty(len(tokens), self.model.args.vocab_size, dtype=torch.float32)
-        for i in range(0, len(tokens), MAX_TOKENS):
-            part = tokens[i : i + MAX_TOKENS]
-            ids = (ctypes.c_int * len(part))(*part)
-            if self._lib.native_decode_tokens(ctypes.byref(struct), ids, len(part), pos + i, logits[i].data_ptr()) != 0:
-                raise ValueError(f"native decode step refused tokens {part} at position {pos + i}")
-        cache.tokens.extend(tokens)
+        logits = torch.empty(self.model.args.vocab_size, dtype=torch.float32)
+        if self._lib.native_decode_step(ctypes.byref(struct), int(token), pos, logits.data_ptr()) != 0:
+            raise ValueError(f"native decode step refused token {token} at position {pos}")
+        cache.tokens.append(token)
         return logits

@@ -301,8 +301,9 @@ class LocalBackend:
         # (engine/compiled_decode.py: the same logits; eager until then, or for good if it fails).
         self.compiled = ServedCompile(self.model, device, self.kv_dtype, compile_decode, adapter=adapter is not None,
                                       native=native is not None)
-        # Or one native call a step (engine/native_step.py), where the backend was given one: int8, int4
-        # or bfloat16 weights on CPU; its verification passes give each token's native step bit for bit.
+        # Or one native call a step (engine/native_step.py), where the backend was given one: int8 or
+        # bfloat16 weights on CPU, decoding without speculation (whose verification passes would have to
+        # reproduce one-token steps bit for bit, which the native step does not).
         self.native = native
 
     # ---- Backend properties -------------------------------------------------------------------
@@ -446,7 +447,7 @@ class LocalBackend:
             cache = self._acquire(prompt, len(prompt) + max_new)
             try:
                 result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, watch, constrain,
-                                  speculation, step=self._decode_step, verify=self._verify_step, lean=lean)
+                                  speculation, step=self._decode_step, lean=lean)
             finally:
                 self._release()
         reason: StopReason = result.stop_reason
@@ -475,10 +476,6 @@ class LocalBackend:
             return generate_module.decode_step(self.model, cache, token, native=self.native)
         logits = self.compiled.step(cache, token)
         return logits if logits is not None else self.graphs.step(cache, token)
-
-    def _verify_step(self, cache: KVCache, tokens: list[int]) -> torch.Tensor:
-        """engine.generate.verify_step's contract, natively where steps are native (the same logits)."""
-        return generate_module.verify_step(self.model, cache, tokens, native=self.native)
 
     def _acquire(self, prompt: list[int], positions: int) -> KVCache:
         """The pool's cache for `prompt` with room for `positions` (bucketed while CUDA graphs run, so a
@@ -568,11 +565,10 @@ def load_local_backend(
             raise OutOfMemory(f"{path}: out of {dev.type.upper()} memory while loading the model") from exc
         raise
     native, kv_dt = decode_setup(loaded, dev, dt, kv_cache_dtype)
-    # Speculation is verified bit for bit natively (each token's arithmetic is its one-token step's), or
-    # eagerly with the model's own values in the cache (its dtype, or a float32 cache holding its
-    # bfloat16 numbers) and unquantized weights (an int8 cache or quantized weights batch the
-    # verification differently).
-    exact = native is not None or ((kv_dt == dt or kv_dt == torch.float32) and loaded.quantization is None)
+    # Speculation is verified bit for bit only with the model's own values in the cache (its dtype, or a
+    # float32 cache holding its bfloat16 numbers), unquantized weights (an int8 cache or quantized
+    # weights batch the verification differently) and eager one-token steps.
+    exact = (kv_dt == dt or kv_dt == torch.float32) and loaded.quantization is None and native is None
     return LocalBackend(loaded, dev, dt, cache_budget_mb=cache_budget_mb, adapter=adapter, kv_dtype=kv_dt,
                         speculation=default_speculation(dev, dt) if exact else None, cuda_graphs=cuda_graphs,
                         compile_decode=compile_decode, native=native)

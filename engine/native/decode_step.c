@@ -17,7 +17,6 @@
    rotary tables float32 [positions, head_dim / 2] (Hugging Face's "rotate half" row order). */
 
 #include <math.h>
-#include <omp.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -69,11 +68,8 @@ typedef struct {
 } Model;
 
 #define CHUNK 256 /* keys per attention work item, so every thread has work at any context length */
-#define MAX_TOKENS 16 /* tokens one call feeds at most (a verification pass: the next token and its draft) */
 
-int native_abi_version(void) { return 4; }
-
-int native_max_tokens(void) { return MAX_TOKENS; }
+int native_abi_version(void) { return 3; }
 
 /* Whether this build has the AVX-512 code (else only the plain C loops, slower than PyTorch's kernels). */
 int native_vectorized(void) {
@@ -84,13 +80,11 @@ int native_vectorized(void) {
 #endif
 }
 
-/* Floats of scratch a call of up to MAX_TOKENS tokens needs, for a cache of `capacity` positions and up to
-   `n_threads` threads. */
-long native_scratch_floats(int dim, int n_heads, int n_kv_heads, int head_dim, int hidden, int capacity,
-                           int n_threads) {
-    long items = (long)n_heads * ((capacity + MAX_TOKENS) / CHUNK + 1);
-    long per_token = 3L * dim + (long)(2 * n_heads + 2 * n_kv_heads) * head_dim + 2L * hidden + items * (head_dim + 2);
-    return MAX_TOKENS * per_token + (long)n_threads * CHUNK;
+/* Floats of scratch a step needs. */
+long native_scratch_floats(int dim, int n_heads, int n_kv_heads, int head_dim, int hidden, int capacity) {
+    long items = (long)n_heads * (capacity / CHUNK + 1);
+    return 4L * dim + (long)(n_heads + 2 * n_kv_heads) * head_dim + 2L * hidden + (long)n_heads * capacity
+           + items * (head_dim + 2);
 }
 
 #if defined(__AVX512F__)
@@ -165,27 +159,20 @@ static void int4_block(const QLinear *q, const float *x, int cols, float *out, i
     for (int j = 0; j < 64 && 64 * block + j < rows; j++) out[64 * block + j] = round_bf(res[j]);
 }
 
-/* out[t * rows + r] = bf16(dot(w[r], x[t * cols...]) * scale[r]) (int8), bf16(dot(w[r], x[t])) (bfloat16) or
-   the int4 rows, for the `count` inputs and the rows this thread takes (no barrier after). Each weight row
-   or block is read from memory once for all the inputs; each input's arithmetic is what it is alone. */
-static void project(const QLinear *q, const float *x, int cols, float *out, int rows, int count) {
+/* out[r] = bf16(dot(w[r], x) * scale[r]) (int8), bf16(dot(w[r], x)) (bfloat16) or the int4 rows, for the
+   rows this thread takes (no barrier after). */
+static void project(const QLinear *q, const float *x, int cols, float *out, int rows) {
     if (q->kind == W_INT4) {
 #pragma omp for schedule(static) nowait
-        for (int b = 0; b < (rows + 63) / 64; b++)
-            for (int t = 0; t < count; t++) int4_block(q, x + (long)t * cols, cols, out + (long)t * rows, rows, b);
+        for (int b = 0; b < (rows + 63) / 64; b++) int4_block(q, x, cols, out, rows, b);
     } else if (q->kind == W_BF16) {
         const bf16 *w = (const bf16 *)q->w;
 #pragma omp for schedule(static) nowait
-        for (int r = 0; r < rows; r++)
-            for (int t = 0; t < count; t++)
-                out[(long)t * rows + r] = round_bf(dot_row(w + (long)r * cols, 1, x + (long)t * cols, cols));
+        for (int r = 0; r < rows; r++) out[r] = round_bf(dot_row(w + (long)r * cols, 1, x, cols));
     } else {
         const int8_t *w = (const int8_t *)q->w;
 #pragma omp for schedule(static) nowait
-        for (int r = 0; r < rows; r++)
-            for (int t = 0; t < count; t++)
-                out[(long)t * rows + r] =
-                    round_bf(dot_row(w + (long)r * cols, 0, x + (long)t * cols, cols) * bf2f(q->scale[r]));
+        for (int r = 0; r < rows; r++) out[r] = round_bf(dot_row(w + (long)r * cols, 0, x, cols) * bf2f(q->scale[r]));
     }
 }
 
@@ -299,93 +286,71 @@ static void combine(const float *items, int n_items, int d, float *out) {
     for (int i = 0; i < d; i++) out[i] = round_bf(out[i] / sum);
 }
 
-/* Feed tokens[0..count) at positions pos, pos + 1, ... (keys and values of [0, pos) already in the cache);
-   write float32 logits [count, vocab], row t for the position after tokens[t]. Row t is what
-   native_decode_step gives for tokens[t] after the tokens before it, bit for bit: each token's arithmetic
-   is the same, only the weights and keys are read once for all of them. Returns 0, or -1 when the
-   arguments cannot be served (the caller falls back). */
-int native_decode_tokens(const Model *m, const int *tokens, int count, int pos, float *logits) {
-    if (count < 1 || count > MAX_TOKENS || pos < 0 || pos + count > m->capacity) return -1;
-    for (int t = 0; t < count; t++)
-        if (tokens[t] < 0 || tokens[t] >= m->vocab) return -1;
+/* Feed `token` at position `pos` (keys and values of [0, pos) already in the cache); write float32
+   logits [vocab]. Returns 0, or -1 when the arguments cannot be served (the caller falls back). */
+int native_decode_step(const Model *m, int token, int pos, float *logits) {
+    if (token < 0 || token >= m->vocab || pos < 0 || pos >= m->capacity) return -1;
     int dim = m->dim, d = m->head_dim, nq = m->n_heads * d, nkv = m->n_kv_heads * d, hidden = m->hidden;
-    int nh = m->n_heads, max_chunks = (pos + count + CHUNK - 1) / CHUNK;
-    float *h = m->scratch, *x = h + (long)count * dim, *attn = x + (long)count * dim, *heads = attn + (long)count * dim;
-    float *q = heads + (long)count * nq, *k = q + (long)count * nq, *v = k + (long)count * nkv;
-    float *gate = v + (long)count * nkv, *up = gate + (long)count * hidden, *items = up + (long)count * hidden;
-    float *scores = items + (long)count * nh * max_chunks * (d + 2); /* CHUNK floats per thread */
-    for (int t = 0; t < count; t++)
-        for (int i = 0; i < dim; i++) h[(long)t * dim + i] = bf2f(m->embeddings[(long)tokens[t] * dim + i]);
+    int n = pos + 1, chunks = (n + CHUNK - 1) / CHUNK;
+    float *h = m->scratch, *x = h + dim, *attn = x + dim, *heads = attn + dim;
+    float *q = heads + nq, *k = q + nq, *v = k + nkv, *gate = v + nkv, *up = gate + hidden;
+    float *scores = up + hidden, *items = scores + (long)m->n_heads * m->capacity;
+    const float *cos = m->rope_cos + (long)pos * (d / 2), *sin = m->rope_sin + (long)pos * (d / 2);
+    for (int i = 0; i < dim; i++) h[i] = bf2f(m->embeddings[(long)token * dim + i]);
 
 #pragma omp parallel num_threads(m->n_threads)
     {
-        float *my_scores = scores + (long)omp_get_thread_num() * CHUNK;
         for (int l = 0; l < m->n_layers; l++) {
             const Layer *L = &m->layers[l];
-#pragma omp for schedule(static)
-            for (int t = 0; t < count; t++) rms_norm(h + (long)t * dim, L->attn_norm, dim, m->eps, x + (long)t * dim);
-            project(&L->wq, x, dim, q, nq, count);
-            project(&L->wk, x, dim, k, nkv, count);
-            project(&L->wv, x, dim, v, nkv, count);
+#pragma omp single
+            rms_norm(h, L->attn_norm, dim, m->eps, x);
+            project(&L->wq, x, dim, q, nq);
+            project(&L->wk, x, dim, k, nkv);
+            project(&L->wv, x, dim, v, nkv);
 #pragma omp barrier
 #pragma omp single
-            for (int t = 0; t < count; t++) {
-                const float *cos = m->rope_cos + (long)(pos + t) * (d / 2), *sin = m->rope_sin + (long)(pos + t) * (d / 2);
-                for (int hh = 0; hh < nh; hh++) rotate(q + (long)t * nq + hh * d, cos, sin, d);
+            {
+                for (int hh = 0; hh < m->n_heads; hh++) rotate(q + hh * d, cos, sin, d);
                 for (int hh = 0; hh < m->n_kv_heads; hh++) {
-                    float *kt = k + (long)t * nkv + hh * d, *vt = v + (long)t * nkv + hh * d;
-                    rotate(kt, cos, sin, d);
-                    long at = ((long)hh * m->capacity + pos + t) * d;
+                    rotate(k + hh * d, cos, sin, d);
+                    long at = ((long)hh * m->capacity + pos) * d;
                     for (int i = 0; i < d; i++) {
-                        kv_store(L->k, m->kv_bf16, at + i, kt[i]);
-                        kv_store(L->v, m->kv_bf16, at + i, vt[i]);
+                        kv_store(L->k, m->kv_bf16, at + i, k[hh * d + i]);
+                        kv_store(L->v, m->kv_bf16, at + i, v[hh * d + i]);
                     }
                 }
             }
-            /* Work items (head, chunk of keys, token), the tokens of a chunk next to each other so its
-               keys are read once; token t sees positions [0, pos + t]. */
 #pragma omp for schedule(static)
-            for (int it = 0; it < nh * max_chunks * count; it++) {
-                int t = it % count, c = (it / count) % max_chunks, hh = it / (count * max_chunks);
-                int n = pos + t + 1, start = c * CHUNK, end = start + CHUNK < n ? start + CHUNK : n;
-                if (start < n)
-                    attend_chunk(m, L, hh, q + (long)t * nq + hh * d, start, end, my_scores,
-                                 items + (((long)t * nh + hh) * max_chunks + c) * (d + 2));
+            for (int it = 0; it < m->n_heads * chunks; it++) {
+                int hh = it / chunks, start = (it % chunks) * CHUNK, end = start + CHUNK < n ? start + CHUNK : n;
+                attend_chunk(m, L, hh, q + hh * d, start, end, scores + (long)hh * m->capacity + start,
+                             items + (long)it * (d + 2));
             }
 #pragma omp for schedule(static)
-            for (int th = 0; th < count * nh; th++) {
-                int t = th / nh, hh = th % nh, chunks = (pos + t + 1 + CHUNK - 1) / CHUNK;
-                combine(items + (long)th * max_chunks * (d + 2), chunks, d, heads + (long)t * nq + hh * d);
+            for (int hh = 0; hh < m->n_heads; hh++) combine(items + (long)hh * chunks * (d + 2), chunks, d, heads + hh * d);
+            project(&L->wo, heads, nq, attn, dim);
+#pragma omp barrier
+#pragma omp single
+            {
+                for (int i = 0; i < dim; i++) h[i] = round_bf(h[i] + attn[i]);
+                rms_norm(h, L->ffn_norm, dim, m->eps, x);
             }
-            project(&L->wo, heads, nq, attn, dim, count);
+            project(&L->w1, x, dim, gate, hidden);
+            project(&L->w3, x, dim, up, hidden);
 #pragma omp barrier
 #pragma omp for schedule(static)
-            for (int t = 0; t < count; t++) {
-                float *ht = h + (long)t * dim;
-                for (int i = 0; i < dim; i++) ht[i] = round_bf(ht[i] + attn[(long)t * dim + i]);
-                rms_norm(ht, L->ffn_norm, dim, m->eps, x + (long)t * dim);
-            }
-            project(&L->w1, x, dim, gate, hidden, count);
-            project(&L->w3, x, dim, up, hidden, count);
-#pragma omp barrier
-#pragma omp for schedule(static)
-            for (long i = 0; i < (long)count * hidden; i++) {
+            for (int i = 0; i < hidden; i++) {
                 float g = gate[i];
                 gate[i] = round_bf(round_bf(g / (1.0f + expf(-g))) * up[i]);
             }
-            project(&L->w2, gate, hidden, attn, dim, count);
+            project(&L->w2, gate, hidden, attn, dim);
 #pragma omp barrier
-#pragma omp for schedule(static)
-            for (long i = 0; i < (long)count * dim; i++) h[i] = round_bf(h[i] + attn[i]);
+#pragma omp single
+            for (int i = 0; i < dim; i++) h[i] = round_bf(h[i] + attn[i]);
         }
-#pragma omp for schedule(static)
-        for (int t = 0; t < count; t++) rms_norm(h + (long)t * dim, m->final_norm, dim, m->eps, x + (long)t * dim);
-        project(&m->output, x, dim, logits, m->vocab, count);
+#pragma omp single
+        rms_norm(h, m->final_norm, dim, m->eps, x);
+        project(&m->output, x, dim, logits, m->vocab);
     }
     return 0;
-}
-
-/* Feed `token` at position `pos`; write float32 logits [vocab] (native_decode_tokens with one token). */
-int native_decode_step(const Model *m, int token, int pos, float *logits) {
-    return native_decode_tokens(m, &token, 1, pos, logits);
 }

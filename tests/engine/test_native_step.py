@@ -87,60 +87,6 @@ def test_odd_shapes_and_a_growing_cache(tmp_path: Path, shape: dict, mode: str) 
         assert_close(eager, got, tolerance=0.1 * float(eager[0].abs().max()))
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4", "none"])
-@pytest.mark.parametrize("shape", [None, dict(dim=96, n_heads=4, n_kv_heads=2)], ids=["shipped", "grouped"])
-def test_a_verification_pass_gives_each_token_its_native_step_bit_for_bit(tmp_path: Path, mode: str,
-                                                                          shape: dict | None) -> None:
-    """Speculative decoding feeds the next token and its draft in one native call: every row of logits,
-    and every key and value it stores, must be exactly what one-token native steps give (greedy output
-    then cannot change); past MAX_TOKENS a pass goes in several calls."""
-    from tests.tiny_models import build_tiny_model
-
-    model = int8_model(default_model_dir() if shape is None else build_tiny_model(tmp_path / "m", **shape), mode)
-    native = native_step.NativeStep(model)
-    vocab = model.args.vocab_size
-    prompt = [(11 * i) % (vocab - 3) + 3 for i in range(300)]  # keys across two of the step's work items
-    tokens = [(7 * i) % (vocab - 3) + 3 for i in range(native_step.MAX_TOKENS + 4)]
-    caches = []
-    for _ in range(2):
-        cache = KVCache(model.args, 400, "cpu", torch.bfloat16)
-        prefill(model, cache, prompt)
-        caches.append(cache)
-    one_by_one = torch.stack([native.step(caches[0], t) for t in tokens])
-    in_passes = torch.cat([native.verify(caches[1], tokens[:3]), native.verify(caches[1], tokens[3:])])
-    assert torch.equal(one_by_one, in_passes)
-    assert caches[0].tokens == caches[1].tokens == prompt + tokens
-    end = len(prompt) + len(tokens)
-    for layer in range(model.args.n_layers):
-        assert torch.equal(caches[0].k[layer][:, :, :end], caches[1].k[layer][:, :, :end])
-        assert torch.equal(caches[0].v[layer][:, :, :end], caches[1].v[layer][:, :, :end])
-
-
-def test_speculative_decoding_on_native_steps_gives_the_same_tokens_in_fewer_passes() -> None:
-    """Prompt-lookup drafts verified natively: the tokens of plain native decoding, with drafts accepted
-    on text that repeats the prompt."""
-    from functools import partial
-
-    from engine.generate import decode_step, generate, verify_step
-    from engine.lookup import Speculation
-
-    model = int8_model(default_model_dir(), "int8")
-    native = native_step.NativeStep(model)
-    tok = load_model(default_model_dir(), device="cpu").tokenizer
-    line = "    result = compute_total(values, weights, scale=scale)\n"
-    prompt = tok.encode("def f(values, weights, scale):\n" + line + "    return result\n\n\ndef g(values, weights, scale):\n",
-                        bos=True)
-    runs = []
-    for speculation in (None, Speculation()):
-        cache = KVCache(model.args, 128, "cpu", torch.bfloat16)
-        runs.append(generate(model, cache, prompt, 24, set(), speculation=speculation,
-                             step=partial(decode_step, model, native=native),
-                             verify=partial(verify_step, model, native=native)))
-    plain, drafted = runs
-    assert drafted.tokens == plain.tokens
-    assert drafted.accepted_tokens > 0 and drafted.forward_passes < plain.forward_passes
-
-
 def test_one_native_step_serves_the_caches_of_a_pool_in_turn(tiny_model_dir: Path) -> None:
     model = int8_model(tiny_model_dir)
     native = native_step.NativeStep(model)
