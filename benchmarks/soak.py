@@ -260,6 +260,7 @@ async def main_async(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     sampler = asyncio.create_task(sample_memory(pid, samples, args.sample_seconds, t0))
     per_minute: list[int] = []
+    kv_per_minute: list[int] = []  # the KV pool's bytes: it fills up to kvCacheMb by design
     minute = 0
     while minute < args.minutes:
         await session.step()
@@ -271,6 +272,7 @@ async def main_async(args: argparse.Namespace) -> int:
             memory = status.get("memory") or {}
             rss = samples[-1][1] if samples else 0
             per_minute.append(rss)
+            kv_per_minute.append(int(memory.get("kvCacheBytes") or 0))
             c = session.counts
             print(f"| {minute} | {mb(rss)} | {mb(memory.get('residentBytes'))} | {mb(memory.get('kvCacheBytes'))} "
                   f"| {memory.get('indexFiles', '-')} | {mb(memory.get('indexBytes'))} | {c.sent} | {c.answered} "
@@ -293,6 +295,9 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"RSS after warm-up (minute {warm_index + 1}): {mb(warm)} MB; at the end: {mb(last)} MB; growth "
               f"{100 * (last - warm) / warm:+.1f} % ({slope / 2**20:+.1f} MB/min); peak sample "
               f"{mb(max(s for _, s in samples))} MB")
+        rest_warm, rest_last = warm - kv_per_minute[warm_index], last - kv_per_minute[-1]
+        print(f"RSS less the KV caches (which fill up to kvCacheMb as spots and files accumulate): "
+              f"{mb(rest_warm)} -> {mb(rest_last)} MB, growth {100 * (rest_last - rest_warm) / max(rest_warm, 1):+.1f} %")
     print(f"requests: {c.sent} sent, {c.answered} answered ({c.cancelled} cancelled, {c.errors} errors), "
           f"{unanswered} unanswered")
     print(f"server stderr: {'TRACEBACK' if 'Traceback' in err_text else 'no traceback'} "
