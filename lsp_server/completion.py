@@ -25,7 +25,7 @@ from engine.backends.base import Backend, BackendError, CompletionRequest, OutOf
 from engine.sourcefiles import is_secret_path
 
 from .context.budget import TokenCounter
-from .context.builder import SpotLayouts, query_words
+from .context.builder import SpotLayouts, line_of, query_words
 from .context.gather import Gatherer, OpenDoc, Request
 from .context.index import WorkspaceIndex
 from .context.languages import language_of
@@ -525,10 +525,9 @@ class CompletionService:
                  multiline: bool) -> tuple[CompletionRequest, Any]:
         """The engine request for a completion at the snapshot's cursor, and the built context (worker)."""
         spots = self._layouts.get(uri) or SpotLayouts()
-        line = snap.text.count("\n", 0, snap.cursor) if len(snap.text) < 1_000_000 else -1
         built = build_prompt(snap, self.get_index(), self._gatherer, budget=settings.prompt_budget(backend),
                              count=self.counter(backend),
-                             repository_context=settings.repository_context, previous=spots.nearest(line))
+                             repository_context=settings.repository_context, previous=spots.nearest(line_of(snap.text, snap.cursor)))
         spots.remember(built.layout)
         self._layouts[uri] = spots
         # A key typed or pasted into the document stays out of the prompt (and out of lastPrompt).

@@ -46,6 +46,11 @@ class Layout:
     budget: int = 0
 
 
+def line_of(text: str, cursor: int) -> int:
+    """The cursor's line, which layouts remember their spot by (-1 in texts too long to count cheaply)."""
+    return text.count("\n", 0, cursor) if len(text) < 1_000_000 else -1
+
+
 class SpotLayouts:
     """The layouts of a document's last few spots, so coming back to one (after a jump elsewhere in the
     file, or from another file) builds the prompt it built there, which its KV cache still holds."""
@@ -143,7 +148,7 @@ def build_context(
     prefix_cap = int(room * PREFIX_SHARE / (1 - SUFFIX_SHARE)) if candidates else room
     prefix_start, prefix_tokens = _cut_prefix(text, cursor, prefix_cap, count, previous, budget)
 
-    cursor_line = text.count("\n", 0, cursor) if len(text) < 1_000_000 else -1
+    cursor_line = line_of(text, cursor)
     snippet_room = room - prefix_tokens
     if candidates and prefix_start > 0:
         # The prefix is cut: leave it room to grow so the snippets need not be re-packed soon.

@@ -1,7 +1,7 @@
 import re
 
 from lsp_server.context.budget import TokenCounter, take_backward, take_forward
-from lsp_server.context.builder import SUFFIX_SHARE, SpotLayouts, build_context, query_words
+from lsp_server.context.builder import SUFFIX_SHARE, SpotLayouts, build_context, line_of, query_words
 from lsp_server.context.snippets import Snippet, windows
 
 _TOKEN = re.compile(r"\w+|\s|[^\w\s]")
@@ -91,9 +91,8 @@ def test_coming_back_to_a_spot_builds_the_prompt_it_built_there():
     spots = SpotLayouts()
 
     def build(text: str, cursor: int):  # noqa: ANN202 - the builder's result
-        line = text.count("\n", 0, cursor)
         built = build_context(text=text, cursor=cursor, path="m.py", language="python", budget=1500,
-                              count=TokenCounter(count), candidates=cands, previous=spots.nearest(line))
+                              count=TokenCounter(count), candidates=cands, previous=spots.nearest(line_of(text, cursor)))
         spots.remember(built.layout)
         return built
 
