@@ -94,13 +94,20 @@ def rank(candidates: Iterable[Snippet], query: set[str]) -> list[Snippet]:
 
 
 def dedupe(ranked: list[Snippet], near_duplicate: float = 0.8) -> list[Snippet]:
-    """Drop candidates that overlap a better one in the same file or say nearly the same thing."""
-    kept: list[Snippet] = []
+    """Drop candidates that overlap a better one in the same file or say nearly the same thing.
+
+    Every candidate is compared with every one kept before it, at each keystroke: two word sets can only
+    be `near_duplicate` alike when their sizes are within that ratio, so only those pairs compute the
+    similarity (the same result; it was a fifth of a keystroke's time outside the engine at 8K)."""
+    kept: list[tuple[Snippet, int]] = []
     for snip in ranked:
-        if any(snip.overlaps(k) or jaccard(snip.word_set, k.word_set) >= near_duplicate for k in kept):
+        size = len(snip.word_set)
+        if any(snip.overlaps(k) or (near_duplicate * max(size, n) <= min(size, n)
+                                     and jaccard(snip.word_set, k.word_set) >= near_duplicate)
+               for k, n in kept):
             continue
-        kept.append(snip)
-    return kept
+        kept.append((snip, size))
+    return [k for k, _ in kept]
 
 
 class BM25:
