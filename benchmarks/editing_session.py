@@ -71,13 +71,13 @@ class Spot:
 
 
 class Session:
-    def __init__(self, workspace: Path, editors: dict[str, Editor], rng: random.Random) -> None:
+    def __init__(self, workspace: Path, editors: dict[str, Editor], rng: random.Random, trace: bool = False) -> None:
         self.rng = rng
         self.texts = {name: (workspace / name).read_text(encoding="utf-8").split("\n") for name in editors}
         self.editors = editors
         self.latencies: dict[str, list[float]] = {k: [] for k in KINDS}
         self.last_spot: dict[str, Spot] = {}
-        self.trace = False
+        self.trace = trace  # print each event (--trace)
 
     def function_lines(self, name: str) -> list[int]:
         """The first line of each function's body (after its signature, which may span lines)."""
@@ -161,8 +161,7 @@ async def run_session(workspace: Path, settings: dict[str, Any], env: dict[str, 
         for name in names:
             editors[name] = Editor(client, (workspace / name).as_uri())
             editors[name].open((workspace / name).read_text(encoding="utf-8"))
-        session = Session(workspace, editors, random.Random(args.seed))
-        session.trace = args.trace
+        session = Session(workspace, editors, random.Random(args.seed), trace=args.trace)
         for name in names:  # warm-up: each file has been typed in once
             spot = session.new_spot(name, None)
             await session.type_at(spot, None)

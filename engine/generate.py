@@ -24,7 +24,7 @@ from engine.model import Transformer
 from engine.name_choice import Lean
 from engine.native_step import NativeStep
 
-PREFILL_CHUNK = 1024  # tokens per prefill step: bounds the activation and attention-mask memory
+PREFILL_CHUNK = 1024  # tokens per prefill step: bounds the activations (and, off the CPU, the attention mask)
 
 # One decode step: feed a token at the cache's next position, append it to `cache.tokens`, return the
 # float32 logits (vocab,) of the position after (engine.generate.decode_step's contract).

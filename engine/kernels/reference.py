@@ -56,26 +56,23 @@ def attention(q: torch.Tensor, k: torch.Tensor | Int8KV, v: torch.Tensor | Int8K
     this layer's K/V to q's dtype once and takes SDPA's fused kernel. Measured here (1,024 queries
     over 4K keys, 5 heads of 64, 2 threads under load): SDPA 156 ms, the chunked int8 path 850-2,470 ms.
     """
-    offset_causal = mask is None and is_causal and q.shape[2] < k.shape[2]
     if isinstance(k, Int8KV) or isinstance(v, Int8KV):
         assert isinstance(k, Int8KV) and isinstance(v, Int8KV), "K and V must both be int8 or neither"
         if q.shape[2] == 1:
             return int8_attention(q, k, v, mask, is_causal)
         k, v = k.dequantize(q.dtype), v.dequantize(q.dtype)
-    if q.shape[2] == 1 and (mask is None or offset_causal) and q.device.type == "cpu" \
-            and k.shape[2] <= ONE_QUERY_MAX_KEYS:
+    row_by_row = q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS  # a query at a time, in float32
+    if q.shape[2] == 1 and mask is None and row_by_row:
         return _one_query_attention(q, k, v)
-    if offset_causal and q.shape[2] <= FEW_QUERIES and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
-        mask = causal_mask(q.shape[2], k.shape[2], q.device)
+    if mask is None and is_causal and q.shape[2] < k.shape[2]:  # a prompt chunk after cached keys
+        if (q.device.type == "cpu" and q.shape[1] == k.shape[1] and not _needs_grad(q, k, v)
+                and not (q.shape[2] <= FEW_QUERIES and row_by_row)):
+            return _prefix_then_causal(q, k.to(q.dtype), v.to(q.dtype))
+        mask, is_causal = causal_mask(q.shape[2], k.shape[2], q.device), False
+    if mask is not None and q.shape[2] <= FEW_QUERIES and row_by_row:
         return _few_queries_attention(q, k, v, mask)  # in float32, whatever the cache stores
-    if mask is not None and q.shape[2] <= FEW_QUERIES and q.device.type == "cpu" and k.shape[2] <= ONE_QUERY_MAX_KEYS:
-        return _few_queries_attention(q, k, v, mask)
     if k.dtype != q.dtype:  # a cache of another dtype than the model's (float32 under bf16): SDPA needs one
         k, v = k.to(q.dtype), v.to(q.dtype)
-    if offset_causal:
-        if q.device.type == "cpu" and q.shape[1] == k.shape[1] and not _needs_grad(q, k, v):
-            return _prefix_then_causal(q, k, v)
-        mask, is_causal = causal_mask(q.shape[2], k.shape[2], q.device), False
     gqa = q.shape[1] != k.shape[1]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
 

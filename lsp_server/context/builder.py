@@ -187,8 +187,10 @@ def _moved_anchor(text: str, previous: Layout) -> int:
     """Where the previous cut's text is now: at its offset, or (after an edit above it moved it) its
     nearest occurrence within ANCHOR_SEARCH characters; -1 when it is gone."""
     at, anchor = previous.prefix_start, previous.prefix_anchor
-    if not anchor or text.startswith(anchor, at):
-        return at if anchor else -1
+    if not anchor:
+        return -1
+    if text.startswith(anchor, at):
+        return at
     before = text.rfind(anchor, max(0, at - ANCHOR_SEARCH), at + len(anchor) - 1)
     after = text.find(anchor, at, at + ANCHOR_SEARCH)
     found = [i for i in (before, after) if i >= 0]

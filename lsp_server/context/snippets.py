@@ -99,15 +99,15 @@ def dedupe(ranked: list[Snippet], near_duplicate: float = 0.8) -> list[Snippet]:
     Every candidate is compared with every one kept before it, at each keystroke: two word sets can only
     be `near_duplicate` alike when their sizes are within that ratio, so only those pairs compute the
     similarity (the same result; it was a fifth of a keystroke's time outside the engine at 8K)."""
-    kept: list[tuple[Snippet, int]] = []
+    kept: list[Snippet] = []
     for snip in ranked:
         size = len(snip.word_set)
-        if any(snip.overlaps(k) or (near_duplicate * max(size, n) <= min(size, n)
+        if any(snip.overlaps(k) or (near_duplicate * max(size, len(k.word_set)) <= min(size, len(k.word_set))
                                      and jaccard(snip.word_set, k.word_set) >= near_duplicate)
-               for k, n in kept):
+               for k in kept):
             continue
-        kept.append((snip, size))
-    return [k for k, _ in kept]
+        kept.append(snip)
+    return kept
 
 
 class BM25:
