@@ -102,11 +102,36 @@ def adapter_state(model: Transformer) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adapter(model: Transformer, out_dir: str | Path, cfg: LoRAConfig, meta: dict) -> Path:
+def save_adapter(model: Transformer, out_dir: str | Path, cfg: LoRAConfig, meta: dict, strength: float = 1.0,
+                 base: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the model's adapter. With `strength` below 1, the saved update is that fraction of the
+    trained one (the low-rank products and, against `base`, the whole tensors trained alongside):
+    the weights part of the way from the base model to the fine-tuned one, as WiSE-FT interpolates."""
     out = Path(out_dir)  # atomic_file creates it
-    state = {k: v.float() if v.dtype != torch.float32 else v for k, v in adapter_state(model).items()}
+    state = {k: v.float() for k, v in adapter_state(model).items()}
+    if strength != 1.0:
+        for key, value in state.items():
+            if key.endswith(".lora_B"):
+                state[key] = value * strength
+            elif not key.endswith(".lora_A"):
+                if base is None or key not in base:
+                    raise ValueError(f"a weakened adapter needs the base model's {key}")
+                start = base[key].float()
+                state[key] = start + strength * (value - start)
     info = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
             "train_embeddings": cfg.train_embeddings, "train_norms": cfg.train_norms, **meta}
+    if strength != 1.0:
+        info["strength"] = strength
+    return _write_adapter(out, state, info)
+
+
+def whole_tensors(model: Transformer) -> dict[str, torch.Tensor]:
+    """Copies of the tensors add_lora trains in full (embeddings, output, norms), by adapter name:
+    the base a weakened adapter is measured from (save_adapter's `base`)."""
+    return {k: v.detach().clone() for k, v in adapter_state(model).items() if ".lora_" not in k}
+
+
+def _write_adapter(out: Path, state: dict[str, torch.Tensor], info: dict) -> Path:
     # Both files are written in full before either replaces the previous adapter; adapter.json (what
     # loaders look for) is renamed last.
     with atomic_file(out / ADAPTER_META) as meta_tmp, atomic_file(out / ADAPTER_WEIGHTS) as weights_tmp:

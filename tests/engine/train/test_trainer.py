@@ -13,7 +13,14 @@ import torch
 from engine.checkpoints import load_model
 from engine.tokenizer import Tokenizer
 from engine.train.data import DataConfig, WindowSampler, cached_stream
-from engine.train.lora import LoRAConfig, add_lora, apply_adapter, merge_lora, save_adapter
+from engine.train.lora import (
+    LoRAConfig,
+    add_lora,
+    apply_adapter,
+    merge_lora,
+    save_adapter,
+    whole_tensors,
+)
 from engine.train.sources import collect_repo
 from engine.train.trainer import TrainConfig, chunked_cross_entropy, latest_checkpoint, train
 
@@ -150,6 +157,28 @@ def test_adapter_applied_at_load_gives_the_merged_models_logits(tiny_model_dir, 
         assert torch.equal(base(x), before)
     info = json.loads((tmp_path / "adapter" / "adapter.json").read_text())
     assert info["rank"] == 4 and info["rope_theta"] == 5e5 and info["data_hash"] == meta["data_hash"]
+
+
+def test_a_weakened_adapter_moves_every_weight_that_fraction_of_the_way(tiny_model_dir, code_repo, tmp_path):
+    """Adaptation's `strength`: the saved adapter takes each weight `strength` of the way from the base
+    model to the trained one, the low-rank updates and the embeddings trained in full alike."""
+    _, stream, _ = _data(tiny_model_dir, code_repo, tmp_path)
+    lcfg = LoRAConfig(rank=4, alpha=8, train_embeddings=True)
+    model = _fresh(tiny_model_dir)
+    trainable = add_lora(model, lcfg)
+    base = whole_tensors(model)
+    train(model, WindowSampler(stream, 64, 2, 0), _cfg(steps=3, lr=2e-2), tmp_path / "run", trainable=trainable)
+    save_adapter(model, tmp_path / "weak", lcfg, {}, strength=0.25, base=base)
+    trained = {n: p.detach().float().clone() for n, p in merge_lora(model).named_parameters()}
+    before = {n: p.detach().float().clone() for n, p in _fresh(tiny_model_dir).named_parameters()}
+
+    model = _fresh(tiny_model_dir)
+    apply_adapter(model, tmp_path / "weak")
+    got = {n: p.detach().float() for n, p in model.named_parameters()}
+    for name in ("layers.0.attention.wq.weight", "layers.1.feed_forward.w2.weight", "tok_embeddings.weight"):
+        assert not torch.allclose(trained[name], before[name])
+        torch.testing.assert_close(got[name], before[name] + 0.25 * (trained[name] - before[name]), rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "weak" / "adapter.json").read_text())["strength"] == 0.25
 
 
 def test_train_command_writes_an_adapter_and_resumes(tiny_model_dir, code_repo, tmp_path):
