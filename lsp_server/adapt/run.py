@@ -70,9 +70,10 @@ class Recipe:
     seed: int = 0  # the held-out files and the cursors scored on them
     train_seed: int | None = None  # the training examples, their order and the adapter's start (None: seed)
     # The fraction of the trained update the adapter keeps (the weights halfway from the base model to
-    # the trained one, as WiSE-FT interpolates). Measured on four repositories: +2.1 points of exact
-    # match on average over three training seeds, none below -0.7; the whole update +0.7 over two of
-    # them, one repository -5.6 (benchmarks/RESULTS.md, session 19).
+    # the trained one, as WiSE-FT interpolates). Measured on four repositories (benchmarks/RESULTS.md,
+    # session 19): the whole update gained +0.7 points of exact match on average over two training
+    # seeds, one repository -5.6; half of it +2.1 over three seeds, none below -0.7 (half of 4 passes:
+    # +2.4 over three seeds, one repository -1.6).
     strength: float = 0.5
 
     @property
