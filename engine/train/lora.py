@@ -122,22 +122,18 @@ def save_adapter(model: Transformer, out_dir: str | Path, cfg: LoRAConfig, meta:
             "train_embeddings": cfg.train_embeddings, "train_norms": cfg.train_norms, **meta}
     if strength != 1.0:
         info["strength"] = strength
-    return _write_adapter(out, state, info)
-
-
-def whole_tensors(model: Transformer) -> dict[str, torch.Tensor]:
-    """Copies of the tensors add_lora trains in full (embeddings, output, norms), by adapter name:
-    the base a weakened adapter is measured from (save_adapter's `base`)."""
-    return {k: v.detach().clone() for k, v in adapter_state(model).items() if ".lora_" not in k}
-
-
-def _write_adapter(out: Path, state: dict[str, torch.Tensor], info: dict) -> Path:
     # Both files are written in full before either replaces the previous adapter; adapter.json (what
     # loaders look for) is renamed last.
     with atomic_file(out / ADAPTER_META) as meta_tmp, atomic_file(out / ADAPTER_WEIGHTS) as weights_tmp:
         save_file(state, str(weights_tmp), metadata={"format": "pt"})
         meta_tmp.write_text(json.dumps(info, indent=1) + "\n")
     return out
+
+
+def whole_tensors(model: Transformer) -> dict[str, torch.Tensor]:
+    """Copies of the tensors add_lora trains in full (embeddings, output, norms), by adapter name:
+    the base a weakened adapter is measured from (save_adapter's `base`)."""
+    return {k: v.detach().clone() for k, v in adapter_state(model).items() if ".lora_" not in k}
 
 
 def merge_lora(model: Transformer) -> Transformer:

@@ -81,13 +81,13 @@ def test_a_workspace_without_enough_files_is_a_clear_error(tiny_model_dir, tmp_p
     assert events[-1]["event"] == "error" and "too few Python files" in events[-1]["message"]
 
 
-# Weighted losses, and an adapter saved at half strength (measured against the base weights the
-# resumed process loads again).
-WEIGHTED = ("--middle-loss", "3", "--snippet-loss", "0.5", "--name-loss", "2", "--strength", "0.5")
+# Weighted losses, and the whole trained update saved (the default keeps half of it, measured against
+# the base weights a resumed process loads again).
+WEIGHTED = ("--middle-loss", "3", "--snippet-loss", "0.5", "--name-loss", "2", "--strength", "1")
 
 
 @pytest.mark.parametrize("sig, recipe", [(signal.SIGTERM, ()), (signal.SIGKILL, ()), (signal.SIGKILL, WEIGHTED)],
-                         ids=["SIGTERM", "SIGKILL", "SIGKILL-weighted-half-strength"])
+                         ids=["SIGTERM", "SIGKILL", "SIGKILL-weighted-whole-update"])
 def test_a_stopped_run_resumes_to_the_same_adapter(tiny_model_dir, tmp_path, sig, recipe):
     ws = write_workspace(tmp_path / "ws")
     code, _ = run(adapt_command(tiny_model_dir, ws, tmp_path / "whole", *recipe))

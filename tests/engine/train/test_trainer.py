@@ -13,14 +13,7 @@ import torch
 from engine.checkpoints import load_model
 from engine.tokenizer import Tokenizer
 from engine.train.data import DataConfig, WindowSampler, cached_stream
-from engine.train.lora import (
-    LoRAConfig,
-    add_lora,
-    apply_adapter,
-    merge_lora,
-    save_adapter,
-    whole_tensors,
-)
+from engine.train.lora import LoRAConfig, add_lora, apply_adapter, merge_lora, save_adapter, whole_tensors
 from engine.train.sources import collect_repo
 from engine.train.trainer import TrainConfig, chunked_cross_entropy, latest_checkpoint, train
 
