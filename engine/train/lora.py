@@ -109,24 +109,33 @@ def save_adapter(model: Transformer, out_dir: str | Path, cfg: LoRAConfig, meta:
     the weights part of the way from the base model to the fine-tuned one, as WiSE-FT interpolates."""
     out = Path(out_dir)  # atomic_file creates it
     state = {k: v.float() for k, v in adapter_state(model).items()}
-    if strength != 1.0:
-        for key, value in state.items():
-            if key.endswith(".lora_B"):
-                state[key] = value * strength
-            elif not key.endswith(".lora_A"):
-                if base is None or key not in base:
-                    raise ValueError(f"a weakened adapter needs the base model's {key}")
-                start = base[key].float()
-                state[key] = start + strength * (value - start)
     info = {"rank": cfg.rank, "alpha": cfg.alpha, "targets": list(cfg.targets),
             "train_embeddings": cfg.train_embeddings, "train_norms": cfg.train_norms, **meta}
     if strength != 1.0:
-        info["strength"] = strength
+        state, info["strength"] = _weakened(state, strength, base), strength
     # Both files are written in full before either replaces the previous adapter; adapter.json (what
     # loaders look for) is renamed last.
     with atomic_file(out / ADAPTER_META) as meta_tmp, atomic_file(out / ADAPTER_WEIGHTS) as weights_tmp:
         save_file(state, str(weights_tmp), metadata={"format": "pt"})
         meta_tmp.write_text(json.dumps(info, indent=1) + "\n")
+    return out
+
+
+def _weakened(state: dict[str, torch.Tensor], strength: float,
+              base: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """`state` with `strength` of its update: each LoRA B scaled (so B A is), each whole tensor moved
+    back toward its value in `base`."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith(".lora_B"):
+            out[key] = value * strength
+        elif key.endswith(".lora_A"):
+            out[key] = value
+        elif base is None or key not in base:
+            raise ValueError(f"a weakened adapter needs the base model's {key}")
+        else:
+            start = base[key].float()
+            out[key] = start + strength * (value - start)
     return out
 
 
