@@ -105,7 +105,8 @@ def _base_name(expr: ast.expr) -> str | None:
 def _render_class(lines: list[str], node: ast.ClassDef) -> tuple[list[str], list[str]]:
     """(rendered lines, member names): header, docstring's first line, class attributes, the
     attributes its methods set on `self` (first assignment of each, `__init__`'s first), then
-    method signatures; at most MAX_CLASS_LINES lines."""
+    method signatures; past MAX_CLASS_LINES lines, the header, docstring and `__init__` and a
+    comment naming every member."""
     out = _header(lines, node)
     header_len = len(out)
     inner = _indent_of(out[-1] if out else "") + "    "
@@ -115,12 +116,16 @@ def _render_class(lines: list[str], node: ast.ClassDef) -> tuple[list[str], list
     members: list[str] = []
     attrs: list[str] = []
     methods: list[str] = []
+    init: list[str] = []
     functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
     for stmt in node.body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
             members.append(stmt.name)
             functions.append(stmt)
-            methods += _render_function(lines, stmt)
+            rendered = _render_function(lines, stmt)
+            methods += rendered
+            if stmt.name == "__init__":
+                init = rendered
         elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
             members += [t.id for t in targets if isinstance(t, ast.Name)]
@@ -139,7 +144,10 @@ def _render_class(lines: list[str], node: ast.ClassDef) -> tuple[list[str], list
                         attrs.append(inner + _one_line(lines, stmt))
     out += attrs + methods
     if len(out) > MAX_CLASS_LINES:
-        out = out[:MAX_CLASS_LINES] + [inner + "..."]
+        # Too big to show whole: the constructor (what a call site needs) and every member's name
+        # (what `self.` in a subclass needs), in a few hundred tokens that fit beside the file.
+        names = [m for m in members if not m.startswith("__")]
+        out = out[: header_len + (1 if doc else 0)] + init + [inner + "# members: " + ", ".join(names)]
     elif len(out) == header_len:
         out.append(inner + "...")
     return out, members

@@ -92,6 +92,30 @@ def test_self_dot_brings_the_bases_members_across_files():
     assert "def serialise_fields(self) -> dict:" in snips[1].text
 
 
+def test_a_big_base_class_comes_as_its_constructor_and_every_member_name_and_fits_beside_a_long_file():
+    """A base class of a hundred methods (flask's `App`) would outline to more than the room a long file
+    leaves for snippets: it comes as its constructor and the names of all its members instead, so the
+    method at the end of the class is in the prompt for `self.` in a subclass."""
+    methods = "".join(f"    def handler_{i}(self, request, *, strict=False):\n        return {i}\n\n" for i in range(100))
+    app = ("class App:\n    \"\"\"The application.\"\"\"\n\n    def __init__(self, import_name: str) -> None:\n"
+           "        self.import_name = import_name\n\n" + methods + "    def select_autoescape(self, filename):\n"
+           "        return True\n")
+    files = {**WORKSPACE, "shop/app.py": app}
+    long_file = "".join(f"def helper_{i}(x):\n    return x + {i}\n\n\n" for i in range(200))
+    buffer = ("from .app import App\n\n\n" + long_file + "class Shop(App):\n    def render(self, name):\n"
+              "        options = {}\n        options['autoescape'] = self.")
+    snips = snippets_for("shop/web.py", buffer, files)
+    outline = snips[0].text
+    assert snips[0].path == "shop/app.py" and outline.startswith("class App:\n")
+    assert "def __init__(self, import_name: str) -> None:" in outline  # what a call site needs
+    assert "select_autoescape" in outline and "handler_99" in outline  # every member, the last one too
+    assert "return True" not in outline and len(outline.splitlines()) < 10  # no bodies, a few lines
+    req = Request("shop/web.py", buffer, "python", len(buffer), 1, [OpenDoc(p, t, "python", 1) for p, t in files.items()])
+    built = build_context(text=buffer, cursor=len(buffer), path="shop/web.py", language="python", budget=2048,
+                          count=lambda s: len(s) // 4 + 1, candidates=Gatherer().gather(req, None, set()))
+    assert "select_autoescape" in built.prefix[: built.prefix.index("# Path: shop/web.py")]
+
+
 def test_a_name_being_typed_brings_the_imported_names_it_starts():
     buffer = "from .money import Price, TAX_RATE\n\nrate = TAX"
     snips = snippets_for("shop/cart.py", buffer)
