@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crossfile import workspace  # noqa: E402
 
-from engine.evaluate.crossfile_cases import PACKAGES, UNSEEN_PACKAGES  # noqa: E402  (crossfile put the repository on the path)
+from engine.evaluate.crossfile_cases import ALL_PACKAGES, PACKAGES  # noqa: E402  (crossfile put the repository on the path)
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("line", "punct", "ident", "cross")
@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--eval-cases", type=int, default=400)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--packages", default=",".join(pkg.name for pkg in PACKAGES),
-                   help="comma-separated, of: " + ", ".join(pkg.name for pkg in PACKAGES + UNSEEN_PACKAGES)
+                   help="comma-separated, of: " + ", ".join(pkg.name for pkg in ALL_PACKAGES)
                    + " (the last two are not in the default: the recipe was chosen without them)")
     p.add_argument("extra", nargs="*", help="after --: arguments for lsp_server.adapt")
     args = p.parse_args()
@@ -66,7 +66,7 @@ def main() -> None:
           "after | exact by kind (line / punct / ident / cross) | steps | train min | whole run min |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     gains = []
-    for pkg in (pkg for pkg in PACKAGES + UNSEEN_PACKAGES if pkg.name in wanted):
+    for pkg in (pkg for pkg in ALL_PACKAGES if pkg.name in wanted):
         report, wall = adapt(workspace(pkg), Path(args.out) / pkg.name, args.eval_cases, args.threads, args.extra)
         gains.append(report["after"]["exact_match"] - report["before"]["exact_match"])
         print(row(f"{pkg.name} {pkg.version}", report, wall), flush=True)

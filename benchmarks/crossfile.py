@@ -45,8 +45,8 @@ from lsp_session import REPO, Editor, configure, percentile, start_server, stop_
 
 from engine.atomic import atomic_directory  # importable: lsp_session put the repository on the path
 from engine.evaluate.crossfile_cases import (
+    ALL_PACKAGES,
     PACKAGES,
-    UNSEEN_PACKAGES,
     Case,
     Package,
     build_cases,
@@ -243,7 +243,7 @@ def _p90_ratio(rows: list[Outcome]) -> float:
 
 async def main_async(args: argparse.Namespace) -> None:
     wanted = set(args.packages.split(",")) if args.packages else None
-    packages = list(PACKAGES) if wanted is None else [p for p in PACKAGES + UNSEEN_PACKAGES if p.name in wanted]
+    packages = list(PACKAGES) if wanted is None else [p for p in ALL_PACKAGES if p.name in wanted]
     init: dict[str, Any] = {"device": args.device, "maxNewTokens": args.max_new_tokens}
     if args.model:
         init["model"] = args.model
@@ -272,7 +272,7 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model directory (default: the embedded default model)")
-    parser.add_argument("--packages", help="comma-separated, of: " + ", ".join(p.name for p in PACKAGES + UNSEEN_PACKAGES)
+    parser.add_argument("--packages", help="comma-separated, of: " + ", ".join(p.name for p in ALL_PACKAGES)
                         + " (default: the first four; the other two never guided a retrieval choice)")
     parser.add_argument("--cases", type=int, default=120,
                         help="cases per package (default 120, most of what the packages offer: samples of 40 "

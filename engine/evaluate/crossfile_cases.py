@@ -48,6 +48,7 @@ UNSEEN_PACKAGES = (
     Package("flask", "3.1.2", "BSD-3-Clause"),
     Package("toolz", "1.0.0", "BSD-3-Clause"),
 )
+ALL_PACKAGES = PACKAGES + UNSEEN_PACKAGES
 
 _IDENT_CHAR = re.compile(r"[A-Za-z0-9_]")
 

@@ -116,16 +116,12 @@ def _render_class(lines: list[str], node: ast.ClassDef) -> tuple[list[str], list
     members: list[str] = []
     attrs: list[str] = []
     methods: list[str] = []
-    init: list[str] = []
     functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
     for stmt in node.body:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
             members.append(stmt.name)
             functions.append(stmt)
-            rendered = _render_function(lines, stmt)
-            methods += rendered
-            if stmt.name == "__init__":
-                init = rendered
+            methods += _render_function(lines, stmt)
         elif isinstance(stmt, (ast.Assign, ast.AnnAssign)):
             targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
             members += [t.id for t in targets if isinstance(t, ast.Name)]
@@ -146,6 +142,7 @@ def _render_class(lines: list[str], node: ast.ClassDef) -> tuple[list[str], list
     if len(out) > MAX_CLASS_LINES:
         # Too big to show whole: the constructor (what a call site needs) and every member's name
         # (what `self.` in a subclass needs), in a few hundred tokens that fit beside the file.
+        init = next((_render_function(lines, f) for f in functions if f.name == "__init__"), [])
         names = [m for m in members if not m.startswith("__")]
         out = out[: header_len + (1 if doc else 0)] + init + [inner + "# members: " + ", ".join(names)]
     elif len(out) == header_len:

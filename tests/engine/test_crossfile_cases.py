@@ -65,10 +65,10 @@ def test_sampling_takes_the_kinds_in_turn_and_is_stable():
 
 
 def test_the_benchmark_packages_are_kept_out_of_training():
-    from engine.evaluate.crossfile_cases import PACKAGES, UNSEEN_PACKAGES
+    from engine.evaluate.crossfile_cases import ALL_PACKAGES
     from recipes.default_model.build_corpus import is_benchmark_package
 
-    assert all(is_benchmark_package(p.name) for p in PACKAGES + UNSEEN_PACKAGES)
+    assert all(is_benchmark_package(p.name) for p in ALL_PACKAGES)
     assert is_benchmark_package("python3-markdown") and is_benchmark_package("WTForms")  # Debian, PyPI spellings
     assert not is_benchmark_package("markdown-it-py")  # in the corpus, and a different project
 
