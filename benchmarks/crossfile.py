@@ -244,7 +244,8 @@ def _p90_ratio(rows: list[Outcome]) -> float:
 async def main_async(args: argparse.Namespace) -> None:
     wanted = set(args.packages.split(",")) if args.packages else None
     packages = list(PACKAGES) if wanted is None else [p for p in ALL_PACKAGES if p.name in wanted]
-    init: dict[str, Any] = {"device": args.device, "maxNewTokens": args.max_new_tokens}
+    init: dict[str, Any] = {"device": args.device, "maxNewTokens": args.max_new_tokens,
+                            "copyFromPrompt": args.prompt_copy}
     if args.model:
         init["model"] = args.model
     outcomes: list[Outcome] = []
@@ -286,6 +287,8 @@ def main() -> None:
     parser.add_argument("--typed", type=int, default=0,
                         help="the first N characters of each name already typed at the cursor (completion asked "
                              "while typing it; names of N characters or fewer are left out); default 0")
+    parser.add_argument("--prompt-copy", action=argparse.BooleanOptionalAction, default=True,
+                        help="the server's copyFromPrompt (default on, as it ships)")
     parser.add_argument("--json", help="write every case's outcome here")
     asyncio.run(main_async(parser.parse_args()))
 

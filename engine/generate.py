@@ -23,6 +23,7 @@ from engine.lookup import PromptLookup, Speculation
 from engine.model import Transformer
 from engine.name_choice import Lean
 from engine.native_step import NativeStep
+from engine.prompt_copy import Mix
 
 PREFILL_CHUNK = 1024  # tokens per prefill step: bounds the activations (and, off the CPU, the attention mask)
 
@@ -178,6 +179,7 @@ def generate(
     speculation: Speculation | None = None,
     step: DecodeFn | None = None,
     lean: Lean | None = None,
+    mix: Mix | None = None,
 ) -> GenerationResult:
     """Generate after `prompt`, reusing whatever prefix of it `cache` already holds.
 
@@ -195,6 +197,9 @@ def generate(
 
     `lean(generated)` may return (ids, amount): `amount` is added to those ids' logits for the next
     token (the names a completion leans toward, engine/name_choice.py), or None for no bias.
+
+    `mix(generated, logits)` returns the logits the next token is chosen from (what followed the
+    same tokens elsewhere in the prompt mixed in, engine/prompt_copy.py).
     """
     if step is None:
         step = functools.partial(decode_step, model)
@@ -239,6 +244,8 @@ def generate(
         if bias is not None:
             ids, amount = bias
             logits = logits.index_add(0, ids.to(logits.device), torch.full((len(ids),), amount, device=logits.device))
+        if mix is not None:
+            logits = mix(generated, logits)
         token = sample(logits, sampling, generator, allowed)
         if not generated:
             result.first_token_ms = 1000 * (time.perf_counter() - t0)

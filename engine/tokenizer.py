@@ -71,6 +71,11 @@ class Tokenizer:
             raise ValueError(f"{self.path}: this model has no infilling pieces; use left_to_right_prompt")
         return InfillIds(self.prefix_id, self.suffix_id, self.middle_id, self.eot_id)
 
+    def special_ids(self) -> set[int]:
+        """BOS, EOS and the infilling pieces the model has: ids no source text encodes to."""
+        pieces = (self.prefix_id, self.suffix_id, self.middle_id, self.eot_id)
+        return {self.bos_id, self.eos_id} | {i for i in pieces if i is not None}
+
     def stop_ids(self) -> set[int]:
         """Ids that end a generation: EOS, and <EOT> where the model has it."""
         return {self.eos_id} | ({self.eot_id} if self.eot_id is not None else set())

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
 
-from engine.backends.base import Backend, BackendError, CompletionRequest, OutOfMemory
+from engine.backends.base import Backend, BackendError, CompletionRequest, OutOfMemory, WorkspaceFiles
 from engine.sourcefiles import is_secret_path
 
 from .context.budget import TokenCounter
@@ -221,6 +221,16 @@ def name_guidance(gatherer: Gatherer, req: Request, index: WorkspaceIndex | None
     known = gatherer.known_names(req, index if settings.repository_context else None)
     choices = known.choices() if known is not None else None
     return {"name_choices": choices, "favored_names": None if choices else gatherer.favored_names(req)}
+
+
+def workspace_files(snap: Request, index: WorkspaceIndex | None, settings: Settings) -> WorkspaceFiles | None:
+    """CompletionRequest's `workspace`: the indexed files, which the local engine copies from where
+    the prompt has no match (engine/prompt_copy.py). Repository context like the snippets: only with
+    `repositoryContext` and `copyFromPrompt` on, never for a document outside the workspace, and
+    with secrets redacted."""
+    if index is None or snap.isolated or not (settings.repository_context and settings.copy_from_prompt):
+        return None
+    return WorkspaceFiles(index.snapshot, index.generation, snap.path, redact_secrets)
 
 
 def cursor_info(doc: Document, cursor: int, line: int, multiline_mode: str) -> Cursor:
@@ -534,7 +544,8 @@ class CompletionService:
         request = CompletionRequest(
             prefix=redact_secrets(built.prefix), suffix=redact_secrets(built.suffix),
             fim_format=settings.fim_format, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            stop=[] if multiline else ["\n"], speculative=settings.speculative_decoding,
+            stop=[] if multiline else ["\n"], speculative=settings.speculative_decoding, prompt_copy=settings.copy_from_prompt,
+            workspace=workspace_files(snap, self.get_index(), settings),
             **name_guidance(self._gatherer, snap, self.get_index(), settings))
         return request, built
 

@@ -36,6 +36,8 @@ class Settings:
     repository_context: bool = True
     # After `self.` / `module.`: the first name suggested is one that exists (lsp_server/context/members.py)
     known_names: bool = True
+    # Mix into each token's choice what followed the same tokens elsewhere in the prompt (engine/prompt_copy.py)
+    copy_from_prompt: bool = True
     multiline: str = "auto"
     exclude: tuple[str, ...] = field(default_factory=tuple)
     speculative_decoding: bool = True
@@ -69,7 +71,7 @@ class Settings:
     def suggestion_key(self) -> tuple[Any, ...]:
         """The settings besides the model's that shape a suggestion: cached ones are stale when they change."""
         return (self.fim_format, self.max_new_tokens, self.temperature, self.max_context_tokens,
-                self.repository_context, self.known_names, self.multiline)
+                self.repository_context, self.known_names, self.copy_from_prompt, self.multiline)
 
     def prompt_budget(self, backend: Backend) -> int:
         """context_budget for this backend (its context length; the larger default on a GPU)."""
@@ -196,6 +198,7 @@ PARSERS = {
     "enable": _bool,
     "repository_context": _bool,
     "known_names": _bool,
+    "copy_from_prompt": _bool,
     "prefetch_after_accept": _bool,
     "multiline": _choice("auto", "always", "never"),
     "exclude": _patterns,

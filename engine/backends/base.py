@@ -6,7 +6,7 @@ client both implement `Backend`; the language server only ever sees this interfa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -22,6 +22,19 @@ KV_CACHE_DTYPES = ("auto", "bfloat16", "float32", "int8")  # "auto": see engine/
 # (engine/compiled_decode.py), "off" keeps them eager.
 COMPILE_DECODE_MODES = ("auto", "off")
 StopReason = Literal["eot", "eos", "max_tokens", "stop_string", "cancelled", "context_full"]
+
+
+@dataclass(frozen=True)
+class WorkspaceFiles:
+    """The workspace's indexed files, for a backend that copies from beyond the prompt (the local
+    one: engine/prompt_copy.py). `texts()` reads them (path -> text) and is called only when
+    `generation` moved; `current` is the file at the cursor (left out: its live text is in the prompt);
+    `prepare` turns a file's text into what may be copied (secrets redacted)."""
+
+    texts: Callable[[], Mapping[str, str]]
+    generation: int
+    current: str | None = None
+    prepare: Callable[[str], str] = str
 
 
 @dataclass
@@ -51,6 +64,11 @@ class CompletionRequest:
     # Valid|`: "ationError"). The local backend raises the logits of the pieces that carry the text on
     # toward one by FAVORED_NAME_BONUS (engine/name_choice.py, NameChoices.lean); a remote one ignores them.
     favored_names: tuple[str, ...] | None = None
+    # Mix into each token's choice what followed the same tokens elsewhere in the prompt (the file and
+    # the repository snippets): the local backend's engine/prompt_copy.py; a remote one ignores it.
+    prompt_copy: bool = True
+    # With prompt_copy: the workspace's other files, looked up where the prompt has no match.
+    workspace: WorkspaceFiles | None = None
 
 
 @dataclass

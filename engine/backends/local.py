@@ -43,6 +43,7 @@ from engine.lookup import Speculation
 from engine.name_choice import Constraint, Lean, NameChoices
 from engine.native_step import NativeStep
 from engine.paths import default_model_dir
+from engine.prompt_copy import Mix, WorkspaceSource, WorkspaceTokens, prompt_copy
 from engine.prompts import infill_prompt, instruct_prompt, left_to_right_prompt
 from engine.quant import DEFAULT_GROUP_SIZE, QuantizationError, QuantSpec, spec_for_mode
 
@@ -289,6 +290,8 @@ class LocalBackend:
         self.pool = CachePool(loaded, device, self.kv_dtype, cache_budget_mb * 2**20)
         self.healer = TokenHealer(self.tok.piece_texts())
         self.name_choices = NameChoices(self.healer)
+        # The workspace's files as tokens, for copying beyond the prompt (engine/prompt_copy.py)
+        self.workspace_tokens = WorkspaceTokens(self.tok.encode_infill)
         self.lock = threading.Lock()
         self.on_state: Callable[[str], None] | None = None  # never called: a local model has no outage
         self.warnings: list[str] = []
@@ -402,9 +405,26 @@ class LocalBackend:
             text = self.tok.decode_infill(ids)
             return text[len(healed) :] if text.startswith(healed) else text
 
+        mix = self._prompt_copy(prompt, request) if request.prompt_copy else None
         speculation = self.speculation if request.speculative else None
         with _out_of_memory_as_error():
-            return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation, lean)
+            return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation, lean,
+                             mix)
+
+    def _prompt_copy(self, prompt: list[int], request: CompletionRequest) -> Mix:
+        """What follows the text before the cursor elsewhere in the prompt (or else in the workspace),
+        mixed into each token's choice. The completion continues the prompt's tail in SPM order (and
+        without infilling), the part before <SUF> in PSM."""
+        before = prompt
+        if self.tok.can_infill and request.fim_format == "psm":
+            before = prompt[: prompt.index(self.tok.suffix_id)]  # type: ignore[arg-type]
+        return prompt_copy(prompt, before, special=self.tok.special_ids(), workspace=self._workspace_source(request))
+
+    def _workspace_source(self, request: CompletionRequest) -> WorkspaceSource | None:
+        files = request.workspace
+        if files is None or not request.prompt_copy:
+            return None
+        return self.workspace_tokens.source(files.texts, files.generation, files.current, files.prepare)
 
     def instruct(
         self, request: InstructRequest, should_stop: ShouldStop | None = None, on_text: OnText | None = None
@@ -415,6 +435,7 @@ class LocalBackend:
 
     def warm(self, request: CompletionRequest, should_stop: ShouldStop | None = None) -> None:
         prompt, _ = self.build_prompt(request)
+        self._workspace_source(request)  # idle: catch up with the workspace's files too
         if not self.lock.acquire(blocking=False):
             return  # a real request is running; warming is only ever opportunistic
         try:
@@ -435,7 +456,7 @@ class LocalBackend:
              text_of: Callable[[list[int]], str], should_stop: ShouldStop | None, on_text: OnText | None,
              constrain: Callable[[list[int]], torch.Tensor | None] | None,
              speculation: Speculation | None,
-             lean: Lean | None = None) -> Completion:
+             lean: Lean | None = None, mix: Mix | None = None) -> Completion:
         limit = self.context_length
         max_new = max(0, min(request.max_new_tokens, limit - len(prompt)))
         if max_new == 0:
@@ -447,7 +468,7 @@ class LocalBackend:
             cache = self._acquire(prompt, len(prompt) + max_new)
             try:
                 result = generate(self.model, cache, prompt, max_new, stop_ids, sampling, watch, constrain,
-                                  speculation, step=self._decode_step, lean=lean)
+                                  speculation, step=self._decode_step, lean=lean, mix=mix)
             finally:
                 self._release()
         reason: StopReason = result.stop_reason

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from engine.backends.base import Backend, CompletionRequest
 from engine.evaluate.infill import edit_similarity
 from engine.train.sources import SourceFile
-from lsp_server.completion import cursor_info, name_guidance
+from lsp_server.completion import cursor_info, name_guidance, workspace_files
 from lsp_server.context.budget import TokenCounter
 from lsp_server.context.gather import Gatherer, Request
 from lsp_server.context.prompt import build_prompt, in_memory_index
@@ -81,7 +81,8 @@ def _suggest(backend: Backend, case: LineCase, index, gatherer: Gatherer, count:
                          repository_context=settings.repository_context)
     request = CompletionRequest(prefix=built.prefix, suffix=built.suffix, fim_format=settings.fim_format,
                                 max_new_tokens=settings.max_new_tokens, temperature=0.0, stop=["\n"],
-                                speculative=settings.speculative_decoding,
+                                speculative=settings.speculative_decoding, prompt_copy=settings.copy_from_prompt,
+                                workspace=workspace_files(req, index, settings),
                                 **name_guidance(gatherer, req, index, settings))
     completion = backend.complete(request)
     doc = Document(f"file:///{case.path}", case.text)

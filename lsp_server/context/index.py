@@ -123,6 +123,11 @@ class WorkspaceIndex:
         with self.lock:
             return set(self.texts)
 
+    def snapshot(self) -> dict[str, str]:
+        """Every indexed file's text by path, as it is now (the watcher may change the index meanwhile)."""
+        with self.lock:
+            return dict(self.texts)
+
     def search(self, query: set[str], limit: int, exclude: set[str] | None = None) -> list[Snippet]:
         with self.lock:
             hits = self.bm25.search(query, limit + len(exclude or ()) * 4)

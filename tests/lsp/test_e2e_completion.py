@@ -43,6 +43,9 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "ledger/__init__.py": "",
         "ledger/base.py": ("class LedgerBase:\n    def zorbulate_entries(self, entries):\n"
                            "        return sorted(entries)\n"),
+        # Where a tool keeps its settings, spelt out once (copied from the workspace).
+        "paths_config.py": ("import os\n\nSETTINGS_FILE_NAME = os.path.join(os.path.expanduser('~'), '.config', "
+                            "'tool', 'settings.toml')\n"),
         ".env": f"{SECRET_WORD.upper()}=hunter2-password\n",
         "config/id_rsa": PRIVATE_KEY,
         "keys.py": f"{SECRET_WORD}_key = '''\n{PRIVATE_KEY}'''\n",
@@ -215,6 +218,36 @@ async def test_at_an_expression_start_the_suggestion_leans_toward_a_name_the_fil
     with turned_off(client, "knownNames"):
         free = await lc.inline(client, uri, line, end + 1)
         assert free.items and not free.items[0].insert_text.startswith("alidation"), free.items
+
+
+async def test_a_path_the_file_spells_out_above_is_copied_whole_into_the_suggestion(client, repo):
+    """The file builds its settings path once; at `path = ` in a function below, the suggestion writes
+    the same path (copied from the prompt, engine/prompt_copy.py), where with `copyFromPrompt` off the
+    model makes up the end of it."""
+    text = ("import os\n\nSETTINGS_FILE_NAME = os.path.join(os.path.expanduser('~'), '.config', 'tool', "
+            "'settings.toml')\n\n\ndef load():\n    path = ")
+    uri = lc.open_doc(client, repo / "tool_settings.py", text)
+    line, end = text.count("\n"), len(text.splitlines()[-1])
+    item = await suggestion_at(client, uri, line, end)
+    assert item.insert_text.startswith("os.path.join(os.path.expanduser('~'), '.config', 'tool', 'settings.toml')"), \
+        item.insert_text
+    with turned_off(client, "copyFromPrompt"):
+        alone = await lc.inline(client, uri, line, end)
+        assert "'settings.toml'" not in "".join(i.insert_text for i in alone.items), alone.items
+
+
+async def test_a_path_spelt_out_in_another_workspace_file_is_copied_into_the_suggestion(client, repo):
+    """paths_config.py builds the settings path; a new file that builds it again gets the rest of it
+    from the workspace (its snippet in the prompt, or the workspace's tokens: engine/prompt_copy.py),
+    where without repository context the model makes up its end."""
+    text = "import os\n\n\ndef load():\n    path = os.path.join(os.path.expanduser('~'), '.config', "
+    uri = lc.open_doc(client, repo / "loader.py", text)
+    line, end = text.count("\n"), len(text.splitlines()[-1])
+    item = await suggestion_at(client, uri, line, end)
+    assert item.insert_text.startswith("'tool', 'settings.toml')"), item.insert_text
+    with turned_off(client, "repositoryContext"):
+        alone = await lc.inline(client, uri, line, end)
+        assert "'settings.toml'" not in "".join(i.insert_text for i in alone.items), alone.items
 
 
 async def test_a_name_imported_through_a_package_re_export_brings_its_value_from_the_defining_module(client, repo):

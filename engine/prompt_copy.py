@@ -1,0 +1,189 @@
+"""Mix in what followed the same tokens elsewhere: a cache language model over the prompt and the workspace.
+
+Code repeats itself within a repository (Tu, Su and Devanbu, "On the localness of software", 2014;
+Hellendoorn and Devanbu, 2017, nest such caches from the file out to the project). The prompt holds
+the nearest copies: the file around the cursor and the snippets from other files; the rest of the
+workspace holds more. A small model sees the prompt but often fails to copy it (it makes up the end
+of a path the file already spells out). Here, before each token is chosen, the last tokens written
+are looked up, first in the prompt, then (where the prompt has no match) in the workspace's other
+files; where they occurred, the tokens that followed there get a share of the probability, larger
+the longer the match:
+
+    p(next) = (1 - w) * p_model(next) + w * p_copy(next),   w = min(WEIGHT_MAX, WEIGHT_PER_TOKEN * match)
+
+where p_copy spreads over the tokens that followed the longest matches, by how often each did. Short
+matches (under MIN_MATCH tokens in the prompt, WORKSPACE_MIN_MATCH in the workspace, where three
+tokens match far too often) say nothing and add nothing. The weights were chosen on the held-out
+cursors of benchmarks/adaptation.py (benchmarks/RESULTS.md, "Copying from the prompt").
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+# mix(generated, logits) -> the logits the next token is chosen from.
+Mix = Callable[[list[int], torch.Tensor], torch.Tensor]
+
+MIN_MATCH = 3  # tokens that must match before a continuation counts ...
+WORKSPACE_MIN_MATCH = 4  # ... and in the workspace's other files
+LONGEST_MATCH = 32  # how far back a match is followed
+WEIGHT_PER_TOKEN = 0.05  # the copy's share per matched token ...
+WEIGHT_MAX = 0.4  # ... up to this
+TOKEN_BITS = 17  # per token in a packed key: vocabularies up to 131,072 (Code Llama's 32,016)
+GAP = -1  # between files in a token run: matches neither a token nor another gap
+WORKSPACE_MAX_TOKENS = 2_000_000  # files past this are left out (16 MB of keys, a 0.1 s sort)
+SYNC_CHARS = 250_000  # characters tokenized per request while catching up with the workspace (~60 ms)
+
+
+class NgramIndex:
+    """Finds what followed a context's last tokens in a token run. Each MIN_MATCH-gram is packed into
+    one int64 key (TOKEN_BITS a token) and the keys are sorted once, so a lookup is a binary search,
+    and the matches are followed back together, one vectorised comparison a token."""
+
+    def __init__(self, tokens: torch.Tensor, special: Collection[int] = ()) -> None:
+        """`tokens`: int64 ids, GAP between files. `special` ids (the FIM sentinels) are never a
+        continuation: in a prompt one follows the prefix's or the suffix's end, which is no sign of
+        what the completion writes there."""
+        self.tokens = tokens
+        count = max(len(tokens) - MIN_MATCH, 0)  # only n-grams that something follows
+        keys = _keys(tokens, count)
+        follows = tokens[MIN_MATCH:]
+        unusable = follows == GAP
+        for k in range(MIN_MATCH):
+            unusable |= tokens[k : k + count] == GAP
+        if special:
+            unusable |= torch.isin(follows, torch.tensor(sorted(special)))
+        keys[unusable] = -1  # real keys are never negative
+        self.keys, self.order = torch.sort(keys)
+
+    def continuations(self, context: Sequence[int], min_match: int = MIN_MATCH,
+                      skip: tuple[int, int] | None = None) -> tuple[Counter[int], int]:
+        """The tokens that followed the longest earlier occurrences of `context`'s end (at least
+        `min_match` tokens), counted, and that match's length (0 and nothing where none is that
+        long). Occurrences starting in `skip` (a [start, end) span of the run) do not count."""
+        if len(context) < max(min_match, MIN_MATCH) or not len(self.keys):
+            return Counter(), 0
+        key = _keys(torch.tensor(list(context[-MIN_MATCH:]), dtype=torch.long), 1)
+        lo = int(torch.searchsorted(self.keys, key, right=False))
+        hi = int(torch.searchsorted(self.keys, key, right=True))
+        starts = self.order[lo:hi]
+        if skip is not None:
+            starts = starts[(starts < skip[0]) | (starts >= skip[1])]
+        length = MIN_MATCH
+        while len(starts) and length < min(LONGEST_MATCH, len(context)):
+            before = starts - (length - MIN_MATCH) - 1
+            same = (before >= 0) & (self.tokens[before.clamp_min(0)] == context[-length - 1])
+            if not bool(same.any()):
+                break
+            starts, length = starts[same], length + 1
+        if length < min_match or not len(starts):
+            return Counter(), 0
+        return Counter(self.tokens[starts + MIN_MATCH].tolist()), length
+
+
+def _keys(ids: torch.Tensor, count: int) -> torch.Tensor:
+    """The packed key of each of the first `count` MIN_MATCH-grams of `ids`."""
+    keys = torch.zeros(count, dtype=torch.long)
+    for k in range(MIN_MATCH):
+        keys = (keys << TOKEN_BITS) | ids[k : k + count]
+    return keys
+
+
+@dataclass(frozen=True)
+class WorkspaceSource:
+    """What a copy may look up beyond the prompt: an index over the workspace's files, and the span
+    of the file at the cursor in it (left out: its live text is in the prompt already)."""
+
+    index: NgramIndex
+    skip: tuple[int, int] | None
+
+
+class WorkspaceTokens:
+    """The workspace's files as token ids, kept in step with the language server's index: files
+    are (re)tokenized when their text changes, SYNC_CHARS at most a call (a large workspace is
+    caught up with over the first requests), up to WORKSPACE_MAX_TOKENS in all."""
+
+    def __init__(self, encode: Callable[[str], list[int]]) -> None:
+        self.encode = encode
+        self.generation: int | None = None  # the index generation fully synced
+        self._files: dict[str, tuple[str, torch.Tensor]] = {}  # path -> (text it came from, int32 ids)
+        self._index: NgramIndex | None = None
+        self._spans: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def source(self, texts: Callable[[], Mapping[str, str]], generation: int, current: str | None,
+               prepare: Callable[[str], str] = lambda text: text) -> WorkspaceSource | None:
+        """Catch up with the index at `generation` (`texts()` reads its files; `prepare` turns a
+        text into what may be copied), then the lookup for a cursor in `current`."""
+        with self._lock:
+            if generation != self.generation:
+                self._sync(texts(), generation, prepare)
+            if self._index is None:
+                return None
+            return WorkspaceSource(self._index, self._spans.get(current) if current else None)
+
+    def _sync(self, texts: Mapping[str, str], generation: int, prepare: Callable[[str], str]) -> None:
+        gone = [path for path in self._files if path not in texts]
+        for path in gone:
+            del self._files[path]
+        changed, pending = bool(gone), False
+        budget, total = SYNC_CHARS, sum(len(ids) for _, ids in self._files.values())
+        for path, text in texts.items():
+            held = self._files.get(path)
+            if held is not None and held[0] == text:
+                continue
+            if held is None and total >= WORKSPACE_MAX_TOKENS:
+                continue  # left out: the workspace is full
+            if budget <= 0:
+                pending = True  # the next request goes on from here
+                continue
+            ids = torch.tensor(self.encode(prepare(text)), dtype=torch.int32)
+            budget -= len(text)
+            total += len(ids) - (len(held[1]) if held else 0)
+            self._files[path] = (text, ids)
+            changed = True
+        if not pending:
+            self.generation = generation
+        if changed:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        runs: list[torch.Tensor] = []
+        self._spans, at = {}, 0
+        gap = torch.tensor([GAP], dtype=torch.int32)
+        for path, (_, ids) in self._files.items():
+            self._spans[path] = (at, at + len(ids))
+            runs += [ids, gap]
+            at += len(ids) + 1
+        self._index = NgramIndex(torch.cat(runs).long()) if runs else None
+
+
+def prompt_copy(prompt: Sequence[int], written_before: Sequence[int], special: Collection[int] = (),
+                workspace: WorkspaceSource | None = None) -> Mix:
+    """A `mix(generated, logits)` callback for engine.generate. `prompt` is where continuations are
+    looked up first, then `workspace`; `written_before` is the text the completion continues (the
+    prompt's tail in SPM order, the prefix in PSM), which generated tokens extend; `special`: see
+    NgramIndex."""
+    in_prompt = NgramIndex(torch.tensor(list(prompt), dtype=torch.long), special)
+    head = list(written_before[-LONGEST_MATCH:])
+
+    def mix(generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+        context = (head + generated)[-LONGEST_MATCH:]
+        votes, length = in_prompt.continuations(context)
+        if not votes and workspace is not None:
+            votes, length = workspace.index.continuations(context, WORKSPACE_MIN_MATCH, workspace.skip)
+        if not votes:
+            return logits
+        weight = min(WEIGHT_MAX, WEIGHT_PER_TOKEN * length)
+        probs = torch.softmax(logits.float(), dim=-1) * (1.0 - weight)
+        total = sum(votes.values())
+        ids = torch.tensor(list(votes), dtype=torch.long, device=probs.device)
+        shares = torch.tensor([weight * n / total for n in votes.values()], device=probs.device)
+        return torch.log(probs.index_add(0, ids, shares).clamp_min(1e-30))
+
+    return mix

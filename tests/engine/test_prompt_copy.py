@@ -1,0 +1,133 @@
+"""Copying from the prompt: what followed the same tokens elsewhere in the prompt is mixed into each
+token's choice, on the real default model through the local backend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.backends.base import CompletionRequest, WorkspaceFiles
+from engine.backends.local import load_local_backend
+from engine import prompt_copy as copying
+from engine.prompt_copy import MIN_MATCH, NgramIndex, WorkspaceTokens, prompt_copy
+
+# The file spells out where its settings live; the model alone makes up the rest of the path.
+SETTINGS_PREFIX = ("import os\n\nSETTINGS_FILE_NAME = os.path.join(os.path.expanduser('~'), '.config', 'tool', "
+                   "'settings.toml')\n\n\ndef load():\n    path = ")
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return load_local_backend(device="cpu", dtype="bfloat16")
+
+
+def _index(tokens: list[int], special: set[int] | None = None) -> NgramIndex:
+    return NgramIndex(torch.tensor(tokens), special or set())
+
+
+def test_the_continuations_are_those_after_the_longest_earlier_match():
+    index = _index([1, 2, 3, 4, 9, 7, 2, 3, 4, 5, 8, 2, 3, 4, 5])
+    # `1 2 3 4` occurred once, before 9 (`2 3 4` also occurred before 5, twice: a shorter match)
+    assert index.continuations([0, 1, 2, 3, 4]) == ({9: 1}, 4)
+    assert index.continuations([6, 2, 3, 4]) == ({9: 1, 5: 2}, 3)  # counted by how often
+    assert index.continuations([3, 4, 6]) == ({}, 0)  # never seen
+    assert index.continuations([3, 4][: MIN_MATCH - 1]) == ({}, 0)  # too short to say anything
+    assert index.continuations([0, 2, 3, 4], min_match=4) == ({}, 0)  # shorter than asked for
+    assert index.continuations([6, 2, 3, 4], skip=(0, 6)) == ({5: 2}, 3)  # the first occurrence left out
+
+
+def test_a_special_token_or_a_gap_between_files_is_never_a_continuation_nor_part_of_a_match():
+    assert _index([5, 6, 7, 99, 5, 6, 7, 8], special={99}).continuations([5, 6, 7]) == ({8: 1}, 3)
+    gap = copying.GAP
+    index = _index([5, 6, gap, 7, 1, 5, 6, 7, 2, gap, 6, 7, 3])
+    assert index.continuations([5, 6, 7]) == ({2: 1}, 3)  # `5 6 | 7` across a gap is no match
+
+
+def test_the_workspace_tokens_follow_the_index_and_leave_out_the_file_at_the_cursor():
+    encoded: list[str] = []
+
+    def encode(text: str) -> list[int]:
+        encoded.append(text)
+        return [ord(c) for c in text]
+
+    tokens = WorkspaceTokens(encode)
+    files = {"a.py": "xyz1", "b.py": "wxyz2"}
+    source = tokens.source(lambda: files, 1, "b.py")
+    assert source is not None and sorted(encoded) == ["wxyz2", "xyz1"]
+    ctx = [ord(c) for c in "wxyz"]
+    assert source.index.continuations(ctx) == ({ord("2"): 1}, 4)
+    # b.py is at the cursor: only a.py's shorter match is left
+    assert source.index.continuations(ctx, skip=source.skip) == ({ord("1"): 1}, 3)
+    assert source.index.continuations(ctx, min_match=4, skip=source.skip) == ({}, 0)
+    # Nothing changed: nothing is read or encoded again.
+    assert tokens.source(lambda: pytest.fail("read again"), 1, "a.py") is not None and len(encoded) == 2
+    # One file changed, one removed: only the changed one is encoded again; the removed one is gone.
+    files = {"a.py": "xyz3"}
+    source = tokens.source(lambda: files, 2, None)
+    assert encoded[2:] == ["xyz3"] and source.index.continuations(ctx[1:]) == ({ord("3"): 1}, 3)
+    # `prepare` is applied to what gets encoded (the server redacts secrets there).
+    tokens.source(lambda: {"a.py": "key=hunter2"}, 3, None, prepare=lambda t: t.replace("hunter2", "<r>"))
+    assert encoded[-1] == "key=<r>"
+
+
+def test_a_large_workspace_is_caught_up_with_over_several_requests(monkeypatch):
+    monkeypatch.setattr(copying, "SYNC_CHARS", 10)
+    tokens = WorkspaceTokens(lambda text: [ord(c) for c in text])
+    files = {f"f{i}.py": f"abc{i}" * 3 for i in range(4)}  # 12 characters each
+    tokens.source(lambda: files, 7, None)
+    assert tokens.generation is None  # one file a request: not caught up yet
+    for _ in range(3):
+        tokens.source(lambda: files, 7, None)
+    assert tokens.generation == 7 and len(tokens._files) == 4
+
+
+def test_the_copy_takes_over_a_near_tie_and_leaves_the_logits_alone_where_nothing_matches():
+    prompt = [10, 11, 12, 13, 20, 30, 31, 32]
+    mix = prompt_copy(prompt, written_before=[10, 11, 12, 13])
+    logits = torch.zeros(40)
+    logits[21], logits[20] = 1.0, 0.5  # the model slightly prefers 21; the prompt wrote 20 after `10 11 12 13`
+    assert int(torch.argmax(mix([], logits))) == 20
+    assert torch.equal(mix([40 - 1], logits), logits)  # `12 13 39` never occurred: no change
+    assert torch.allclose(torch.softmax(mix([], logits), -1).sum(), torch.tensor(1.0))  # still a distribution
+
+
+@pytest.mark.parametrize("speculative", [False, True])
+def test_a_path_the_file_spells_out_is_copied_where_the_model_alone_makes_one_up(backend, speculative):
+    def complete(copy: bool) -> str:
+        request = CompletionRequest(prefix=SETTINGS_PREFIX, suffix="\n", max_new_tokens=40, stop=["\n"],
+                                    prompt_copy=copy, speculative=speculative)
+        return backend.complete(request).text
+
+    alone, copied = complete(False), complete(True)
+    assert "'tool', 'settings.toml')" not in alone, alone
+    assert copied.startswith("os.path.join(os.path.expanduser('~'), '.config', 'tool', 'settings.toml')"), copied
+
+
+def test_a_line_from_another_workspace_file_is_copied_where_the_prompt_has_none(backend):
+    """The path is spelt out in another file of the workspace, not in the prompt: with the workspace
+    the suggestion writes it; the file at the cursor itself is never a source."""
+    prefix = "import os\n\n\ndef load():\n    path = os.path.join(os.path.expanduser('~'), '.config', "
+    other = SETTINGS_PREFIX.split("\n\n\n")[0] + "\n"
+
+    generations = iter(range(100))
+
+    def complete(files: dict[str, str]) -> str:
+        workspace = WorkspaceFiles(lambda: files, generation=next(generations), current="load.py")
+        request = CompletionRequest(prefix=prefix, suffix="\n", max_new_tokens=40, stop=["\n"], workspace=workspace)
+        return backend.complete(request).text
+
+    assert "'tool', 'settings.toml')" not in complete({})
+    assert complete({"settings.py": other}).startswith("'tool', 'settings.toml')")
+    assert "'tool', 'settings.toml')" not in complete({"load.py": other})  # the file at the cursor
+
+
+def test_in_psm_order_the_copy_continues_the_prefix_not_the_suffix(backend):
+    """In PSM the prefix ends before <SUF>: its tail is what the completion continues, and the
+    sentinel that follows it in the prompt is never copied (the model alone closes the call at once)."""
+    def complete(copy: bool) -> str:
+        request = CompletionRequest(prefix=SETTINGS_PREFIX + "os.path.join(", suffix="\n    return path\n",
+                                    fim_format="psm", max_new_tokens=40, stop=["\n"], prompt_copy=copy)
+        return backend.complete(request).text
+
+    assert "settings.toml" not in complete(False)
+    assert complete(True) == "os.path.expanduser('~'), '.config', 'tool', 'settings.toml')"
