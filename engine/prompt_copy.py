@@ -5,9 +5,9 @@ Hellendoorn and Devanbu, 2017, nest such caches from the file out to the project
 the nearest copies: the file around the cursor and the snippets from other files; the rest of the
 workspace holds more. A small model sees the prompt but often fails to copy it (it makes up the end
 of a path the file already spells out). Here, before each token is chosen, the last tokens written
-are looked up, first in the prompt, then (where the prompt has no match) in the workspace's other
-files; where they occurred, the tokens that followed there get a share of the probability, larger
-the longer the match:
+are looked up in the prompt and in the workspace's other files; where they occurred, the tokens that
+followed the longest matches (the prompt's where the workspace's are no longer) get a share of the
+probability, larger the longer the match:
 
     p(next) = (1 - w) * p_model(next) + w * p_copy(next),   w = min(WEIGHT_MAX, WEIGHT_PER_TOKEN * match)
 
@@ -36,7 +36,7 @@ WEIGHT_PER_TOKEN = 0.05  # the copy's share per matched token ...
 WEIGHT_MAX = 0.4  # ... up to this
 TOKEN_BITS = 17  # per token in a packed key: vocabularies up to 131,072 (Code Llama's 32,016)
 GAP = -1  # between files in a token run: matches neither a token nor another gap
-WORKSPACE_MAX_TOKENS = 2_000_000  # files past this are left out (16 MB of keys, a 0.1 s sort)
+WORKSPACE_MAX_TOKENS = 2_000_000  # files past this are left out (40 MB held at most, a 0.1 s sort)
 SYNC_CHARS = 250_000  # characters tokenized per request while catching up with the workspace (~60 ms)
 
 
@@ -46,12 +46,12 @@ class NgramIndex:
     and the matches are followed back together, one vectorised comparison a token."""
 
     def __init__(self, tokens: torch.Tensor, special: Collection[int] = ()) -> None:
-        """`tokens`: int64 ids, GAP between files. `special` ids (the FIM sentinels) are never a
+        """`tokens`: ids, GAP between files. `special` ids (the FIM sentinels) are never a
         continuation: in a prompt one follows the prefix's or the suffix's end, which is no sign of
         what the completion writes there."""
-        self.tokens = tokens
+        self.tokens = tokens.int()  # 4 bytes a token; the keys take 8, their order 4 more
         count = max(len(tokens) - MIN_MATCH, 0)  # only n-grams that something follows
-        keys = _keys(tokens, count)
+        keys = _keys(tokens.long(), count)
         follows = tokens[MIN_MATCH:]
         unusable = follows == GAP
         for k in range(MIN_MATCH):
@@ -59,7 +59,8 @@ class NgramIndex:
         if special:
             unusable |= torch.isin(follows, torch.tensor(sorted(special)))
         keys[unusable] = -1  # real keys are never negative
-        self.keys, self.order = torch.sort(keys)
+        self.keys, order = torch.sort(keys)
+        self.order = order.int()
 
     def continuations(self, context: Sequence[int], min_match: int = MIN_MATCH,
                       skip: tuple[int, int] | None = None) -> tuple[Counter[int], int]:
@@ -71,7 +72,7 @@ class NgramIndex:
         key = _keys(torch.tensor(list(context[-MIN_MATCH:]), dtype=torch.long), 1)
         lo = int(torch.searchsorted(self.keys, key, right=False))
         hi = int(torch.searchsorted(self.keys, key, right=True))
-        starts = self.order[lo:hi]
+        starts = self.order[lo:hi].long()
         if skip is not None:
             starts = starts[(starts < skip[0]) | (starts >= skip[1])]
         length = MIN_MATCH
@@ -110,13 +111,13 @@ class WorkspaceTokens:
 
     def __init__(self, encode: Callable[[str], list[int]]) -> None:
         self.encode = encode
-        self.generation: int | None = None  # the index generation fully synced
+        self.generation: object = None  # the index generation fully synced
         self._files: dict[str, tuple[str, torch.Tensor]] = {}  # path -> (text it came from, int32 ids)
         self._index: NgramIndex | None = None
         self._spans: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
-    def source(self, texts: Callable[[], Mapping[str, str]], generation: int, current: str | None,
+    def source(self, texts: Callable[[], Mapping[str, str]], generation: object, current: str | None,
                prepare: Callable[[str], str] = lambda text: text) -> WorkspaceSource | None:
         """Catch up with the index at `generation` (`texts()` reads its files; `prepare` turns a
         text into what may be copied), then the lookup for a cursor in `current`."""
@@ -127,7 +128,7 @@ class WorkspaceTokens:
                 return None
             return WorkspaceSource(self._index, self._spans.get(current) if current else None)
 
-    def _sync(self, texts: Mapping[str, str], generation: int, prepare: Callable[[str], str]) -> None:
+    def _sync(self, texts: Mapping[str, str], generation: object, prepare: Callable[[str], str]) -> None:
         gone = [path for path in self._files if path not in texts]
         for path in gone:
             del self._files[path]
@@ -160,13 +161,13 @@ class WorkspaceTokens:
             self._spans[path] = (at, at + len(ids))
             runs += [ids, gap]
             at += len(ids) + 1
-        self._index = NgramIndex(torch.cat(runs).long()) if runs else None
+        self._index = NgramIndex(torch.cat(runs)) if runs else None
 
 
 def prompt_copy(prompt: Sequence[int], written_before: Sequence[int], special: Collection[int] = (),
                 workspace: WorkspaceSource | None = None) -> Mix:
-    """A `mix(generated, logits)` callback for engine.generate. `prompt` is where continuations are
-    looked up first, then `workspace`; `written_before` is the text the completion continues (the
+    """A `mix(generated, logits)` callback for engine.generate. `prompt` and `workspace` are where
+    continuations are looked up; `written_before` is the text the completion continues (the
     prompt's tail in SPM order, the prefix in PSM), which generated tokens extend; `special`: see
     NgramIndex."""
     in_prompt = NgramIndex(torch.tensor(list(prompt), dtype=torch.long), special)
@@ -175,8 +176,10 @@ def prompt_copy(prompt: Sequence[int], written_before: Sequence[int], special: C
     def mix(generated: list[int], logits: torch.Tensor) -> torch.Tensor:
         context = (head + generated)[-LONGEST_MATCH:]
         votes, length = in_prompt.continuations(context)
-        if not votes and workspace is not None:
-            votes, length = workspace.index.continuations(context, WORKSPACE_MIN_MATCH, workspace.skip)
+        if workspace is not None:
+            elsewhere, longer = workspace.index.continuations(context, WORKSPACE_MIN_MATCH, workspace.skip)
+            if longer > length:  # the longer match says more; the prompt's wins a tie
+                votes, length = elsewhere, longer
         if not votes:
             return logits
         weight = min(WEIGHT_MAX, WEIGHT_PER_TOKEN * length)

@@ -224,13 +224,13 @@ def name_guidance(gatherer: Gatherer, req: Request, index: WorkspaceIndex | None
 
 
 def workspace_files(snap: Request, index: WorkspaceIndex | None, settings: Settings) -> WorkspaceFiles | None:
-    """CompletionRequest's `workspace`: the indexed files, which the local engine copies from where
-    the prompt has no match (engine/prompt_copy.py). Repository context like the snippets: only with
+    """CompletionRequest's `workspace`: the indexed files, which the local engine copies from beside
+    the prompt (engine/prompt_copy.py). Repository context like the snippets: only with
     `repositoryContext` and `copyFromPrompt` on, never for a document outside the workspace, and
     with secrets redacted."""
     if index is None or snap.isolated or not (settings.repository_context and settings.copy_from_prompt):
         return None
-    return WorkspaceFiles(index.snapshot, index.generation, snap.path, redact_secrets)
+    return WorkspaceFiles(index.snapshot, (index.serial, index.generation), snap.path, redact_secrets)
 
 
 def cursor_info(doc: Document, cursor: int, line: int, multiline_mode: str) -> Cursor:

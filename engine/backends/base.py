@@ -28,11 +28,11 @@ StopReason = Literal["eot", "eos", "max_tokens", "stop_string", "cancelled", "co
 class WorkspaceFiles:
     """The workspace's indexed files, for a backend that copies from beyond the prompt (the local
     one: engine/prompt_copy.py). `texts()` reads them (path -> text) and is called only when
-    `generation` moved; `current` is the file at the cursor (left out: its live text is in the prompt);
+    `generation` (which index, and its count of changes) moved; `current` is the file at the cursor (left out: its live text is in the prompt);
     `prepare` turns a file's text into what may be copied (secrets redacted)."""
 
     texts: Callable[[], Mapping[str, str]]
-    generation: int
+    generation: tuple[int, int]
     current: str | None = None
     prepare: Callable[[str], str] = str
 
@@ -67,7 +67,7 @@ class CompletionRequest:
     # Mix into each token's choice what followed the same tokens elsewhere in the prompt (the file and
     # the repository snippets): the local backend's engine/prompt_copy.py; a remote one ignores it.
     prompt_copy: bool = True
-    # With prompt_copy: the workspace's other files, looked up where the prompt has no match.
+    # With prompt_copy: the workspace's other files, looked up beside the prompt.
     workspace: WorkspaceFiles | None = None
 
 

@@ -412,7 +412,7 @@ class LocalBackend:
                              mix)
 
     def _prompt_copy(self, prompt: list[int], request: CompletionRequest) -> Mix:
-        """What follows the text before the cursor elsewhere in the prompt (or else in the workspace),
+        """What follows the text before the cursor elsewhere in the prompt or the workspace,
         mixed into each token's choice. The completion continues the prompt's tail in SPM order (and
         without infilling), the part before <SUF> in PSM."""
         before = prompt

@@ -115,6 +115,8 @@ def _fim_options(p: argparse.ArgumentParser) -> None:
                    help="mask the whole line (the paper's benchmark) or leave its indentation in the prefix")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--no-token-healing", action="store_true")
+    p.add_argument("--no-prompt-copy", action="store_true",
+                   help="leave out copying from the prompt (engine/prompt_copy.py; on, as the server ships)")
 
 
 def _data_options(p: argparse.ArgumentParser) -> None:
@@ -184,7 +186,7 @@ def _completer(backend, args: argparse.Namespace):
     def complete(prefix: str, suffix: str, fim_format: str) -> str:
         request = CompletionRequest(prefix=prefix, suffix=suffix, fim_format=fim_format,  # type: ignore[arg-type]
                                     max_new_tokens=args.max_new_tokens, stop=["\n"],
-                                    token_healing=not args.no_token_healing)
+                                    token_healing=not args.no_token_healing, prompt_copy=not args.no_prompt_copy)
         return backend.complete(request).text
 
     return complete

@@ -73,7 +73,7 @@ def line_cases(files: Sequence[SourceFile], n: int, seed: int, modules: set[str]
     return cases
 
 
-def _suggest(backend: Backend, case: LineCase, index, gatherer: Gatherer, count: TokenCounter,
+def suggestion_for(backend: Backend, case: LineCase, index, gatherer: Gatherer, count: TokenCounter,
              settings: Settings, version: int) -> str:
     """The suggestion the server would show for this cursor (first request on the document)."""
     req = Request(case.path, case.text, "python", case.offset, version)
@@ -100,7 +100,7 @@ def score_cases(backend: Backend, cases: Sequence[LineCase], workspace: Mapping[
     count = TokenCounter(backend.count_tokens)
     results = []
     for i, case in enumerate(cases, 1):
-        suggestion = _suggest(backend, case, index, gatherer, count, settings, version=i)
+        suggestion = suggestion_for(backend, case, index, gatherer, count, settings, version=i)
         line = suggestion.split("\n", 1)[0].rstrip()
         results.append({"path": case.path, "kind": case.kind, "target": case.target, "suggestion": line,
                         "exact": line == case.target.rstrip(), "similarity": edit_similarity(line, case.target.rstrip())})

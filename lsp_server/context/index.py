@@ -8,6 +8,7 @@ fresher than the disk.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
 
 log = logging.getLogger(__name__)
+
+_SERIALS = itertools.count(1)
 
 MAX_FILES = 20_000
 MAX_TOTAL_CHARS = 200_000_000
@@ -45,7 +48,8 @@ class WorkspaceIndex:
         self.total_chars = 0
         self._bytes: dict[str, int] = {}  # per file: its text and its windows' texts, in memory
         self.total_bytes = 0
-        self.generation = 0  # bumped on every change, so callers can cache per generation
+        self.generation = 0  # bumped on every change, so callers can cache per generation ...
+        self.serial = next(_SERIALS)  # ... of this index (a rebuilt one counts from 0 again)
         self._observer: BaseObserver | None = None
         self.on_change: Callable[[str, str], None] | None = None  # (event, rel path)
         # Paths changed on disk (absolute -> whether an event called it a directory), for the updater.

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine import prompt_copy as copying
 from engine.backends.base import CompletionRequest, WorkspaceFiles
 from engine.backends.local import load_local_backend
-from engine import prompt_copy as copying
 from engine.prompt_copy import MIN_MATCH, NgramIndex, WorkspaceTokens, prompt_copy
 
 # The file spells out where its settings live; the model alone makes up the rest of the path.
@@ -91,6 +91,18 @@ def test_the_copy_takes_over_a_near_tie_and_leaves_the_logits_alone_where_nothin
     assert torch.allclose(torch.softmax(mix([], logits), -1).sum(), torch.tensor(1.0))  # still a distribution
 
 
+def test_the_longer_match_decides_between_the_prompt_and_the_workspace_and_the_prompt_wins_a_tie():
+    from engine.prompt_copy import WorkspaceSource
+
+    def choice(prompt: list[int], workspace_tokens: list[int]) -> int:
+        source = WorkspaceSource(_index(workspace_tokens), None)
+        mix = prompt_copy(prompt, written_before=[5, 1, 2, 3, 4], workspace=source)
+        return int(torch.argmax(mix([], torch.zeros(40))))
+
+    assert choice([2, 3, 4, 20, 9], [1, 2, 3, 4, 30]) == 30  # four tokens matched there, three in the prompt
+    assert choice([1, 2, 3, 4, 20, 9], [1, 2, 3, 4, 30]) == 20  # four each: the prompt's
+
+
 @pytest.mark.parametrize("speculative", [False, True])
 def test_a_path_the_file_spells_out_is_copied_where_the_model_alone_makes_one_up(backend, speculative):
     def complete(copy: bool) -> str:
@@ -112,7 +124,7 @@ def test_a_line_from_another_workspace_file_is_copied_where_the_prompt_has_none(
     generations = iter(range(100))
 
     def complete(files: dict[str, str]) -> str:
-        workspace = WorkspaceFiles(lambda: files, generation=next(generations), current="load.py")
+        workspace = WorkspaceFiles(lambda: files, generation=(0, next(generations)), current="load.py")
         request = CompletionRequest(prefix=prefix, suffix="\n", max_new_tokens=40, stop=["\n"], workspace=workspace)
         return backend.complete(request).text
 
