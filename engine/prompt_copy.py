@@ -14,7 +14,7 @@ probability, larger the longer the match:
 where p_copy spreads over the tokens that followed the longest matches, by how often each did. Short
 matches (under MIN_MATCH tokens in the prompt, WORKSPACE_MIN_MATCH in the workspace, where three
 tokens match far too often) say nothing and add nothing. The weights were chosen on the held-out
-cursors of benchmarks/adaptation.py (benchmarks/RESULTS.md, "Copying from the prompt").
+cursors of benchmarks/adaptation.py (benchmarks/RESULTS.md, "Copying from the prompt and the workspace").
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ WORKSPACE_MIN_MATCH = 4  # ... and in the workspace's other files
 LONGEST_MATCH = 32  # how far back a match is followed
 WEIGHT_PER_TOKEN = 0.05  # the copy's share per matched token ...
 WEIGHT_MAX = 0.4  # ... up to this
-TOKEN_BITS = 17  # per token in a packed key: vocabularies up to 131,072 (Code Llama's 32,016)
+TOKEN_BITS = 17  # per token in a packed key ...
+MAX_VOCAB = 1 << TOKEN_BITS  # ... so vocabularies up to 131,072 (Code Llama's 32,016); larger ones do not copy
 GAP = -1  # between files in a token run: matches neither a token nor another gap
 WORKSPACE_MAX_TOKENS = 2_000_000  # files past this are left out (40 MB held at most, a 0.1 s sort)
 SYNC_CHARS = 250_000  # characters tokenized per request while catching up with the workspace (~60 ms)

@@ -28,8 +28,9 @@ StopReason = Literal["eot", "eos", "max_tokens", "stop_string", "cancelled", "co
 class WorkspaceFiles:
     """The workspace's indexed files, for a backend that copies from beyond the prompt (the local
     one: engine/prompt_copy.py). `texts()` reads them (path -> text) and is called only when
-    `generation` (which index, and its count of changes) moved; `current` is the file at the cursor (left out: its live text is in the prompt);
-    `prepare` turns a file's text into what may be copied (secrets redacted)."""
+    `generation` (which index, and its count of changes) moved; `current` is the file at the cursor
+    (left out: its live text is in the prompt); `prepare` turns a file's text into what may be copied
+    (secrets redacted)."""
 
     texts: Callable[[], Mapping[str, str]]
     generation: tuple[int, int]

@@ -43,7 +43,7 @@ from engine.lookup import Speculation
 from engine.name_choice import Constraint, Lean, NameChoices
 from engine.native_step import NativeStep
 from engine.paths import default_model_dir
-from engine.prompt_copy import Mix, WorkspaceSource, WorkspaceTokens, prompt_copy
+from engine.prompt_copy import MAX_VOCAB, Mix, WorkspaceSource, WorkspaceTokens, prompt_copy
 from engine.prompts import infill_prompt, instruct_prompt, left_to_right_prompt
 from engine.quant import DEFAULT_GROUP_SIZE, QuantizationError, QuantSpec, spec_for_mode
 
@@ -405,7 +405,7 @@ class LocalBackend:
             text = self.tok.decode_infill(ids)
             return text[len(healed) :] if text.startswith(healed) else text
 
-        mix = self._prompt_copy(prompt, request) if request.prompt_copy else None
+        mix = self._prompt_copy(prompt, request) if request.prompt_copy and self.tok.vocab_size <= MAX_VOCAB else None
         speculation = self.speculation if request.speculative else None
         with _out_of_memory_as_error():
             return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation, lean,
@@ -422,7 +422,7 @@ class LocalBackend:
 
     def _workspace_source(self, request: CompletionRequest) -> WorkspaceSource | None:
         files = request.workspace
-        if files is None or not request.prompt_copy:
+        if files is None or not request.prompt_copy or self.tok.vocab_size > MAX_VOCAB:
             return None
         return self.workspace_tokens.source(files.texts, files.generation, files.current, files.prepare)
 
