@@ -47,6 +47,7 @@ test("with nothing set, the server gets its own defaults for every key", () => {
     enable: true,
     repositoryContext: true,
     knownNames: true,
+    copyFromPrompt: true,
     prefetchAfterAccept: true,
     multiline: "auto",
     exclude: [],
