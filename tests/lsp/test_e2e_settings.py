@@ -18,7 +18,7 @@ from engine import default_model_dir, native_step
 from . import lsp_client as lc
 
 DEFAULT = default_model_dir().name
-SUMS = (  # the last loop will repeat the one above: prompt lookup drafts it
+SUMS = (  # the last loop will repeat the one above: prompt lookup drafts it, copying writes it
     "def total(values):\n    result = 0\n    for value in values:\n        result = result + value\n"
     "    return result\n\n\ndef total_of_squares(values):\n    result = 0\n    for value in values:\n"
 )
@@ -83,7 +83,7 @@ async def test_speculative_decoding_setting_changes_the_decode_passes_not_the_su
         client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
             settings={"codellama": {"speculativeDecoding": speculative}}))
         uri = lc.open_doc(client, workspace / "sums.py")
-        result = await lc.inline(client, uri, 8, 0)
+        result = await lc.inline(client, uri, 10, 0)  # the last loop's body
         prompt = await lc.last_prompt(client, uri)
         answers.append((result.items[0].insert_text, prompt["generatedTokens"], prompt["decodePasses"]))
         client.text_document_did_close(T.DidCloseTextDocumentParams(T.TextDocumentIdentifier(uri)))
@@ -176,9 +176,11 @@ async def test_quantization_change_reloads_the_model_with_int8_weights(client, w
     else:
         assert status["model"] == DEFAULT and status["description"].endswith("int8 weights, float32 KV cache)")
         assert status["kvCacheDtype"] == "float32" and status["decodeStep"] == "eager"
-    (workspace / "quantized.py").write_text("def add(a, b):\n    return \n")  # a new document: no cached answer
+    # A new document (no cached answer), and not calc.py again: copying from the workspace would
+    # (rightly) write what calc.py has after `return `, nothing (engine/prompt_copy.py).
+    (workspace / "quantized.py").write_text("def scale(x, factor):\n    return x * \n")
     uri = lc.open_doc(client, workspace / "quantized.py")
-    result = await lc.inline(client, uri, 1, 11)
+    result = await lc.inline(client, uri, 1, 15)
     assert result.items and result.items[0].insert_text.strip()  # the int8 model suggests
     assert not (await lc.last_prompt(client, uri))["fromCache"]
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(
