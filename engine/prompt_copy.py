@@ -108,7 +108,8 @@ class WorkspaceSource:
 class WorkspaceTokens:
     """The workspace's files as token ids, kept in step with the language server's index: files
     are (re)tokenized when their text changes, SYNC_CHARS at most a call (a large workspace is
-    caught up with over the first requests), up to WORKSPACE_MAX_TOKENS in all."""
+    caught up with over the first requests and idle moments, and looked up once it is), up to
+    WORKSPACE_MAX_TOKENS in all."""
 
     def __init__(self, encode: Callable[[str], list[int]]) -> None:
         self.encode = encode
@@ -149,9 +150,10 @@ class WorkspaceTokens:
             total += len(ids) - (len(held[1]) if held else 0)
             self._files[path] = (text, ids)
             changed = True
-        if not pending:
-            self.generation = generation
-        if changed:
+        if pending:
+            return  # no rebuild until caught up: sorting a large workspace's keys takes 0.1 s
+        self.generation = generation
+        if changed or self._index is None:
             self._rebuild()
 
     def _rebuild(self) -> None:

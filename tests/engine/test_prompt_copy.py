@@ -74,11 +74,12 @@ def test_a_large_workspace_is_caught_up_with_over_several_requests(monkeypatch):
     monkeypatch.setattr(copying, "SYNC_CHARS", 10)
     tokens = WorkspaceTokens(lambda text: [ord(c) for c in text])
     files = {f"f{i}.py": f"abc{i}" * 3 for i in range(4)}  # 12 characters each
-    tokens.source(lambda: files, 7, None)
-    assert tokens.generation is None  # one file a request: not caught up yet
+    assert tokens.source(lambda: files, 7, None) is None  # one file a request: not caught up yet
+    assert tokens.generation is None
     for _ in range(3):
-        tokens.source(lambda: files, 7, None)
+        source = tokens.source(lambda: files, 7, None)
     assert tokens.generation == 7 and len(tokens._files) == 4
+    assert source is not None and source.index.continuations([ord(c) for c in "abc3"]) == ({ord("a"): 2}, 4)
 
 
 def test_the_copy_takes_over_a_near_tie_and_leaves_the_logits_alone_where_nothing_matches():
