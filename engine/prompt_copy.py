@@ -44,7 +44,7 @@ SYNC_CHARS = 250_000  # characters tokenized per request while catching up with 
 class NgramIndex:
     """Finds what followed a context's last tokens in a token run. Each MIN_MATCH-gram is packed into
     one int64 key (TOKEN_BITS a token) and the keys are sorted once, so a lookup is a binary search,
-    and the matches are followed back together, one vectorised comparison a token."""
+    and the matches are followed back together in one vectorised comparison."""
 
     def __init__(self, tokens: torch.Tensor, special: Collection[int] = ()) -> None:
         """`tokens`: ids, GAP between files. `special` ids (the FIM sentinels) are never a
@@ -76,14 +76,22 @@ class NgramIndex:
         starts = self.order[lo:hi].long()
         if skip is not None:
             starts = starts[(starts < skip[0]) | (starts >= skip[1])]
-        length = MIN_MATCH
-        while len(starts) and length < min(LONGEST_MATCH, len(context)):
-            before = starts - (length - MIN_MATCH) - 1
-            same = (before >= 0) & (self.tokens[before.clamp_min(0)] == context[-length - 1])
-            if not bool(same.any()):
-                break
-            starts, length = starts[same], length + 1
-        if length < min_match or not len(starts):
+        if not len(starts):
+            return Counter(), 0
+        # How far each match goes on backwards: the tokens before every start against the context's,
+        # nearest first, all at once; a match ends at its first difference.
+        extra = min(LONGEST_MATCH, len(context)) - MIN_MATCH
+        if extra > 0:
+            at = starts[:, None] - torch.arange(1, extra + 1)[None, :]
+            wanted = torch.tensor(list(context[-MIN_MATCH - 1 :: -1][:extra]), dtype=self.tokens.dtype)
+            same = (at >= 0) & (self.tokens[at.clamp_min(0)] == wanted)
+            matched = same.int().cumprod(dim=1).sum(dim=1)
+            longest = int(matched.max())
+            starts = starts[matched == longest]
+        else:
+            longest = 0
+        length = MIN_MATCH + longest
+        if length < min_match:
             return Counter(), 0
         return Counter(self.tokens[starts + MIN_MATCH].tolist()), length
 

@@ -36,6 +36,34 @@ def test_the_continuations_are_those_after_the_longest_earlier_match():
     assert index.continuations([6, 2, 3, 4], skip=(0, 6)) == ({5: 2}, 3)  # the first occurrence left out
 
 
+def test_the_matches_are_what_a_plain_search_finds():
+    """Against the definition, on random short runs over a small alphabet (many matches of every length)."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        tokens = [rng.randrange(4) for _ in range(rng.randrange(5, 60))]
+        context = [rng.randrange(4) for _ in range(rng.randrange(3, 40))]
+        found = {}  # start of the last MIN_MATCH tokens' occurrence -> how far the match goes back
+        for start in range(len(tokens) - MIN_MATCH):
+            length = 0
+            while (length < min(copying.LONGEST_MATCH, len(context)) and start + MIN_MATCH - length - 1 >= 0
+                   and tokens[start + MIN_MATCH - length - 1] == context[-length - 1]):
+                length += 1
+            if length >= MIN_MATCH:
+                found[start] = length
+        want = ({}, 0)
+        if found:
+            longest = max(found.values())
+            votes: dict[int, int] = {}
+            for start, length in found.items():
+                if length == longest:
+                    votes[tokens[start + MIN_MATCH]] = votes.get(tokens[start + MIN_MATCH], 0) + 1
+            want = (votes, longest)
+        got = _index(tokens).continuations(context)
+        assert (dict(got[0]), got[1]) == want, (tokens, context)
+
+
 def test_a_special_token_or_a_gap_between_files_is_never_a_continuation_nor_part_of_a_match():
     assert _index([5, 6, 7, 99, 5, 6, 7, 8], special={99}).continuations([5, 6, 7]) == ({8: 1}, 3)
     gap = copying.GAP
