@@ -20,9 +20,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
 from crossfile import workspace  # noqa: E402
 
-from engine.evaluate.crossfile_cases import ALL_PACKAGES  # noqa: E402  (crossfile put the repository on the path)
+from engine.backends.local import load_local_backend  # noqa: E402  (crossfile put the repository on the path)
+from engine.evaluate.crossfile_cases import ALL_PACKAGES  # noqa: E402
+from engine.evaluate.infill import edit_similarity  # noqa: E402
+from engine.train.sources import collect_repo  # noqa: E402
+from lsp_server.adapt.data import split_workspace  # noqa: E402
+from lsp_server.adapt.evaluate import line_cases, suggestion_for, workspace_modules  # noqa: E402
+from lsp_server.context.budget import TokenCounter  # noqa: E402
+from lsp_server.context.gather import Gatherer  # noqa: E402
+from lsp_server.context.prompt import in_memory_index  # noqa: E402
+from lsp_server.settings import Settings  # noqa: E402
 
 
 def p90(values: list[float]) -> float:
@@ -30,15 +40,6 @@ def p90(values: list[float]) -> float:
 
 
 def run_package(backend, root: Path, cases_wanted: int) -> dict[bool, dict[str, list[float]]]:
-    from engine.evaluate.infill import edit_similarity
-    from engine.train.sources import collect_repo
-    from lsp_server.adapt.data import split_workspace
-    from lsp_server.adapt.evaluate import line_cases, suggestion_for, workspace_modules
-    from lsp_server.context.budget import TokenCounter
-    from lsp_server.context.gather import Gatherer
-    from lsp_server.context.prompt import in_memory_index
-    from lsp_server.settings import Settings
-
     files = collect_repo(root)
     texts = {f.path: f.text for f in files}
     # The adaptation's split and cursors (seed 0), so the figures line up with its "before" column.
@@ -77,10 +78,6 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=400, help="held-out cursors a package (default 400)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-
-    import torch
-
-    from engine.backends.local import load_local_backend
 
     torch.set_num_threads(args.threads)
     backend = load_local_backend(device="cpu")

@@ -123,12 +123,13 @@ class WorkspaceTokens:
         self.encode = encode
         self.generation: object = None  # the index generation fully synced
         self._files: dict[str, tuple[str, torch.Tensor]] = {}  # path -> (text it came from, int32 ids)
+        self._stale = False  # _files changed since _index was built
         self._index: NgramIndex | None = None
         self._spans: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
     def source(self, texts: Callable[[], Mapping[str, str]], generation: object, current: str | None,
-               prepare: Callable[[str], str] = lambda text: text) -> WorkspaceSource | None:
+               prepare: Callable[[str], str] = str) -> WorkspaceSource | None:
         """Catch up with the index at `generation` (`texts()` reads its files; `prepare` turns a
         text into what may be copied), then the lookup for a cursor in `current`."""
         with self._lock:
@@ -142,7 +143,8 @@ class WorkspaceTokens:
         gone = [path for path in self._files if path not in texts]
         for path in gone:
             del self._files[path]
-        changed, pending = bool(gone), False
+        self._stale |= bool(gone)
+        pending = False
         budget, total = SYNC_CHARS, sum(len(ids) for _, ids in self._files.values())
         for path, text in texts.items():
             held = self._files.get(path)
@@ -157,11 +159,11 @@ class WorkspaceTokens:
             budget -= len(text)
             total += len(ids) - (len(held[1]) if held else 0)
             self._files[path] = (text, ids)
-            changed = True
+            self._stale = True
         if pending:
             return  # no rebuild until caught up: sorting a large workspace's keys takes 0.1 s
         self.generation = generation
-        if changed or self._index is None:
+        if self._stale:
             self._rebuild()
 
     def _rebuild(self) -> None:
@@ -173,6 +175,7 @@ class WorkspaceTokens:
             runs += [ids, gap]
             at += len(ids) + 1
         self._index = NgramIndex(torch.cat(runs)) if runs else None
+        self._stale = False
 
 
 def prompt_copy(prompt: Sequence[int], written_before: Sequence[int], special: Collection[int] = (),

@@ -535,7 +535,8 @@ class CompletionService:
                  multiline: bool) -> tuple[CompletionRequest, Any]:
         """The engine request for a completion at the snapshot's cursor, and the built context (worker)."""
         spots = self._layouts.get(uri) or SpotLayouts()
-        built = build_prompt(snap, self.get_index(), self._gatherer, budget=settings.prompt_budget(backend),
+        index = self.get_index()  # one index for the whole request, though a reindex may replace it meanwhile
+        built = build_prompt(snap, index, self._gatherer, budget=settings.prompt_budget(backend),
                              count=self.counter(backend),
                              repository_context=settings.repository_context, previous=spots.nearest(line_of(snap.text, snap.cursor)))
         spots.remember(built.layout)
@@ -544,9 +545,9 @@ class CompletionService:
         request = CompletionRequest(
             prefix=redact_secrets(built.prefix), suffix=redact_secrets(built.suffix),
             fim_format=settings.fim_format, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-            stop=[] if multiline else ["\n"], speculative=settings.speculative_decoding, prompt_copy=settings.copy_from_prompt,
-            workspace=workspace_files(snap, self.get_index(), settings),
-            **name_guidance(self._gatherer, snap, self.get_index(), settings))
+            stop=[] if multiline else ["\n"], speculative=settings.speculative_decoding,
+            prompt_copy=settings.copy_from_prompt, workspace=workspace_files(snap, index, settings),
+            **name_guidance(self._gatherer, snap, index, settings))
         return request, built
 
     def _run_then_trim(self, *args: Any) -> Suggestion | None:

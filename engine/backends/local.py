@@ -405,7 +405,7 @@ class LocalBackend:
             text = self.tok.decode_infill(ids)
             return text[len(healed) :] if text.startswith(healed) else text
 
-        mix = self._prompt_copy(prompt, request) if request.prompt_copy and self.tok.vocab_size <= MAX_VOCAB else None
+        mix = self._prompt_copy(prompt, request) if self._copies(request) else None
         speculation = self.speculation if request.speculative else None
         with _out_of_memory_as_error():
             return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation, lean,
@@ -420,9 +420,12 @@ class LocalBackend:
             before = prompt[: prompt.index(self.tok.suffix_id)]  # type: ignore[arg-type]
         return prompt_copy(prompt, before, special=self.tok.special_ids(), workspace=self._workspace_source(request))
 
+    def _copies(self, request: CompletionRequest) -> bool:
+        return request.prompt_copy and self.tok.vocab_size <= MAX_VOCAB  # larger vocabularies: see MAX_VOCAB
+
     def _workspace_source(self, request: CompletionRequest) -> WorkspaceSource | None:
         files = request.workspace
-        if files is None or not request.prompt_copy or self.tok.vocab_size > MAX_VOCAB:
+        if files is None or not self._copies(request):
             return None
         return self.workspace_tokens.source(files.texts, files.generation, files.current, files.prepare)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.atomic import atomic_file, write_text_atomic  # noqa: E402
+from engine.evaluate.crossfile_cases import ALL_PACKAGES  # noqa: E402
 from engine.train.sources import SourceFile, dedupe, reject_reason, split_heldout  # noqa: E402
 
 PERMISSIVE = {
@@ -40,7 +41,7 @@ HELDOUT_FRACTION = 0.02
 # Never trained on, even when installed: the packages the cross-file and adaptation benchmarks measure
 # with (engine/evaluate/crossfile_cases.py, PACKAGES and UNSEEN_PACKAGES) must stay unseen by the model
 # they measure.
-BENCHMARK_PACKAGES = frozenset({"marshmallow", "markdown", "parso", "wtforms", "flask", "toolz"})
+BENCHMARK_PACKAGES = frozenset(p.name for p in ALL_PACKAGES)
 
 
 def is_benchmark_package(name: str) -> bool:
