@@ -117,11 +117,13 @@ class WorkspaceTokens:
     """The workspace's files as token ids, kept in step with the language server's index: files
     are (re)tokenized when their text changes, SYNC_CHARS at most a call (a large workspace is
     caught up with over the first requests and idle moments, and looked up once it is), up to
-    WORKSPACE_MAX_TOKENS in all."""
+    WORKSPACE_MAX_TOKENS in all. A workspace larger than that keeps the files nearest the cursor's
+    (by the directories they share with it), and moves when the cursor goes to a file outside them."""
 
     def __init__(self, encode: Callable[[str], list[int]]) -> None:
         self.encode = encode
         self.generation: object = None  # the index generation fully synced
+        self.focus: str | None = None  # the directory the kept files are nearest to (None: all kept)
         self._files: dict[str, tuple[str, torch.Tensor]] = {}  # path -> (text it came from, int32 ids)
         self._stale = False  # _files changed since _index was built
         self._index: NgramIndex | None = None
@@ -133,36 +135,41 @@ class WorkspaceTokens:
         """Catch up with the index at `generation` (`texts()` reads its files; `prepare` turns a
         text into what may be copied), then the lookup for a cursor in `current`."""
         with self._lock:
-            if generation != self.generation:
-                self._sync(texts(), generation, prepare)
+            # A workspace kept whole never refocuses; a larger one when the cursor leaves the files kept.
+            away = (self.focus is not None and current is not None and current not in self._files
+                    and _directory(current) != self.focus)
+            if generation != self.generation or away:
+                self._sync(texts(), generation, prepare, _directory(current) if current else "")
             if self._index is None:
                 return None
             return WorkspaceSource(self._index, self._spans.get(current) if current else None)
 
-    def _sync(self, texts: Mapping[str, str], generation: object, prepare: Callable[[str], str]) -> None:
-        gone = [path for path in self._files if path not in texts]
+    def _sync(self, texts: Mapping[str, str], generation: object, prepare: Callable[[str], str],
+              near: str) -> None:
+        wanted = _nearest(texts, near, {path: len(ids) for path, (_, ids) in self._files.items()})
+        keep = set(wanted)
+        gone = [path for path in self._files if path not in keep]
         for path in gone:
             del self._files[path]
         self._stale |= bool(gone)
         pending = False
-        budget, total = SYNC_CHARS, sum(len(ids) for _, ids in self._files.values())
-        for path, text in texts.items():
+        budget = SYNC_CHARS
+        for path in wanted:
+            text = texts[path]
             held = self._files.get(path)
             if held is not None and held[0] == text:
                 continue
-            if held is None and total >= WORKSPACE_MAX_TOKENS:
-                continue  # left out: the workspace is full
             if budget <= 0:
                 pending = True  # the next request goes on from here
                 continue
             ids = torch.tensor(self.encode(prepare(text)), dtype=torch.int32)
             budget -= len(text)
-            total += len(ids) - (len(held[1]) if held else 0)
             self._files[path] = (text, ids)
             self._stale = True
         if pending:
             return  # no rebuild until caught up: sorting a large workspace's keys takes 0.1 s
         self.generation = generation
+        self.focus = near if len(wanted) < len(texts) else None
         if self._stale:
             self._rebuild()
 
@@ -176,6 +183,35 @@ class WorkspaceTokens:
             at += len(ids) + 1
         self._index = NgramIndex(torch.cat(runs)) if runs else None
         self._stale = False
+
+
+def _directory(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def _nearest(texts: Mapping[str, str], near: str, held: Mapping[str, int]) -> list[str]:
+    """The paths to keep, nearest `near` (the directory of the cursor's file) first, up to
+    WORKSPACE_MAX_TOKENS: counted for the files held, estimated from the text for the others (3
+    characters a token, on the safe side of code's 3.5 to 4). Nearness: the leading directories a
+    file shares with `near`."""
+    parts = near.split("/") if near else []
+
+    def shared(path: str) -> int:
+        n = 0
+        for a, b in zip(_directory(path).split("/"), parts, strict=False):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    total, kept = 0, list[str]()
+    for path in sorted(texts, key=lambda path: (-shared(path), path)):
+        size = held.get(path, len(texts[path]) // 3)
+        if total + size > WORKSPACE_MAX_TOKENS and kept:
+            continue  # a smaller file further away may still fit
+        total += size
+        kept.append(path)
+    return kept
 
 
 def prompt_copy(prompt: Sequence[int], written_before: Sequence[int], special: Collection[int] = (),

@@ -110,6 +110,30 @@ def test_a_large_workspace_is_caught_up_with_over_several_requests(monkeypatch):
     assert source is not None and source.index.continuations([ord(c) for c in "abc3"]) == ({ord("a"): 2}, 4)
 
 
+def test_a_workspace_over_the_budget_keeps_the_files_nearest_the_cursor_and_follows_it_elsewhere(monkeypatch):
+    monkeypatch.setattr(copying, "WORKSPACE_MAX_TOKENS", 25)
+    tokens = WorkspaceTokens(lambda text: [ord(c) for c in text[::3]])  # a token per 3 characters, as estimated
+    files = {path: f"{path:<30}"[:30] for path in ("pkg/a/x.py", "pkg/a/y.py", "pkg/b/z.py", "other/w.py")}
+    tokens.source(lambda: files, 1, "pkg/a/x.py")
+    assert set(tokens._files) == {"pkg/a/x.py", "pkg/a/y.py"} and tokens.focus == "pkg/a"  # 10 tokens each
+    index = tokens._index
+    tokens.source(lambda: files, 1, "pkg/a/y.py")
+    assert tokens._index is index  # a file already kept: nothing moves
+    source = tokens.source(lambda: files, 1, "other/w.py")
+    assert set(tokens._files) == {"other/w.py", "pkg/a/x.py"} and tokens.focus == "other"
+    assert source is not None and source.skip == tokens._spans["other/w.py"]
+
+
+def test_a_workspace_within_the_budget_is_kept_whole_wherever_the_cursor_goes():
+    tokens = WorkspaceTokens(lambda text: [ord(c) for c in text])
+    files = {"pkg/a/x.py": "x = 1", "other/w.py": "w = 2"}
+    tokens.source(lambda: files, 1, "pkg/a/x.py")
+    index = tokens._index
+    tokens.source(lambda: files, 1, "other/w.py")
+    tokens.source(lambda: files, 1, "elsewhere/new.py")  # not indexed yet
+    assert tokens._index is index and tokens.focus is None and set(tokens._files) == set(files)
+
+
 def test_the_copy_takes_over_a_near_tie_and_leaves_the_logits_alone_where_nothing_matches():
     prompt = [10, 11, 12, 13, 20, 30, 31, 32]
     mix = prompt_copy(prompt, written_before=[10, 11, 12, 13])
