@@ -9,6 +9,10 @@ Printed per package: exact match of the first line, edit similarity, latency p50
 request (prompt built, completion, post-processing) and the ratio on / off.
 
     .venv/bin/python benchmarks/prompt_copy.py [--packages flask,toolz] [--cases 400]
+
+--monorepo-mb N puts N MB of other Python (the installed torch package's sources) in the workspace
+ahead of the package, as in a monorepo: more than the copy's workspace budget (2 M tokens), so the
+engine must choose which files to copy from (those nearest the cursor's).
 """
 
 from __future__ import annotations
@@ -39,12 +43,26 @@ def p90(values: list[float]) -> float:
     return statistics.quantiles(values, n=10)[-1]
 
 
-def run_package(backend, root: Path, cases_wanted: int) -> dict[bool, dict[str, list[float]]]:
+def other_code(megabytes: float) -> dict[str, str]:
+    """About `megabytes` of Python that is not the package's: torch's sources, under `aaa/`."""
+    texts: dict[str, str] = {}
+    size = 0
+    root = Path(torch.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        if size >= megabytes * 1e6:
+            break
+        text = path.read_text(errors="replace")
+        texts[f"aaa/torch/{path.relative_to(root)}"] = text
+        size += len(text)
+    return texts
+
+
+def run_package(backend, root: Path, cases_wanted: int, other: dict[str, str]) -> dict[bool, dict[str, list[float]]]:
     files = collect_repo(root)
     texts = {f.path: f.text for f in files}
     # The adaptation's split and cursors (seed 0), so the figures line up with its "before" column.
     cases = line_cases(split_workspace(files, 0.2, 0).heldout, cases_wanted, 0, workspace_modules(list(texts)))
-    index, count = in_memory_index(texts), TokenCounter(backend.count_tokens)
+    index, count = in_memory_index({**other, **texts}), TokenCounter(backend.count_tokens)
     gatherer = Gatherer()
     out: dict[bool, dict[str, list[float]]] = {on: {"exact": [], "similarity": [], "ms": []} for on in (False, True)}
     for i, case in enumerate(cases):
@@ -77,7 +95,10 @@ def main() -> None:
                         help="comma-separated, of: " + ", ".join(p.name for p in ALL_PACKAGES) + " (default: all)")
     parser.add_argument("--cases", type=int, default=400, help="held-out cursors a package (default 400)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--monorepo-mb", type=float, default=0.0,
+                        help="megabytes of other Python in the workspace before the package (default 0)")
     args = parser.parse_args()
+    other = other_code(args.monorepo_mb) if args.monorepo_mb else {}
 
     torch.set_num_threads(args.threads)
     backend = load_local_backend(device="cpu")
@@ -87,7 +108,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     every: dict[bool, dict[str, list[float]]] = {on: {"exact": [], "similarity": [], "ms": []} for on in (False, True)}
     for pkg in (p for p in ALL_PACKAGES if p.name in wanted):
-        results = run_package(backend, workspace(pkg), args.cases)
+        results = run_package(backend, workspace(pkg), args.cases, other)
         for on in (False, True):
             for key, values in results[on].items():
                 every[on][key] += values
