@@ -98,16 +98,21 @@ def test_the_workspace_tokens_follow_the_index_and_leave_out_the_file_at_the_cur
     assert encoded[-1] == "key=<r>"
 
 
-def test_a_large_workspace_is_caught_up_with_over_several_requests(monkeypatch):
+def test_a_large_workspace_is_caught_up_with_over_several_requests_the_nearest_files_first(monkeypatch):
     monkeypatch.setattr(copying, "SYNC_CHARS", 10)
     tokens = WorkspaceTokens(lambda text: [ord(c) for c in text])
-    files = {f"f{i}.py": f"abc{i}" * 3 for i in range(4)}  # 12 characters each
-    assert tokens.source(lambda: files, 7, None) is None  # one file a request: not caught up yet
-    assert tokens.generation is None
+    files = {f"far/f{i}.py": f"abc{i}" * 3 for i in range(3)} | {"near/g.py": "abcX" * 3}  # 12 characters each
+    source = tokens.source(lambda: files, 7, "near/h.py")  # one file a request: not caught up yet ...
+    assert tokens.generation is None and set(tokens._files) == {"near/g.py"}
+    # ... but the file nearest the cursor's is looked up already
+    assert source is not None and source.index.continuations([ord(c) for c in "abcX"]) == ({ord("a"): 2}, 4)
+    built = []
+    monkeypatch.setattr(tokens, "_rebuild", lambda real=tokens._rebuild: built.append(1) or real())
     for _ in range(3):
-        source = tokens.source(lambda: files, 7, None)
+        source = tokens.source(lambda: files, 7, "near/h.py")
     assert tokens.generation == 7 and len(tokens._files) == 4
-    assert source is not None and source.index.continuations([ord(c) for c in "abc3"]) == ({ord("a"): 2}, 4)
+    assert len(built) == 2  # while catching up, only when the tokens held have doubled (1 -> 2 files), then once caught up
+    assert source is not None and source.index.continuations([ord(c) for c in "abc2"]) == ({ord("a"): 2}, 4)
 
 
 def test_a_workspace_over_the_budget_keeps_the_files_nearest_the_cursor_and_follows_it_elsewhere(monkeypatch):
