@@ -173,6 +173,7 @@ class WorkspaceTokens:
             tokens_held = sum(len(ids) for _, ids in self._files.values())
             if self._stale and tokens_held >= 2 * self._built_tokens:
                 self._rebuild()
+            self.generation = None  # not synced: the next request goes on (a refocus too)
             return
         self.generation = generation
         self.focus = near if len(wanted) < len(texts) else None

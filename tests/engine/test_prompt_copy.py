@@ -118,7 +118,7 @@ def test_a_large_workspace_is_caught_up_with_over_several_requests_the_nearest_f
 def test_a_workspace_over_the_budget_keeps_the_files_nearest_the_cursor_and_follows_it_elsewhere(monkeypatch):
     monkeypatch.setattr(copying, "WORKSPACE_MAX_TOKENS", 25)
     tokens = WorkspaceTokens(lambda text: [ord(c) for c in text[::3]])  # a token per 3 characters, as estimated
-    files = {path: f"{path:<30}"[:30] for path in ("pkg/a/x.py", "pkg/a/y.py", "pkg/b/z.py", "other/w.py")}
+    files = {path: f"{path:<30}"[:30] for path in ("pkg/a/x.py", "pkg/a/y.py", "pkg/b/v.py", "pkg/b/z.py", "other/w.py")}
     tokens.source(lambda: files, 1, "pkg/a/x.py")
     assert set(tokens._files) == {"pkg/a/x.py", "pkg/a/y.py"} and tokens.focus == "pkg/a"  # 10 tokens each
     index = tokens._index
@@ -127,6 +127,11 @@ def test_a_workspace_over_the_budget_keeps_the_files_nearest_the_cursor_and_foll
     source = tokens.source(lambda: files, 1, "other/w.py")
     assert set(tokens._files) == {"other/w.py", "pkg/a/x.py"} and tokens.focus == "other"
     assert source is not None and source.skip == tokens._spans["other/w.py"]
+    # A move caught up with over several requests goes on to the end, though the cursor's file is kept at once.
+    monkeypatch.setattr(copying, "SYNC_CHARS", 10)
+    for _ in range(3):
+        tokens.source(lambda: files, 1, "pkg/b/v.py")
+    assert set(tokens._files) == {"pkg/b/v.py", "pkg/b/z.py"} and tokens.focus == "pkg/b" and tokens.generation == 1
 
 
 def test_a_workspace_within_the_budget_is_kept_whole_wherever_the_cursor_goes():
