@@ -223,11 +223,15 @@ def _nearest(texts: Mapping[str, str], near: str, held: Mapping[str, int]) -> li
 
 
 def prompt_copy(prompt: Sequence[int], written_before: Sequence[int], special: Collection[int] = (),
-                workspace: WorkspaceSource | None = None) -> Mix:
+                workspace: WorkspaceSource | None = None, line_ends: Collection[int] = (),
+                indents: Collection[int] = (), healing: bool = False) -> Mix:
     """A `mix(generated, logits)` callback for engine.generate. `prompt` and `workspace` are where
     continuations are looked up; `written_before` is the text the completion continues (the
     prompt's tail in SPM order, the prefix in PSM), which generated tokens extend; `special`: see
-    NgramIndex."""
+    NgramIndex. Where a line begins (after one of `line_ends`, unless the completion starts by
+    spelling again text held back from the prompt: `healing`), the copy never chooses one of
+    `indents`: the model alone decides how deep the line sits, where a copy would bring the depth of
+    the block it came from (a method's body after a statement at a module's top level)."""
     in_prompt = NgramIndex(torch.tensor(list(prompt), dtype=torch.long), special)
     head = list(written_before[-LONGEST_MATCH:])
 
@@ -238,6 +242,9 @@ def prompt_copy(prompt: Sequence[int], written_before: Sequence[int], special: C
             elsewhere, longer = workspace.index.continuations(context, WORKSPACE_MIN_MATCH, workspace.skip)
             if longer > length:  # the longer match says more; the prompt's wins a tie
                 votes, length = elsewhere, longer
+        last = generated[-1] if generated else (None if healing or not head else head[-1])
+        if last in line_ends:
+            votes = Counter({token: n for token, n in votes.items() if token not in indents})
         if not votes:
             return logits
         weight = min(WEIGHT_MAX, WEIGHT_PER_TOKEN * length)

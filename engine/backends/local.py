@@ -289,6 +289,8 @@ class LocalBackend:
         self.adapter = Path(adapter) if adapter else None
         self.pool = CachePool(loaded, device, self.kv_dtype, cache_budget_mb * 2**20)
         self.healer = TokenHealer(self.tok.piece_texts())
+        self.line_end_ids = frozenset(i for i, text in enumerate(self.healer.texts) if text.endswith("\n"))
+        self.indent_ids = frozenset(i for i, text in enumerate(self.healer.texts) if text and not text.strip(" \t"))
         self.name_choices = NameChoices(self.healer)
         # The workspace's files as tokens, for copying beyond the prompt (engine/prompt_copy.py)
         self.workspace_tokens = WorkspaceTokens(self.tok.encode_infill)
@@ -405,20 +407,21 @@ class LocalBackend:
             text = self.tok.decode_infill(ids)
             return text[len(healed) :] if text.startswith(healed) else text
 
-        mix = self._prompt_copy(prompt, request) if self._copies(request) else None
+        mix = self._prompt_copy(prompt, request, bool(healed)) if self._copies(request) else None
         speculation = self.speculation if request.speculative else None
         with _out_of_memory_as_error():
             return self._run(prompt, request, stop_ids, text_of, should_stop, on_text, constrain, speculation, lean,
                              mix)
 
-    def _prompt_copy(self, prompt: list[int], request: CompletionRequest) -> Mix:
+    def _prompt_copy(self, prompt: list[int], request: CompletionRequest, healing: bool) -> Mix:
         """What follows the text before the cursor elsewhere in the prompt or the workspace,
         mixed into each token's choice. The completion continues the prompt's tail in SPM order (and
         without infilling), the part before <SUF> in PSM."""
         before = prompt
         if self.tok.can_infill and request.fim_format == "psm":
             before = prompt[: prompt.index(self.tok.suffix_id)]  # type: ignore[arg-type]
-        return prompt_copy(prompt, before, special=self.tok.special_ids(), workspace=self._workspace_source(request))
+        return prompt_copy(prompt, before, special=self.tok.special_ids(), workspace=self._workspace_source(request),
+                           line_ends=self.line_end_ids, indents=self.indent_ids, healing=healing)
 
     def _copies(self, request: CompletionRequest) -> bool:
         return request.prompt_copy and self.tok.vocab_size <= MAX_VOCAB  # larger vocabularies: see MAX_VOCAB

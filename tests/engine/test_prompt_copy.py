@@ -154,6 +154,22 @@ def test_the_copy_takes_over_a_near_tie_and_leaves_the_logits_alone_where_nothin
     assert torch.allclose(torch.softmax(mix([], logits), -1).sum(), torch.tensor(1.0))  # still a distribution
 
 
+def test_where_a_line_begins_the_copy_never_chooses_its_indentation():
+    prompt = [5, 6, 9, 30, 31, 5, 7, 9, 32]  # 9 ends a line; one line began with 30 (an indentation), one with 32
+    logits = torch.zeros(40)
+    logits[20] = 0.5  # the model prefers 20
+    assert int(torch.argmax(prompt_copy(prompt, [1, 5, 6])([9], logits))) == 30  # copied, without line ends
+    after_a_line_end = prompt_copy(prompt, [1, 5, 6], line_ends={9}, indents={30})
+    assert torch.equal(after_a_line_end([9], logits), logits)  # the completion ended a line
+    at_a_line_start = prompt_copy(prompt, [1, 5, 6, 9], line_ends={9}, indents={30})
+    assert torch.equal(at_a_line_start([], logits), logits)  # the cursor is at a line's start
+    code_line = prompt_copy(prompt, [1, 5, 7, 9], line_ends={9}, indents={30})
+    assert int(torch.argmax(code_line([], logits))) == 32  # a line's first code token is still copied
+    # ... and so is an indentation where the completion first spells again a token held back from the prompt
+    healing = prompt_copy(prompt, [1, 5, 6, 9], line_ends={9}, indents={30}, healing=True)
+    assert int(torch.argmax(healing([], logits))) == 30
+
+
 def test_the_longer_match_decides_between_the_prompt_and_the_workspace_and_the_prompt_wins_a_tie():
     from engine.prompt_copy import WorkspaceSource
 
@@ -194,6 +210,17 @@ def test_a_line_from_another_workspace_file_is_copied_where_the_prompt_has_none(
     assert "'tool', 'settings.toml')" not in complete({})
     assert complete({"settings.py": other}).startswith("'tool', 'settings.toml')")
     assert "'tool', 'settings.toml')" not in complete({"load.py": other})  # the file at the cursor
+
+
+def test_a_new_line_at_the_top_level_is_not_given_the_indentation_of_a_block_copied_from_elsewhere(backend):
+    """Another file has the same statement inside a method, followed by the method's body: the copy
+    must not begin the cursor's top-level line with that body's indentation (invalid code here)."""
+    other = ("class Loader:\n    def run(self, album):\n        result = schema.dump(album)\n"
+             "        data = result.get('data', {})\n        return data\n")
+    prefix = "from app import schema\n\n\ndef fetch():\n    return 1\n\n\nresult = schema.dump(album)\n"
+    workspace = WorkspaceFiles(lambda: {"loader.py": other}, generation=(0, 1), current="main.py")
+    text = backend.complete(CompletionRequest(prefix=prefix, suffix="", max_new_tokens=12, workspace=workspace)).text
+    assert text.strip() and not text[0].isspace(), text
 
 
 def test_in_psm_order_the_copy_continues_the_prefix_not_the_suffix(backend):
