@@ -127,7 +127,6 @@ class WorkspaceTokens:
         self._files: dict[str, tuple[str, torch.Tensor]] = {}  # path -> (text it came from, int32 ids)
         self._stale = False  # _files changed since _index was built
         self._index: NgramIndex | None = None
-        self._built_tokens = 0  # how many tokens _index covers
         self._spans: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
@@ -162,7 +161,7 @@ class WorkspaceTokens:
                 continue
             if budget <= 0:
                 pending = True  # the next request goes on from here
-                continue
+                break
             ids = torch.tensor(self.encode(prepare(text)), dtype=torch.int32)
             budget -= len(text)
             self._files[path] = (text, ids)
@@ -171,7 +170,8 @@ class WorkspaceTokens:
             # While catching up, the lookup covers what is tokenized so far (the nearest files come
             # first), rebuilt only when that has doubled: sorting 2 M tokens' keys takes 0.1 s.
             tokens_held = sum(len(ids) for _, ids in self._files.values())
-            if self._stale and tokens_held >= 2 * self._built_tokens:
+            indexed = len(self._index.tokens) if self._index is not None else 0
+            if self._stale and tokens_held >= 2 * indexed:
                 self._rebuild()
             self.generation = None  # not synced: the next request goes on (a refocus too)
             return
@@ -189,7 +189,6 @@ class WorkspaceTokens:
             runs += [ids, gap]
             at += len(ids) + 1
         self._index = NgramIndex(torch.cat(runs)) if runs else None
-        self._built_tokens = at
         self._stale = False
 
 
